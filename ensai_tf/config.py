@@ -1,0 +1,494 @@
+"""Experiment configuration: frozen dataclasses, named presets, YAML and overrides.
+
+Every physical default is the spec's [R] value and cites its section. A config
+is a tree of frozen dataclasses gathered in :class:`ExperimentConfig`; presets
+are functions returning one; YAML files and ``section.key=value`` overrides
+are applied with :func:`dataclasses.replace`. Unknown keys and invalid values
+raise :class:`ConfigError`, whose message names the key, the value and what is
+allowed.
+
+Ranges are ``(low, high)`` tuples; their bounds are validated from each
+field's metadata, so adding a field with :func:`_range` or :func:`_value` is
+all that is needed for it to be checked.
+"""
+
+import dataclasses
+import math
+import os
+import pathlib
+
+import yaml
+
+from ensai_tf import conventions
+
+__all__ = [
+    "ConfigError",
+    "ImageConfig",
+    "LensPrior",
+    "SourceConfig",
+    "SimulateConfig",
+    "ObserveConfig",
+    "DataConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "EvalConfig",
+    "ExperimentConfig",
+    "PRESETS",
+    "get_preset",
+    "load_config",
+    "save_config",
+    "config_to_dict",
+    "config_from_dict",
+    "apply_overrides",
+    "validate_config",
+    "valid_keys",
+]
+
+
+class ConfigError(ValueError):
+    """An unknown key or an invalid value in a configuration."""
+
+
+def _range(default, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, doc=""):
+    """A ``(low, high)`` field whose bounds are checked by :func:`validate_config`."""
+    return dataclasses.field(
+        default=tuple(default),
+        metadata={"kind": "range", "lo": lo, "hi": hi, "lo_open": lo_open,
+                  "hi_open": hi_open, "integer": integer, "doc": doc},
+    )
+
+
+def _value(default, lo=None, hi=None, lo_open=False, hi_open=False, choices=None, doc=""):
+    """A scalar field whose bounds or choices are checked by :func:`validate_config`."""
+    return dataclasses.field(
+        default=default,
+        metadata={"kind": "value", "lo": lo, "hi": hi, "lo_open": lo_open,
+                  "hi_open": hi_open, "choices": choices, "doc": doc},
+    )
+
+
+def _prob(default, doc=""):
+    return _value(default, lo=0.0, hi=1.0, doc=doc)
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageConfig:
+    """Output image geometry (spec §0)."""
+
+    npix: int = _value(conventions.NPIX, lo=8, doc="image side, pixels")
+    pixel_scale: float = _value(conventions.PIXEL_SCALE, lo=0.0, lo_open=True,
+                                doc="pixel side, arcsec")
+
+
+@dataclasses.dataclass(frozen=True)
+class LensPrior:
+    """Prior of the SIE lens and the optional external shear (spec §3.1, §2.2)."""
+
+    theta_e: tuple = _range((0.1, 3.0), lo=0.0, doc="Einstein radius, arcsec (§3.1)")
+    epsilon: tuple = _range((0.0, 0.9), lo=0.0, hi=1.0, hi_open=True,
+                            doc="eps = 1 - q, dimensionless; must stay below 1 (§3.1)")
+    phi_deg: tuple = _range((0.0, 360.0), doc="ellipticity angle phi, degrees (§3.1)")
+    center: tuple = _range((-0.05, 0.05), doc="lens centre per axis, arcsec (§3.1)")
+    shear: bool = _value(False, doc="add external shear (§2.2 [R]: off by default)")
+    shear_gamma: tuple = _range((0.0, 0.3), lo=0.0, hi=1.0, hi_open=True,
+                                doc="shear magnitude gamma (§2.2 [R])")
+    shear_angle_deg: tuple = _range((0.0, 180.0), doc="shear angle phi_gamma, degrees")
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    """Source families and their placement (spec §3.2, §3.3)."""
+
+    family_weights: tuple = _range((1.0, 1.0, 1.0), lo=0.0,
+                                   doc="relative weights of (clumpy, stamp, sersic) (§3.7)")
+    stamp_scale: tuple = _range((0.2, 1.0), lo=0.0, doc="stamp half-side s, arcsec (§3.1)")
+    taper_radius: float = _value(0.6, lo=0.0, lo_open=True,
+                                 doc="taper radius, stamp units (§3.2)")
+    stamp_dirs: tuple = dataclasses.field(
+        default=(), metadata={"kind": "dirs", "doc": "user source-stamp folders (FITS/PNG/JPEG)"})
+    rule_a_prob: float = _prob(0.5, doc="probability of rule A placement (§3.3)")
+    caustic_pad: float = _value(0.15, lo=0.0, doc="rule A outward push, arcsec (§3.3)")
+    cut_shrink: float = _value(0.7, lo=0.0, hi=1.0, lo_open=True,
+                               doc="rule B shrink factor of the cut (§3.3)")
+    clump_count: tuple = _range((1, 5), lo=1, integer=True, doc="clumps per clumpy source (§3.2)")
+    clump_sersic_n: tuple = _range((1.0, 5.0), lo=0.2, doc="clump Sersic index (§3.2 [R])")
+    clump_r_eff: tuple = _range((0.1, 0.2), lo=0.0, doc="clump effective radius, arcsec")
+    clump_epsilon: tuple = _range((0.0, 0.4), lo=0.0, hi=1.0, hi_open=True,
+                                  doc="clump ellipticity 1 - q")
+    clump_gauss_sigma: tuple = _range((0.01, 0.11), lo=0.0, doc="Gaussian clump sigma, arcsec")
+    sersic_n: tuple = _range((0.5, 4.0), lo=0.2, doc="parametric Sersic index (invented)")
+    sersic_r_eff: tuple = _range((0.05, 0.4), lo=0.0, doc="parametric Sersic R_eff, arcsec")
+    sersic_epsilon: tuple = _range((0.0, 0.6), lo=0.0, hi=1.0, hi_open=True,
+                                   doc="parametric Sersic ellipticity 1 - q")
+
+
+@dataclasses.dataclass(frozen=True)
+class SimulateConfig:
+    """Ray tracing and acceptance of the noise-free generator (spec §3.4, §3.5, §4)."""
+
+    oversample: int = _value(2, lo=1, doc="ray-trace sub-pixels per output pixel per axis (§3.4 [R])")
+    field_factor: float = _value(1.6, lo=1.0, doc="ray-traced field / output field (§3.4)")
+    min_magnification: float = _value(2.0, lo=0.0, doc="acceptance: magnification >= this (§3.5)")
+    min_containment: float = _value(0.99, lo=0.0, hi=1.0,
+                                    doc="acceptance: flux fraction inside the field (§3.5)")
+    max_attempts: int = _value(64, lo=1, doc="candidates per example before giving up")
+    lens_light: bool = _value(False, doc="add Sersic lens light (§4 [R]: off by default)")
+    lens_light_n: tuple = _range((2.0, 6.0), lo=0.2, doc="lens-light Sersic index (§4 [R])")
+    lens_light_r_eff: tuple = _range((0.3, 2.0), lo=0.0, doc="lens-light R_eff, arcsec (§4 [R])")
+    lens_light_amplitude: tuple = _range((0.3, 10.0), lo=0.0, lo_open=True,
+                                         doc="lens-light peak / arc peak, log-uniform (§4 [R])")
+
+
+@dataclasses.dataclass(frozen=True)
+class ObserveConfig:
+    """Observational effects applied to the noise-free arcs (spec §5)."""
+
+    shift_pix: tuple = _range((-7, 6), integer=True, doc="target lens-centre pixel (§5.2)")
+    shift_min_flux: float = _value(0.98, lo=0.0, hi=1.0, doc="flux kept by a shift (§5.2)")
+    psf: str = _value("gaussian", choices=("gaussian", "file", "airy"),
+                      doc="PSF family (§5.3 step 1, §8.5)")
+    psf_file: str = _value("", doc="PSF image (.fits or .npy) when psf = 'file'")
+    psf_prob: float = _prob(0.8, doc="§5.3 step 1")
+    psf_sigma_pix: tuple = _range((0.1, 2.5), lo=0.0, lo_open=True, doc="Gaussian PSF sigma, pixels")
+    poisson_prob: float = _prob(0.8, doc="§5.3 step 2")
+    poisson_counts: tuple = _range((100.0, 1000.0), lo=0.0, lo_open=True,
+                                   doc="counts per unit peak c (§9 #2)")
+    cosmic_prob: float = _prob(0.8, doc="§5.3 step 3")
+    cosmic_scale: tuple = _range((0.0, 0.5), lo=0.0, doc="cosmic-ray map scale (§5.5)")
+    noise_rms: tuple = _range((0.01, 0.1), lo=0.0, doc="Gaussian noise rms / peak (§5.3 step 4)")
+    coloured_noise_prob: float = _prob(0.75, doc="§5.3 step 4")
+    noise_spectrum: str = _value("", doc="measured noise spectrum (.npy); '' = drizzle model (§5.4)")
+    mask_prob: float = _prob(0.5, doc="§5.6")
+    mask_count: tuple = _range((1, 29), lo=0, integer=True, doc="masks per image (§5.6)")
+    mask_radius_arcsec: float = _value(0.2, lo=0.0, doc="mask disc radius, arcsec (§5.6)")
+    mask_min_flux_frac: float = _value(0.75, lo=0.0, hi=1.0, doc="train f_min (§5.6)")
+    eval_mask_min_flux_frac: float = _value(0.98, lo=0.0, hi=1.0, doc="validation/test f_min")
+    mask_max_tries: int = _value(100, lo=1, doc="mask resampling cap (§5.6 [R])")
+    norm_threshold: float = _value(0.4, lo=0.0, doc="arc level defining the normalising max (§5.7)")
+    norm_jitter_rms: float = _value(0.05, lo=0.0, doc="§9 #5")
+    zero_bias_rms: float = _value(0.05, lo=0.0, doc="§5.3 step 7")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Dataset sizes, seeds and caches (spec §3.7)."""
+
+    seed: int = _value(0, lo=0, doc="user offset added to every split seed")
+    val_size: int = _value(1000, lo=1, doc="fixed validation examples (§7.3)")
+    test_size: int = _value(10000, lo=1, doc="fixed test examples (§8.3)")
+    cache_dir: str = _value("", doc="where validation/test caches go; '' = ~/.cache/ensai_tf")
+    arcs_dir: str = _value("", doc="pre-generated noise-free arcs; '' = simulate online")
+    sim_batch_size: int = _value(32, lo=1, doc="examples simulated per map call")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Network choice (spec §6)."""
+
+    name: str = _value("ensai_net", choices=("inception_v4", "alexnet", "overfeat", "ensai_net"),
+                       doc="architecture (§6.5)")
+    bn_mode: str = _value("train", choices=("train", "frozen"), doc="Inception BN (§6.5.1 [R])")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimiser and schedule (spec §7.2 [R])."""
+
+    batch_size: int = _value(50, lo=1, doc="§0")
+    learning_rate: float = _value(1e-4, lo=0.0, lo_open=True, doc="§7.2 [R]")
+    min_learning_rate: float = _value(1e-6, lo=0.0, doc="§7.2 [R]")
+    plateau_factor: float = _value(0.1, lo=0.0, hi=1.0, lo_open=True, hi_open=True, doc="§7.2 [R]")
+    plateau_patience: int = _value(20, lo=1, doc="epochs without gain before lr decay")
+    steps_per_epoch: int = _value(1000, lo=1, doc="steps between validations")
+    epochs: int = _value(1000, lo=1, doc="§7.2: up to 10^6 steps")
+    clipnorm: float = _value(10.0, lo=0.0, lo_open=True, doc="§7.2 [R] safety net")
+    warmup_steps: int = _value(0, lo=0, doc="linear warm-up (§7.2 [R], optional)")
+    mixed_precision: bool = _value(False, doc="mixed_bfloat16 (output layer stays float32)")
+    seed: int = _value(0, lo=0, doc="Keras seed for weight initialisation")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation settings (spec §8)."""
+
+    batch_size: int = _value(100, lo=1, doc="examples per forward pass")
+    n: int = _value(10000, lo=1, doc="test examples used (§8.3)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """All settings of one experiment."""
+
+    image: ImageConfig = dataclasses.field(default_factory=ImageConfig)
+    lens: LensPrior = dataclasses.field(default_factory=LensPrior)
+    source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
+    simulate: SimulateConfig = dataclasses.field(default_factory=SimulateConfig)
+    observe: ObserveConfig = dataclasses.field(default_factory=ObserveConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    evaluate: EvalConfig = dataclasses.field(default_factory=EvalConfig)
+
+
+def _paper():
+    """Spec values throughout, meant for a GPU (spec §7.2 [R])."""
+    return ExperimentConfig()
+
+
+def _smoke():
+    """A few tiny steps: checks that everything runs end to end."""
+    cfg = ExperimentConfig()
+    return dataclasses.replace(
+        cfg,
+        simulate=dataclasses.replace(cfg.simulate, oversample=1),
+        data=dataclasses.replace(cfg.data, val_size=8, test_size=16, sim_batch_size=4),
+        train=dataclasses.replace(cfg.train, batch_size=4, steps_per_epoch=2, epochs=1,
+                                  plateau_patience=1),
+        evaluate=dataclasses.replace(cfg.evaluate, batch_size=8, n=16),
+    )
+
+
+PRESETS = {"paper": _paper, "smoke": _smoke}
+"""Named presets: name -> function returning an :class:`ExperimentConfig`."""
+
+
+def get_preset(name):
+    """Return the preset config ``name`` (one of :data:`PRESETS`)."""
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
+    return PRESETS[name]()
+
+
+def config_to_dict(cfg):
+    """Nested plain dict of a config (tuples become lists, ready for YAML)."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def valid_keys(cfg=None):
+    """All ``section.key`` names of a config, sorted."""
+    cfg = cfg if cfg is not None else ExperimentConfig()
+    return sorted(f"{s.name}.{f.name}" for s in dataclasses.fields(cfg)
+                  for f in dataclasses.fields(getattr(cfg, s.name)))
+
+
+def _coerce(key, value, default):
+    """Convert a parsed override to the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            if default and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                               for v in default):
+                kind = int if all(isinstance(v, int) for v in default) else float
+                return tuple(_coerce(key, v, kind()) for v in value)
+            return tuple(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key}: {value!r} is not a valid {type(default).__name__} "
+                      f"(default {default!r})")
+
+
+def config_from_dict(data, base=None):
+    """Build a config from a nested dict, starting from ``base``.
+
+    Raises:
+        ConfigError: for an unknown section or key, naming it and listing the
+            valid ones, or for a value of the wrong type or out of range.
+    """
+    cfg = base if base is not None else ExperimentConfig()
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    updates = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section {section!r}; valid sections: "
+                              f"{', '.join(sorted(sections))}")
+        sub = getattr(cfg, section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+        fields = {f.name: f for f in dataclasses.fields(sub)}
+        changes = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    f"unknown config key {section}.{key}; valid keys in {section!r}: "
+                    f"{', '.join(sorted(fields))}")
+            changes[key] = _coerce(f"{section}.{key}", value, getattr(sub, key))
+        updates[section] = dataclasses.replace(sub, **changes)
+    cfg = dataclasses.replace(cfg, **updates)
+    validate_config(cfg)
+    return cfg
+
+
+def apply_overrides(cfg, overrides):
+    """Apply ``section.key=value`` strings (values parsed as YAML).
+
+    Args:
+        cfg: the starting :class:`ExperimentConfig`.
+        overrides: iterable of strings such as ``"train.learning_rate=3e-4"``
+            or ``"lens.theta_e=[0.5, 2.0]"``.
+
+    Raises:
+        ConfigError: for a malformed override, an unknown key (the message
+            lists the valid keys) or an invalid value.
+    """
+    nested = {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key.count(".") != 1:
+            raise ConfigError(f"override key {key!r} must be section.key; valid keys: "
+                              f"{', '.join(valid_keys(cfg))}")
+        section, name = key.split(".")
+        if f"{section}.{name}" not in valid_keys(cfg):
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {err}") from None
+        nested.setdefault(section, {})[name] = value
+    return config_from_dict(nested, base=cfg)
+
+
+def _check_bound(key, value, meta, what="value"):
+    lo, hi = meta.get("lo"), meta.get("hi")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{key}: {what} {value!r} must be finite")
+    if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
+        op = ">" if meta.get("lo_open") else ">="
+        raise ConfigError(f"{key}: {what} {value!r} is not allowed; it must be {op} {lo}")
+    if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
+        op = "<" if meta.get("hi_open") else "<="
+        raise ConfigError(f"{key}: {what} {value!r} is not allowed; it must be {op} {hi}")
+
+
+def validate_config(cfg):
+    """Check every field against its metadata; return ``cfg`` unchanged.
+
+    Raises:
+        ConfigError: naming the key, the value and what is allowed.
+    """
+    for section in dataclasses.fields(cfg):
+        sub = getattr(cfg, section.name)
+        for f in dataclasses.fields(sub):
+            key = f"{section.name}.{f.name}"
+            value = getattr(sub, f.name)
+            meta = f.metadata
+            kind = meta.get("kind")
+            if kind == "range":
+                if f.name == "family_weights":
+                    if len(value) != 3 or sum(value) <= 0:
+                        raise ConfigError(f"{key}: {value!r} must be three non-negative weights "
+                                          "(clumpy, stamp, sersic) with a positive sum")
+                elif len(value) != 2:
+                    raise ConfigError(f"{key}: {value!r} must be a (min, max) pair")
+                elif value[0] > value[1]:
+                    raise ConfigError(f"{key}: min {value[0]!r} > max {value[1]!r}; "
+                                      "a range must have min <= max")
+                for v in value:
+                    if meta.get("integer") and int(v) != v:
+                        raise ConfigError(f"{key}: {value!r} must hold integers")
+                    _check_bound(key, v, meta, what="bound")
+            elif kind == "value":
+                choices = meta.get("choices")
+                if choices is not None and value not in choices:
+                    raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    _check_bound(key, value, meta)
+            elif kind == "dirs":
+                for d in value:
+                    if not os.path.isdir(os.path.expanduser(str(d))):
+                        raise ConfigError(f"{key}: stamp directory {d!r} does not exist; "
+                                          "give existing folders of FITS/PNG/JPEG stamps")
+    if cfg.train.min_learning_rate > cfg.train.learning_rate:
+        raise ConfigError(f"train.min_learning_rate: {cfg.train.min_learning_rate!r} exceeds "
+                          f"train.learning_rate {cfg.train.learning_rate!r}")
+    if cfg.observe.psf == "file" and not cfg.observe.psf_file:
+        raise ConfigError("observe.psf_file: '' is not allowed when observe.psf = 'file'; "
+                          "give a .fits or .npy PSF image")
+    for key, path in (("observe.psf_file", cfg.observe.psf_file),
+                      ("observe.noise_spectrum", cfg.observe.noise_spectrum)):
+        if path and not os.path.isfile(os.path.expanduser(path)):
+            raise ConfigError(f"{key}: file {path!r} does not exist")
+    return cfg
+
+
+def load_config(path=None, preset="paper", overrides=()):
+    """Resolve a config: preset, then a YAML file, then ``--set`` overrides.
+
+    Args:
+        path: optional YAML file (a nested mapping of sections).
+        preset: name of the starting preset.
+        overrides: ``section.key=value`` strings, applied last.
+
+    Raises:
+        ConfigError: for a missing or unparsable file, an unknown key or an
+            invalid value.
+    """
+    cfg = get_preset(preset)
+    if path is not None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(path)!r} is not a text file") from None
+        try:
+            cfg = config_from_dict(data, base=cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    cfg = apply_overrides(cfg, overrides)
+    return validate_config(cfg)
+
+
+def save_config(cfg, path):
+    """Write ``cfg`` as YAML to ``path`` (a file, or a folder -> ``config.yaml``).
+
+    The file is written under a temporary name and renamed, so a reader never
+    sees half a file. Returns the path written.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / "config.yaml"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    os.replace(tmp, path)
+    return path
+
