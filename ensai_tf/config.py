@@ -20,6 +20,7 @@ import pathlib
 import yaml
 
 from ensai_tf import conventions
+from ensai_tf.errors import EnsaiError
 
 __all__ = [
     "ConfigError",
@@ -45,7 +46,7 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(EnsaiError, ValueError):
     """An unknown key or an invalid value in a configuration."""
 
 

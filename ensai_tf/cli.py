@@ -1,0 +1,171 @@
+"""The ``ensai`` command: parses arguments and calls library functions.
+
+Subcommands: ``simulate``, ``train``, ``combine``, ``evaluate``, ``predict``
+and ``demo``. No logic lives here, so notebooks and tests call the same
+library functions. Errors meant for the user (:class:`ensai_tf.errors.EnsaiError`,
+configuration errors, unreadable files) are printed as one line naming the
+problem, with exit status 2; ``--debug`` shows the traceback instead.
+"""
+
+import argparse
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_config_args(parser, default_preset="paper"):
+    parser.add_argument("--preset", default=default_preset,
+                        help=f"named preset to start from (default: {default_preset})")
+    parser.add_argument("--config", metavar="FILE.yaml", help="YAML file of overrides")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="override one config value (repeatable), e.g. train.learning_rate=3e-4")
+
+
+def _resolve_config(args):
+    from ensai_tf import config
+
+    return config.load_config(args.config, preset=args.preset, overrides=args.overrides)
+
+
+def _cmd_simulate(args):
+    from ensai_tf.data import writer
+
+    writer.write_observed_dataset(
+        args.out, n=args.n, seed=args.seed, config=_resolve_config(args), split=args.split,
+        overwrite=args.overwrite, clean=args.clean, curves=args.curves, progress=not args.quiet)
+
+
+def _cmd_train(args):
+    from ensai_tf import train
+
+    cfg = _resolve_config(args)
+    if args.model:
+        from ensai_tf import config
+
+        cfg = config.apply_overrides(cfg, [f"model.name={args.model}"])
+    train.train(cfg, args.model_dir, resume=args.resume, overwrite=args.overwrite,
+                distribute=args.distribute)
+
+
+def _cmd_combine(args):
+    from ensai_tf import train
+
+    train.train_combiner(args.models, args.model_dir, config=_resolve_config(args),
+                         mode=args.mode, steps=args.steps, overwrite=args.overwrite)
+
+
+def _cmd_evaluate(args):
+    from ensai_tf import evaluate
+
+    evaluate.evaluate(args.model, n=args.n, experiment=args.experiment, out_dir=args.out,
+                      config=_resolve_config(args))
+
+
+def _cmd_predict(args):
+    from ensai_tf import predict
+
+    predict.predict_files(args.model, args.files, output=args.output,
+                          pixel_scale=args.pixel_scale, batch_size=args.batch_size)
+
+
+def _cmd_demo(args):
+    from ensai_tf import demo
+
+    demo.run_demo(weights_dir=args.weights, n=args.n, out_dir=args.out)
+
+
+def build_parser():
+    """The argparse parser of the ``ensai`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ensai",
+        description="Fast strong-lens parameter estimation with convolutional networks "
+                    "(Hezaveh, Perreault Levasseur & Marshall 2017).")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("simulate", help="write simulated observed lenses, a parameter table "
+                                        "and a PNG contact sheet to a folder")
+    p.add_argument("--out", required=True, help="output folder (must be new or empty)")
+    p.add_argument("-n", "--n", type=int, default=64, help="number of lenses (default: 64)")
+    p.add_argument("--seed", type=int, default=0, help="user seed (default: 0)")
+    p.add_argument("--split", default="test", choices=("train", "validation", "test"),
+                   help="which source pool and seed stream (default: test)")
+    p.add_argument("--clean", action="store_true", help="noise-free arcs only (no observation)")
+    p.add_argument("--curves", action="store_true",
+                   help="overlay critical curve and caustic on the contact sheet")
+    p.add_argument("--overwrite", action="store_true", help="allow a non-empty output folder")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    _add_config_args(p, default_preset="paper")
+    p.set_defaults(func=_cmd_simulate)
+
+    p = sub.add_parser("train", help="train one network with model.fit on the online pipeline")
+    p.add_argument("--model", choices=("inception_v4", "alexnet", "overfeat", "ensai_net"),
+                   help="architecture (default: the config's model.name)")
+    p.add_argument("--model-dir", required=True, help="folder for config, checkpoints, logs")
+    p.add_argument("--resume", action="store_true", help="continue a run in an existing folder")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in an existing folder")
+    p.add_argument("--distribute", choices=("mirrored",), default=None,
+                   help="tf.distribute strategy (default: none)")
+    _add_config_args(p, default_preset="cpu")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("combine", help="train the frozen-backbone combiner of trained networks")
+    p.add_argument("--models", nargs="+", required=True, metavar="DIR",
+                   help="trained model folders; the first is the parity reference")
+    p.add_argument("--model-dir", required=True, help="output folder")
+    p.add_argument("--mode", default="per_parameter", choices=("per_parameter", "dense"),
+                   help="20 per-parameter weights (paper) or a full Dense layer")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_config_args(p, default_preset="cpu")
+    p.set_defaults(func=_cmd_combine)
+
+    p = sub.add_parser("evaluate", help="Table 1 and Figure 1 on the fixed test set")
+    p.add_argument("model", help="model folder, SavedModel folder or .keras file")
+    p.add_argument("--n", type=int, default=None, help="test lenses (default: config)")
+    p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light"),
+                   help="robustness experiment (spec §8.5)")
+    p.add_argument("--out", default=None, help="output folder (default: MODEL/eval[-EXP])")
+    _add_config_args(p, default_preset="paper")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("predict", help="predict lens parameters for .npy or FITS images")
+    p.add_argument("model", help="model folder, SavedModel folder or .keras file")
+    p.add_argument("files", nargs="+", help=".npy or .fits images")
+    p.add_argument("--output", default="-", help="CSV or JSON file (by extension); '-' = stdout")
+    p.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
+                   help="pixel scale of images without a WCS, arcsec")
+    p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("demo", help="predict simulated test lenses with the shipped weights")
+    p.add_argument("--weights", default=None, help="weights folder (default: trained_weights/)")
+    p.add_argument("--n", type=int, default=100, help="number of lenses (default: 100)")
+    p.add_argument("--out", default="ensai_demo", help="folder for the figure and table")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``ensai`` console script; returns the exit status."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args = build_parser().parse_args(argv)
+    from ensai_tf.errors import EnsaiError
+
+    try:
+        args.func(args)
+    except KeyboardInterrupt:
+        print("ensai: interrupted", file=sys.stderr)
+        return 130
+    except (EnsaiError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+        if args.debug:
+            raise
+        print(f"ensai {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
