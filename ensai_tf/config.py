@@ -140,6 +140,14 @@ class SimulateConfig:
     lens_light_r_eff: tuple = _range((0.3, 2.0), lo=0.0, doc="lens-light R_eff, arcsec (§4 [R])")
     lens_light_amplitude: tuple = _range((0.3, 10.0), lo=0.0, lo_open=True,
                                          doc="lens-light peak / arc peak, log-uniform (§4 [R])")
+    lens_light_q_jitter: float = _value(0.1, lo=0.0, doc="lens-light q = mass q + U(-j, j), "
+                                                         "clipped to [0.3, 1] (§4 [R])")
+    lens_light_pa_sigma_deg: float = _value(10.0, lo=0.0, doc="lens-light PA scatter about the "
+                                                              "mass major axis, degrees (§4 [R])")
+    placement_candidates: int = _value(16, lo=1, doc="source positions drawn at once per "
+                                                     "candidate; first inside wins (§3.3 [R])")
+    source_pixels: int = _value(128, lo=4, doc="side of the rendered source-plane image, "
+                                               "pixels (§3.2 step 4)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -178,8 +186,9 @@ class ObserveConfig:
                                       doc="light in the Moffat halo (psf = 'airy', §8.5 [R])")
     psf_halo_fwhm_arcsec: float = _value(0.3, lo=0.0, lo_open=True,
                                          doc="Moffat halo FWHM, arcsec (beta 2.5; §8.5 [R])")
-    poisson_exact_below: float = _value(20.0, lo=0.0, doc="expected counts below which Poisson "
-                                                          "is exact; Gaussian above (§5.3 step 2)")
+    poisson_exact_below: float = _value(1e6, lo=0.0, doc="expected counts below which Poisson "
+                                                         "is exact, N(lam, lam) above; default: "
+                                                         "exact everywhere (§5.3 step 2)")
     cosmic_ray_count: tuple = _range((0, 20), lo=0, integer=True, doc="rays per map (§5.5 [R])")
     cosmic_ray_length: tuple = _range((1, 20), lo=1, integer=True, doc="pixels per ray (§5.5 [R])")
     cosmic_ray_value: tuple = _range((0.3, 1.0), lo=0.0, doc="ray pixel values (§5.5 [R])")
