@@ -1,0 +1,381 @@
+"""Evaluation on the fixed test set: Table 1, Figure 1 and the robustness experiments.
+
+``evaluate`` runs a trained model on the first ``n`` lenses of the fixed
+test split (spec §8.3), corrects the ellipticity parity against the truth
+(spec §8.1) and writes into the output folder:
+
+- ``metrics.json``: per parameter the 68% error (68th percentile of
+  ``|pred - true|``), the rms and the 16-84 half-width (spec §8.2), with the
+  paper's Table 1 numbers (spec §10.1) beside them;
+- ``table1.md``: the same as a Markdown table;
+- ``figure1.png``: predicted against true theta_E, e_x, e_y with binned 68%
+  and 95% bands (the paper's Figure 1 layout);
+- ``residuals.png``: residual histograms of the five parameters.
+
+Experiments (spec §8.5, §4): ``shear`` (test lenses with external shear;
+rms errors in bins of gamma, to compare with the paper's ellipticity rms of
+0.11 for gamma < 0.01 and 0.23 for gamma > 0.15), ``psf`` (a non-Gaussian
+Airy-plus-halo PSF) and ``lens-light`` (Sersic lens light in the images).
+"""
+
+import dataclasses
+import json
+import pathlib
+import time
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from ensai_tf import config as config_lib
+from ensai_tf import conventions
+from ensai_tf.errors import InputError, ModelDirError
+
+__all__ = [
+    "EXPERIMENTS",
+    "PAPER_TABLE1",
+    "PAPER_SHEAR_RMS",
+    "SHEAR_BIN_EDGES",
+    "experiment_config",
+    "parameter_metrics",
+    "shear_bins",
+    "table1_markdown",
+    "plot_figure1",
+    "plot_residuals",
+    "write_report",
+    "collect_test_set",
+    "evaluate",
+]
+
+EXPERIMENTS = ("shear", "psf", "lens-light")
+
+PAPER_TABLE1 = {
+    "Network 1 (Inception-v4)": (0.03, 0.04, 0.05, 0.06, 0.06),
+    "Network 2 (AlexNet)": (0.03, 0.04, 0.04, 0.05, 0.06),
+    "Network 3 (Overfeat)": (0.04, 0.05, 0.05, 0.06, 0.06),
+    "Network 4 (own design)": (0.03, 0.05, 0.06, 0.05, 0.05),
+    "Combined": (0.02, 0.04, 0.04, 0.04, 0.04),
+}
+"""68% errors on the simulated test set, spec §10.1 [P], ordered as PARAM_NAMES."""
+
+PAPER_SHEAR_RMS = {"gamma < 0.01": 0.11, "gamma > 0.15": 0.23}
+"""Paper's rms ellipticity error without and with strong external shear (spec §8.5)."""
+
+SHEAR_BIN_EDGES = (0.0, 0.01, 0.05, 0.10, 0.15, 0.30)
+"""Bins of the shear magnitude gamma for the shear experiment (spec §8.5)."""
+
+_PAPER_ROW_BY_MODEL = {"inception_v4": "Network 1 (Inception-v4)", "alexnet": "Network 2 (AlexNet)",
+                       "overfeat": "Network 3 (Overfeat)", "ensai_net": "Network 4 (own design)"}
+
+
+def experiment_config(cfg, experiment=None):
+    """The test-data config of a robustness experiment.
+
+    Args:
+        cfg: the base :class:`~ensai_tf.config.ExperimentConfig`.
+        experiment: None, ``"shear"`` (``lens.shear`` on, spec §8.5),
+            ``"psf"`` (``observe.psf = "airy"``, spec §8.5) or
+            ``"lens-light"`` (``simulate.lens_light`` on, spec §4 [R]).
+    """
+    if experiment is None:
+        return cfg
+    if experiment == "shear":
+        return dataclasses.replace(cfg, lens=dataclasses.replace(cfg.lens, shear=True))
+    if experiment == "psf":
+        return dataclasses.replace(cfg, observe=dataclasses.replace(cfg.observe, psf="airy"))
+    if experiment == "lens-light":
+        return dataclasses.replace(cfg, simulate=dataclasses.replace(cfg.simulate, lens_light=True))
+    raise config_lib.ConfigError(f"unknown experiment {experiment!r}; valid: {', '.join(EXPERIMENTS)}")
+
+
+def parameter_metrics(pred, true):
+    """Table 1 metrics per parameter, after parity correction (spec §8.1-8.2).
+
+    Args:
+        pred, true: ``(N, 5)`` arrays (arcsec, -, -, arcsec, arcsec).
+
+    Returns:
+        ``{name: {"error68", "rms", "half_width_16_84", "bias"}}`` in the
+        parameter's unit, plus ``"n"``.
+    """
+    from ensai_tf import losses, metrics
+
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    corrected = np.asarray(losses.parity_correct(pred, true), dtype=np.float64)
+    out = {"n": int(len(true))}
+    e68 = np.asarray(metrics.error68(corrected, true))
+    rms = np.asarray(metrics.rms(corrected, true))
+    hw = np.asarray(metrics.half_width_16_84(corrected, true))
+    bias = np.mean(corrected - true, axis=0)
+    for k, name in enumerate(conventions.PARAM_NAMES):
+        out[name] = {"error68": float(e68[k]), "rms": float(rms[k]),
+                     "half_width_16_84": float(hw[k]), "bias": float(bias[k])}
+    return out
+
+
+def shear_bins(pred, true, gamma, edges=SHEAR_BIN_EDGES):
+    """Parity-corrected rms errors in bins of the external shear (spec §8.5).
+
+    Args:
+        pred, true: ``(N, 5)`` arrays.
+        gamma: ``(N,)`` shear magnitudes, dimensionless.
+        edges: bin edges of gamma; the last bin includes its upper edge.
+
+    Returns:
+        List of ``{"gamma_lo", "gamma_hi", "n", "rms": {name: value},
+        "rms_ellipticity"}``; ``rms_ellipticity`` is the rms over both
+        ellipticity components. Empty bins have ``n = 0`` and NaN values.
+    """
+    from ensai_tf import losses
+
+    pred = np.asarray(pred, dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    gamma = np.asarray(gamma, dtype=np.float64)
+    corrected = np.asarray(losses.parity_correct(pred, true), dtype=np.float64)
+    sq = (corrected - true) ** 2
+    rows = []
+    for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
+        last = i == len(edges) - 2
+        sel = (gamma >= lo) & ((gamma <= hi) if last else (gamma < hi))
+        n = int(sel.sum())
+        rms = np.sqrt(sq[sel].mean(axis=0)) if n else np.full(conventions.NUM_PARAMS, np.nan)
+        e = list(conventions.ELLIPTICITY_INDICES)
+        rows.append({"gamma_lo": float(lo), "gamma_hi": float(hi), "n": n,
+                     "rms": {name: float(v) for name, v in zip(conventions.PARAM_NAMES, rms)},
+                     "rms_ellipticity": float(np.sqrt(sq[sel][:, e].mean())) if n else float("nan")})
+    return rows
+
+
+def _fmt(v):
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.3f}"
+
+
+def table1_markdown(result, label="this model", paper_rows=None):
+    """Table 1 as Markdown: this model's errors and the paper's (spec §10.1)."""
+    units = [f" ({u})" if u else "" for u in conventions.PARAM_UNITS]
+    names = [f"{n}{u}" for n, u in zip(conventions.PARAM_NAMES, units)]
+    m = result["metrics"]
+    lines = [f"# Table 1: errors on {m['n']} test lenses"
+             + (f" ({result['experiment']} experiment)" if result.get("experiment") else ""),
+             "",
+             "68% error = 68th percentile of |predicted - true| after parity correction "
+             "(spec §8.1-8.2).", "",
+             "| Network | metric | " + " | ".join(names) + " |",
+             "|---|---|" + "---|" * len(names)]
+    for key, title in (("error68", "68% error"), ("rms", "rms"),
+                       ("half_width_16_84", "16-84 half-width")):
+        vals = " | ".join(_fmt(m[n][key]) for n in conventions.PARAM_NAMES)
+        lines.append(f"| **{label}** | {title} | {vals} |")
+    for row, vals in (paper_rows or PAPER_TABLE1).items():
+        lines.append(f"| paper: {row} | 68% error | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
+    if result.get("shear_bins"):
+        lines += ["", "## rms errors in bins of external shear gamma (spec §8.5)", "",
+                  "| gamma | n | " + " | ".join(names) + " | ellipticity |",
+                  "|---|---|" + "---|" * (len(names) + 1)]
+        for b in result["shear_bins"]:
+            vals = " | ".join(_fmt(b["rms"][n]) for n in conventions.PARAM_NAMES)
+            lines.append(f"| [{b['gamma_lo']:.2f}, {b['gamma_hi']:.2f}) | {b['n']} | {vals} | "
+                         f"{_fmt(b['rms_ellipticity'])} |")
+        lines.append("")
+        lines.append("paper (rms ellipticity): " + ", ".join(
+            f"{k}: {v:.2f}" for k, v in PAPER_SHEAR_RMS.items()))
+    if result.get("time_per_lens_s") is not None:
+        lines += ["", f"Time per lens: {1e3 * result['time_per_lens_s']:.2f} ms "
+                      f"(batch {result.get('batch_size')}, this machine)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot_figure1(pred, true, path, bins=12):
+    """Figure 1: predicted vs true theta_E, e_x, e_y with binned 68%/95% bands.
+
+    Bands are the 2.5/16/50/84/97.5 percentiles of the parity-corrected
+    prediction in bins of the true value (spec §8.2).
+    """
+    from ensai_tf import losses
+
+    pred = np.asarray(losses.parity_correct(np.asarray(pred, np.float64),
+                                            np.asarray(true, np.float64)), dtype=np.float64)
+    true = np.asarray(true, dtype=np.float64)
+    shown = (conventions.Param.THETA_E, conventions.Param.E_X, conventions.Param.E_Y)
+    labels = (r"$\theta_E$ (arcsec)", r"$e_x$", r"$e_y$")
+    fig = Figure(figsize=(12, 4.2))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
+    for ax, k, label in zip(axes, shown, labels):
+        t, p = true[:, k], pred[:, k]
+        lo, hi = np.min(t), np.max(t)
+        edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo - 0.5, hi + 0.5])
+        centres, bands = [], []
+        for a, b in zip(edges[:-1], edges[1:]):
+            sel = (t >= a) & (t <= b)
+            if sel.sum() >= 5:
+                centres.append(0.5 * (a + b))
+                bands.append(np.percentile(p[sel], [2.5, 16, 50, 84, 97.5]))
+        ax.plot(t, p, ".", ms=2, alpha=0.3, color="0.4", rasterized=True)
+        if centres:
+            c, q = np.array(centres), np.array(bands)
+            ax.fill_between(c, q[:, 0], q[:, 4], color="C0", alpha=0.25, label="95%")
+            ax.fill_between(c, q[:, 1], q[:, 3], color="C0", alpha=0.5, label="68%")
+            ax.plot(c, q[:, 2], color="C0", lw=1.5, label="median")
+        span = [min(lo, np.min(p)), max(hi, np.max(p))]
+        ax.plot(span, span, "k--", lw=1)
+        ax.set_xlabel(f"true {label}")
+        ax.set_ylabel(f"predicted {label}")
+    axes[0].legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_residuals(pred, true, path):
+    """Histograms of the parity-corrected residuals of the five parameters."""
+    from ensai_tf import losses
+
+    true = np.asarray(true, dtype=np.float64)
+    res = np.asarray(losses.parity_correct(np.asarray(pred, np.float64), true)) - true
+    fig = Figure(figsize=(15, 3))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, conventions.NUM_PARAMS)
+    for k, ax in enumerate(axes):
+        ax.hist(res[:, k], bins=50, color="C1")
+        unit = conventions.PARAM_UNITS[k]
+        ax.set_xlabel(f"{conventions.PARAM_NAMES[k]} residual" + (f" ({unit})" if unit else ""))
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def write_report(result, pred, true, out_dir, label="this model", bins=12):
+    """Write metrics.json, table1.md, figure1.png and residuals.png into ``out_dir``."""
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payload = dict(result)
+    payload["paper_table1_error68"] = {row: dict(zip(conventions.PARAM_NAMES, vals))
+                                       for row, vals in PAPER_TABLE1.items()}
+    if result.get("shear_bins"):
+        payload["paper_shear_rms_ellipticity"] = PAPER_SHEAR_RMS
+    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    (out_dir / "table1.md").write_text(table1_markdown(result, label))
+    plot_figure1(pred, true, out_dir / "figure1.png", bins=bins)
+    plot_residuals(pred, true, out_dir / "residuals.png")
+    return out_dir
+
+
+def _model_label(model_path):
+    path = pathlib.Path(model_path)
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder, folder.parent):
+        cfg_path = candidate / "config.yaml"
+        if cfg_path.is_file():
+            try:
+                name = config_lib.load_config(cfg_path).model.name
+            except config_lib.ConfigError:
+                return path.name
+            if (candidate / "combiner.json").is_file():
+                return "combined"
+            return name
+    return path.name
+
+
+def _default_out_dir(model, experiment):
+    path = pathlib.Path(model)
+    base = path if path.is_dir() else path.parent
+    if base.name == "saved_model":
+        base = base.parent
+    return base / ("eval" if experiment is None else f"eval-{experiment}")
+
+
+def collect_test_set(cfg, n):
+    """The first ``n`` lenses of the fixed test set: ``(images, params, extras)``.
+
+    The test split is materialised once by the pipeline (spec §3.7 [R]) and
+    read back from its cache, with the per-example quantities stored beside
+    the images (``extras``: 1-D arrays such as the external shear).
+
+    Raises:
+        ConfigError: ``n`` exceeds ``data.test_size``.
+    """
+    from ensai_tf.data import pipeline
+
+    if n > cfg.data.test_size:
+        raise config_lib.ConfigError(f"--n {n} exceeds the fixed test set's size "
+                                     f"data.test_size = {cfg.data.test_size}")
+    # example i depends only on its index (stateless seeds), so materialising
+    # just the first n gives the same lenses without simulating the rest
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test_size=n))
+    _, info = pipeline.make_dataset("test", cfg, seed=cfg.data.seed,
+                                    batch_size=cfg.evaluate.batch_size,
+                                    cache_dir=cfg.data.cache_dir or None, with_info=True)
+    arrays = pipeline.load_cache(info["cache_path"])
+    images = np.asarray(arrays["image"][:n], dtype=np.float32)
+    params = np.asarray(arrays["params"][:n], dtype=np.float64)
+    extras = {k: np.asarray(v[:n]) for k, v in arrays.items()
+              if k not in ("image", "params") and np.ndim(v) >= 1 and len(v) >= n}
+    return images, params, extras
+
+
+def _shear_gamma(extras):
+    """Shear magnitude per example, |(gamma_1, gamma_2)|, from the stored simulator outputs.
+
+    The simulator stores ``gamma (cos 2 phi_g, sin 2 phi_g)`` (spec §2.2 [R]).
+    """
+    if "gamma_1" in extras and "gamma_2" in extras:
+        return np.hypot(np.asarray(extras["gamma_1"], np.float64),
+                        np.asarray(extras["gamma_2"], np.float64))
+    raise InputError("the test data hold no external-shear values; keys available: "
+                        f"{', '.join(sorted(extras))}")
+
+
+def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
+    """Evaluate a trained model on the fixed test set and write Table 1 and Figure 1.
+
+    Args:
+        model: model folder, SavedModel folder or ``.keras`` file.
+        n: number of test lenses (default ``config.evaluate.n``).
+        experiment: None, ``"shear"``, ``"psf"`` or ``"lens-light"``.
+        out_dir: output folder (default ``MODEL/eval`` or ``MODEL/eval-EXP``).
+        config: the resolved config that defines the test data (default:
+            the paper preset, whose test split is the fixed test set of
+            spec §8.3; a model's own training config is deliberately not
+            used, so every model is scored on the same lenses).
+
+    Returns:
+        The result dict written to ``metrics.json``.
+
+    Raises:
+        ModelDirError: missing or corrupt model.
+        ConfigError: bad ``n`` or experiment.
+    """
+    from ensai_tf import predict
+
+    cfg = config if config is not None else config_lib.get_preset("paper")
+    cfg = experiment_config(cfg, experiment)
+    n = cfg.evaluate.n if n is None else int(n)
+    if n < 1:
+        raise config_lib.ConfigError(f"--n {n} must be >= 1")
+    if n > cfg.data.test_size:
+        raise config_lib.ConfigError(f"--n {n} exceeds the fixed test set's size "
+                                     f"data.test_size = {cfg.data.test_size}")
+    predict_fn, npix = predict.load_predictor(model)
+    if npix != cfg.image.npix:
+        raise ModelDirError(f"the model takes {npix}x{npix} images but the test config has "
+                            f"image.npix = {cfg.image.npix}")
+    images, true, extras = collect_test_set(cfg, n)
+    predict.predict_images(predict_fn, images[:1], cfg.evaluate.batch_size)  # trace once
+    start = time.perf_counter()
+    pred = predict.predict_images(predict_fn, images, cfg.evaluate.batch_size)
+    elapsed = time.perf_counter() - start
+    result = {"model": str(model), "experiment": experiment, "n": n,
+              "metrics": parameter_metrics(pred, true),
+              "time_per_lens_s": elapsed / n, "batch_size": cfg.evaluate.batch_size}
+    if experiment == "shear":
+        result["shear_bins"] = shear_bins(pred, true, _shear_gamma(extras))
+    label = _model_label(model)
+    paper_row = _PAPER_ROW_BY_MODEL.get(label, "Combined" if label == "combined" else None)
+    result["paper_row"] = paper_row
+    out = write_report(result, pred, true, out_dir or _default_out_dir(model, experiment),
+                       label=label, bins=cfg.evaluate.band_bins)
+    print((out / "table1.md").read_text())
+    print(f"ensai evaluate: wrote {out}/table1.md, metrics.json, figure1.png, residuals.png")
+    return result

@@ -1,0 +1,608 @@
+"""Predict lens parameters for user images (.npy and FITS).
+
+The networks take ``(N, N, 1)`` float32 images of 0.04 arcsec pixels with
+masked pixels exactly 0 (spec §0). This module turns user files into that
+form and runs a trained model on them in batches:
+
+1. read the file: ``.npy`` (an image or a stack of images, assumed to be on
+   the package's own 0.04 arcsec grid unless ``pixel_scale`` is given) or
+   FITS (first HDU holding an image; pixel scale from the celestial WCS via
+   ``astropy.wcs.utils.proj_plane_pixel_scales``, or ``pixel_scale``);
+2. refuse NaN/Inf, all-masked and constant images, naming the file;
+3. resample to 0.04 arcsec flux-conservingly when the scale differs;
+4. zero-pad (padding is "masked", which the bias-removal layer ignores,
+   spec §6.1) or centrally crop to the network's input size;
+5. normalise to an arc peak of about 1, as the training images are
+   (spec §5.7): divide by the maximum of the 3x3-median-filtered image over
+   unmasked pixels, so a single hot pixel or cosmic ray cannot set the scale.
+
+The output table has the five parameters (spec §0), the axis ratio ``q``
+and the position angle of the mass major axis (east of north when the file
+has a celestial WCS, otherwise in the image frame from +x towards +y; the
+``pa_frame`` column says which), plus the lens centre in the input file's
+pixel coordinates (and RA/Dec with a celestial WCS).
+"""
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import pathlib
+import sys
+import time
+import warnings
+import zipfile
+
+import numpy as np
+
+from ensai_tf import conventions
+from ensai_tf.errors import InputError, ModelDirError
+
+__all__ = [
+    "PreparedImage",
+    "load_predictor",
+    "read_image_file",
+    "resample_flux_conserving",
+    "fit_to_grid",
+    "normalise_peak",
+    "prepare_images",
+    "predict_images",
+    "result_rows",
+    "write_table",
+    "predict_files",
+]
+
+PA_FRAME_SKY = "east_of_north"
+PA_FRAME_IMAGE = "image_x_towards_y"
+OUTPUT_COLUMNS = ("file", "index", *conventions.PARAM_NAMES, "q", "pa_deg", "pa_frame",
+                  "x_pix", "y_pix", "ra_deg", "dec_deg")
+_MIN_SIDE = 8
+_PIXEL_SCALE_RTOL = 1e-6
+
+
+@dataclasses.dataclass(frozen=True)
+class PreparedImage:
+    """One network-ready image and how it maps back to its file.
+
+    Attributes:
+        name: file name, with ``[i]`` for the i-th image of a stack.
+        file: the source file path.
+        index: position in the file's stack (0 for a single image).
+        image: ``(npix, npix, 1)`` float32 network input, 0.04 arcsec pixels.
+        centre_pix: ``(col, row)``, the input file's pixel coordinates
+            (0-based) of the prepared image's centre.
+        scale_arcsec: ``(sx, sy)``, arcsec per input pixel along columns and
+            rows.
+        wcs: celestial ``astropy.wcs.WCS`` of the file, or None.
+    """
+
+    name: str
+    file: str
+    index: int
+    image: np.ndarray
+    centre_pix: tuple
+    scale_arcsec: tuple
+    wcs: object = None
+
+
+# ---------------------------------------------------------------- model loading
+
+
+def _keras_model_path(path):
+    path = pathlib.Path(path)
+    if path.is_file() and path.suffix == ".keras":
+        return path
+    if path.is_dir() and (path / "model.keras").is_file() and not (path / "saved_model").is_dir():
+        return path / "model.keras"
+    return None
+
+
+def _saved_model_path(path):
+    path = pathlib.Path(path)
+    if path.is_dir() and (path / "saved_model.pb").is_file():
+        return path
+    if path.is_dir() and (path / "saved_model" / "saved_model.pb").is_file():
+        return path / "saved_model"
+    return None
+
+
+def _as_param_array(outputs):
+    """(B, 5) float64 array from a model output (array or dict of named params)."""
+    if isinstance(outputs, dict):
+        missing = [n for n in conventions.PARAM_NAMES if n not in outputs]
+        if missing:
+            raise ModelDirError(f"the model's outputs {sorted(outputs)} lack {missing}; "
+                                f"expected the five parameters {conventions.PARAM_NAMES}")
+        cols = [np.asarray(outputs[n], dtype=np.float64).reshape(-1)
+                for n in conventions.PARAM_NAMES]
+        return np.stack(cols, axis=-1)
+    out = np.asarray(outputs, dtype=np.float64)
+    if out.ndim != 2 or out.shape[1] != conventions.NUM_PARAMS:
+        raise ModelDirError(f"the model returned shape {out.shape}; expected (batch, "
+                            f"{conventions.NUM_PARAMS})")
+    return out
+
+
+def load_predictor(path):
+    """Load a trained model for inference.
+
+    Args:
+        path: a model folder written by ``ensai train``/``ensai combine``
+            (its ``saved_model/`` is used, else its ``model.keras``), a
+            SavedModel folder, or a ``.keras`` file.
+
+    Returns:
+        ``(predict_fn, npix)``: ``predict_fn(images)`` maps a ``(B, npix,
+        npix, 1)`` float32 array to a ``(B, 5)`` float64 array of
+        ``(theta_e [arcsec], e_x, e_y, x_l [arcsec], y_l [arcsec])``;
+        ``npix`` is the input side in pixels.
+
+    Raises:
+        ModelDirError: the path is missing, is not a model, or is corrupt.
+    """
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise ModelDirError(f"model {str(path)!r} does not exist; give a folder written by "
+                            "'ensai train' or 'ensai combine', a SavedModel folder or a .keras file")
+    saved = _saved_model_path(path)
+    keras_path = None if saved is not None else _keras_model_path(path)
+    if saved is None and keras_path is None:
+        raise ModelDirError(f"{str(path)!r} is not a model: expected a folder with saved_model/ "
+                            "or model.keras, a SavedModel folder (saved_model.pb) or a .keras file")
+    import tensorflow as tf
+
+    try:
+        if saved is not None:
+            from ensai_tf import export
+
+            holder = export.load_for_inference(str(saved))
+            npix = _saved_model_npix(holder.serve if hasattr(holder, "serve") else holder)
+        else:
+            import keras
+
+            _register_custom_objects()
+            holder = keras.saving.load_model(str(keras_path), compile=False)
+            npix = holder.input_shape[1]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, zipfile.BadZipFile,
+            tf.errors.OpError) as err:
+        raise ModelDirError(f"cannot load the model in {str(path)!r}: it is missing files or "
+                            f"corrupt ({type(err).__name__}: {err})") from None
+    npix = int(npix) if npix else conventions.NPIX
+
+    # the closure keeps the loaded object (and so its variables) alive
+    def predict_fn(images):
+        fn = holder.serve if hasattr(holder, "serve") else holder
+        return _as_param_array(_to_numpy(fn(tf.constant(images, dtype=tf.float32))))
+
+    return predict_fn, npix
+
+
+def _to_numpy(outputs):
+    if isinstance(outputs, dict):
+        return {k: np.asarray(v) for k, v in outputs.items()}
+    return np.asarray(outputs)
+
+
+def _saved_model_npix(fn):
+    """Input side of a SavedModel serving function, or None when unknown."""
+    signature = getattr(fn, "structured_input_signature", None)
+    if signature is None:
+        concrete = getattr(fn, "concrete_functions", None) or ()
+        signature = concrete[0].structured_input_signature if concrete else None
+    if signature is None:
+        return None
+    specs = [s for s in list(signature[0]) + list(signature[1].values()) if hasattr(s, "shape")]
+    return specs[0].shape[1] if specs and len(specs[0].shape) == 4 else None
+
+
+def _register_custom_objects():
+    """Import the modules whose custom Keras objects a ``.keras`` file may name."""
+    import importlib
+
+    for name in ("ensai_tf.preprocess.bias", "ensai_tf.losses", "ensai_tf.metrics",
+                 "ensai_tf.models", "ensai_tf.models.combiner"):
+        try:
+            importlib.import_module(name)
+        except ImportError:
+            continue
+
+
+# ---------------------------------------------------------------- reading files
+
+
+def _read_fits(path):
+    """(data, celestial WCS or None, pixel scales (sx, sy) arcsec or None) of a FITS file."""
+    from astropy.io import fits
+    from astropy.wcs import WCS, FITSFixedWarning
+    from astropy.wcs.utils import proj_plane_pixel_scales
+
+    if os.path.getsize(path) == 0:
+        raise InputError(f"{path}: the FITS file is empty")
+    try:
+        with fits.open(path, memmap=False) as hdul:
+            hdu = next((h for h in hdul if h.is_image and h.data is not None
+                        and np.asarray(h.data).ndim >= 2), None)
+            if hdu is None:
+                raise InputError(f"{path}: no HDU holds an image (2-D data)")
+            data = np.array(hdu.data, dtype=np.float64)
+            header = hdu.header.copy()
+    except InputError:
+        raise
+    except (OSError, ValueError, TypeError, IndexError, KeyError) as err:
+        raise InputError(f"{path}: not a readable FITS file ({err})") from None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FITSFixedWarning)
+            wcs = WCS(header)
+    except (ValueError, KeyError, MemoryError) as err:
+        raise InputError(f"{path}: the FITS header has an invalid WCS ({err})") from None
+    if not wcs.has_celestial:
+        return data, None, None
+    celestial = wcs.celestial
+    units = [str(u) for u in celestial.world_axis_units]
+    if any(u not in ("deg", "") for u in units):
+        raise InputError(f"{path}: celestial WCS axes in {units}, expected degrees")
+    scales = proj_plane_pixel_scales(celestial) * 3600.0
+    return data, celestial, (float(scales[0]), float(scales[1]))
+
+
+def read_image_file(path, pixel_scale=None):
+    """Read the images of one .npy or FITS file.
+
+    Args:
+        path: ``.npy`` file holding ``(H, W)``, ``(H, W, 1)``, ``(N, H, W)`` or
+            ``(N, H, W, 1)``, or a FITS file (``.fits``, ``.fit``, ``.fts``,
+            optionally ``.gz``) whose first image HDU is used.
+        pixel_scale: pixel side in arcsec, overriding the file's; needed for
+            a FITS file without a celestial WCS. ``.npy`` files are assumed
+            to be on the package grid (0.04 arcsec, spec §0) unless given.
+
+    Returns:
+        ``(images, wcs, scales)``: float64 array ``(N, H, W)``, the celestial
+        WCS or None, and ``(sx, sy)`` arcsec per pixel along columns, rows.
+
+    Raises:
+        InputError: unreadable, empty or corrupt file, unsupported type or
+            shape, NaN/Inf values, or an unknown pixel scale; each message
+            names the file.
+    """
+    path = str(path)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: no such file")
+    lower = path.lower()
+    wcs = None
+    scales = None
+    if lower.endswith(".npy"):
+        try:
+            data = np.load(path, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as err:
+            raise InputError(f"{path}: not a readable .npy array ({err})") from None
+        if data.dtype.kind not in "fiub":
+            raise InputError(f"{path}: dtype {data.dtype} is not numeric")
+        data = np.asarray(data, dtype=np.float64)
+        scales = (conventions.PIXEL_SCALE,) * 2
+    elif lower.endswith((".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")):
+        data, wcs, scales = _read_fits(path)
+        while data.ndim > 2 and data.shape[0] == 1:
+            data = data[0]
+    else:
+        raise InputError(f"{path}: unknown file type; give .npy or FITS (.fits, .fit, .fts)")
+    if pixel_scale is not None:
+        if not (np.isfinite(pixel_scale) and pixel_scale > 0):
+            raise InputError(f"pixel scale {pixel_scale!r} must be a positive number of arcsec")
+        scales = (float(pixel_scale),) * 2
+    if scales is None:
+        raise InputError(f"{path}: the pixel scale is unknown (no celestial WCS in the header); "
+                         "give it with --pixel-scale ARCSEC (pixel_scale=...)")
+    images = _as_stack(path, data)
+    bad = ~np.isfinite(images)
+    if bad.any():
+        idx = int(np.argwhere(bad.reshape(len(images), -1).any(axis=1))[0, 0])
+        what = "NaN" if np.isnan(images).any() else "Inf"
+        raise InputError(f"{path}: image {idx} contains {what} values ({int(bad.sum())} pixels); "
+                         "mask bad pixels with exactly 0 instead")
+    return images, wcs, scales
+
+
+def _as_stack(path, data):
+    expected = (f"expected an image of shape (H, W) or (H, W, 1), or a stack (N, H, W) or "
+                f"(N, H, W, 1), at least {_MIN_SIDE} pixels a side; the networks take "
+                f"({conventions.NPIX}, {conventions.NPIX}, 1) at {conventions.PIXEL_SCALE} arcsec "
+                "per pixel, and other sizes are padded or cropped")
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    elif data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3 or data.shape[0] == 0 or min(data.shape[1:]) < _MIN_SIDE:
+        raise InputError(f"{path}: wrong shape {tuple(data.shape)}; {expected}")
+    return data
+
+
+# ---------------------------------------------------------------- geometry
+
+
+def _overlap_matrix(n_in, scale_in, n_out, scale_out):
+    """W[i, j]: fraction of input pixel j inside output pixel i (both centred on 0)."""
+    e_in = (np.arange(n_in + 1) - n_in / 2.0) * scale_in
+    e_out = (np.arange(n_out + 1) - n_out / 2.0) * scale_out
+    lo = np.maximum(e_out[:-1, None], e_in[None, :-1])
+    hi = np.minimum(e_out[1:, None], e_in[None, 1:])
+    return np.clip(hi - lo, 0.0, None) / scale_in
+
+
+def resample_flux_conserving(image, scale_in, scale_out=conventions.PIXEL_SCALE):
+    """Rebin an image to a new pixel scale, conserving flux, about its centre.
+
+    Each input pixel is treated as uniform over its area and its flux is
+    shared among the output pixels it overlaps (exact area weighting). Masked
+    pixels (exactly 0) do not dilute their neighbours: an output pixel is the
+    flux of its unmasked area scaled up to its full area, and is masked (0)
+    when less than half of it is covered by unmasked input.
+
+    Args:
+        image: ``(H, W)`` array; exact zeros are masked.
+        scale_in: ``(sx, sy)`` input pixel side along columns and rows, arcsec.
+        scale_out: output pixel side, arcsec.
+
+    Returns:
+        ``(out, (sx_ratio, sy_ratio))``: the ``(H', W')`` float64 image with
+        ``H' = round(H * sy / scale_out)`` and the same centre, whose sum
+        equals the input's when nothing is masked; and ``n_out / n_in``
+        per axis.
+    """
+    image = np.asarray(image, dtype=np.float64)
+    sx, sy = scale_in
+    n_y, n_x = image.shape
+    m_y = max(1, int(round(n_y * sy / scale_out)))
+    m_x = max(1, int(round(n_x * sx / scale_out)))
+    w_y = _overlap_matrix(n_y, sy, m_y, scale_out)
+    w_x = _overlap_matrix(n_x, sx, m_x, scale_out)
+    unmasked = (image != 0).astype(np.float64)
+    flux = w_y @ image @ w_x.T
+    covered = w_y @ unmasked @ w_x.T
+    total = w_y @ np.ones_like(image) @ w_x.T
+    frac = np.divide(covered, total, out=np.zeros_like(covered), where=total > 0)
+    out = np.where(frac >= 0.5, flux / np.where(frac > 0, frac, 1.0), 0.0)
+    return out, (m_x / n_x, m_y / n_y)
+
+
+def fit_to_grid(image, npix=conventions.NPIX):
+    """Zero-pad or centrally crop an image to ``(npix, npix)``.
+
+    Padding is masked data (exact zeros, spec §0), which the bias-removal
+    layer ignores (spec §6.1).
+
+    Args:
+        image: ``(H, W)`` array.
+        npix: output side, pixels.
+
+    Returns:
+        ``(out, (start_col, start_row))``: the ``(npix, npix)`` image, and
+        the input pixel index at output pixel 0 along each axis (negative
+        when padded).
+    """
+    image = np.asarray(image)
+    out = np.zeros((npix, npix), dtype=image.dtype)
+    starts = []
+    for axis in (1, 0):
+        n = image.shape[axis]
+        starts.append((n - npix) // 2)
+    start_x, start_y = starts
+    src_y = slice(max(start_y, 0), min(start_y + npix, image.shape[0]))
+    src_x = slice(max(start_x, 0), min(start_x + npix, image.shape[1]))
+    dst_y = slice(src_y.start - start_y, src_y.stop - start_y)
+    dst_x = slice(src_x.start - start_x, src_x.stop - start_x)
+    out[dst_y, dst_x] = image[src_y, src_x]
+    return out, (start_x, start_y)
+
+
+def normalise_peak(image, name="image"):
+    """Scale an image so its arc peak is about 1 (spec §5.7).
+
+    The peak is the maximum, over unmasked pixels, of the 3x3 median-filtered
+    image, so isolated hot pixels and cosmic rays do not set the scale.
+    Masked pixels (exact zeros) stay 0.
+
+    Args:
+        image: ``(H, W)`` array; exact zeros are masked.
+        name: what to call the image in error messages.
+
+    Raises:
+        InputError: all pixels masked, a constant image, or no positive
+            signal.
+    """
+    from scipy import ndimage
+
+    image = np.asarray(image, dtype=np.float64)
+    unmasked = image != 0
+    if not unmasked.any():
+        raise InputError(f"{name}: every pixel is masked (exactly 0); nothing to measure")
+    values = image[unmasked]
+    if values.max() == values.min():
+        raise InputError(f"{name}: the image is constant ({values.max():g}); it holds no arcs")
+    peak = np.max(ndimage.median_filter(image, size=3, mode="nearest")[unmasked])
+    if not peak > 0:
+        peak = values.max()
+    if not peak > 0:
+        raise InputError(f"{name}: no positive pixel; the arcs must be positive")
+    return np.where(unmasked, image / peak, 0.0)
+
+
+def prepare_images(path, npix=conventions.NPIX, pixel_scale=None):
+    """Read one file and return its network-ready :class:`PreparedImage` list.
+
+    Args:
+        path: ``.npy`` or FITS file (see :func:`read_image_file`).
+        npix: network input side, pixels.
+        pixel_scale: optional pixel side of the file, arcsec.
+    """
+    images, wcs, scales = read_image_file(path, pixel_scale)
+    out = []
+    for i, image in enumerate(images):
+        name = f"{path}[{i}]" if len(images) > 1 else str(path)
+        normalise_peak(image, name)  # refuses all-masked and constant input early
+        ratio = (1.0, 1.0)
+        if not np.allclose(scales, conventions.PIXEL_SCALE, rtol=_PIXEL_SCALE_RTOL, atol=0):
+            image, ratio = resample_flux_conserving(image, scales)
+        n_y, n_x = image.shape
+        fitted, (start_x, start_y) = fit_to_grid(image, npix)
+        fitted = normalise_peak(fitted, name)
+        # offset of the prepared centre from the resampled centre, 0.04" pixels
+        d_x = start_x + (npix - 1) / 2.0 - (n_x - 1) / 2.0
+        d_y = start_y + (npix - 1) / 2.0 - (n_y - 1) / 2.0
+        n_in_y, n_in_x = images.shape[1:]
+        centre = ((n_in_x - 1) / 2.0 + d_x / ratio[0], (n_in_y - 1) / 2.0 + d_y / ratio[1])
+        out.append(PreparedImage(name=name, file=str(path), index=i,
+                                 image=fitted.astype(np.float32)[..., None],
+                                 centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs))
+    return out
+
+
+# ---------------------------------------------------------------- prediction
+
+
+def predict_images(predict_fn, images, batch_size=100):
+    """Run ``predict_fn`` over ``(N, npix, npix, 1)`` images in batches.
+
+    Returns:
+        ``(N, 5)`` float64 array of parameters (arcsec, -, -, arcsec, arcsec).
+    """
+    images = np.asarray(images, dtype=np.float32)
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} must be >= 1")
+    chunks = [predict_fn(images[i:i + batch_size]) for i in range(0, len(images), batch_size)]
+    return np.concatenate(chunks, axis=0) if chunks else np.zeros((0, conventions.NUM_PARAMS))
+
+
+def _position_angle(prepared, params):
+    """(pa_deg, frame, x_pix, y_pix, ra_deg, dec_deg) of one prediction."""
+    e_x, e_y = params[conventions.Param.E_X], params[conventions.Param.E_Y]
+    angle_img = float(conventions.mass_major_axis_angle(e_x, e_y))
+    sx, sy = prepared.scale_arcsec
+    x_pix = prepared.centre_pix[0] + params[conventions.Param.X_L] / sx
+    y_pix = prepared.centre_pix[1] + params[conventions.Param.Y_L] / sy
+    if prepared.wcs is None:
+        return angle_img, PA_FRAME_IMAGE, x_pix, y_pix, None, None
+    step = 1.0  # arcsec along the major axis, converted to input pixels per axis
+    a = np.radians(angle_img)
+    p0 = prepared.wcs.pixel_to_world(x_pix, y_pix)
+    p1 = prepared.wcs.pixel_to_world(x_pix + step * np.cos(a) / sx, y_pix + step * np.sin(a) / sy)
+    pa = float(np.mod(p0.position_angle(p1).deg, 180.0))
+    return pa, PA_FRAME_SKY, x_pix, y_pix, float(p0.spherical.lon.deg), float(p0.spherical.lat.deg)
+
+
+def result_rows(prepared, params):
+    """Output rows (dicts keyed by ``OUTPUT_COLUMNS``) for prepared images.
+
+    ``q = 1 - |e|`` (spec §0) and ``pa_deg`` is the mass major-axis position
+    angle in [0, 180) degrees, east of north with a celestial WCS, else from
+    +x (column) towards +y (row); ``x_pix``/``y_pix`` are the lens centre in
+    the input file's 0-based pixel coordinates (column, row).
+    """
+    rows = []
+    for item, p in zip(prepared, np.asarray(params, dtype=np.float64)):
+        q, _ = conventions.q_phi_from_ellipticity(p[conventions.Param.E_X],
+                                                  p[conventions.Param.E_Y])
+        pa, frame, x_pix, y_pix, ra, dec = _position_angle(item, p)
+        row = {"file": item.file, "index": item.index}
+        row.update({n: float(v) for n, v in zip(conventions.PARAM_NAMES, p)})
+        row.update({"q": float(q), "pa_deg": pa, "pa_frame": frame, "x_pix": float(x_pix),
+                    "y_pix": float(y_pix), "ra_deg": ra, "dec_deg": dec})
+        rows.append(row)
+    return rows
+
+
+def _output_format(output):
+    if output == "-":
+        return "csv"
+    suffix = pathlib.Path(output).suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise InputError(f"output {output!r}: unknown format {suffix or '(none)'}; "
+                         "use a .csv or .json file, or '-' for CSV on stdout")
+    return suffix[1:]
+
+
+def _check_writable(output):
+    if output == "-":
+        return
+    path = pathlib.Path(output)
+    parent = path.parent if str(path.parent) else pathlib.Path(".")
+    if path.is_dir():
+        raise InputError(f"output {output!r} is a folder; give a .csv or .json file name")
+    if not parent.is_dir():
+        raise InputError(f"output {output!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"output {output!r} is not writable")
+
+
+def write_table(rows, output):
+    """Write rows as CSV or JSON (by extension); ``'-'`` writes CSV to stdout.
+
+    The file is written under a temporary name and renamed, so a failure
+    never leaves half a file or clobbers an existing one.
+    """
+    fmt = _output_format(output)
+    buf = io.StringIO()
+    if fmt == "json":
+        json.dump(rows, buf, indent=1)
+        buf.write("\n")
+    else:
+        writer = csv.DictWriter(buf, fieldnames=OUTPUT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    if output == "-":
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+        return
+    path = pathlib.Path(output)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {output!r}: {err}") from None
+
+
+def predict_files(model, files, output="-", pixel_scale=None, batch_size=100):
+    """Predict lens parameters for image files and write a table.
+
+    Every file is read and checked before the model runs, and the output is
+    written only at the end, so a bad input never leaves a partial table.
+
+    Args:
+        model: model folder, SavedModel folder or ``.keras`` file.
+        files: ``.npy`` and FITS paths (see :func:`read_image_file`).
+        output: ``.csv`` or ``.json`` path, or ``'-'`` for CSV on stdout.
+        pixel_scale: pixel side of all files, arcsec (overrides the WCS;
+            required for FITS files without a celestial WCS).
+        batch_size: images per forward pass.
+
+    Returns:
+        The list of row dicts written (see :func:`result_rows`).
+
+    Raises:
+        InputError: a bad image file or output path (the message names it).
+        ModelDirError: a missing or corrupt model.
+    """
+    if not files:
+        raise InputError("no image files given")
+    _check_writable(output)
+    _output_format(output)
+    predict_fn, npix = load_predictor(model)
+    prepared = [item for f in files for item in prepare_images(f, npix, pixel_scale)]
+    images = np.stack([p.image for p in prepared])
+    predict_images(predict_fn, images[:1], batch_size)  # warm-up: build and trace once
+    start = time.perf_counter()
+    params = predict_images(predict_fn, images, batch_size)
+    elapsed = time.perf_counter() - start
+    rows = result_rows(prepared, params)
+    write_table(rows, output)
+    print(f"ensai predict: {len(rows)} lenses in {elapsed:.3f} s "
+          f"({1e3 * elapsed / len(rows):.2f} ms per lens, batch {batch_size}); "
+          f"PA frame: {', '.join(sorted({r['pa_frame'] for r in rows}))}", file=sys.stderr)
+    return rows

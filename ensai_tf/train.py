@@ -1,0 +1,487 @@
+"""Training: one network with ``model.fit`` on the online pipeline, and the combiner.
+
+``train`` follows the Model Garden driver shape (style.md §6 item 12): write
+the resolved config into the model folder first, seed Keras, build and
+compile the network (Adam + the parity-min loss, spec §7.1-7.2), fit on the
+endless online training stream with the fixed validation set, and finish by
+exporting a SavedModel. A killed run continues with ``resume=True`` from the
+last completed epoch: Keras' ``BackupAndRestore`` restores weights and
+optimiser state, and the training stream restarts at the matching step
+(``make_dataset(start_step=...)``), so an interrupted and resumed run ends
+with the same weights as an uninterrupted one.
+
+Files in the model folder: ``config.yaml``, ``tb/`` (TensorBoard),
+``best.keras`` (best validation loss, spec §7.3), ``backup/`` (while
+training), ``log.csv``, and at the end ``model.keras`` and ``saved_model/``
+holding the best-validation weights.
+"""
+
+import contextlib
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import yaml
+
+from ensai_tf import config as config_lib
+from ensai_tf import conventions
+from ensai_tf.errors import ModelDirError
+
+__all__ = [
+    "ARTEFACTS",
+    "prepare_model_dir",
+    "completed_epochs",
+    "build_callbacks",
+    "compile_model",
+    "train",
+    "train_combiner",
+]
+
+ARTEFACTS = ("config.yaml", "tb", "best.keras", "backup", "log.csv", "model.keras",
+             "saved_model", "combiner.json")
+"""Files and folders that ``train``/``train_combiner`` write into a model folder."""
+
+_STATE_FILE = "callback_state.json"
+
+
+# ---------------------------------------------------------------- model folder
+
+
+def _config_differences(saved, cfg):
+    a, b = config_lib.config_to_dict(saved), config_lib.config_to_dict(cfg)
+    return [f"{s}.{k} ({a[s][k]!r} -> {b[s][k]!r})" for s in b for k in b[s]
+            if a.get(s, {}).get(k) != b[s][k]]
+
+
+def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
+    """Check a model folder and make it ready; never destroys data silently.
+
+    Args:
+        model_dir: the folder.
+        cfg: the resolved config; with ``resume`` it must equal the one the
+            run started with.
+        resume: continue the run whose files are in the folder.
+        overwrite: delete this package's files in the folder (see
+            :data:`ARTEFACTS`) and start afresh.
+
+    Raises:
+        ModelDirError: the path is a file; the folder already holds files
+            and neither flag is given; both flags are given; there is nothing
+            to resume, the run has finished, or its config differs.
+    """
+    model_dir = pathlib.Path(model_dir)
+    if resume and overwrite:
+        raise ModelDirError("--resume and --overwrite contradict each other; give one")
+    if model_dir.exists() and not model_dir.is_dir():
+        raise ModelDirError(f"model folder {str(model_dir)!r} is a file, not a folder")
+    contents = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
+    if resume:
+        saved_path = model_dir / "config.yaml"
+        if not saved_path.is_file():
+            raise ModelDirError(f"nothing to resume in {str(model_dir)!r}: it holds no "
+                                "config.yaml; start a new run without --resume")
+        if (model_dir / "model.keras").exists() and not (model_dir / "backup").exists():
+            raise ModelDirError(f"the run in {str(model_dir)!r} has already finished "
+                                "(model.keras exists); use --overwrite to train again")
+        if cfg is not None:
+            try:
+                saved = config_lib.config_from_dict(yaml.safe_load(saved_path.read_text()))
+            except (config_lib.ConfigError, yaml.YAMLError) as err:
+                raise ModelDirError(f"{saved_path}: cannot read the run's config ({err})") from None
+            diff = _config_differences(saved, cfg)
+            if diff:
+                raise ModelDirError(
+                    f"cannot resume {str(model_dir)!r} with a different config: "
+                    f"{'; '.join(diff)}. Resume with the settings the run started with "
+                    "(see its config.yaml) or use --overwrite")
+        return model_dir
+    if contents and not overwrite:
+        raise ModelDirError(f"model folder {str(model_dir)!r} is not empty ({', '.join(contents[:5])}"
+                            f"{', ...' if len(contents) > 5 else ''}); pass --resume to continue "
+                            "its training or --overwrite to start afresh")
+    if overwrite:
+        for name in ARTEFACTS:
+            path = model_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    model_dir.mkdir(parents=True, exist_ok=True)
+    return model_dir
+
+
+def completed_epochs(backup_dir):
+    """Epochs completed by an interrupted run, from its BackupAndRestore metadata (0 if none)."""
+    meta = pathlib.Path(backup_dir) / "training_metadata.json"
+    if not meta.is_file():
+        return 0
+    try:
+        return int(json.loads(meta.read_text())["epoch"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise ModelDirError(f"{meta}: unreadable backup metadata ({err}); "
+                            "use --overwrite to start afresh") from None
+
+
+# ---------------------------------------------------------------- callbacks
+
+
+def _callback_classes():
+    """Callback classes built lazily so that importing this module stays light."""
+    import keras
+    import tensorflow as tf
+
+    from ensai_tf import losses
+
+    class StatefulBackup(keras.callbacks.BackupAndRestore):
+        """BackupAndRestore that also keeps the plateau and checkpoint counters.
+
+        Keras backs up weights, optimiser state (learning rate included) and
+        the epoch; the ``best``/``wait`` counters of ReduceLROnPlateau and
+        ModelCheckpoint would otherwise restart on resume. Put it last in the
+        callback list so that it restores after the others have reset.
+        """
+
+        def __init__(self, backup_dir, stateful):
+            super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True)
+            self._stateful = stateful
+
+        def _state_path(self):
+            return pathlib.Path(self.backup_dir) / _STATE_FILE
+
+        def _save_model(self):
+            super()._save_model()
+            state = {name: {k: float(getattr(cb, k)) for k in keys if hasattr(cb, k)}
+                     for name, (cb, keys) in self._stateful.items()}
+            self._state_path().write_text(json.dumps(state))
+
+        def _load_model(self):
+            super()._load_model()
+            if self._state_path().is_file():
+                state = json.loads(self._state_path().read_text())
+                for name, values in state.items():
+                    cb = self._stateful.get(name, (None, ()))[0]
+                    for k, v in values.items():
+                        if cb is not None:
+                            setattr(cb, k, int(v) if k in ("wait", "cooldown_counter") else v)
+
+    class ValidationImages(keras.callbacks.Callback):
+        """Writes a few validation inputs with true and predicted parameters.
+
+        At every epoch end, ``tf.summary.image`` shows the images (scaled to
+        [0, 1] per image, origin at the top as TensorBoard draws them) and
+        ``tf.summary.text`` a Markdown table of true and parity-corrected
+        predicted parameters (spec §8.1).
+        """
+
+        def __init__(self, images, params, log_dir):
+            super().__init__()
+            self._images = np.asarray(images, dtype=np.float32)
+            self._params = np.asarray(params, dtype=np.float64)
+            self._writer = tf.summary.create_file_writer(str(log_dir))
+
+        def on_epoch_end(self, epoch, logs=None):
+            pred = np.asarray(self.model(self._images, training=False), dtype=np.float64)
+            pred = np.asarray(losses.parity_correct(pred, self._params), dtype=np.float64)
+            lo = self._images.min(axis=(1, 2, 3), keepdims=True)
+            hi = self._images.max(axis=(1, 2, 3), keepdims=True)
+            shown = (self._images - lo) / np.where(hi > lo, hi - lo, 1.0)
+            header = "| # | " + " | ".join(conventions.PARAM_NAMES) + " |"
+            lines = [header, "|" + "---|" * (conventions.NUM_PARAMS + 1)]
+            for i, (t, p) in enumerate(zip(self._params, pred)):
+                cells = " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(t, p))
+                lines.append(f"| {i} | {cells} |")
+            text = "true / predicted (parity-corrected)\n\n" + "\n".join(lines)
+            with self._writer.as_default(step=epoch):
+                tf.summary.image("validation/images", shown, max_outputs=len(shown))
+                tf.summary.text("validation/parameters", text)
+            self._writer.flush()
+
+        def on_train_end(self, logs=None):
+            self._writer.close()
+
+    class Warmup(keras.callbacks.Callback):
+        """Linear learning-rate warm-up over the first steps (spec §7.2 [R]).
+
+        Uses the optimiser's global step, so it is resume-safe, and stops
+        touching the rate after ``steps`` so that plateau decay owns it.
+        """
+
+        def __init__(self, base_lr, steps):
+            super().__init__()
+            self._base_lr = float(base_lr)
+            self._steps = int(steps)
+
+        def on_train_batch_begin(self, batch, logs=None):
+            step = int(self.model.optimizer.iterations.numpy())
+            if step <= self._steps:
+                self.model.optimizer.learning_rate = self._base_lr * min(1.0, (step + 1)
+                                                                         / self._steps)
+
+    return StatefulBackup, ValidationImages, Warmup
+
+
+def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
+    """The training callbacks (spec §7.2-7.3 [R]).
+
+    Args:
+        cfg: the :class:`~ensai_tf.config.ExperimentConfig`.
+        model_dir: the model folder.
+        sample: optional ``(images, params)`` validation examples to show in
+            TensorBoard.
+        resume: append to an existing CSV log.
+        extra: further callbacks, run before the backup callback.
+
+    Returns:
+        List of Keras callbacks: TensorBoard, ValidationImages,
+        ModelCheckpoint(best.keras), ReduceLROnPlateau, CSVLogger,
+        TerminateOnNaN, optional Warmup, the extras and, last, the backup.
+    """
+    import keras
+
+    StatefulBackup, ValidationImages, Warmup = _callback_classes()
+    model_dir = pathlib.Path(model_dir)
+    t = cfg.train
+    checkpoint = keras.callbacks.ModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss",
+                                                 save_best_only=True)
+    # [R] spec §7.2: divide the lr by 10 on a validation plateau, down to 1e-6
+    plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=t.plateau_factor,
+                                                patience=t.plateau_patience,
+                                                min_lr=t.min_learning_rate)
+    callbacks = [
+        keras.callbacks.TensorBoard(log_dir=str(model_dir / "tb"),
+                                    update_freq=max(1, min(100, t.steps_per_epoch // 10))),
+    ]
+    if sample is not None and t.image_summaries > 0:
+        images, params = sample
+        callbacks.append(ValidationImages(images[: t.image_summaries], params[: t.image_summaries],
+                                          model_dir / "tb" / "images"))
+    callbacks += [checkpoint, plateau,
+                  keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resume),
+                  keras.callbacks.TerminateOnNaN()]
+    if t.warmup_steps > 0:
+        callbacks.append(Warmup(t.learning_rate, t.warmup_steps))
+    callbacks += list(extra)
+    callbacks.append(StatefulBackup(str(model_dir / "backup"),
+                                    {"plateau": (plateau, ("best", "wait", "cooldown_counter")),
+                                     "checkpoint": (checkpoint, ("best",))}))
+    return callbacks
+
+
+# ---------------------------------------------------------------- model
+
+
+def compile_model(model, learning_rate, clipnorm=None):
+    """Compile with Adam, the parity-min MSE (spec §7.1) and per-parameter metrics."""
+    import keras
+
+    from ensai_tf import losses, metrics
+
+    # [R] spec §7.2: Adam, gradient clipping at global norm 10 as a safety net
+    optimizer = keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clipnorm)
+    model.compile(optimizer=optimizer, loss=losses.ParityMSE(),
+                  metrics=metrics.parameter_metrics())
+    return model
+
+
+def _float32_outputs(model):
+    """Cast the outputs to float32 under mixed precision (the loss stays float32)."""
+    import keras
+
+    if all(o.dtype == "float32" for o in model.outputs):
+        return model
+    outputs = keras.layers.Activation("linear", dtype="float32", name="float32_output")(
+        model.outputs[0])
+    return keras.Model(model.inputs, outputs, name=model.name)
+
+
+def _strategy(distribute):
+    import tensorflow as tf
+
+    if distribute is None:
+        return tf.distribute.get_strategy()
+    if distribute != "mirrored":
+        raise ModelDirError(f"unknown distribution strategy {distribute!r}; use 'mirrored'")
+    gpus = tf.config.list_logical_devices("GPU")
+    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
+    return tf.distribute.MirroredStrategy(devices=devices)
+
+
+@contextlib.contextmanager
+def _dtype_policy(name):
+    import keras
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _cache_dir(cfg):
+    return cfg.data.cache_dir or None
+
+
+def _first_batch(dataset, n):
+    images, params = [], []
+    for x, y in dataset:
+        images.append(np.asarray(x))
+        params.append(np.asarray(y))
+        if sum(len(a) for a in images) >= n:
+            break
+    return np.concatenate(images)[:n], np.concatenate(params)[:n]
+
+
+def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, callbacks=(),
+          verbose="auto"):
+    """Train one network on the online pipeline and export it.
+
+    Args:
+        cfg: the resolved :class:`~ensai_tf.config.ExperimentConfig`.
+        model_dir: output folder (new or empty, unless ``resume`` or
+            ``overwrite``).
+        resume: continue the interrupted run in ``model_dir`` from its last
+            completed epoch (same weights as an uninterrupted run).
+        overwrite: delete a previous run's files in ``model_dir`` first.
+        distribute: None, or ``"mirrored"`` for ``tf.distribute.MirroredStrategy``
+            over all GPUs (or all logical CPUs when there is no GPU).
+        callbacks: extra Keras callbacks (for notebooks and tests).
+        verbose: passed to ``model.fit``.
+
+    Returns:
+        The trained Keras model, holding the best-validation weights that
+        were exported.
+
+    Raises:
+        ModelDirError: see :func:`prepare_model_dir`.
+    """
+    model_dir = prepare_model_dir(model_dir, cfg, resume=resume, overwrite=overwrite)
+    config_lib.save_config(cfg, model_dir / "config.yaml")
+
+    import keras
+
+    from ensai_tf.data.pipeline import make_dataset
+    from ensai_tf.export import export_saved_model
+    from ensai_tf.models import build_model
+
+    t = cfg.train
+    keras.utils.set_random_seed(t.seed)
+    policy = "mixed_bfloat16" if t.mixed_precision else "float32"
+    with _dtype_policy(policy):
+        strategy = _strategy(distribute)
+        with strategy.scope():
+            model = build_model(cfg.model.name, input_shape=(cfg.image.npix, cfg.image.npix, 1),
+                                **_model_kwargs(cfg))
+            model = _float32_outputs(model)
+            compile_model(model, t.learning_rate, t.clipnorm)
+        start_epoch = completed_epochs(model_dir / "backup") if resume else 0
+        # the stream continues where the interrupted run stopped (style.md §5 rule 4)
+        train_ds = make_dataset("train", cfg, seed=cfg.data.seed, batch_size=t.batch_size,
+                                cache_dir=_cache_dir(cfg), start_step=start_epoch * t.steps_per_epoch)
+        val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
+                              batch_size=cfg.evaluate.batch_size, cache_dir=_cache_dir(cfg))
+        sample = _first_batch(val_ds, t.image_summaries) if t.image_summaries else None
+        cbs = build_callbacks(cfg, model_dir, sample=sample, resume=resume, extra=callbacks)
+        model.fit(train_ds, steps_per_epoch=t.steps_per_epoch, epochs=t.epochs,
+                  validation_data=val_ds, callbacks=cbs, shuffle=False, verbose=verbose)
+        best = model_dir / "best.keras"
+        if best.is_file():
+            model.load_weights(str(best))  # [R] spec §7.3: keep the best validation loss
+        model.save(str(model_dir / "model.keras"))
+        export_saved_model(model, str(model_dir / "saved_model"))
+    return model
+
+
+def _model_kwargs(cfg):
+    return {"bn_mode": cfg.model.bn_mode} if cfg.model.name == "inception_v4" else {}
+
+
+# ---------------------------------------------------------------- combiner
+
+
+def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", steps=None,
+                   overwrite=False, *, verbose="auto"):
+    """Train the combiner of frozen trained networks (spec §7.4).
+
+    The backbones' ``model.keras`` files are loaded and frozen; only the
+    combination weights (20 per-parameter weights by default) are trained,
+    with Adam at ``train.combine_learning_rate`` (spec §7.4 [R]: 1e-3), on
+    freshly simulated validation-distribution lenses drawn with
+    ``train.combine_seed``, never the fixed validation or test sets.
+
+    Args:
+        model_dirs: trained model folders (or ``.keras`` files); the first is
+            the parity reference.
+        model_dir: output folder (new or empty unless ``overwrite``).
+        config: the resolved config (default: the first network's).
+        mode: ``"per_parameter"`` (paper) or ``"dense"``.
+        steps: training steps (default ``train.combine_steps``).
+        overwrite: replace a previous combiner's files.
+
+    Returns:
+        ``(model, summary)``: the trained combiner and the dict written to
+        ``combiner.json`` (validation loss of the plain average of the
+        sign-aligned networks and of the trained combination).
+    """
+    paths = [_keras_file(d) for d in model_dirs]
+    if config is None:
+        config = _dir_config(model_dirs[0])
+    t = config.train
+    steps = t.combine_steps if steps is None else int(steps)
+    if steps < 1:
+        raise ModelDirError(f"combiner steps {steps} must be >= 1")
+    model_dir = prepare_model_dir(model_dir, overwrite=overwrite)
+    config_lib.save_config(config, model_dir / "config.yaml")
+
+    import keras
+
+    from ensai_tf.data import pipeline
+    from ensai_tf.export import export_saved_model
+    from ensai_tf.models import combiner
+
+    keras.utils.set_random_seed(t.seed)
+    backbones = combiner.load_backbones([str(p) for p in paths])
+    val_ds = pipeline.make_dataset("validation", config, seed=config.data.seed,
+                                   batch_size=config.evaluate.batch_size,
+                                   cache_dir=_cache_dir(config))
+    average = combiner.build_combiner(backbones, reference=0, mode="per_parameter")
+    compile_model(average, t.combine_learning_rate)
+    plain = average.evaluate(val_ds, verbose=0, return_dict=True)
+    model = average if mode == "per_parameter" else combiner.build_combiner(
+        backbones, reference=0, mode=mode)
+    compile_model(model, t.combine_learning_rate)
+    # [R] spec §7.4: an endless stream of fresh validation-distribution lenses
+    # (validation source pool, validation-time effects) under a user seed that
+    # differs from the fixed validation set's; never the test split
+    fresh = pipeline.example_dataset("validation", config, seed=config.data.seed + t.combine_seed,
+                                     batch_size=t.batch_size, training=False)
+    fresh = fresh.map(pipeline.to_supervised).prefetch(2)
+    model.fit(fresh, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=verbose,
+              callbacks=[keras.callbacks.TensorBoard(log_dir=str(model_dir / "tb")),
+                         keras.callbacks.CSVLogger(str(model_dir / "log.csv"))])
+    trained = model.evaluate(val_ds, verbose=0, return_dict=True)
+    summary = {"backbones": [str(p) for p in paths], "mode": mode, "steps": steps,
+               "plain_average_validation": {k: float(v) for k, v in plain.items()},
+               "trained_validation": {k: float(v) for k, v in trained.items()}}
+    (model_dir / "combiner.json").write_text(json.dumps(summary, indent=1) + "\n")
+    model.save(str(model_dir / "model.keras"))
+    export_saved_model(model, str(model_dir / "saved_model"))
+    return model, summary
+
+
+def _keras_file(path):
+    path = pathlib.Path(path)
+    candidate = path / "model.keras" if path.is_dir() else path
+    if not candidate.is_file() or candidate.suffix != ".keras":
+        raise ModelDirError(f"{str(path)!r} is not a trained model folder: it has no model.keras "
+                            "(train it with 'ensai train' first)")
+    return candidate
+
+
+def _dir_config(path):
+    path = pathlib.Path(path)
+    cfg_path = (path if path.is_dir() else path.parent) / "config.yaml"
+    if not cfg_path.is_file():
+        return config_lib.get_preset("paper")
+    return config_lib.load_config(cfg_path, preset="paper")

@@ -1,0 +1,160 @@
+"""Tests of ensai_tf.evaluate on synthetic prediction sets with known errors."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ensai_tf import config, conventions, evaluate
+
+N = 101
+SCALES = np.array([1e-3, 2e-4, 3e-4, 5e-4, 7e-4])
+
+
+def _synthetic(flip_half=True, seed=0):
+    """Truths with |e| >= 0.5 and errors e_i = s_k (i+1) (-1)^i, i = 0..100.
+
+    Closed forms (any percentile interpolation, since 68% of 100 is an
+    integer index): |error| sorted is s(1..101), so error68 = 69 s;
+    rms = s sqrt(mean(j^2, j=1..101)) = s sqrt(3451); signed errors sorted
+    are -100s, -98s, ..., -2s, 1s, 3s, ..., 101s, so P16 = -68s, P84 = 69s and
+    the 16-84 half-width is 68.5 s. Every other example has its predicted
+    ellipticity negated (the same lens, spec §2.3); parity correction must
+    undo it because errors (<= 0.07) are far below 2|e| >= 1.
+    """
+    rng = np.random.default_rng(seed)
+    eps = rng.uniform(0.5, 0.9, N)
+    phi = rng.uniform(0, 2 * np.pi, N)
+    true = np.stack([rng.uniform(0.1, 3.0, N), eps * np.cos(phi), eps * np.sin(phi),
+                     rng.uniform(-0.28, 0.28, N), rng.uniform(-0.28, 0.28, N)], axis=1)
+    i = np.arange(N)
+    errors = (SCALES[None, :] * (i + 1)[:, None]) * np.where(i % 2 == 0, 1.0, -1.0)[:, None]
+    pred = true + errors
+    if flip_half:
+        pred[::2, 1:3] *= -1.0
+    return pred, true
+
+
+def test_parameter_metrics_match_closed_forms():
+    pred, true = _synthetic()
+    m = evaluate.parameter_metrics(pred, true)
+    assert m["n"] == N
+    for k, name in enumerate(conventions.PARAM_NAMES):
+        s = SCALES[k]
+        # float64 arithmetic on values of order 0.1: 1e-9 relative is round-off
+        np.testing.assert_allclose(m[name]["error68"], 69 * s, rtol=1e-9)
+        np.testing.assert_allclose(m[name]["rms"], s * np.sqrt(3451.0), rtol=1e-9)
+        np.testing.assert_allclose(m[name]["half_width_16_84"], 68.5 * s, rtol=1e-9)
+        np.testing.assert_allclose(m[name]["bias"], s * 51 / N, rtol=1e-9)  # sum = 51 s
+
+
+def test_parameter_metrics_without_parity_correction_would_fail():
+    """The flipped half must matter: with the flip kept, e_x errors are ~1."""
+    pred, true = _synthetic()
+    raw = np.percentile(np.abs(pred - true)[:, 1], 68)
+    assert raw > 0.5
+    assert evaluate.parameter_metrics(pred, true)["e_x"]["error68"] < 0.1
+
+
+def test_shear_bins_rms_closed_form():
+    """Errors of e_x, e_y equal to c_b in bin b give rms c_b in that bin."""
+    gamma = np.array([0.005, 0.002, 0.03, 0.07, 0.12, 0.2, 0.3])
+    c = np.array([0.11, 0.11, 0.15, 0.18, 0.2, 0.23, 0.23])
+    true = np.tile([1.0, 0.6, 0.0, 0.0, 0.0], (len(gamma), 1))
+    pred = true.copy()
+    pred[:, 1] += c
+    pred[:, 2] -= c
+    rows = evaluate.shear_bins(pred, true, gamma)
+    assert [r["n"] for r in rows] == [2, 1, 1, 1, 2]  # 0.3 is in the last (closed) bin
+    expected = [0.11, 0.15, 0.18, 0.2, 0.23]
+    for row, e in zip(rows, expected):
+        np.testing.assert_allclose(row["rms_ellipticity"], e, rtol=1e-12)
+        np.testing.assert_allclose(row["rms"]["e_x"], e, rtol=1e-12)
+        assert row["rms"]["theta_e"] == 0.0
+    empty = evaluate.shear_bins(pred, true, np.full(len(gamma), 0.2), edges=(0.0, 0.1, 0.3))
+    assert empty[0]["n"] == 0 and np.isnan(empty[0]["rms_ellipticity"])
+
+
+def test_experiment_configs():
+    cfg = config.get_preset("smoke")
+    assert evaluate.experiment_config(cfg, "shear").lens.shear is True
+    assert evaluate.experiment_config(cfg, "psf").observe.psf == "airy"
+    assert evaluate.experiment_config(cfg, "lens-light").simulate.lens_light is True
+    assert evaluate.experiment_config(cfg, None) is cfg
+    with pytest.raises(config.ConfigError, match="unknown experiment 'wind'"):
+        evaluate.experiment_config(cfg, "wind")
+
+
+def test_write_report_files_and_paper_numbers(tmp_path):
+    pred, true = _synthetic()
+    result = {"model": "m", "experiment": "shear", "n": N,
+              "metrics": evaluate.parameter_metrics(pred, true),
+              "shear_bins": evaluate.shear_bins(pred, true, np.linspace(0, 0.3, N)),
+              "time_per_lens_s": 1e-3, "batch_size": 100}
+    evaluate.write_report(result, pred, true, tmp_path, label="alexnet", bins=5)
+    for name in ("metrics.json", "table1.md", "figure1.png", "residuals.png"):
+        assert (tmp_path / name).stat().st_size > 0
+    data = json.loads((tmp_path / "metrics.json").read_text())
+    assert data["paper_table1_error68"]["Combined"]["theta_e"] == 0.02
+    assert data["paper_shear_rms_ellipticity"] == {"gamma < 0.01": 0.11, "gamma > 0.15": 0.23}
+    np.testing.assert_allclose(data["metrics"]["theta_e"]["error68"], 69e-3, rtol=1e-9)
+    table = (tmp_path / "table1.md").read_text()
+    assert "| **alexnet** | 68% error | 0.069 |" in table
+    assert "| paper: Network 2 (AlexNet) | 68% error | 0.03 | 0.04 | 0.04 | 0.05 | 0.06 |" in table
+    assert "bins of external shear" in table
+    assert (tmp_path / "figure1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# ------------------------------------------------------------------ end to end
+
+E2E_NPIX = 48
+
+
+@pytest.fixture
+def tiny_keras_model(tmp_path):
+    """A .keras model on 48x48 inputs: outputs (k + 1) * mean(image)."""
+    import keras
+
+    inputs = keras.Input((E2E_NPIX, E2E_NPIX, 1))
+    dense = keras.layers.Dense(5, use_bias=False)
+    outputs = dense(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, outputs)
+    dense.set_weights([np.arange(1, 6, dtype=np.float32)[None, :]])
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    return str(path)
+
+
+def _smoke_cfg(tmp_path):
+    return config.apply_overrides(config.get_preset("smoke"),
+                                  [f"image.npix={E2E_NPIX}", f"data.cache_dir={tmp_path / 'cache'}"])
+
+
+def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model):
+    """evaluate() on the smoke test set = parameter_metrics of the same predictions."""
+    cfg = _smoke_cfg(tmp_path)
+    result = evaluate.evaluate(tiny_keras_model, n=8, out_dir=tmp_path / "ev", config=cfg)
+    images, true, _ = evaluate.collect_test_set(cfg, 8)
+    assert images.shape == (8, E2E_NPIX, E2E_NPIX, 1)
+    pred = np.mean(images, axis=(1, 2, 3))[:, None] * np.arange(1, 6)[None, :]
+    expected = evaluate.parameter_metrics(pred, true)
+    for name in conventions.PARAM_NAMES:
+        # float32 network vs float64 numpy mean
+        np.testing.assert_allclose(result["metrics"][name]["rms"], expected[name]["rms"],
+                                   rtol=1e-4)
+    for name in ("metrics.json", "table1.md", "figure1.png", "residuals.png"):
+        assert (tmp_path / "ev" / name).is_file()
+
+
+def test_evaluate_shear_experiment_bins_every_lens(tmp_path, tiny_keras_model):
+    result = evaluate.evaluate(tiny_keras_model, n=8, experiment="shear",
+                               out_dir=tmp_path / "ev", config=_smoke_cfg(tmp_path))
+    assert sum(b["n"] for b in result["shear_bins"]) == 8
+    assert "bins of external shear" in (tmp_path / "ev" / "table1.md").read_text()
+
+
+def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model):
+    with pytest.raises(config.ConfigError, match="exceeds the fixed test set"):
+        evaluate.evaluate(tiny_keras_model, n=10_000, out_dir=tmp_path / "ev",
+                          config=_smoke_cfg(tmp_path))
+    assert not (tmp_path / "ev").exists()

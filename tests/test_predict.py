@@ -1,0 +1,302 @@
+"""Tests of ensai_tf.predict: reading, resampling, checks and the table."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from ensai_tf import conventions, predict
+from ensai_tf.errors import InputError, ModelDirError
+
+fits = pytest.importorskip("astropy.io.fits")
+from astropy.wcs import WCS  # noqa: E402
+
+
+def _arc_image(npix=192, scale=0.04, peak=1.0):
+    """A ring of radius 1" on a (npix, npix) grid of `scale` arcsec pixels."""
+    x, y = conventions.pixel_grid(npix, scale)
+    r = np.hypot(x, y)
+    return (peak * np.exp(-0.5 * ((r - 1.0) / 0.08) ** 2) + 0.01).astype(np.float64)
+
+
+def _wcs(scale_arcsec, npix, rotation_deg=0.0):
+    """North-up, east-left celestial WCS (CDELT1 < 0), optionally rotated."""
+    w = WCS(naxis=2)
+    w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    w.wcs.crval = [150.0, 2.0]
+    w.wcs.crpix = [(npix + 1) / 2.0, (npix + 1) / 2.0]
+    w.wcs.cdelt = [-scale_arcsec / 3600.0, scale_arcsec / 3600.0]
+    c, s = np.cos(np.radians(rotation_deg)), np.sin(np.radians(rotation_deg))
+    w.wcs.pc = [[c, -s], [s, c]]
+    return w
+
+
+def _write_fits(path, data, wcs=None):
+    header = wcs.to_header() if wcs is not None else None
+    fits.PrimaryHDU(data=data.astype(np.float32), header=header).writeto(path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_path(tmp_path_factory):
+    """A .keras model whose outputs are known linear functions of the image.
+
+    Output k = mean(image) * (k + 1): checking it proves the prepared image
+    (not some other array) reached the network.
+    """
+    import keras
+
+    inputs = keras.Input((192, 192, 1))
+    pooled = keras.layers.GlobalAveragePooling2D()(inputs)
+    dense = keras.layers.Dense(5, use_bias=False, kernel_initializer="zeros", name="out")
+    outputs = dense(pooled)
+    model = keras.Model(inputs, outputs)
+    dense.set_weights([np.arange(1, 6, dtype=np.float32)[None, :]])
+    path = tmp_path_factory.mktemp("model") / "tiny.keras"
+    model.save(path)
+    return str(path)
+
+
+# ------------------------------------------------------------------ geometry
+
+
+def test_resample_conserves_flux_and_halves_size():
+    """Rebinning 0.02" -> 0.04" keeps the total flux to float64 precision."""
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.1, 1.0, size=(40, 60))
+    out, ratio = predict.resample_flux_conserving(image, (0.02, 0.02), 0.04)
+    assert out.shape == (20, 30)
+    assert ratio == (0.5, 0.5)
+    # exact 2x2 block sums: tolerance is float64 round-off
+    np.testing.assert_allclose(out, image.reshape(20, 2, 30, 2).sum(axis=(1, 3)), rtol=1e-12)
+
+
+def test_resample_upsampling_spreads_flux_evenly():
+    """0.08" -> 0.04": each input pixel's flux splits into four equal parts."""
+    image = np.arange(1.0, 17.0).reshape(4, 4)
+    out, _ = predict.resample_flux_conserving(image, (0.08, 0.08), 0.04)
+    np.testing.assert_allclose(out, np.kron(image, np.ones((2, 2))) / 4.0, rtol=1e-12)
+    np.testing.assert_allclose(out.sum(), image.sum(), rtol=1e-12)
+
+
+def test_resample_keeps_masks_and_does_not_dilute():
+    """A masked (zero) block stays exactly 0; neighbours keep their value."""
+    image = np.full((8, 8), 2.0)
+    image[:4, :4] = 0.0
+    out, _ = predict.resample_flux_conserving(image, (0.02, 0.02), 0.04)
+    assert np.all(out[:2, :2] == 0.0)
+    np.testing.assert_allclose(out[2:, 2:], 8.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(100, 130), (250, 192), (193, 191)])
+def test_fit_to_grid_is_central(shape):
+    """The pixel at the input centre lands at the output centre (95.5, 95.5)."""
+    image = np.zeros(shape)
+    yy, xx = np.indices(shape)
+    image = (xx + 1000.0 * yy).astype(float)
+    out, (sx, sy) = predict.fit_to_grid(image, 192)
+    assert out.shape == (192, 192)
+    assert sx == (shape[1] - 192) // 2 and sy == (shape[0] - 192) // 2
+    # output pixel (r, c) comes from input (r + sy, c + sx) wherever they overlap
+    r, c = 100, 80
+    if 0 <= r + sy < shape[0] and 0 <= c + sx < shape[1]:
+        assert out[r, c] == image[r + sy, c + sx]
+    if sx < 0:
+        assert np.all(out[:, : -sx] == 0.0)
+
+
+def test_normalise_peak_ignores_a_hot_pixel():
+    image = _arc_image(peak=3.0)
+    image[10, 10] = 500.0
+    out = predict.normalise_peak(image)
+    assert 0.95 < np.max(out[50:150, 50:150]) < 1.05  # median filter: ~1% of the peak
+    assert out[10, 10] > 100
+
+
+# ------------------------------------------------------------------ reading
+
+
+def test_fits_pixel_scale_from_wcs_and_resampling(tmp_path):
+    """A 0.08" FITS image is resampled onto 0.04" pixels about its centre."""
+    data = _arc_image(96, 0.08)
+    path = _write_fits(tmp_path / "lens.fits", data, _wcs(0.08, 96))
+    images, wcs, scales = predict.read_image_file(path)
+    np.testing.assert_allclose(scales, (0.08, 0.08), rtol=1e-9)
+    assert wcs is not None and images.shape == (1, 96, 96)
+    (item,) = predict.prepare_images(path)
+    assert item.image.shape == (192, 192, 1) and item.image.dtype == np.float32
+    np.testing.assert_allclose(item.centre_pix, (47.5, 47.5), atol=1e-12)
+    # the ring of radius 1" must peak at radius 1" on the 0.04" grid (+-1 pixel)
+    x, y = conventions.pixel_grid(192, 0.04)
+    r = np.hypot(x, y)[item.image[..., 0] > 0.9]
+    assert abs(np.median(r) - 1.0) < 0.04
+
+
+def test_fits_without_wcs_needs_a_pixel_scale(tmp_path):
+    path = _write_fits(tmp_path / "nowcs.fits", _arc_image())
+    with pytest.raises(InputError, match=r"nowcs.fits.*pixel scale is unknown.*--pixel-scale"):
+        predict.read_image_file(path)
+    images, wcs, scales = predict.read_image_file(path, pixel_scale=0.04)
+    assert wcs is None and scales == (0.04, 0.04)
+
+
+@pytest.mark.parametrize(
+    "content, pattern",
+    [
+        (b"", r"bad.fits: the FITS file is empty"),
+        (b"SIMPLE  =   this is not a FITS header" + b" " * 200, r"bad.fits: not a readable FITS"),
+    ],
+)
+def test_empty_or_corrupt_fits_is_named(tmp_path, content, pattern):
+    path = tmp_path / "bad.fits"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=pattern):
+        predict.read_image_file(str(path))
+
+
+def test_fits_with_no_image_hdu(tmp_path):
+    from astropy.table import Table
+
+    path = tmp_path / "table.fits"
+    fits.HDUList([fits.PrimaryHDU(), fits.BinTableHDU(Table({"a": [1, 2]}))]).writeto(path)
+    with pytest.raises(InputError, match=r"table.fits: no HDU holds an image"):
+        predict.read_image_file(str(path))
+
+
+@pytest.mark.parametrize("value, word", [(np.nan, "NaN"), (np.inf, "Inf")])
+def test_nan_and_inf_are_refused_naming_the_file(tmp_path, value, word):
+    image = _arc_image()
+    image[5, 7] = value
+    path = tmp_path / f"bad_{word}.npy"
+    np.save(path, image)
+    with pytest.raises(InputError, match=rf"bad_{word}.npy: image 0 contains {word}"):
+        predict.read_image_file(str(path))
+
+
+@pytest.mark.parametrize("shape", [(192,), (3, 192, 192, 2), (4, 4), (2, 1, 3, 4, 5)])
+def test_wrong_shape_says_the_expected_one(tmp_path, shape):
+    path = tmp_path / "shape.npy"
+    np.save(path, np.ones(shape))
+    with pytest.raises(InputError, match=r"shape.npy: wrong shape .*\(192, 192, 1\)"):
+        predict.read_image_file(str(path))
+
+
+def test_all_masked_and_constant_images_are_refused(tmp_path):
+    np.save(tmp_path / "zeros.npy", np.zeros((192, 192)))
+    np.save(tmp_path / "flat.npy", np.full((192, 192), 3.0))
+    with pytest.raises(InputError, match=r"zeros.npy: every pixel is masked"):
+        predict.prepare_images(str(tmp_path / "zeros.npy"))
+    with pytest.raises(InputError, match=r"flat.npy: the image is constant"):
+        predict.prepare_images(str(tmp_path / "flat.npy"))
+
+
+def test_unknown_file_type_and_missing_file(tmp_path):
+    (tmp_path / "x.png").write_bytes(b"png")
+    with pytest.raises(InputError, match=r"x.png: unknown file type"):
+        predict.read_image_file(str(tmp_path / "x.png"))
+    with pytest.raises(InputError, match=r"nope.npy: no such file"):
+        predict.read_image_file(str(tmp_path / "nope.npy"))
+
+
+def test_npy_stack_gives_one_prepared_image_each(tmp_path):
+    stack = np.stack([_arc_image(), 2.0 * _arc_image()])[..., None]
+    np.save(tmp_path / "stack.npy", stack)
+    items = predict.prepare_images(str(tmp_path / "stack.npy"))
+    assert [i.name for i in items] == [f"{tmp_path / 'stack.npy'}[0]",
+                                       f"{tmp_path / 'stack.npy'}[1]"]
+    # normalisation removes the factor 2 (float32 round-off)
+    np.testing.assert_allclose(items[0].image, items[1].image, rtol=1e-6)
+
+
+# ------------------------------------------------------------------ angles
+
+
+@pytest.mark.parametrize("rotation", [0.0, 30.0])
+def test_position_angle_east_of_north(rotation):
+    """Major axis along +y (phi = 0) on a north-up east-left grid is PA 0
+    (north); rotating the WCS by `rotation` rotates the PA by the same."""
+    wcs = _wcs(0.04, 192, rotation)
+    item = predict.PreparedImage("a", "a", 0, np.zeros((192, 192, 1), np.float32),
+                                 (95.5, 95.5), (0.04, 0.04), wcs)
+    # e = (0.3, 0): phi = 0, major axis at +90 deg in the image frame (+y)
+    (row,) = predict.result_rows([item], np.array([[1.0, 0.3, 0.0, 0.0, 0.0]]))
+    assert row["pa_frame"] == "east_of_north"
+    expected = np.mod(rotation, 180.0)
+    assert min(abs(row["pa_deg"] - expected), 180 - abs(row["pa_deg"] - expected)) < 1e-6
+    np.testing.assert_allclose(row["q"], 0.7, rtol=1e-12)
+    # e = (0, 0.3): phi = 90 deg, major axis along +x = west on this grid: PA 90 (mod 180)
+    (row,) = predict.result_rows([item], np.array([[1.0, 0.0, 0.3, 0.0, 0.0]]))
+    expected = np.mod(90.0 + rotation, 180.0)
+    assert min(abs(row["pa_deg"] - expected), 180 - abs(row["pa_deg"] - expected)) < 1e-6
+
+
+def test_position_angle_image_frame_without_wcs():
+    item = predict.PreparedImage("a", "a", 0, np.zeros((192, 192, 1), np.float32),
+                                 (10.0, 20.0), (0.04, 0.04), None)
+    (row,) = predict.result_rows([item], np.array([[1.0, 0.3, 0.0, 0.08, -0.04]]))
+    assert row["pa_frame"] == "image_x_towards_y"
+    np.testing.assert_allclose(row["pa_deg"], 90.0, atol=1e-9)
+    np.testing.assert_allclose((row["x_pix"], row["y_pix"]), (12.0, 19.0), atol=1e-9)
+    assert row["ra_deg"] is None
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_predict_files_npy_and_fits_to_csv_and_json(tmp_path, tiny_model_path, capsys):
+    """Known model outputs (k+1)*mean(image) reach both CSV and JSON tables."""
+    np.save(tmp_path / "a.npy", _arc_image())
+    fpath = _write_fits(tmp_path / "b.fits", _arc_image(), _wcs(0.04, 192))
+    out_csv = tmp_path / "out.csv"
+    rows = predict.predict_files(tiny_model_path, [str(tmp_path / "a.npy"), fpath],
+                                 output=str(out_csv), batch_size=1)
+    assert "ms per lens" in capsys.readouterr().err
+    with open(out_csv) as f:
+        table = list(csv.DictReader(f))
+    assert [r["file"] for r in table] == [str(tmp_path / "a.npy"), fpath]
+    assert [r["pa_frame"] for r in table] == ["image_x_towards_y", "east_of_north"]
+    for item, row in zip(predict.prepare_images(str(tmp_path / "a.npy")) * 2, table):
+        mean = float(np.mean(item.image))
+        got = [float(row[n]) for n in conventions.PARAM_NAMES]
+        # float32 network vs float64 mean
+        np.testing.assert_allclose(got, mean * np.arange(1, 6), rtol=1e-5)
+    out_json = tmp_path / "out.json"
+    predict.predict_files(tiny_model_path, [fpath], output=str(out_json))
+    data = json.loads(out_json.read_text())
+    assert data[0]["theta_e"] == pytest.approx(rows[1]["theta_e"], rel=1e-6)
+    assert set(data[0]) == set(predict.OUTPUT_COLUMNS)
+
+
+def test_predict_files_refuses_bad_output_before_writing(tmp_path, tiny_model_path):
+    np.save(tmp_path / "a.npy", _arc_image())
+    with pytest.raises(InputError, match=r"unknown format \.txt"):
+        predict.predict_files(tiny_model_path, [str(tmp_path / "a.npy")],
+                              output=str(tmp_path / "o.txt"))
+    with pytest.raises(InputError, match=r"does not exist"):
+        predict.predict_files(tiny_model_path, [str(tmp_path / "a.npy")],
+                              output=str(tmp_path / "no" / "o.csv"))
+
+
+def test_bad_image_leaves_existing_output_untouched(tmp_path, tiny_model_path):
+    out = tmp_path / "out.csv"
+    out.write_text("precious\n")
+    np.save(tmp_path / "a.npy", _arc_image())
+    bad = _arc_image()
+    bad[0, 0] = np.nan
+    np.save(tmp_path / "bad.npy", bad)
+    with pytest.raises(InputError, match="bad.npy"):
+        predict.predict_files(tiny_model_path, [str(tmp_path / "a.npy"), str(tmp_path / "bad.npy")],
+                              output=str(out))
+    assert out.read_text() == "precious\n"
+
+
+def test_missing_and_corrupt_models(tmp_path):
+    with pytest.raises(ModelDirError, match="does not exist"):
+        predict.load_predictor(str(tmp_path / "missing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelDirError, match="is not a model"):
+        predict.load_predictor(str(tmp_path / "empty"))
+    (tmp_path / "broken.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelDirError, match="corrupt"):
+        predict.load_predictor(str(tmp_path / "broken.keras"))

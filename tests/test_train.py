@@ -1,0 +1,252 @@
+"""Tests of ensai_tf.train: the smoke run end to end, resume, strategies, model folders.
+
+Training runs use the smoke preset at a reduced image size and a tiny
+network (a test-only stand-in for ``build_model``) so that each fit takes
+seconds on a 2-core CPU; the pipeline, loss, metrics, callbacks and export
+are the real ones.
+"""
+
+import dataclasses
+import glob
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+import yaml
+
+from ensai_tf import cli, config, train
+from ensai_tf.errors import ModelDirError
+
+NPIX = 48
+
+
+
+def tiny_model(name, input_shape=(192, 192, 1), **kwargs):
+    """A 2-layer stand-in for the paper networks (test only), behind the real BiasRemoval."""
+    import keras
+
+    from ensai_tf.preprocess.bias import BiasRemoval
+
+    inputs = keras.Input(input_shape)
+    x = BiasRemoval()(inputs)
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="conv1")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(5, dtype="float32", name="params")(x)
+    return keras.Model(inputs, outputs, name=f"tiny_{name}")
+
+
+def _cfg(cache, epochs=1, steps=2, **train_changes):
+    cfg = config.get_preset("smoke")
+    cfg = config.apply_overrides(cfg, [f"image.npix={NPIX}", f"data.cache_dir={cache}"])
+    return dataclasses.replace(cfg, train=dataclasses.replace(
+        cfg.train, epochs=epochs, steps_per_epoch=steps, image_summaries=2, **train_changes))
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    import ensai_tf.models
+
+    monkeypatch.setattr(ensai_tf.models, "build_model", tiny_model)
+    return tiny_model
+
+
+def _event_tags(folder):
+    import tensorflow as tf
+
+    tags = set()
+    for path in glob.glob(os.path.join(folder, "**", "events.out.tfevents*"), recursive=True):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            tags.update(v.tag for v in event.summary.value)
+    return tags
+
+
+# ------------------------------------------------------------------ end to end
+
+
+def test_cli_train_smoke_leaves_all_artefacts(tmp_path, tiny):
+    """`ensai train --preset smoke` writes config, TensorBoard, checkpoint, SavedModel."""
+    import keras
+
+    run = tmp_path / "run"
+    code = cli.main(["train", "--preset", "smoke", "--model", "alexnet", "--model-dir", str(run),
+                     "--set", f"image.npix={NPIX}", "--set", "train.image_summaries=2",
+                     "--set", "train.mixed_precision=true",
+                     "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    assert code == 0
+    saved = config.load_config(run / "config.yaml")
+    assert saved.model.name == "alexnet" and saved.image.npix == NPIX
+    assert saved.train.mixed_precision is True
+    for name in ("best.keras", "model.keras", "log.csv", "saved_model/saved_model.pb"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists()  # removed once training finishes
+    tags = _event_tags(run / "tb")
+    assert {"epoch_loss", "epoch_learning_rate", "validation/images",
+            "validation/parameters"} <= tags
+    assert any("theta_e" in t for t in tags), tags  # per-parameter metrics reach TensorBoard
+    # the mixed policy was only set for the run
+    assert keras.config.dtype_policy().name == "float32"
+
+
+def test_train_then_predict_with_the_saved_model(tmp_path, tiny):
+    from ensai_tf import predict
+
+    model = train.train(_cfg(tmp_path / "cache"), tmp_path / "run", verbose=0)
+    fn, npix = predict.load_predictor(tmp_path / "run")
+    assert npix == NPIX
+    x = np.random.default_rng(0).uniform(0, 1, (3, NPIX, NPIX, 1)).astype(np.float32)
+    # SavedModel vs in-memory Keras model, both float32 on CPU
+    np.testing.assert_allclose(fn(x), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny):
+    """Same step count, same weights, same logged losses (spec §7.3, style.md §5 rule 4)."""
+    import keras
+
+    cfg = _cfg(tmp_path / "cache", epochs=3, steps=2)
+
+    class Record(keras.callbacks.Callback):
+        def on_train_end(self, logs=None):
+            self.weights = [np.array(w) for w in self.model.get_weights()]
+            self.steps = int(self.model.optimizer.iterations.numpy())
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 3:  # mid-epoch 2
+                raise KeyboardInterrupt
+
+    straight = Record()
+    train.train(cfg, tmp_path / "a", callbacks=[straight], verbose=0)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, tmp_path / "b", callbacks=[Interrupt()], verbose=0)
+    assert json.loads((tmp_path / "b/backup/training_metadata.json").read_text())["epoch"] == 1
+    resumed = Record()
+    train.train(cfg, tmp_path / "b", resume=True, callbacks=[resumed], verbose=0)
+    assert straight.steps == resumed.steps == 6
+    for a, b in zip(straight.weights, resumed.weights):
+        # identical data and ops on one CPU: the only tolerance is float32 round-off
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    log_a = np.genfromtxt(tmp_path / "a/log.csv", delimiter=",", names=True)
+    log_b = np.genfromtxt(tmp_path / "b/log.csv", delimiter=",", names=True)
+    assert list(log_a["epoch"]) == list(log_b["epoch"]) == [0, 1, 2]
+    np.testing.assert_allclose(log_a["loss"], log_b["loss"], rtol=1e-6)
+    np.testing.assert_allclose(log_a["val_loss"], log_b["val_loss"], rtol=1e-6)
+
+
+def test_resume_keeps_plateau_state(tmp_path, tiny):
+    """The learning rate and plateau counters survive an interruption."""
+    import keras
+
+    cfg = _cfg(tmp_path / "cache", epochs=2, steps=1)
+
+    class Interrupt(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, tmp_path / "b", callbacks=[Interrupt()], verbose=0)
+    state = json.loads((tmp_path / "b/backup/callback_state.json").read_text())
+    assert state["plateau"]["wait"] == 0 and np.isfinite(state["checkpoint"]["best"])
+
+
+@pytest.mark.slow
+def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
+    """`distribute="mirrored"` trains on two logical CPU devices (subprocess)."""
+    script = textwrap.dedent(f'''
+        import sys
+        import tensorflow as tf
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+        sys.path.insert(0, {str(pathlib.Path(__file__).parent)!r})
+        import ensai_tf.models
+        from test_train import tiny_model
+        ensai_tf.models.build_model = tiny_model
+        from ensai_tf import config, train
+        cfg = config.apply_overrides(config.get_preset("smoke"),
+                                     ["image.npix={NPIX}", "data.cache_dir=" + sys.argv[2]])
+        model = train.train(cfg, sys.argv[1], distribute="mirrored", verbose=0)
+        print("replicas", model.distribute_strategy.num_replicas_in_sync)
+    ''')
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "m"), str(tmp_path / "c")],
+                         capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "replicas 2" in out.stdout
+    assert (tmp_path / "m" / "saved_model" / "saved_model.pb").is_file()
+
+
+# ------------------------------------------------------------------ model folders
+
+
+def test_model_dir_rules(tmp_path):
+    cfg = _cfg(tmp_path / "cache")
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ModelDirError, match="is a file"):
+        train.prepare_model_dir(tmp_path / "f", cfg)
+    run = tmp_path / "run"
+    run.mkdir()
+    config.save_config(cfg, run / "config.yaml")
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(ModelDirError, match=r"is not empty \(config.yaml, notes.txt\)"):
+        train.prepare_model_dir(run, cfg)
+    other = config.apply_overrides(cfg, ["train.learning_rate=0.001"])
+    with pytest.raises(ModelDirError, match=r"train.learning_rate \(0.0001 -> 0.001\)"):
+        train.prepare_model_dir(run, other, resume=True)
+    train.prepare_model_dir(run, cfg, resume=True)  # same config: fine
+    (run / "model.keras").write_text("x")
+    with pytest.raises(ModelDirError, match="already finished"):
+        train.prepare_model_dir(run, cfg, resume=True)
+    train.prepare_model_dir(run, cfg, overwrite=True)
+    # overwrite removes this package's files only
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+
+
+def test_completed_epochs_reads_backup_metadata(tmp_path):
+    assert train.completed_epochs(tmp_path) == 0
+    (tmp_path / "training_metadata.json").write_text('{"epoch": 4, "batch": 0}')
+    assert train.completed_epochs(tmp_path) == 4
+    (tmp_path / "training_metadata.json").write_text("{broken")
+    with pytest.raises(ModelDirError, match="unreadable backup metadata"):
+        train.completed_epochs(tmp_path)
+
+
+def test_cpu_preset_is_mixed_precision_and_validates():
+    cfg = config.get_preset("cpu")
+    assert cfg.train.mixed_precision and cfg.simulate.oversample == 1
+    assert cfg.train.min_learning_rate <= cfg.train.learning_rate
+    assert yaml.safe_load(yaml.safe_dump(config.config_to_dict(cfg)))["train"]["batch_size"] == 32
+
+
+# ------------------------------------------------------------------ combiner
+
+
+def test_train_combiner_trains_only_its_weights(tmp_path, tiny):
+    """Two tiny trained networks -> combiner: 10 trainable scalars, backbones frozen."""
+    import keras
+
+    cfg = _cfg(tmp_path / "cache")
+    for name in ("a", "b"):
+        train.train(dataclasses.replace(cfg, train=dataclasses.replace(
+            cfg.train, seed=ord(name))), tmp_path / name, verbose=0)
+    before = [np.array(w) for w in keras.saving.load_model(tmp_path / "a" / "model.keras",
+                                                           compile=False).get_weights()]
+    model, summary = train.train_combiner([tmp_path / "a", tmp_path / "b"], tmp_path / "c",
+                                          config=cfg, steps=2, verbose=0)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
+    for name in ("model.keras", "saved_model/saved_model.pb", "combiner.json", "config.yaml"):
+        assert (tmp_path / "c" / name).is_file(), name
+    assert set(summary) >= {"plain_average_validation", "trained_validation"}
+    after = [np.array(w) for w in keras.saving.load_model(tmp_path / "a" / "model.keras",
+                                                          compile=False).get_weights()]
+    for x, y in zip(before, after):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ModelDirError, match="not empty"):
+        train.train_combiner([tmp_path / "a"], tmp_path / "c", config=cfg, steps=1)
+    with pytest.raises(ModelDirError, match="has no model.keras"):
+        train.train_combiner([tmp_path / "nothing"], tmp_path / "d", config=cfg, steps=1)
