@@ -102,11 +102,11 @@ def parameter_metrics(pred, true):
 
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
-    corrected = np.asarray(losses.parity_correct(pred, true), dtype=np.float64)
+    corrected = np.asarray(losses.parity_correct(true, pred), dtype=np.float64)
     out = {"n": int(len(true))}
-    e68 = np.asarray(metrics.error68(corrected, true))
-    rms = np.asarray(metrics.rms(corrected, true))
-    hw = np.asarray(metrics.half_width_16_84(corrected, true))
+    e68 = np.asarray(metrics.error68(true, corrected))
+    rms = np.asarray(metrics.rms(true, corrected))
+    hw = np.asarray(metrics.half_width_16_84(true, corrected))
     bias = np.mean(corrected - true, axis=0)
     for k, name in enumerate(conventions.PARAM_NAMES):
         out[name] = {"error68": float(e68[k]), "rms": float(rms[k]),
@@ -132,7 +132,7 @@ def shear_bins(pred, true, gamma, edges=SHEAR_BIN_EDGES):
     pred = np.asarray(pred, dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
     gamma = np.asarray(gamma, dtype=np.float64)
-    corrected = np.asarray(losses.parity_correct(pred, true), dtype=np.float64)
+    corrected = np.asarray(losses.parity_correct(true, pred), dtype=np.float64)
     sq = (corrected - true) ** 2
     rows = []
     for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:])):
@@ -194,8 +194,8 @@ def plot_figure1(pred, true, path, bins=12):
     """
     from ensai_tf import losses
 
-    pred = np.asarray(losses.parity_correct(np.asarray(pred, np.float64),
-                                            np.asarray(true, np.float64)), dtype=np.float64)
+    pred = np.asarray(losses.parity_correct(np.asarray(true, np.float64),
+                                            np.asarray(pred, np.float64)), dtype=np.float64)
     true = np.asarray(true, dtype=np.float64)
     shown = (conventions.Param.THETA_E, conventions.Param.E_X, conventions.Param.E_Y)
     labels = (r"$\theta_E$ (arcsec)", r"$e_x$", r"$e_y$")
@@ -233,7 +233,7 @@ def plot_residuals(pred, true, path):
     from ensai_tf import losses
 
     true = np.asarray(true, dtype=np.float64)
-    res = np.asarray(losses.parity_correct(np.asarray(pred, np.float64), true)) - true
+    res = np.asarray(losses.parity_correct(true, np.asarray(pred, np.float64))) - true
     fig = Figure(figsize=(15, 3))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, conventions.NUM_PARAMS)

@@ -182,7 +182,7 @@ def _callback_classes():
 
         def on_epoch_end(self, epoch, logs=None):
             pred = np.asarray(self.model(self._images, training=False), dtype=np.float64)
-            pred = np.asarray(losses.parity_correct(pred, self._params), dtype=np.float64)
+            pred = np.asarray(losses.parity_correct(self._params, pred), dtype=np.float64)
             lo = self._images.min(axis=(1, 2, 3), keepdims=True)
             hi = self._images.max(axis=(1, 2, 3), keepdims=True)
             shown = (self._images - lo) / np.where(hi > lo, hi - lo, 1.0)

@@ -136,8 +136,9 @@ def elliptical_sersic(x, y, amplitude, n, r_eff, q, angle, x0, y0, core=0.0):
     scaled = r / r_eff
     # Double where: r**(1/n) is exactly 0 at the centre with a finite gradient.
     positive = scaled > 0
-    power = tf.where(positive, tf.pow(tf.where(positive, scaled, tf.ones_like(scaled)), 1.0 / n),
-                     tf.zeros_like(scaled))
+    # exp(log(s) / n) rather than tf.pow: the same value, ~3x faster on this CPU (platform notes).
+    log_scaled = tf.math.log(tf.where(positive, scaled, tf.ones_like(scaled)))
+    power = tf.where(positive, tf.exp(log_scaled / n), tf.zeros_like(scaled))
     return amplitude * tf.exp(-sersic_b(n) * (power - 1.0))
 
 
