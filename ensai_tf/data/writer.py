@@ -1,0 +1,184 @@
+"""Write simulated lenses to a folder for inspection (``ensai simulate``).
+
+:func:`write_observed_dataset` streams ``n`` lenses from the canonical
+pipeline (:func:`ensai_tf.data.pipeline.example_dataset`) into::
+
+    images.npy         (n, 192, 192, 1) float32, observed (or clean) images
+    params.csv         PARAM_NAMES, q, major-axis PA, magnification, source family
+    draws.npz          per-example seeds, simulator outputs and observation draws
+    config.yaml        the resolved config (config.save_config)
+    contact_sheet.png  the first lenses, with their labels (and curves)
+
+Everything is written into a temporary sibling folder that is renamed into
+place at the end, so an interrupted run leaves nothing half-written. Images
+go straight into an ``np.lib.format.open_memmap`` file batch by batch, so
+memory does not grow with ``n``.
+"""
+
+import csv
+import os
+import pathlib
+import shutil
+import uuid
+
+import numpy as np
+
+from ensai_tf import config as config_lib
+from ensai_tf import conventions
+from ensai_tf.data import pipeline
+from ensai_tf.data import sources
+from ensai_tf.errors import InputError
+
+__all__ = ["CSV_COLUMNS", "CONTACT_SHEET_MAX", "write_observed_dataset", "lens_curves"]
+
+CSV_COLUMNS = conventions.PARAM_NAMES + ("q", "major_axis_pa_deg", "magnification",
+                                         "source_family")
+"""Header of ``params.csv``: the targets (spec §0), then q = 1 - |e|, the mass
+major-axis angle phi + 90 deg mod 180 (degrees, from +x towards +y), the
+magnification and the source family name."""
+
+CONTACT_SHEET_MAX = 32
+"""Lenses shown on the contact sheet."""
+
+
+def _check_out(out, overwrite):
+    out = pathlib.Path(os.path.expanduser(str(out)))
+    if out.exists() and not out.is_dir():
+        raise InputError(f"output {str(out)!r} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise InputError(f"output folder {str(out)!r} is not empty; choose a new folder or "
+                         "pass --overwrite to replace its contents")
+    return out
+
+
+def _csv_rows(batch):
+    params = np.asarray(batch["params"], np.float64)
+    e_x, e_y = params[:, conventions.Param.E_X], params[:, conventions.Param.E_Y]
+    q, _ = conventions.q_phi_from_ellipticity(e_x, e_y)
+    pa = conventions.mass_major_axis_angle(e_x, e_y)
+    family = np.asarray(batch.get("source_family", np.full(len(params), -1)))
+    mag = np.asarray(batch.get("magnification", np.full(len(params), np.nan)), np.float64)
+    for i in range(len(params)):
+        fam = int(family[i])
+        name = sources.SOURCE_FAMILIES[fam] if 0 <= fam < len(sources.SOURCE_FAMILIES) else ""
+        yield [f"{v:.7g}" for v in params[i]] + [f"{q[i]:.7g}", f"{pa[i]:.7g}",
+                                                 f"{mag[i]:.7g}", name]
+
+
+def lens_curves(params):
+    """Tangential critical curve and caustic of each lens (spec §2.5).
+
+    Args:
+        params: ``(N, 5)`` labels (theta_E, e_x, e_y, x_L, y_L); arcsec, -, -,
+            arcsec, arcsec.
+
+    Returns:
+        list (one per lens) of ``{"critical": (K, 2), "caustic": (K, 2)}``
+        float64 closed polylines (last point = first) of (x, y), arcsec, sky
+        frame (x = +column, y = +row), as
+        :func:`ensai_tf.plotting.contact_sheet` draws them.
+    """
+    from ensai_tf.lensing import caustics
+
+    p = [np.asarray(params, np.float32)[:, i] for i in range(conventions.NUM_PARAMS)]
+    curves = {"critical": caustics.tangential_critical_curve(*p),
+              "caustic": caustics.tangential_caustic(*p)}
+    closed = {k: np.concatenate([np.asarray(v, np.float64), np.asarray(v, np.float64)[:, :1]],
+                                axis=1) for k, v in curves.items()}
+    return [{k: v[i] for k, v in closed.items()} for i in range(len(p[0]))]
+
+
+def write_observed_dataset(out, n, seed=0, config=None, split="test", overwrite=False,
+                           clean=False, curves=False, progress=True):
+    """Simulate (and observe) ``n`` lenses and write them to the folder ``out``.
+
+    Args:
+        out: output folder; must be new or empty unless ``overwrite``.
+        n: number of lenses (>= 1).
+        seed: user seed; with the same seed, config and split the lenses
+            equal examples ``0 ... n-1`` of the pipeline's split.
+        config: :class:`ensai_tf.config.ExperimentConfig` (default: paper).
+        split: ``"train"`` (training-time effects, f_min 0.75),
+            ``"validation"`` or ``"test"`` (f_min 0.98, spec §5.6); also picks
+            the source pool and seed stream.
+        overwrite: replace the contents of a non-empty ``out``.
+        clean: write the noise-free arcs (spec §3) instead of observed images.
+        curves: overlay the critical curve and caustic on the contact sheet.
+        progress: show a progress bar.
+
+    Returns:
+        ``pathlib.Path`` of the written folder.
+
+    Raises:
+        InputError: non-empty ``out`` without ``overwrite``, ``out`` is a
+            file, bad ``n`` or split.
+    """
+    cfg = config if config is not None else config_lib.get_preset("paper")
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise InputError(f"n must be a positive integer number of lenses, got {n!r}")
+    if split not in pipeline.SPLITS:
+        raise InputError(f"unknown split {split!r}; valid splits: {', '.join(pipeline.SPLITS)}")
+    out = _check_out(out, overwrite)
+    n = int(n)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    (tmp / "draws").mkdir(parents=True)
+    try:
+        ds = pipeline.example_dataset(split, cfg, seed, count=n, observed=not clean,
+                                      training=split == "train")
+        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
+                                           shape=(n, cfg.image.npix, cfg.image.npix, 1))
+        draws = pipeline.ArrayStreams(tmp / "draws", n)
+        sheet = {"image": [], "params": [], "mask": []}
+        filled = 0
+        with open(tmp / "params.csv", "w", newline="") as f, \
+                pipeline.progress_bar(n, "simulating", progress) as bar:
+            table = csv.writer(f)
+            table.writerow(CSV_COLUMNS)
+            for batch in ds.as_numpy_iterator():
+                size = len(batch["index"])
+                images[filled:filled + size] = batch["image"]
+                table.writerows(_csv_rows(batch))
+                draws.append(pipeline.flatten_example(batch, drop=("arcs", "mask", "lens_light",
+                                                                   "image")))
+                room = CONTACT_SHEET_MAX - sum(len(a) for a in sheet["image"])
+                if room > 0:
+                    sheet["image"].append(batch["image"][:room])
+                    sheet["params"].append(batch["params"][:room])
+                    sheet["mask"].append(batch["mask"][:room] == 0)
+                filled += size
+                bar.update(size)
+        images.flush()
+        del images
+        arrays = draws.close()
+        np.savez(tmp / "draws.npz", **{name: np.load(tmp / "draws" / entry["file"],
+                                                     mmap_mode="r")
+                                       for name, entry in arrays.items()})
+        shutil.rmtree(tmp / "draws")
+        config_lib.save_config(cfg, tmp / "config.yaml")
+        _contact_sheet(tmp / "contact_sheet.png", {k: np.concatenate(v) for k, v in sheet.items()},
+                       curves, cfg)
+        _replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _contact_sheet(path, sheet, curves, cfg):
+    """The first lenses with labels, lens centre, masks tinted and optional curves."""
+    from ensai_tf import plotting
+
+    overlay = lens_curves(sheet["params"]) if curves else None
+    plotting.contact_sheet(sheet["image"], str(path), params=sheet["params"], curves=overlay,
+                           masks=sheet["mask"], pixel_scale=cfg.image.pixel_scale)
+
+
+def _replace_folder(tmp, out):
+    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first, then deleted."""
+    old = None
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,298 @@
+"""Tests of ensai_tf.data.pipeline: online stream, resume, frozen caches, stored arcs.
+
+Most tests replace the ray-tracing simulator by a cheap stateless ring
+generator (``fake_simulator``) so that the pipeline's own properties
+(ordering, resume, caching, atomicity) are tested quickly on 2 shared cores;
+the observation chain is always the real one. ``test_real_chain_*`` run the
+real simulator end to end.
+"""
+
+import dataclasses
+import json
+import pathlib
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from ensai_tf import config as config_lib
+from ensai_tf import conventions
+from ensai_tf.data import pipeline
+from ensai_tf.errors import InputError
+
+_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
+
+
+def _fake_example_seeds(seed, split, start, count):
+    base = tf.constant([int(seed), _SPLIT_IDS[split]], tf.int64)
+    index = tf.cast(start, tf.int64) + tf.range(count, dtype=tf.int64)
+    return tf.map_fn(lambda i: tf.random.fold_in(base, i), index,
+                     fn_output_signature=tf.TensorSpec([2], tf.int64))
+
+
+def _fake_simulate_batch(seeds, config, stamps):
+    """Peak-1 Gaussian rings of radius theta_E around (x_L, y_L); per-example stateless."""
+    npix = config.image.npix
+    u = tf.map_fn(lambda s: tf.random.stateless_uniform([6], s), tf.cast(seeds, tf.int64),
+                  fn_output_signature=tf.TensorSpec([6], tf.float32))
+    theta = 0.5 + 1.5 * u[:, 0]
+    e_x, e_y = 0.4 * (u[:, 1] - 0.5), 0.4 * (u[:, 2] - 0.5)
+    x_l, y_l = 0.1 * (u[:, 3] - 0.5), 0.1 * (u[:, 4] - 0.5)
+    x, y = (tf.constant(g, tf.float32)[None] for g in
+            conventions.pixel_grid(npix, config.image.pixel_scale))
+    r = tf.sqrt((x - x_l[:, None, None]) ** 2 + (y - y_l[:, None, None]) ** 2)
+    arcs = tf.exp(-0.5 * ((r - theta[:, None, None]) / 0.08) ** 2)
+    arcs = arcs / tf.reduce_max(arcs, axis=[1, 2], keepdims=True)
+    b = tf.shape(seeds)[0]
+    return {"arcs": arcs[..., None], "params": tf.stack([theta, e_x, e_y, x_l, y_l], axis=1),
+            "magnification": 2.0 + 10.0 * u[:, 5], "source_family": tf.zeros([b], tf.int32),
+            "source_index": tf.zeros([b], tf.int32), "source_position": tf.zeros([b, 2]),
+            "attempts": tf.ones([b], tf.int32), "placement_rule": tf.zeros([b], tf.int32)}
+
+
+@pytest.fixture(scope="module")
+def fake_simulator():
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(pipeline.simulate_lib, "example_seeds", _fake_example_seeds)
+        mp.setattr(pipeline.simulate_lib, "simulate_batch", _fake_simulate_batch)
+        yield
+
+
+def _small_config(cache_dir):
+    """Smoke preset, 6 validation / 5 test examples in batches of 4 (so a tail batch)."""
+    smoke = config_lib.get_preset("smoke")
+    return dataclasses.replace(smoke, data=dataclasses.replace(
+        smoke.data, val_size=6, test_size=5, sim_batch_size=4, cache_dir=str(cache_dir)))
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return _small_config(tmp_path / "cache")
+
+
+@pytest.fixture(scope="module")
+def val_cache(fake_simulator, tmp_path_factory):
+    """(config, path) of one validation cache shared by the read-only tests."""
+    cfg = _small_config(tmp_path_factory.mktemp("shared") / "cache")
+    return cfg, pipeline.materialise_split("validation", cfg)
+
+
+def _take(ds, n):
+    return [tuple(np.asarray(t) for t in item) for item in ds.take(n)]
+
+
+# ----------------------------------------------------------------- train --
+
+def test_train_stream_is_model_ready_and_resumes_at_start_step(fake_simulator, cfg):
+    """Batch k of a stream started at 0 equals batch k - 2 of one started at 2, bit for bit."""
+    full = _take(pipeline.make_dataset("train", cfg, batch_size=2), 3)
+    resumed = _take(pipeline.make_dataset("train", cfg, batch_size=2, start_step=2), 1)
+    x, y = full[0]
+    assert x.shape == (2, 192, 192, 1) and x.dtype == np.float32
+    assert y.shape == (2, 5) and y.dtype == np.float32
+    assert np.all(np.isfinite(x)) and np.all(np.isfinite(y))
+    for (x0, y0), (x1, y1) in zip(full[2:], resumed):
+        np.testing.assert_array_equal(x0, x1)
+        np.testing.assert_array_equal(y0, y1)
+    assert not np.array_equal(full[0][1], full[1][1])  # consecutive batches differ
+
+
+def test_observe_seeds_are_a_separate_stream():
+    """fold_in(seed, OBSERVE_STREAM) differs from the seed and from the simulator's
+    small fold_in indices (streams 0-3 and candidate attempts 0-63)."""
+    seeds = tf.constant([[1, 2], [3, 4]], tf.int64)
+    obs = pipeline.observe_seeds(seeds).numpy()
+    assert obs.shape == (2, 2)
+    for i, s in enumerate(seeds.numpy()):
+        others = [s] + [tf.random.fold_in(s, tf.constant(k, tf.int64)).numpy()
+                        for k in range(64)]
+        assert not any(np.array_equal(obs[i], o) for o in others)
+
+
+# ------------------------------------------------------------ eval caches --
+
+def _cache_hashes(path):
+    manifest = json.loads((path / "manifest.json").read_text())
+    return {k: v["sha256"] for k, v in manifest["arrays"].items()}
+
+
+def test_validation_cache_is_bitwise_identical_across_builds(val_cache, tmp_path):
+    cfg, path = val_cache
+    _, info = pipeline.make_dataset("validation", cfg, cache_dir=tmp_path / "b", with_info=True)
+    other = pathlib.Path(info["cache_path"])
+    assert other.parent == tmp_path / "b" and other.name == path.name
+    hashes = _cache_hashes(path)
+    assert hashes == _cache_hashes(other)
+    assert {"image", "params", "clean_params", "seed", "index", "magnification"} <= set(hashes)
+    assert any(k.startswith("draws.") for k in hashes)
+
+
+def test_cached_split_reads_back_every_example_in_order(val_cache):
+    cfg, path = val_cache
+    ds, info = pipeline.make_dataset("validation", cfg, batch_size=4, with_info=True)
+    assert pathlib.Path(info["cache_path"]) == path and info["size"] == 6
+    batches = _take(ds, 10)
+    assert [len(y) for _, y in batches] == [4, 2]
+    stored = pipeline.load_cache(path)
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in batches]), stored["image"])
+    np.testing.assert_array_equal(np.concatenate([y for _, y in batches]), stored["params"])
+    np.testing.assert_array_equal(stored["index"], np.arange(6))
+    assert np.any(stored["image"] != 0)
+
+
+def test_labels_change_only_by_the_recorded_shift(val_cache):
+    """spec §5.2: params = clean params + 0.04 * (m, n) on x_L, y_L; nothing else moves."""
+    stored = pipeline.load_cache(val_cache[1])
+    expected = stored["clean_params"].astype(np.float64)
+    expected[:, conventions.Param.X_L] += 0.04 * stored["draws.shift_x_pix"]
+    expected[:, conventions.Param.Y_L] += 0.04 * stored["draws.shift_y_pix"]
+    np.testing.assert_allclose(stored["params"], expected, atol=1e-6)  # float32 rounding
+
+
+def test_stored_seeds_recreate_examples_in_any_batching(val_cache):
+    """style.md §5 rules 3-4: examples 5 and 1, re-made one per batch (the cache used
+    batches of 4 and 2), have the same seeds, draws and labels, and the same image
+    up to float32 rounding of batched maths."""
+    cfg, path = val_cache
+    stored = pipeline.load_cache(path)
+    again = pipeline.recreate_examples("validation", [5, 1], cfg)
+    np.testing.assert_array_equal(again["index"], [5, 1])
+    for key in ("seed", "params", "clean_params"):
+        np.testing.assert_array_equal(again[key], stored[key][[5, 1]])
+    for key, value in again["draws"].items():
+        np.testing.assert_array_equal(value, stored[f"draws.{key}"][[5, 1]])
+    np.testing.assert_allclose(again["image"], stored["image"][[5, 1]], atol=1e-5)
+
+
+def test_corrupt_or_partial_caches_are_never_read(val_cache, tmp_path):
+    cfg, path = val_cache
+    copy = tmp_path / "cache" / path.name
+    shutil.copytree(path, copy)
+    assert pipeline.verify_cache(copy) is not None
+    image = copy / "image.npy"
+    original = image.read_bytes()
+    image.write_bytes(original[:1000])  # a truncated (partial) array
+    assert pipeline.verify_cache(copy) is None
+    image.write_bytes(original)
+    (copy / "manifest.json").rename(copy / "manifest.moved")  # an unfinished write
+    assert pipeline.verify_cache(copy) is None
+    with pytest.raises(pipeline.CacheError, match="not a complete"):
+        pipeline.load_cache(copy)
+
+
+def test_corrupt_cache_is_rebuilt_identically(val_cache, tmp_path):
+    cfg, path = val_cache
+    local = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data,
+                                                              cache_dir=str(tmp_path / "c")))
+    copy = tmp_path / "c" / path.name
+    shutil.copytree(path, copy)
+    raw = bytearray((copy / "image.npy").read_bytes())
+    raw[-7] ^= 0xFF  # one flipped byte
+    (copy / "image.npy").write_bytes(bytes(raw))
+    assert pipeline.verify_cache(copy) is None
+    with pytest.warns(RuntimeWarning, match="rebuilding"):
+        rebuilt = pipeline.materialise_split("validation", local)
+    assert rebuilt == copy
+    assert _cache_hashes(copy) == _cache_hashes(path)
+    assert pipeline.verify_cache(copy) is not None
+    assert not [p.name for p in copy.parent.iterdir() if ".tmp-" in p.name]
+
+
+def test_cache_key_tracks_data_settings(cfg):
+    base = pipeline.cache_key("test", cfg, 0, 5)
+    other = dataclasses.replace(cfg, observe=dataclasses.replace(cfg.observe, psf_prob=0.5))
+    assert pipeline.cache_key("test", other, 0, 5) != base
+    assert pipeline.cache_key("test", cfg, 1, 5) != base
+    assert pipeline.cache_key("test", cfg, 0, 6) != base
+    assert pipeline.cache_key("validation", cfg, 0, 5) != base
+    assert pipeline.cache_key("test", cfg, 0, 5, stamps=np.ones((1, 4, 4))) != base
+    unrelated = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=1e-3))
+    assert pipeline.cache_key("test", unrelated, 0, 5) == base
+
+
+# ----------------------------------------------------------- stored arcs --
+
+def test_pregenerated_arcs_feed_the_train_stream(fake_simulator, cfg, tmp_path):
+    arcs_dir = pipeline.pregenerate_arcs(tmp_path / "arcs", 5, config=cfg, progress=False)
+    stored = pipeline.load_cache(arcs_dir)
+    assert stored["arcs"].shape == (5, 192, 192, 1)
+    arcs_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, arcs_dir=str(arcs_dir)))
+    it = iter(pipeline._stored_arcs_dataset(arcs_dir, arcs_cfg, 0, 5, 0))
+    epochs = [next(it) for _ in range(2)]
+    orders = []
+    for ex in epochs:  # every epoch is a permutation of the 5 stored arcs
+        order = [int(np.argmin(np.abs(stored["params"][:, 0] - p[0])))
+                 for p in ex["params"].numpy()]
+        assert sorted(order) == list(range(5))
+        np.testing.assert_array_equal(ex["arcs"].numpy(), stored["arcs"][order])
+        orders.append(order)
+    np.testing.assert_array_equal(epochs[1]["index"], np.arange(5, 10))
+    resumed = next(iter(pipeline._stored_arcs_dataset(arcs_dir, arcs_cfg, 0, 5, 1)))
+    np.testing.assert_array_equal(resumed["arcs"], epochs[1]["arcs"])
+    np.testing.assert_array_equal(resumed["seed"], epochs[1]["seed"])
+    (x, y), = _take(pipeline.make_dataset("train", arcs_cfg, batch_size=2), 1)
+    assert x.shape == (2, 192, 192, 1) and y.shape == (2, 5)
+
+
+def test_arcs_dir_made_with_other_settings_is_refused(fake_simulator, cfg, tmp_path):
+    arcs_dir = pipeline.pregenerate_arcs(tmp_path / "arcs", 2, config=cfg, progress=False)
+    other = dataclasses.replace(cfg, lens=dataclasses.replace(cfg.lens, theta_e=(0.5, 1.0)),
+                                data=dataclasses.replace(cfg.data, arcs_dir=str(arcs_dir)))
+    with pytest.raises(pipeline.CacheError, match="other simulation settings"):
+        pipeline.make_dataset("train", other)
+    with pytest.raises(InputError, match="not empty"):
+        pipeline.pregenerate_arcs(arcs_dir, 2, config=cfg, progress=False)
+    missing = dataclasses.replace(cfg, data=dataclasses.replace(
+        cfg.data, arcs_dir=str(tmp_path / "nothing")))
+    with pytest.raises(pipeline.CacheError, match="pregenerate_arcs"):
+        pipeline.make_dataset("train", missing)
+
+
+# ------------------------------------------------------------ bad input --
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"split": "training"}, "unknown split 'training'"),
+    ({"split": "train", "batch_size": 0}, "batch_size must be a positive integer"),
+    ({"split": "train", "start_step": -1}, "start_step must be a non-negative"),
+    ({"split": "test", "start_step": 3}, "train stream only"),
+    ({"split": "train", "seed": -2}, "seed must be a non-negative"),
+])
+def test_bad_arguments_raise_clear_errors(cfg, kwargs, match):
+    split = kwargs.pop("split")
+    with pytest.raises(InputError, match=match):
+        pipeline.make_dataset(split, cfg, **kwargs)
+
+
+def test_config_must_be_an_experiment_config():
+    with pytest.raises(InputError, match="ExperimentConfig"):
+        pipeline.make_dataset("train", {"data": {}})
+
+
+# ------------------------------------------------------------ real chain --
+
+def test_real_chain_drives_two_fit_steps(cfg):
+    """The real simulator + observe feed two model.fit steps of a tiny inline model."""
+    import keras
+
+    ds = pipeline.make_dataset("train", cfg, batch_size=2)
+    model = keras.Sequential([
+        keras.Input((192, 192, 1)),
+        keras.layers.Conv2D(2, 5, strides=4, activation="relu"),
+        keras.layers.GlobalAveragePooling2D(),
+        keras.layers.Dense(conventions.NUM_PARAMS),
+    ])
+    model.compile(optimizer="adam", loss="mse")
+    history = model.fit(ds, steps_per_epoch=2, epochs=1, shuffle=False, verbose=0)
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"][0])
+
+
+@pytest.mark.slow
+def test_real_chain_validation_cache_is_reproducible(cfg, tmp_path):
+    small = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_size=3))
+    a = pipeline.materialise_split("validation", small, cache_dir=tmp_path / "a")
+    b = pipeline.materialise_split("validation", small, cache_dir=tmp_path / "b")
+    assert _cache_hashes(a) == _cache_hashes(b)
+    params = pipeline.load_cache(a)["clean_params"]
+    lo, hi = small.lens.theta_e
+    assert np.all((params[:, 0] >= lo) & (params[:, 0] <= hi))
