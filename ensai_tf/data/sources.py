@@ -318,8 +318,9 @@ def _example_seeds(seed, batch_size):
             raise InputError(f"batch_size must be a positive integer with a shape-(2,) seed, "
                              f"got {batch_size!r}")
         # fold_in's output depends on the dtype of i: int32, as for a Python int.
-        folded = tf.vectorized_map(lambda i: tf.random.fold_in(seed, i),
-                                   tf.range(int(batch_size), dtype=tf.int32))
+        folded = tf.map_fn(lambda i: tf.random.fold_in(seed, i),
+                           tf.range(int(batch_size), dtype=tf.int32),
+                           fn_output_signature=tf.TensorSpec([2], seed.dtype))
         return tf.cast(folded, tf.int64)
     raise InputError(f"seed must have shape (2,) or (B, 2), got {seed.shape}")
 
@@ -390,9 +391,10 @@ def sample_sources(seed, batch_size, cfg, num_stamps):
     seeds = _example_seeds(seed, batch_size)
     max_clumps = int(cfg.clump_count[1])
     num_u = _U_CLUMPS + _PER_CLUMP * max_clumps
-    # One stateless_uniform per example seed, vectorised (pfor) over the batch.
-    u = tf.vectorized_map(lambda s: tf.random.stateless_uniform([num_u], s, dtype=tf.float32),
-                          seeds)
+    # One stateless_uniform per example seed; map_fn because pfor has no converter for
+    # the stateless RNG ops (it would fall back to the same loop, with warnings).
+    u = tf.map_fn(lambda s: tf.random.stateless_uniform([num_u], s, dtype=tf.float32), seeds,
+                  fn_output_signature=tf.TensorSpec([num_u], tf.float32))
 
     cum = np.cumsum(weights) / weights.sum()
     family = tf.cast(u[:, _U_FAMILY] >= cum[0], tf.int32) + tf.cast(u[:, _U_FAMILY] >= cum[1],

@@ -28,15 +28,33 @@ def _polar_samples(num, dtype):
     return tf.cast(tf.range(num), dtype) * (2.0 * math.pi / num)
 
 
+def _batch_params(theta_e, e_x, e_y, x_l, y_l):
+    """Check and broadcast the lens parameters to one (B,) shape; scalars become (1,)."""
+    values = geometry.as_float(theta_e, e_x, e_y, x_l, y_l)
+    names = ("theta_e", "e_x", "e_y", "x_l", "y_l")
+    for name, v in zip(names, values):
+        if v.shape.rank is not None and v.shape.rank > 1:
+            raise ValueError(f"{name} must be a scalar or a (B,) tensor, got shape {v.shape}")
+    sizes = {v.shape[0] for v in values if v.shape.rank == 1 and v.shape[0] is not None} - {1}
+    if len(sizes) > 1:
+        raise ValueError(f"lens parameters have mismatched batch sizes: "
+                         f"{[tuple(v.shape) for v in values]}")
+    batch = tf.reduce_max(tf.stack([tf.size(v) for v in values]))
+    return [tf.broadcast_to(tf.reshape(v, [-1]), [batch]) for v in values]
+
+
 def _curve(theta_e, e_x, e_y, x_l, y_l, num, kind):
     """Shared construction of the three curves; parameters are (B,) tensors."""
-    theta_e, e_x, e_y, x_l, y_l = geometry.as_float(theta_e, e_x, e_y, x_l, y_l)
-    t = _polar_samples(num, theta_e.dtype)[None, :]
+    if int(num) != num or num < 3:
+        raise ValueError(f"num must be an integer >= 3 (polygon vertices), got {num}")
+    theta_e, e_x, e_y, x_l, y_l = _batch_params(theta_e, e_x, e_y, x_l, y_l)
+    t = _polar_samples(int(num), theta_e.dtype)[None, :]
     eps, cos_phi, sin_phi = geometry.ellipticity_angle(e_x[:, None], e_y[:, None])
     cos_t, sin_t = tf.cos(t), tf.sin(t)
     f = 1.0 - eps
-    critical_x, critical_y = (tf.sqrt(f) / tf.sqrt(cos_t**2 + f * f * sin_t**2)) * cos_t, \
-        (tf.sqrt(f) / tf.sqrt(cos_t**2 + f * f * sin_t**2)) * sin_t
+    # Delta >= f >= 0.1 over the prior, so the division is safe (spec §2.5).
+    radius = tf.sqrt(f) / tf.sqrt(cos_t * cos_t + f * f * sin_t * sin_t)
+    critical_x, critical_y = radius * cos_t, radius * sin_t
     a_x, a_y = sie.sie_angular_deflection(cos_t, sin_t, eps)
     if kind == "critical":
         u, v = critical_x, critical_y
@@ -44,7 +62,7 @@ def _curve(theta_e, e_x, e_y, x_l, y_l, num, kind):
         u, v = critical_x - a_x, critical_y - a_y
     else:
         u, v = -a_x, -a_y
-    u, v = geometry.from_lens_frame(u, v, cos_phi, sin_phi)
+    u, v = geometry.from_lens_frame_cs(u, v, cos_phi, sin_phi)
     return tf.stack([theta_e[:, None] * u + x_l[:, None],
                      theta_e[:, None] * v + y_l[:, None]], axis=-1)
 
@@ -53,10 +71,11 @@ def tangential_critical_curve(theta_e, e_x, e_y, x_l, y_l, num=200):
     """Tangential critical curve of the SIE.
 
     Args:
-        theta_e: Einstein radius, arcsec, shape (B,).
-        e_x, e_y: Ensai ellipticity, dimensionless, shape (B,).
-        x_l, y_l: lens centre, arcsec, shape (B,).
-        num: number of vertices (polar angles ``2 pi k / num``).
+        theta_e: intermediate-axis Einstein radius, arcsec, shape (B,) (or scalar).
+        e_x, e_y: Ensai ellipticity ``eps (cos phi, sin phi)``, dimensionless, shape (B,).
+        x_l, y_l: lens centre, arcsec, sky frame, shape (B,).
+        num: number of vertices (lens-frame polar angles ``2 pi k / num``,
+            without the repeated endpoint of the original's ``linspace``).
 
     Returns:
         (B, num, 2) sky-frame polygon, arcsec; area ``pi theta_E^2``.

@@ -9,6 +9,7 @@ the mean brightness of each output pixel and sums are flux-conserving.
 
 import math
 
+import numpy as np
 import tensorflow as tf
 
 from ensai_tf import conventions
@@ -35,10 +36,18 @@ def extended_grid(npix=conventions.NPIX, pixel_scale=conventions.PIXEL_SCALE, ov
         in output pixels. The central ``npix * oversample`` block, block-averaged,
         lands exactly on :func:`ensai_tf.conventions.pixel_grid`.
     """
-    if field_factor < 1:
+    if int(npix) != npix or npix < 1:
+        raise ValueError(f"npix must be a positive integer, got {npix}")
+    if int(oversample) != oversample or oversample < 1:
+        raise ValueError(f"oversample must be an integer >= 1, got {oversample}")
+    if not pixel_scale > 0:
+        raise ValueError(f"pixel_scale must be > 0 arcsec, got {pixel_scale}")
+    if not field_factor >= 1:
         raise ValueError(f"field_factor must be >= 1, got {field_factor}")
-    pad = int(math.ceil(npix * (field_factor - 1.0) / 2.0 - 1e-9))
-    x, y = conventions.pixel_grid(npix + 2 * pad, pixel_scale, oversample)
+    # [R] spec §3.4: pad by whole output pixels so the crop is exact; 1e-9 absorbs float round-off.
+    pad = int(math.ceil(int(npix) * (field_factor - 1.0) / 2.0 - 1e-9))
+    coords = conventions.pixel_coordinates(int(npix) + 2 * pad, pixel_scale, int(oversample))
+    x, y = np.meshgrid(coords, coords, indexing="xy")
     return tf.constant(x, tf.float32), tf.constant(y, tf.float32), pad
 
 
@@ -49,12 +58,20 @@ def lens_equation(x, y, params, gamma_1=None, gamma_2=None):
         x, y: image-plane positions, arcsec, sky frame, shape (H, W) or (B, H, W).
         params: (B, 5) lens parameters in ``conventions.PARAM_NAMES`` order
             (arcsec, -, -, arcsec, arcsec).
-        gamma_1, gamma_2: optional (B,) external shear about the lens centre.
+        gamma_1, gamma_2: optional (B,) external shear components about the
+            lens centre, dimensionless (spec §2.2 [R] standard sign).
+
+    Per-example parameters are broadcast as (B, 1, 1) against the grid.
 
     Returns:
         ``(beta_x, beta_y)``, each (B, H, W), arcsec, sky frame.
     """
     params = tf.convert_to_tensor(params, tf.float32)
+    if params.shape.rank != 2 or params.shape[-1] != conventions.NUM_PARAMS:
+        raise ValueError(f"params must have shape (B, {conventions.NUM_PARAMS}) in PARAM_NAMES "
+                         f"order {conventions.PARAM_NAMES}, got {params.shape}")
+    if (gamma_1 is None) != (gamma_2 is None):
+        raise ValueError("gamma_1 and gamma_2 must be given together (or both None)")
     p = [params[:, int(i)][:, None, None] for i in conventions.Param]
     theta_e, e_x, e_y, x_l, y_l = p
     alpha_x, alpha_y = sie.sie_deflection(x, y, theta_e, e_x, e_y, x_l, y_l)
@@ -75,7 +92,8 @@ def sample_source_image(source_images, half_size, centre_x, centre_y, beta_x, be
         source_images: (B, S, S) surface brightness; rows run along +y and
             columns along +x (spec §3.2 step 5).
         half_size: (B,) half-side of each source image, arcsec; pixel ``k``
-            has its centre at ``centre - half_size + (k + 0.5) 2 half_size / S``.
+            has its centre at ``centre - half_size + (k + 0.5) 2 half_size / S``,
+            so the centres span ``centre +- half_size (1 - 1/S)``.
         centre_x, centre_y: (B,) source-image centre, arcsec, sky frame.
         beta_x, beta_y: (B, H, W) source-plane positions, arcsec.
 
@@ -84,6 +102,11 @@ def sample_source_image(source_images, half_size, centre_x, centre_y, beta_x, be
         padded by one pixel of zeros, so the edge fades over one pixel).
     """
     source_images = tf.convert_to_tensor(source_images, tf.float32)
+    if source_images.shape.rank != 3 or (source_images.shape[1] is not None
+                                         and source_images.shape[1] != source_images.shape[2]):
+        raise ValueError(f"source_images must have shape (B, S, S), got {source_images.shape}")
+    half_size, centre_x, centre_y, beta_x, beta_y = geometry.as_float(
+        half_size, centre_x, centre_y, beta_x, beta_y)
     size = tf.shape(source_images)[1]
     batch = tf.shape(source_images)[0]
     size_f = tf.cast(size, tf.float32)
@@ -118,7 +141,15 @@ def block_average(fine, oversample):
     Returns:
         (B, N / oversample, N / oversample) block means.
     """
+    if int(oversample) != oversample or oversample < 1:
+        raise ValueError(f"oversample must be an integer >= 1, got {oversample}")
     oversample = int(oversample)
+    fine = tf.convert_to_tensor(fine)
+    if fine.shape.rank != 3:
+        raise ValueError(f"fine must have shape (B, N, N), got {fine.shape}")
+    for n in fine.shape[1:]:
+        if n is not None and n % oversample:
+            raise ValueError(f"image side {n} is not divisible by oversample={oversample}")
     if oversample == 1:
         return fine
     shape = tf.shape(fine)
@@ -128,8 +159,24 @@ def block_average(fine, oversample):
 
 
 def crop_center(image, pad_pix):
-    """Remove ``pad_pix`` pixels from every side of (B, N, N) images."""
+    """Remove ``pad_pix`` pixels from every side of images.
+
+    Args:
+        image: (B, N, N) images.
+        pad_pix: pixels to remove per side (Python int, ``0 <= 2 pad_pix < N``).
+
+    Returns:
+        (B, N - 2 pad_pix, N - 2 pad_pix) central block.
+    """
+    if int(pad_pix) != pad_pix or pad_pix < 0:
+        raise ValueError(f"pad_pix must be an integer >= 0, got {pad_pix}")
     pad_pix = int(pad_pix)
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank != 3:
+        raise ValueError(f"image must have shape (B, N, N), got {image.shape}")
+    for n in image.shape[1:]:
+        if n is not None and 2 * pad_pix >= n:
+            raise ValueError(f"cannot crop {pad_pix} pixels per side from a side of {n}")
     if pad_pix == 0:
         return image
     return image[:, pad_pix:-pad_pix, pad_pix:-pad_pix]

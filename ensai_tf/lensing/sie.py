@@ -33,14 +33,16 @@ def sie_shape(eps):
 
     Returns:
         ``(f, f_prime_safe, sis)``: ``f = q``; ``f' = sqrt(eps (2 - eps))``
-        (computed without the cancellation of ``1 - f^2``), replaced by 1 where
-        ``sis`` is True so that divisions by it stay finite; ``sis`` flags the
-        SIS limit ``f' < 1e-4``.
+        (computed without the cancellation of ``1 - f^2``), replaced by 0.5
+        where ``sis`` is True so that the unused branch (a division by f' and
+        ``asin(f' sin t)``, whose derivative is infinite at ``f' sin t = 1``)
+        has finite values and gradients; ``sis`` flags the SIS limit ``f' < 1e-4``.
     """
     f = 1.0 - eps
     fp2 = eps * (2.0 - eps)
+    # [R] spec §2.1: SIS limit when f' < 1e-4 (double tf.where below keeps gradients finite).
     sis = fp2 < SIS_THRESHOLD**2
-    fp_safe = tf.sqrt(tf.where(sis, tf.ones_like(fp2), fp2))
+    fp_safe = tf.sqrt(tf.where(sis, 0.25 * tf.ones_like(fp2), fp2))
     return f, fp_safe, sis
 
 
@@ -90,13 +92,13 @@ def sie_deflection(x, y, theta_e, e_x, e_y, x_l=0.0, y_l=0.0):
     """
     x, y, theta_e, e_x, e_y, x_l, y_l = geometry.as_float(x, y, theta_e, e_x, e_y, x_l, y_l)
     eps, cos_phi, sin_phi = geometry.ellipticity_angle(e_x, e_y)
-    xp, yp = geometry.to_lens_frame(x, y, x_l, y_l, cos_phi, sin_phi)
+    xp, yp = geometry.to_lens_frame_cs(x, y, x_l, y_l, cos_phi, sin_phi)
     r, nonzero = geometry.safe_norm(xp, yp)
     r_safe = tf.where(nonzero, r, tf.ones_like(r))
     cos_t = tf.where(nonzero, xp / r_safe, tf.zeros_like(r))
     sin_t = tf.where(nonzero, yp / r_safe, tf.zeros_like(r))
     a_x, a_y = sie_angular_deflection(cos_t, sin_t, eps)
-    alpha_x, alpha_y = geometry.from_lens_frame(a_x, a_y, cos_phi, sin_phi)
+    alpha_x, alpha_y = geometry.from_lens_frame_cs(a_x, a_y, cos_phi, sin_phi)
     return theta_e * alpha_x, theta_e * alpha_y
 
 
@@ -115,6 +117,6 @@ def sie_convergence(x, y, theta_e, e_x, e_y, x_l=0.0, y_l=0.0):
     """
     x, y, theta_e, e_x, e_y, x_l, y_l = geometry.as_float(x, y, theta_e, e_x, e_y, x_l, y_l)
     eps, cos_phi, sin_phi = geometry.ellipticity_angle(e_x, e_y)
-    xp, yp = geometry.to_lens_frame(x, y, x_l, y_l, cos_phi, sin_phi)
+    xp, yp = geometry.to_lens_frame_cs(x, y, x_l, y_l, cos_phi, sin_phi)
     f = 1.0 - eps
     return tf.sqrt(f) * theta_e / (2.0 * tf.sqrt(xp * xp + f * f * yp * yp))

@@ -1,6 +1,7 @@
 """Tests of the ray-tracing grid, source sampling and block averaging (spec §3.4)."""
 
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from ensai_tf import conventions
@@ -58,3 +59,27 @@ def test_sis_with_a_point_like_central_source_forms_a_ring_at_theta_e():
     profile = np.array([img.ravel()[idx == i].mean() if np.any(idx == i) else 0 for i in range(1, len(bins))])
     peak_r = 0.5 * (bins[:-1] + bins[1:])[np.argmax(profile)]
     assert abs(peak_r - theta_e) <= 0.04  # within one pixel
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(field_factor=0.9), "field_factor"), (dict(oversample=0), "oversample"),
+    (dict(oversample=1.5), "oversample"), (dict(npix=0), "npix"),
+    (dict(pixel_scale=0.0), "pixel_scale"),
+])
+def test_extended_grid_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        raytrace.extended_grid(**{"npix": 8, **kwargs})
+
+
+def test_bad_shapes_give_clear_errors():
+    x, y, _ = raytrace.extended_grid(npix=4, oversample=1, field_factor=1.0)
+    with pytest.raises(ValueError, match="params must have shape"):
+        raytrace.lens_equation(x, y, tf.zeros((1, 4)))
+    with pytest.raises(ValueError, match="together"):
+        raytrace.lens_equation(x, y, tf.zeros((1, 5)), gamma_1=tf.zeros(1))
+    with pytest.raises(ValueError, match="source_images"):
+        raytrace.sample_source_image(tf.zeros((1, 4, 5)), [1.0], [0.0], [0.0], x[None], y[None])
+    with pytest.raises(ValueError, match="divisible"):
+        raytrace.block_average(tf.zeros((1, 6, 6)), 4)
+    with pytest.raises(ValueError, match="cannot crop"):
+        raytrace.crop_center(tf.zeros((1, 6, 6)), 3)
