@@ -1,0 +1,109 @@
+"""The parity rule and the parity-min MSE loss (spec §2.3, §7.1, §8.1).
+
+``(e_x, e_y)`` and ``(-e_x, -e_y)`` describe the same lens. :func:`parity_correct`
+is the single implementation of the choice between the two signs; the loss,
+the metrics, the combiner's sign alignment (spec §7.4) and the evaluation all
+call it.
+"""
+
+import keras
+from keras import ops
+
+from ensai_tf.conventions import ELLIPTICITY_INDICES, NUM_PARAMS
+
+__all__ = ["PARITY_SIGNS", "parity_flip", "parity_correct", "parity_mse", "ParityMSE"]
+
+PARITY_SIGNS = tuple(-1.0 if k in ELLIPTICITY_INDICES else 1.0 for k in range(NUM_PARAMS))
+"""Multiplier that maps a parameter vector to its parity twin (e negated)."""
+
+
+def _signs_like(x):
+    return ops.cast(ops.convert_to_tensor(PARITY_SIGNS), ops.dtype(x))
+
+
+def _check_last_axis(x, what):
+    if x.shape[-1] is not None and x.shape[-1] != NUM_PARAMS:
+        raise ValueError(f"{what} must have {NUM_PARAMS} parameters on its last axis "
+                         f"(theta_e, e_x, e_y, x_l, y_l), got shape {tuple(x.shape)}")
+
+
+def parity_flip(params):
+    """Negate the ellipticity of parameter vectors (spec §2.3).
+
+    Args:
+        params: ``(..., 5)`` parameters ``(theta_e, e_x, e_y, x_l, y_l)``,
+            arcsec / dimensionless.
+
+    Returns:
+        ``params`` with ``e_x`` and ``e_y`` negated, same units.
+    """
+    params = ops.convert_to_tensor(params)
+    _check_last_axis(params, "params")
+    return params * _signs_like(params)
+
+
+def parity_correct(y_true, y_pred):
+    """Per example, the prediction or its parity twin, whichever is closer (spec §8.1).
+
+    Keeps ``y_pred`` when its mean squared error over the 5 parameters is
+    <= that of the ellipticity-negated version, otherwise returns the negated
+    version. Only ``e_x`` and ``e_y`` can change.
+
+    Args:
+        y_true: ``(..., 5)`` reference parameters (truth, or the reference
+            network in the combiner), arcsec / dimensionless.
+        y_pred: ``(..., 5)`` predictions, same units.
+
+    Returns:
+        The corrected predictions, ``(..., 5)``, dtype of ``y_pred`` (a
+        backend tensor; ``keras.ops.convert_to_numpy`` gives numpy).
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(ops.convert_to_tensor(y_true), ops.dtype(y_pred))
+    _check_last_axis(y_true, "y_true")
+    _check_last_axis(y_pred, "y_pred")
+    flipped = y_pred * _signs_like(y_pred)
+    mse_kept = ops.mean(ops.square(y_pred - y_true), axis=-1, keepdims=True)
+    mse_flipped = ops.mean(ops.square(flipped - y_true), axis=-1, keepdims=True)
+    # spec §8.1: keep A when mse(A) <= mse(B)
+    return ops.where(mse_flipped < mse_kept, flipped, y_pred)
+
+
+def parity_mse(y_true, y_pred):
+    """Per-example parity-min MSE, ``min(mse, mse with e negated)`` (spec §7.1).
+
+    Args:
+        y_true: ``(B, 5)`` true parameters, arcsec / dimensionless.
+        y_pred: ``(B, 5)`` predictions, same units.
+
+    Returns:
+        ``(B,)`` losses in squared parameter units (unweighted mean over the
+        5 parameters, spec §6.2).
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(ops.convert_to_tensor(y_true), ops.dtype(y_pred))
+    corrected = parity_correct(y_true, y_pred)
+    return ops.mean(ops.square(corrected - y_true), axis=-1)
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class ParityMSE(keras.losses.Loss):
+    """Mean over the batch of the parity-min MSE (spec §7.1).
+
+    ``L = mean_b min(mean_k (yhat_k - y_k)^2, mean_k (yhat'_k - y_k)^2)`` with
+    ``yhat'`` the prediction with ``e_x``, ``e_y`` negated. No regularisation
+    and no per-parameter weights (spec §6.2, §7.1).
+
+    Args:
+        name: loss name (default ``"parity_mse"``).
+        reduction: Keras reduction (default ``"sum_over_batch_size"``, the
+            batch mean).
+        dtype: computation dtype (default float32, also under mixed
+            precision).
+    """
+
+    def __init__(self, name="parity_mse", reduction="sum_over_batch_size", dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+
+    def call(self, y_true, y_pred):
+        return parity_mse(y_true, y_pred)

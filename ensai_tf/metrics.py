@@ -1,0 +1,248 @@
+"""Error metrics, all taken after parity correction (spec §8.1, §8.2).
+
+Numpy functions for evaluation (``error68``, ``rms``, ``half_width_16_84``,
+``binned_bands``, ``error_table``) and Keras metrics (``ParameterRMS``,
+``ParameterMAE``) so that TensorBoard shows each parameter's error during
+training. The parity rule itself lives only in :func:`ensai_tf.losses.parity_correct`.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from ensai_tf.conventions import NUM_PARAMS, PARAM_NAMES, Param
+from ensai_tf.losses import parity_correct
+
+__all__ = [
+    "parity_correct_np",
+    "residuals",
+    "error68",
+    "rms",
+    "half_width_16_84",
+    "binned_bands",
+    "error_table",
+    "ParameterRMS",
+    "ParameterMAE",
+    "parameter_metrics",
+]
+
+
+def _as_params(x, what):
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim != 2 or x.shape[1] != NUM_PARAMS:
+        raise ValueError(f"{what} must have shape (N, {NUM_PARAMS}) (theta_e, e_x, e_y, x_l, y_l), "
+                         f"got {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{what} is empty: need at least one example")
+    return x
+
+
+def parity_correct_np(y_true, y_pred):
+    """Numpy front end of :func:`ensai_tf.losses.parity_correct` (spec §8.1).
+
+    Args:
+        y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless.
+
+    Returns:
+        ``(N, 5)`` float64 parity-corrected predictions.
+    """
+    y_true = _as_params(y_true, "y_true")
+    y_pred = _as_params(y_pred, "y_pred")
+    if y_true.shape != y_pred.shape:
+        raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
+    return np.asarray(ops.convert_to_numpy(parity_correct(y_true, y_pred)), dtype=np.float64)
+
+
+def residuals(y_true, y_pred):
+    """Parity-corrected residuals ``pred - true``, ``(N, 5)`` float64, parameter units."""
+    return parity_correct_np(y_true, y_pred) - _as_params(y_true, "y_true")
+
+
+def error68(y_true, y_pred):
+    """The paper's 68% error per parameter (spec §8.2 [R]).
+
+    Args:
+        y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless.
+
+    Returns:
+        ``(5,)`` 68th percentile of ``|pred - true|`` after parity
+        correction, in each parameter's unit.
+    """
+    return np.percentile(np.abs(residuals(y_true, y_pred)), 68.0, axis=0)
+
+
+def rms(y_true, y_pred):
+    """Root mean square of the parity-corrected residuals, ``(5,)`` (spec §8.2)."""
+    return np.sqrt(np.mean(np.square(residuals(y_true, y_pred)), axis=0))
+
+
+def half_width_16_84(y_true, y_pred):
+    """``(P84 - P16) / 2`` of the parity-corrected residuals, ``(5,)`` (spec §8.2)."""
+    lo, hi = np.percentile(residuals(y_true, y_pred), [16.0, 84.0], axis=0)
+    return 0.5 * (hi - lo)
+
+
+def binned_bands(true, pred, bins=12, min_count=5):
+    """68% and 95% bands of one predicted parameter in bins of its true value.
+
+    For the paper's Figure 1 (spec §8.2). Pass one parameter column of the
+    parity-corrected predictions (see :func:`parity_correct_np`).
+
+    Args:
+        true: ``(N,)`` true values of one parameter, its unit.
+        pred: ``(N,)`` predicted values, same unit.
+        bins: number of equal-width bins over ``[min(true), max(true)]``, or
+            an increasing array of bin edges.
+        min_count: bins with fewer examples get NaN percentiles.
+
+    Returns:
+        dict of ``(nbins,)`` arrays: ``"centres"``, ``"count"``, and the
+        percentiles ``"p2_5"``, ``"p16"``, ``"p50"``, ``"p84"``, ``"p97_5"``
+        of ``pred`` in each bin (68% band = p16..p84, 95% band =
+        p2_5..p97_5). The last bin includes its upper edge.
+    """
+    true = np.asarray(true, dtype=np.float64).ravel()
+    pred = np.asarray(pred, dtype=np.float64).ravel()
+    if true.shape != pred.shape or true.size == 0:
+        raise ValueError(f"true {true.shape} and pred {pred.shape} must be equal, non-empty 1-D")
+    if np.ndim(bins) == 0:
+        nbins = int(bins)
+        if nbins < 1:
+            raise ValueError(f"bins must be >= 1, got {bins}")
+        lo, hi = float(true.min()), float(true.max())
+        edges = np.linspace(lo, hi if hi > lo else lo + 1.0, nbins + 1)
+    else:
+        edges = np.asarray(bins, dtype=np.float64)
+        if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+            raise ValueError("bin edges must be a strictly increasing 1-D array of >= 2 values")
+    nbins = edges.size - 1
+    which = np.clip(np.searchsorted(edges, true, side="right") - 1, 0, nbins - 1)
+    inside = (true >= edges[0]) & (true <= edges[-1])
+    levels = (2.5, 16.0, 50.0, 84.0, 97.5)
+    keys = ("p2_5", "p16", "p50", "p84", "p97_5")
+    out = {"centres": 0.5 * (edges[:-1] + edges[1:]), "count": np.zeros(nbins, dtype=np.int64)}
+    out.update({k: np.full(nbins, np.nan) for k in keys})
+    for b in range(nbins):
+        sel = inside & (which == b)
+        out["count"][b] = int(sel.sum())
+        if out["count"][b] >= min_count:
+            for k, v in zip(keys, np.percentile(pred[sel], levels)):
+                out[k][b] = v
+    return out
+
+
+def error_table(y_true, y_pred):
+    """All error summaries per parameter (spec §8.2).
+
+    Args:
+        y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless.
+
+    Returns:
+        ``{name: {"error68", "rms", "half_width_16_84", "bias"}}`` for each
+        name in ``PARAM_NAMES``, values as Python floats in the parameter's
+        unit (``bias`` = mean residual), plus ``"n"``: the number of examples.
+    """
+    res = residuals(y_true, y_pred)
+    e68 = np.percentile(np.abs(res), 68.0, axis=0)
+    rmsv = np.sqrt(np.mean(np.square(res), axis=0))
+    lo, hi = np.percentile(res, [16.0, 84.0], axis=0)
+    bias = np.mean(res, axis=0)
+    table = {"n": int(res.shape[0])}
+    for k, name in enumerate(PARAM_NAMES):
+        table[name] = {"error68": float(e68[k]), "rms": float(rmsv[k]),
+                       "half_width_16_84": float(0.5 * (hi[k] - lo[k])), "bias": float(bias[k])}
+    return table
+
+
+class _ParameterError(keras.metrics.Metric):
+    """Running mean of a power of one parameter's parity-corrected residual."""
+
+    _suffix = ""
+
+    def __init__(self, param_index, name=None, dtype=None):
+        index = int(param_index)
+        if not 0 <= index < NUM_PARAMS:
+            raise ValueError(f"param_index must be in [0, {NUM_PARAMS}), got {param_index}")
+        super().__init__(name=name or f"{PARAM_NAMES[index]}_{self._suffix}", dtype=dtype)
+        self.param_index = index
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+        self.count = self.add_variable(shape=(), initializer="zeros", name="count")
+
+    def _per_example(self, residual):
+        raise NotImplementedError
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        y_pred = ops.cast(y_pred, self.dtype)
+        y_true = ops.cast(y_true, self.dtype)
+        corrected = parity_correct(y_true, y_pred)
+        values = self._per_example(corrected[:, self.param_index] - y_true[:, self.param_index])
+        if sample_weight is None:
+            weights = ops.ones_like(values)
+        else:
+            weights = ops.reshape(ops.cast(sample_weight, self.dtype), (-1,))
+            weights = ops.broadcast_to(weights, ops.shape(values))
+        self.total.assign_add(ops.sum(values * weights))
+        self.count.assign_add(ops.sum(weights))
+
+    def reset_state(self):
+        self.total.assign(0.0)
+        self.count.assign(0.0)
+
+    def get_config(self):
+        return {"param_index": self.param_index, "name": self.name, "dtype": self.dtype}
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class ParameterRMS(_ParameterError):
+    """RMS of one parameter's parity-corrected residual (spec §8.1, §8.2).
+
+    Args:
+        param_index: index into ``PARAM_NAMES`` (use ``conventions.Param``).
+        name: metric name (default ``"<param>_rms"``, e.g. ``"theta_e_rms"``).
+        dtype: accumulator dtype (default float32).
+
+    ``result()`` is in the parameter's unit (arcsec or dimensionless).
+    """
+
+    _suffix = "rms"
+
+    def _per_example(self, residual):
+        return ops.square(residual)
+
+    def result(self):
+        return ops.sqrt(ops.divide_no_nan(self.total, self.count))
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class ParameterMAE(_ParameterError):
+    """Mean absolute parity-corrected residual of one parameter (spec §8.1).
+
+    Args:
+        param_index: index into ``PARAM_NAMES`` (use ``conventions.Param``).
+        name: metric name (default ``"<param>_mae"``).
+        dtype: accumulator dtype (default float32).
+    """
+
+    _suffix = "mae"
+
+    def _per_example(self, residual):
+        return ops.abs(residual)
+
+    def result(self):
+        return ops.divide_no_nan(self.total, self.count)
+
+
+def parameter_metrics(kinds=("rms",)):
+    """One metric per parameter and kind, for ``model.compile(metrics=...)``.
+
+    Args:
+        kinds: any of ``"rms"``, ``"mae"``.
+
+    Returns:
+        List of metrics named ``"<param>_<kind>"`` in ``PARAM_NAMES`` order.
+    """
+    classes = {"rms": ParameterRMS, "mae": ParameterMAE}
+    unknown = [k for k in kinds if k not in classes]
+    if unknown:
+        raise ValueError(f"unknown metric kind(s) {unknown}; choose from {sorted(classes)}")
+    return [classes[k](p) for k in kinds for p in Param]

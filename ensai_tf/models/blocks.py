@@ -1,0 +1,145 @@
+"""Building blocks shared by the four networks (spec §6.1, §6.3, §6.5.1).
+
+TF-slim defaults reproduced in Keras (spec §6.3): convolutions SAME, stride 1,
+ReLU, Glorot-uniform weights, zero biases; max pools VALID; the conv-as-FC
+layers of AlexNet and Overfeat use truncated-normal(0.005) weights and bias
+0.1. Inception-v4's unit is ``conv_bn`` (no-bias conv, BN without scale,
+ReLU), or a biased conv with ``bn_mode="frozen"`` (spec §6.5.1 [R]).
+"""
+
+import keras
+
+from ensai_tf.conventions import NUM_PARAMS
+from ensai_tf.preprocess.bias import WINDOW, BiasRemoval
+
+__all__ = [
+    "BN_MODES",
+    "MAX_SEARCH_SIDE",
+    "valid_size",
+    "same_size",
+    "accepted_sides",
+    "check_input_shape",
+    "model_input",
+    "conv",
+    "fc_conv",
+    "conv_bn",
+    "max_pool",
+    "params_output",
+]
+
+BN_MODES = ("train", "frozen")
+"""Inception batch-norm modes (spec §6.5.1 [R])."""
+
+MAX_SEARCH_SIDE = 2048
+"""Largest input side, pixels, searched when reporting accepted sizes."""
+
+
+def valid_size(side, kernel, stride=1):
+    """Output side of a VALID convolution or pool, pixels (0 if it does not fit)."""
+    return max(0, (side - kernel) // stride + 1)
+
+
+def same_size(side, stride=1):
+    """Output side of a SAME convolution or pool, pixels."""
+    return -(-side // stride)
+
+
+def accepted_sides(accepts, limit=MAX_SEARCH_SIDE):
+    """Input sides in ``[1, limit)`` pixels for which ``accepts(side)`` is true."""
+    return [n for n in range(1, limit) if n >= WINDOW and accepts(n)]
+
+
+def check_input_shape(input_shape, arch, accepts):
+    """Raise a ValueError naming the accepted sizes if ``input_shape`` does not fit.
+
+    Args:
+        input_shape: ``(H, W, 1)``, pixels.
+        arch: architecture name, for the message.
+        accepts: function ``side -> bool`` telling whether one image side,
+            pixels, passes every VALID stage of the architecture (all stages
+            act on the two axes independently).
+
+    Returns:
+        ``input_shape`` as a tuple of ints.
+    """
+    shape = tuple(input_shape)
+    if len(shape) != 3 or shape[-1] != 1:
+        raise ValueError(f"{arch} takes single-channel images of shape (H, W, 1), "
+                         f"got input_shape {shape}")
+    if any(s is None or int(s) < 1 for s in shape[:2]):
+        raise ValueError(f"{arch} needs a fixed positive image size, got input_shape {shape}")
+    shape = tuple(int(s) for s in shape)
+    if all(side >= WINDOW and accepts(side) for side in shape[:2]):
+        return shape
+    sides = accepted_sides(accepts)
+    if not sides:
+        raise ValueError(f"{arch} accepts no input size below {MAX_SEARCH_SIDE} pixels")
+    span = f"sides from {sides[0]} to {sides[-1]} pixels" if sides[-1] < MAX_SEARCH_SIDE - 1 \
+        else f"sides of at least {sides[0]} pixels"
+    problem = "too small" if min(shape[:2]) < sides[0] else "not accepted"
+    raise ValueError(f"input_shape {shape} is {problem} for {arch}: the smallest input it "
+                     f"accepts is {sides[0]}x{sides[0]}x1 ({span})")
+
+
+def model_input(input_shape, arch, accepts):
+    """Checked ``keras.Input`` and its bias-removed version (spec §6.1).
+
+    The bias-removal layer is the first layer of every network (spec §6.1
+    [R], Inception included) and always computes in float32: its
+    subtraction of a nearly equal offset would lose most digits in bfloat16.
+
+    Returns:
+        ``(inputs, x)``: the input tensor named ``"images"`` and the output
+        of the ``"bias_removal"`` layer.
+    """
+    shape = check_input_shape(input_shape, arch, accepts)
+    inputs = keras.Input(shape=shape, name="images")
+    return inputs, BiasRemoval(name="bias_removal", dtype="float32")(inputs)
+
+
+def conv(x, filters, kernel, name, strides=1, padding="same", activation="relu"):
+    """``slim.conv2d`` with its defaults: Glorot-uniform, zero bias (spec §6.3)."""
+    return keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding,
+                               activation=activation, kernel_initializer="glorot_uniform",
+                               bias_initializer="zeros", name=name)(x)
+
+
+def fc_conv(x, filters, kernel, name, activation="relu", bias=0.1, padding="valid", dtype=None):
+    """Conv-as-FC layer: truncated-normal(0.005) weights, constant bias (spec §6.5.2-3)."""
+    return keras.layers.Conv2D(
+        filters, kernel, padding=padding, activation=activation,
+        kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.005),
+        bias_initializer=keras.initializers.Constant(bias), name=name, dtype=dtype)(x)
+
+
+def max_pool(x, size, name, strides=2, padding="valid"):
+    """``slim.max_pool2d``: stride 2, VALID by default (spec §6.3)."""
+    return keras.layers.MaxPooling2D(size, strides=strides, padding=padding, name=name)(x)
+
+
+def conv_bn(x, filters, kernel, name, strides=1, padding="same", bn_mode="train"):
+    """Inception-v4 unit (spec §6.5.1).
+
+    ``bn_mode="train"``: Conv2D without bias (He truncated-normal), then
+    BatchNormalization(center=True, scale=False, epsilon=1e-3, momentum=0.99)
+    named ``<name>_bn``, then ReLU. ``bn_mode="frozen"``: Conv2D with bias
+    and ReLU, no BN, which is what the release's never-updated BN reduces to.
+    """
+    if bn_mode not in BN_MODES:
+        raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
+    frozen = bn_mode == "frozen"
+    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=frozen,
+                            activation="relu" if frozen else None,
+                            kernel_initializer=keras.initializers.HeNormal(), name=name)(x)
+    if frozen:
+        return x
+    # [R] spec §6.5.1: proper BN, momentum 0.99 (slim: decay 0.9997)
+    x = keras.layers.BatchNormalization(center=True, scale=False, epsilon=1e-3, momentum=0.99,
+                                        name=f"{name}_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def params_output(x, name="params", num_outputs=NUM_PARAMS, kernel_initializer="glorot_uniform"):
+    """The linear output layer in float32 (spec §6.2), also under mixed precision."""
+    return keras.layers.Dense(num_outputs, activation=None, kernel_initializer=kernel_initializer,
+                              bias_initializer="zeros", dtype="float32", name=name)(x)

@@ -1,0 +1,205 @@
+"""The combined network: frozen backbones, sign alignment, 20 weights (spec §7.4).
+
+Order in the paper: [overfeat, ensai_net, alexnet, inception_v4] with
+Overfeat as the parity reference (``models.PAPER_ORDER``); any list works.
+Backbones are frozen and called with ``training=False``, so Inception's BN
+moving statistics stay put (Keras transfer-learning guide).
+"""
+
+import pathlib
+import zipfile
+
+import keras
+from keras import ops
+
+from ensai_tf.conventions import NUM_PARAMS
+from ensai_tf.errors import ModelDirError
+from ensai_tf.losses import parity_correct
+
+__all__ = ["COMBINE_MODES", "ParityAlign", "PerParameterWeights", "build_combiner",
+           "load_backbones"]
+
+COMBINE_MODES = ("per_parameter", "dense")
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class ParityAlign(keras.layers.Layer):
+    """Sign-aligns each network's ellipticity to the reference network's (spec §7.4 step 2).
+
+    Per example and network m, ``(e_x, e_y)`` of m is negated when
+    ``mean((e_ref + e_m)^2) < mean((e_ref - e_m)^2)``. This is
+    :func:`ensai_tf.losses.parity_correct` with the reference network in
+    place of the truth: the other three parameters are the same in both
+    candidates, so comparing the 5-parameter MSEs decides exactly as
+    comparing the two ellipticity terms.
+
+    Args:
+        reference: index of the reference network in the input list.
+
+    Input:
+        list of M tensors ``(B, 5)``: the networks' predictions.
+
+    Output:
+        ``(B, M, 5)`` aligned predictions, float32.
+    """
+
+    def __init__(self, reference=0, **kwargs):
+        super().__init__(**kwargs)
+        self.reference = int(reference)
+
+    def build(self, input_shape):
+        shapes = list(input_shape)
+        if not shapes or any(len(s) != 2 or s[-1] != NUM_PARAMS for s in shapes):
+            raise ValueError(f"ParityAlign takes a list of (batch, {NUM_PARAMS}) predictions, "
+                             f"got shapes {shapes}")
+        if not 0 <= self.reference < len(shapes):
+            raise ValueError(f"reference {self.reference} is not an index of the "
+                             f"{len(shapes)} networks")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        preds = [ops.cast(p, "float32") for p in inputs]
+        ref = preds[self.reference]
+        return ops.stack([parity_correct(ref, p) for p in preds], axis=1)
+
+    def compute_output_shape(self, input_shape):
+        shapes = list(input_shape)
+        return (shapes[0][0], len(shapes), NUM_PARAMS)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"reference": self.reference})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class PerParameterWeights(keras.layers.Layer):
+    """Linear combination of M networks' aligned predictions (spec §7.4 step 4).
+
+    ``mode="per_parameter"`` (paper): ``y_j = sum_m w[m, j] * x[:, m, j]``,
+    M x 5 scalars initialised to 1/M, no bias, no cross-parameter terms.
+    ``mode="dense"``: a full Dense from the M*5 aligned outputs to 5 with a
+    bias, initialised to the same plain average (block-diagonal 1/M, bias 0).
+
+    Input:
+        ``(B, M, 5)`` aligned predictions, target units.
+
+    Output:
+        ``(B, 5)`` combined predictions, target units.
+    """
+
+    def __init__(self, mode="per_parameter", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in COMBINE_MODES:
+            raise ValueError(f"mode must be one of {COMBINE_MODES}, got {mode!r}")
+        self.mode = mode
+
+    def build(self, input_shape):
+        if len(input_shape) != 3 or input_shape[1] is None or input_shape[2] != NUM_PARAMS:
+            raise ValueError(f"PerParameterWeights takes (batch, networks, {NUM_PARAMS}), "
+                             f"got {tuple(input_shape)}")
+        m = int(input_shape[1])
+        self.num_networks = m
+        if self.mode == "per_parameter":
+            self.w = self.add_weight(name="w", shape=(m, NUM_PARAMS),
+                                     initializer=keras.initializers.Constant(1.0 / m))
+        else:
+            eye = ops.convert_to_numpy(ops.tile(ops.eye(NUM_PARAMS), (m, 1))) / m
+            self.kernel = self.add_weight(name="kernel", shape=(m * NUM_PARAMS, NUM_PARAMS),
+                                          initializer=keras.initializers.Constant(eye))
+            self.bias = self.add_weight(name="bias", shape=(NUM_PARAMS,), initializer="zeros")
+        super().build(input_shape)
+
+    def call(self, inputs):
+        if self.mode == "per_parameter":
+            return ops.sum(inputs * ops.cast(self.w, inputs.dtype), axis=1)
+        flat = ops.reshape(inputs, (-1, self.num_networks * NUM_PARAMS))
+        return ops.matmul(flat, ops.cast(self.kernel, inputs.dtype)) + ops.cast(self.bias,
+                                                                                inputs.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], NUM_PARAMS)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mode": self.mode})
+        return config
+
+
+def build_combiner(backbones, reference=0, mode="per_parameter", name="combiner"):
+    """The combined network of spec §7.4.
+
+    Args:
+        backbones: list of Keras models, each images ``(B, H, W, 1)`` ->
+            ``(B, 5)``, all with the same input shape and distinct names.
+            They are set ``trainable = False`` (shared, not copied).
+        reference: index of the parity reference (0: Overfeat in the paper
+            order).
+        mode: ``"per_parameter"`` (20 weights for 4 networks) or ``"dense"``.
+        name: model name.
+
+    Returns:
+        Functional ``keras.Model`` images -> float32 ``(B, 5)``, target units,
+        whose only trainable weights are the combination weights.
+
+    Raises:
+        ValueError: empty list, mismatched input shapes, duplicate names, bad
+            reference or mode.
+    """
+    backbones = list(backbones)
+    if not backbones:
+        raise ValueError("build_combiner needs at least one backbone network")
+    if mode not in COMBINE_MODES:
+        raise ValueError(f"mode must be one of {COMBINE_MODES}, got {mode!r}")
+    if not 0 <= int(reference) < len(backbones):
+        raise ValueError(f"reference {reference} is not an index of the {len(backbones)} "
+                         "backbones")
+    shapes = [tuple(b.input_shape[1:]) for b in backbones]
+    if len(set(shapes)) != 1:
+        raise ValueError(f"backbones take different input shapes {shapes}")
+    names = [b.name for b in backbones]
+    if len(set(names)) != len(names):
+        raise ValueError(f"backbone names must be distinct, got {names}; "
+                         "pass name=... when building them")
+    inputs = keras.Input(shape=shapes[0], name="images")
+    preds = []
+    for backbone in backbones:
+        backbone.trainable = False
+        # training=False keeps BN in inference mode with frozen statistics (style.md §6.9)
+        preds.append(backbone(inputs, training=False))
+    aligned = ParityAlign(reference=reference, dtype="float32", name="parity_align")(preds)
+    outputs = PerParameterWeights(mode=mode, dtype="float32", name="params")(aligned)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def load_backbones(paths):
+    """Load trained networks from ``.keras`` files, without their optimiser state.
+
+    Args:
+        paths: list of ``.keras`` file paths.
+
+    Returns:
+        List of Keras models, in the given order.
+
+    Raises:
+        ModelDirError: a path is missing, not a ``.keras`` file, or corrupt
+            (the message names it).
+    """
+    # importing these registers every custom object a saved network may name
+    from ensai_tf import losses, metrics  # noqa: F401
+    from ensai_tf.preprocess import bias  # noqa: F401
+
+    models = []
+    for path in paths:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ModelDirError(f"backbone {str(path)!r} does not exist or is not a file; "
+                                "give the model.keras written by 'ensai train'")
+        if path.suffix != ".keras":
+            raise ModelDirError(f"backbone {str(path)!r} is not a .keras file")
+        try:
+            models.append(keras.saving.load_model(str(path), compile=False))
+        except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
+            raise ModelDirError(f"cannot load backbone {str(path)!r}: missing parts or "
+                                f"corrupt ({type(err).__name__}: {err})") from None
+    return models

@@ -1,0 +1,155 @@
+"""The combined network (spec §7.4): alignment, 20 weights, frozen backbones."""
+
+import keras
+import numpy as np
+import pytest
+
+from ensai_tf.conventions import ELLIPTICITY_INDICES
+from ensai_tf.losses import ParityMSE
+from ensai_tf.models import build_model, combiner
+from ensai_tf.preprocess.bias import BiasRemoval
+
+SIDE = 75  # the smallest input Inception-v4 takes: keeps the BN backbone cheap
+
+
+def tiny_backbone(name, side=SIDE, seed=0):
+    """A small stand-in network with the paper networks' interface (test only)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((side, side, 1), name="images")
+    x = BiasRemoval(name="bias_removal")(inputs)
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="conv1")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    outputs = keras.layers.Dense(5, name="params")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def parity_twin(model, name):
+    """A copy of ``model`` whose ellipticity outputs are exactly negated."""
+    twin = tiny_backbone(name)
+    twin.set_weights(model.get_weights())
+    kernel, bias = twin.get_layer("params").get_weights()
+    idx = list(ELLIPTICITY_INDICES)
+    kernel[:, idx] *= -1
+    bias[idx] *= -1
+    twin.get_layer("params").set_weights([kernel, bias])
+    return twin
+
+
+def _images(batch, seed=0):
+    return np.random.default_rng(seed).uniform(0.0, 1.0, (batch, SIDE, SIDE, 1)).astype(np.float32)
+
+
+def _params(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.column_stack([rng.uniform(0.1, 3.0, batch), rng.uniform(-0.6, 0.6, (batch, 2)),
+                            rng.uniform(-0.3, 0.3, (batch, 2))]).astype(np.float32)
+
+
+def test_parity_align_flips_a_network_predicting_minus_e():
+    ref = _params(6)
+    other = ref.copy()
+    other[:, list(ELLIPTICITY_INDICES)] *= -1
+    other[:, 0] += 0.5  # theta_e disagreement must not change the decision
+    aligned = np.asarray(combiner.ParityAlign(reference=0)([ref, other]))
+    np.testing.assert_array_equal(aligned[:, 0], ref)
+    np.testing.assert_array_equal(aligned[:, 1, 1:3], ref[:, 1:3])
+    np.testing.assert_array_equal(aligned[:, 1, 0], other[:, 0])
+
+
+def test_parity_align_closed_form_rule():
+    ref = np.array([[1.0, 0.3, 0.1, 0.0, 0.0]], np.float32)
+    # d- = mean((0.3-0.1)^2, (0.1+0.2)^2) = 0.065 ; d+ = mean(0.4^2, 0.1^2) = 0.085: keep
+    keep = np.array([[1.0, 0.1, -0.2, 0.0, 0.0]], np.float32)
+    # d- = mean(0.4^2, 0.2^2) = 0.1 ; d+ = mean(0.2^2, 0^2) = 0.02: flip
+    flip = np.array([[1.0, -0.1, -0.1, 0.0, 0.0]], np.float32)
+    aligned = np.asarray(combiner.ParityAlign(reference=0)([ref, keep, flip]))
+    np.testing.assert_array_equal(aligned[0, 1], keep[0])
+    np.testing.assert_allclose(aligned[0, 2], [1.0, 0.1, 0.1, 0.0, 0.0])
+
+
+def test_twenty_trainable_scalars_initialised_to_a_quarter():
+    nets = [tiny_backbone(f"net{i}", seed=i) for i in range(4)]
+    model = combiner.build_combiner(nets)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 20
+    np.testing.assert_array_equal(model.get_layer("params").w.numpy(), 0.25)
+    dense = combiner.build_combiner(nets, mode="dense")
+    assert sum(int(np.prod(w.shape)) for w in dense.trainable_weights) == 20 * 5 + 5
+    x = _images(3)
+    # both start at the plain average of the aligned predictions (float32 sums)
+    np.testing.assert_allclose(dense.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6)
+
+
+def test_average_of_a_network_and_its_parity_twin_is_the_network():
+    a = tiny_backbone("a")
+    model = combiner.build_combiner([a, parity_twin(a, "b")])
+    x = _images(4)
+    np.testing.assert_allclose(model.predict_on_batch(x), a.predict_on_batch(x), atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def inception_combiner():
+    """Inception-v4 (proper BN) at its smallest input beside two small stand-ins."""
+    keras.utils.set_random_seed(0)
+    nets = [tiny_backbone("ref"), build_model("inception_v4", input_shape=(SIDE, SIDE, 1)),
+            tiny_backbone("other", seed=1)]
+    return nets, combiner.build_combiner(nets, reference=0)
+
+
+def test_fit_changes_only_the_combination_weights(inception_combiner):
+    nets, model = inception_combiner
+    backbone_before = [[w.numpy().copy() for w in net.weights] for net in nets]
+    bn = nets[1].get_layer("Mixed_7d_Branch_3_Conv2d_0b_1x1_bn")
+    stats_before = (bn.moving_mean.numpy().copy(), bn.moving_variance.numpy().copy())
+    w_before = model.get_layer("params").w.numpy().copy()
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss=ParityMSE())
+    model.fit(_images(4), _params(4), batch_size=2, epochs=1, shuffle=False, verbose=0)
+    for net, before in zip(nets, backbone_before):
+        for w, b in zip(net.weights, before):
+            np.testing.assert_array_equal(w.numpy(), b, err_msg=w.path)  # exact: never touched
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), stats_before[0])
+    np.testing.assert_array_equal(bn.moving_variance.numpy(), stats_before[1])
+    assert not np.allclose(model.get_layer("params").w.numpy(), w_before)
+
+
+def test_keras_round_trip_keeps_predictions_and_frozen_backbones(inception_combiner, tmp_path):
+    _, model = inception_combiner
+    x = _images(2, seed=5)
+    model.save(tmp_path / "c.keras")
+    loaded = keras.saving.load_model(tmp_path / "c.keras", compile=False)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6,
+                               rtol=0)
+    assert sum(int(np.prod(w.shape)) for w in loaded.trainable_weights) == 3 * 5
+    # the reloaded combiner still runs Inception's BN in inference mode under fit
+    bn = [la for la in loaded.layers if la.name == "inception_v4"][0].get_layer(
+        "Conv2d_1a_3x3_bn")
+    before = bn.moving_mean.numpy().copy()
+    loaded.compile(optimizer="adam", loss=ParityMSE())
+    loaded.train_on_batch(x, _params(2))
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), before)
+
+
+def test_load_backbones(tmp_path):
+    net = tiny_backbone("saved")
+    net.save(tmp_path / "a.keras")
+    (loaded,) = combiner.load_backbones([tmp_path / "a.keras"])
+    x = _images(2)
+    np.testing.assert_array_equal(loaded.predict_on_batch(x), net.predict_on_batch(x))
+    with pytest.raises(ValueError, match="missing.keras"):
+        combiner.load_backbones([tmp_path / "missing.keras"])
+    (tmp_path / "bad.keras").write_bytes(b"not a zip")
+    with pytest.raises(ValueError, match="bad.keras"):
+        combiner.load_backbones([tmp_path / "bad.keras"])
+
+
+def test_build_combiner_rejects_bad_arguments():
+    a, b = tiny_backbone("a"), tiny_backbone("b")
+    with pytest.raises(ValueError, match="at least one"):
+        combiner.build_combiner([])
+    with pytest.raises(ValueError, match="reference"):
+        combiner.build_combiner([a, b], reference=2)
+    with pytest.raises(ValueError, match="distinct"):
+        combiner.build_combiner([a, tiny_backbone("a")])
+    with pytest.raises(ValueError, match="input shapes"):
+        combiner.build_combiner([a, tiny_backbone("c", side=32)])
+    with pytest.raises(ValueError, match="mode"):
+        combiner.build_combiner([a, b], mode="mlp")

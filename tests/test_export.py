@@ -1,0 +1,136 @@
+"""SavedModel export and the inference loader (style.md §2.1, §4.4)."""
+
+import json
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+from ensai_tf import export
+from ensai_tf.conventions import PARAM_NAMES
+from ensai_tf.models import build_model, combiner
+from ensai_tf.preprocess.bias import BiasRemoval
+
+SIDE = 32
+
+
+def tiny_backbone(name, seed=0):
+    """A small stand-in network with the paper networks' interface (test only)."""
+    keras.utils.set_random_seed(seed)
+    inputs = keras.Input((SIDE, SIDE, 1), name="images")
+    x = BiasRemoval(name="bias_removal")(inputs)
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="conv1")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, keras.layers.Dense(5, name="params")(x), name=name)
+
+
+def _images(batch=2, seed=0):
+    images = np.random.default_rng(seed).uniform(0, 1, (batch, SIDE, SIDE, 1)).astype(np.float32)
+    images[:, :4, :4] = 0.0  # a mask, as the pipeline delivers
+    return images
+
+
+@pytest.fixture(scope="module")
+def ensai_net_small():
+    keras.utils.set_random_seed(0)
+    return build_model("ensai_net", input_shape=(SIDE, SIDE, 1))
+
+
+@pytest.fixture(scope="module")
+def exported(ensai_net_small, tmp_path_factory):
+    path = tmp_path_factory.mktemp("export") / "saved_model"
+    export.export_saved_model(ensai_net_small, path)
+    return path
+
+
+def test_saved_model_reload_gives_identical_predictions(ensai_net_small, exported):
+    x = _images()
+    predict = export.load_for_inference(exported)
+    assert predict.kind == "saved_model" and predict.input_shape == (SIDE, SIDE, 1)
+    # same float32 graph and device: identical up to atol 1e-6
+    np.testing.assert_allclose(predict(x), ensai_net_small.predict_on_batch(x), atol=1e-6, rtol=0)
+
+
+def test_serving_signature_has_images_in_and_five_named_outputs(exported):
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(exported))
+    signature = loaded.signatures["serving_default"]
+    (spec,) = signature.structured_input_signature[1].values()
+    assert spec.name == "images" and spec.shape.as_list() == [None, SIDE, SIDE, 1]
+    assert spec.dtype == tf.float32
+    outputs = signature.structured_outputs
+    assert sorted(outputs) == sorted(PARAM_NAMES)
+    assert all(o.shape.as_list() == [None] for o in outputs.values())
+    out = loaded.serve(tf.constant(_images(3)))
+    assert all(out[name].shape == (3,) for name in PARAM_NAMES)
+
+
+def test_keras_file_through_the_same_loader(ensai_net_small, tmp_path):
+    x = _images()
+    ensai_net_small.save(tmp_path / "m.keras")
+    predict = export.load_for_inference(tmp_path / "m.keras")
+    assert predict.kind == "keras"
+    np.testing.assert_allclose(predict(x), ensai_net_small.predict_on_batch(x), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="32x32"):
+        predict(np.zeros((1, 16, 16, 1), np.float32))
+
+
+def test_combiner_exports_and_reloads(tmp_path):
+    model = combiner.build_combiner([tiny_backbone(f"net{i}", seed=i) for i in range(4)])
+    x = _images(seed=1)
+    export.export_saved_model(model, tmp_path / "sm")
+    model.save(tmp_path / "c.keras")
+    expected = model.predict_on_batch(x)
+    for path in (tmp_path / "sm", tmp_path / "c.keras"):
+        np.testing.assert_allclose(export.load_for_inference(path)(x), expected, atol=1e-6, rtol=0)
+
+
+def test_saved_model_loads_in_a_process_without_ensai_tf(ensai_net_small, exported):
+    x = _images(2, seed=3)
+    np.save(exported.parent / "x.npy", x)
+    script = f"""
+import json, sys
+sys.modules["ensai_tf"] = None  # any import of ensai_tf now fails
+import numpy as np, tensorflow as tf
+loaded = tf.saved_model.load({str(exported)!r})
+out = loaded.serve(tf.constant(np.load({str(exported.parent / "x.npy")!r})))
+print(json.dumps({{k: np.asarray(v).tolist() for k, v in out.items()}}))
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    got = np.stack([out[name] for name in PARAM_NAMES], axis=-1)
+    np.testing.assert_allclose(got, ensai_net_small.predict_on_batch(x), atol=1e-6, rtol=0)
+
+
+def test_clear_errors_for_bad_paths(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        export.load_for_inference(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="empty"):
+        export.load_for_inference(tmp_path / "empty")
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "readme.txt").write_text("x")
+    with pytest.raises(ValueError, match="no saved_model.pb"):
+        export.load_for_inference(tmp_path / "other")
+    (tmp_path / "corrupt").mkdir()
+    (tmp_path / "corrupt" / "saved_model.pb").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        export.load_for_inference(tmp_path / "corrupt")
+    (tmp_path / "bad.keras").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="bad.keras"):
+        export.load_for_inference(tmp_path / "bad.keras")
+    (tmp_path / "zero.keras").write_bytes(b"")
+    with pytest.raises(ValueError, match="empty"):
+        export.load_for_inference(tmp_path / "zero.keras")
+
+
+def test_export_rejects_a_model_without_five_outputs(tmp_path):
+    inputs = keras.Input((SIDE, SIDE, 1))
+    model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
+    with pytest.raises(ValueError, match=r"\(B, 5\)"):
+        export.export_saved_model(model, tmp_path / "sm")
