@@ -126,8 +126,10 @@ def tiny_keras_model(tmp_path):
 
 
 def _smoke_cfg(tmp_path):
+    # A 48-pixel (1.92") field only contains lenses with small Einstein radii.
     return config.apply_overrides(config.get_preset("smoke"),
-                                  [f"image.npix={E2E_NPIX}", f"data.cache_dir={tmp_path / 'cache'}"])
+                                  [f"image.npix={E2E_NPIX}", "lens.theta_e=[0.1, 0.5]",
+                                   f"data.cache_dir={tmp_path / 'cache'}"])
 
 
 def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model):

@@ -202,4 +202,11 @@ def load_backbones(paths):
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
             raise ModelDirError(f"cannot load backbone {str(path)!r}: missing parts or "
                                 f"corrupt ({type(err).__name__}: {err})") from None
+    # Two networks of one architecture (an ensemble) share a name; the combiner needs distinct ones.
+    seen = {}
+    for model in models:
+        count = seen.get(model.name, 0)
+        seen[model.name] = count + 1
+        if count:
+            model.name = f"{model.name}_{count}"
     return models
