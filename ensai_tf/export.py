@@ -73,6 +73,9 @@ class InferenceModel:
         path: the loaded file or folder.
         input_shape: ``(H, W, 1)`` the model takes, pixels (None where unknown).
         kind: ``"saved_model"`` or ``"keras"``.
+        serve: SavedModels only, the raw ``serve`` endpoint (images tensor ->
+            dict of the five named ``(N,)`` parameters); absent for ``.keras``
+            files, so ``hasattr(model, "serve")`` tells the two apart.
     """
 
     def __init__(self, path, fn, input_shape, kind):
@@ -128,7 +131,9 @@ def _load_saved_model(path):
 
     # the closure holds `loaded`, which keeps the variables alive
     fn.loaded = loaded
-    return InferenceModel(path, fn, input_shape, "saved_model")
+    model = InferenceModel(path, fn, input_shape, "saved_model")
+    model.serve = endpoint
+    return model
 
 
 def _load_keras(path):

@@ -51,6 +51,9 @@ def test_saved_model_reload_gives_identical_predictions(ensai_net_small, exporte
     assert predict.kind == "saved_model" and predict.input_shape == (SIDE, SIDE, 1)
     # same float32 graph and device: identical up to atol 1e-6
     np.testing.assert_allclose(predict(x), ensai_net_small.predict_on_batch(x), atol=1e-6, rtol=0)
+    # the raw endpoint, as ensai_tf.predict uses it: the five named (N,) parameters
+    named = predict.serve(x)
+    np.testing.assert_array_equal(np.stack([named[n] for n in PARAM_NAMES], -1), predict(x))
 
 
 def test_serving_signature_has_images_in_and_five_named_outputs(exported):
@@ -72,7 +75,7 @@ def test_keras_file_through_the_same_loader(ensai_net_small, tmp_path):
     x = _images()
     ensai_net_small.save(tmp_path / "m.keras")
     predict = export.load_for_inference(tmp_path / "m.keras")
-    assert predict.kind == "keras"
+    assert predict.kind == "keras" and not hasattr(predict, "serve")
     np.testing.assert_allclose(predict(x), ensai_net_small.predict_on_batch(x), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="32x32"):
         predict(np.zeros((1, 16, 16, 1), np.float32))
