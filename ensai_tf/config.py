@@ -408,7 +408,9 @@ def config_from_dict(data, base=None):
         for key, value in values.items():
             if key not in fields:
                 raise ConfigError(
-                    f"unknown config key {section}.{key}; valid keys in {section!r}: "
+                    # escaped: a key holding a newline must not break the one-line message
+                    f"unknown config key {section}.{str(key).encode('unicode_escape').decode()}; "
+                    f"valid keys in {section!r}: "
                     f"{', '.join(sorted(fields))}")
             changes[key] = _coerce(f"{section}.{key}", value, getattr(sub, key))
         updates[section] = dataclasses.replace(sub, **changes)
@@ -532,7 +534,8 @@ def load_config(path=None, preset="paper", overrides=()):
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
-            raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: "
+                              f"{' '.join(str(err).split())}") from None
         except UnicodeDecodeError:
             raise ConfigError(f"config file {str(path)!r} is not a text file") from None
         try:

@@ -189,7 +189,8 @@ def load_for_inference(path):
         return loader(path)
     except ModelDirError:
         raise
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, zipfile.BadZipFile,
-            tf.errors.OpError) as err:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            zipfile.BadZipFile, tf.errors.OpError) as err:
+        # IndexError: a truncated variables.data file; one line for the CLI
         raise ModelDirError(f"cannot load the model at {str(path)!r}: missing parts or corrupt "
-                            f"({type(err).__name__}: {err})") from None
+                            f"({type(err).__name__}: {' '.join(str(err).split())})") from None

@@ -164,16 +164,29 @@ def load_predictor(path):
             _register_custom_objects()
             holder = keras.saving.load_model(str(keras_path), compile=False)
             npix = holder.input_shape[1]
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, zipfile.BadZipFile,
-            tf.errors.OpError) as err:
+    except ModelDirError:
+        raise
+    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            zipfile.BadZipFile, tf.errors.OpError) as err:
+        # IndexError: a truncated variables.data file; one line for the CLI
         raise ModelDirError(f"cannot load the model in {str(path)!r}: it is missing files or "
-                            f"corrupt ({type(err).__name__}: {err})") from None
+                            f"corrupt ({type(err).__name__}: {' '.join(str(err).split())})"
+                            ) from None
     npix = int(npix) if npix else conventions.NPIX
 
     # the closure keeps the loaded object (and so its variables) alive
     def predict_fn(images):
         fn = holder.serve if hasattr(holder, "serve") else holder
-        return _as_param_array(_to_numpy(fn(tf.constant(images, dtype=tf.float32))))
+        # a model that loads but does not fit (other input channels, other
+        # outputs) is named here, not left to a deep Keras traceback
+        try:
+            return _as_param_array(_to_numpy(fn(tf.constant(images, dtype=tf.float32))))
+        except ModelDirError as err:
+            raise ModelDirError(f"model {str(path)!r}: {err}") from None
+        except (ValueError, TypeError, tf.errors.OpError) as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ModelDirError(f"model {str(path)!r} does not take (batch, {npix}, {npix}, 1) "
+                                f"images and return the five parameters ({first})") from None
 
     return predict_fn, npix
 
@@ -214,15 +227,31 @@ def _register_custom_objects():
 def _read_fits(path):
     """(data, celestial WCS or None, pixel scales (sx, sy) arcsec or None) of a FITS file."""
     from astropy.io import fits
+    from astropy.utils.exceptions import AstropyUserWarning
     from astropy.wcs import WCS, FITSFixedWarning
     from astropy.wcs.utils import proj_plane_pixel_scales
 
     if os.path.getsize(path) == 0:
         raise InputError(f"{path}: the FITS file is empty")
     try:
-        with fits.open(path, memmap=False) as hdul:
-            hdu = next((h for h in hdul if h.is_image and h.data is not None
-                        and np.asarray(h.data).ndim >= 2), None)
+        # astropy's warnings on a short or odd file would add lines to the CLI's
+        # one-line error: truncation is checked and reported below instead
+        with warnings.catch_warnings(action="ignore", category=AstropyUserWarning), \
+                fits.open(path, memmap=False) as hdul:
+            hdu = None
+            for idx, candidate in enumerate(hdul):
+                if not candidate.is_image:
+                    continue
+                # a short file is named as truncated (astropy's own error is a
+                # reshape message); size read before .data rescales the header
+                data_end = hdul.fileinfo(idx)["datLoc"] + candidate.size
+                if data_end > os.path.getsize(path):
+                    raise InputError(f"{path}: the FITS file is truncated "
+                                     f"({os.path.getsize(path)} bytes; HDU {idx} needs "
+                                     f"{data_end})")
+                if candidate.data is not None and np.asarray(candidate.data).ndim >= 2:
+                    hdu = candidate
+                    break
             if hdu is None:
                 raise InputError(f"{path}: no HDU holds an image (2-D data)")
             data = np.array(hdu.data, dtype=np.float64)
@@ -230,13 +259,15 @@ def _read_fits(path):
     except InputError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError) as err:
-        raise InputError(f"{path}: not a readable FITS file ({err})") from None
+        raise InputError(f"{path}: not a readable FITS file "
+                         f"({' '.join(str(err).split())})") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FITSFixedWarning)
             wcs = WCS(header)
     except (ValueError, KeyError, MemoryError) as err:
-        raise InputError(f"{path}: the FITS header has an invalid WCS ({err})") from None
+        raise InputError(f"{path}: the FITS header has an invalid WCS "
+                         f"({' '.join(str(err).split())})") from None
     if not wcs.has_celestial:
         return data, None, None
     celestial = wcs.celestial
@@ -277,7 +308,8 @@ def read_image_file(path, pixel_scale=None):
         try:
             data = np.load(path, allow_pickle=False)
         except (OSError, ValueError, EOFError) as err:
-            raise InputError(f"{path}: not a readable .npy array ({err})") from None
+            raise InputError(f"{path}: not a readable .npy array "
+                             f"({' '.join(str(err).split())})") from None
         if data.dtype.kind not in "fiub":
             raise InputError(f"{path}: dtype {data.dtype} is not numeric")
         data = np.asarray(data, dtype=np.float64)

@@ -87,8 +87,9 @@ def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
         if cfg is not None:
             try:
                 saved = config_lib.config_from_dict(yaml.safe_load(saved_path.read_text()))
-            except (config_lib.ConfigError, yaml.YAMLError) as err:
-                raise ModelDirError(f"{saved_path}: cannot read the run's config ({err})") from None
+            except (config_lib.ConfigError, yaml.YAMLError, UnicodeDecodeError) as err:
+                reason = " ".join(str(err).split())
+                raise ModelDirError(f"{saved_path}: cannot read the run's config ({reason})") from None
             diff = _config_differences(saved, cfg)
             if diff:
                 raise ModelDirError(
