@@ -59,13 +59,26 @@ def _cmd_combine(args):
 def _cmd_evaluate(args):
     from ensai_tf import evaluate
 
+    if args.experiment == "ica":
+        from ensai_tf import twoband
+
+        twoband.evaluate_ica(args.model, n=args.n, out_dir=args.out, config=_resolve_config(args))
+        return
     evaluate.evaluate(args.model, n=args.n, experiment=args.experiment, out_dir=args.out,
                       config=_resolve_config(args))
 
 
 def _cmd_predict(args):
-    from ensai_tf import predict
+    from ensai_tf import predict, realdata
 
+    pair = realdata.band_files(args.bands, args.files, args.ica)
+    if pair is not None:
+        realdata.predict_two_band(
+            args.model, pair[0], pair[1], output=args.output, ra=args.ra, dec=args.dec, x=args.x,
+            y=args.y, masks=args.mask, sky_masks=args.mask_sky, psf_fwhm=args.psf_fwhm,
+            cosmic_rays=args.cosmic_rays, hdu=args.hdu, pixel_scale=args.pixel_scale,
+            plot=args.plot)
+        return
     predict.predict_files(args.model, args.files, output=args.output,
                           pixel_scale=args.pixel_scale, batch_size=args.batch_size)
 
@@ -125,19 +138,42 @@ def build_parser():
     p = sub.add_parser("evaluate", help="Table 1 and Figure 1 on the fixed test set")
     p.add_argument("model", help="model folder, SavedModel folder or .keras file")
     p.add_argument("--n", type=int, default=None, help="test lenses (default: config)")
-    p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light"),
-                   help="robustness experiment (spec §8.5)")
+    p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light", "ica"),
+                   help="robustness experiment (spec §8.5), or ica: arc recovery and error "
+                        "growth of two-band ICA lens-light removal (spec §8.4)")
     p.add_argument("--out", default=None, help="output folder (default: MODEL/eval[-EXP])")
     _add_config_args(p, default_preset="paper")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("predict", help="predict lens parameters for .npy or FITS images")
     p.add_argument("model", help="model folder, SavedModel folder or .keras file")
-    p.add_argument("files", nargs="+", help=".npy or .fits images")
+    p.add_argument("files", nargs="*", help=".npy or .fits images")
     p.add_argument("--output", default="-", help="CSV or JSON file (by extension); '-' = stdout")
     p.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
                    help="pixel scale of images without a WCS, arcsec")
     p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
+    g = p.add_argument_group("two-band ICA lens-light removal (spec §8.4)")
+    g.add_argument("--bands", nargs=2, metavar=("BLUE.fits", "RED.fits"),
+                   help="two aligned filters, bluer first: unmix with ICA and predict")
+    g.add_argument("--ica", action="store_true",
+                   help="treat the two positional files as BLUE RED bands (as --bands)")
+    g.add_argument("--ra", type=float, help="lens RA, degrees (ICRS; needs a WCS)")
+    g.add_argument("--dec", type=float, help="lens Dec, degrees (ICRS)")
+    g.add_argument("--x", type=float, help="lens column in the blue file, 0-based pixels")
+    g.add_argument("--y", type=float, help="lens row in the blue file, 0-based pixels")
+    g.add_argument("--mask", action="append", default=[], metavar="X,Y|FILE.reg",
+                   help="0.2 arcsec mask at a blue-file pixel, or a DS9 region file "
+                        "(circles, points); repeatable")
+    g.add_argument("--mask-sky", action="append", default=[], metavar="RA,DEC",
+                   help="0.2 arcsec mask at a sky position, degrees; repeatable")
+    g.add_argument("--psf-fwhm", nargs=2, type=float, metavar=("BLUE", "RED"),
+                   help="PSF FWHM of each band, arcsec: Gaussian matching to the broader")
+    g.add_argument("--cosmic-rays", choices=("auto", "lacosmic", "laplacian"), default=None,
+                   help="mask detected cosmic rays (auto: astroscrappy if installed)")
+    g.add_argument("--hdu", default=None,
+                   help="HDU index or EXTNAME to read (default: the first image)")
+    g.add_argument("--plot", default=None, metavar="FILE.png",
+                   help="diagnostic PNG: bands, ICA components, masks, critical curve")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("demo", help="predict simulated test lenses with the shipped weights")

@@ -224,8 +224,12 @@ def _register_custom_objects():
 # ---------------------------------------------------------------- reading files
 
 
-def _read_fits(path):
-    """(data, celestial WCS or None, pixel scales (sx, sy) arcsec or None) of a FITS file."""
+def _read_fits(path, hdu=None):
+    """(data, celestial WCS or None, pixel scales (sx, sy) arcsec or None) of a FITS file.
+
+    ``hdu`` (an index, an EXTNAME or an ``(EXTNAME, EXTVER)`` pair) names the
+    HDU to read; None takes the first HDU holding 2-D data.
+    """
     from astropy.io import fits
     from astropy.utils.exceptions import AstropyUserWarning
     from astropy.wcs import WCS, FITSFixedWarning
@@ -238,8 +242,11 @@ def _read_fits(path):
         # one-line error: truncation is checked and reported below instead
         with warnings.catch_warnings(action="ignore", category=AstropyUserWarning), \
                 fits.open(path, memmap=False) as hdul:
-            hdu = None
+            wanted = None if hdu is None else _hdu_index(path, hdul, hdu)
+            chosen = None
             for idx, candidate in enumerate(hdul):
+                if wanted is not None and idx != wanted:
+                    continue
                 if not candidate.is_image:
                     continue
                 # a short file is named as truncated (astropy's own error is a
@@ -250,12 +257,13 @@ def _read_fits(path):
                                      f"({os.path.getsize(path)} bytes; HDU {idx} needs "
                                      f"{data_end})")
                 if candidate.data is not None and np.asarray(candidate.data).ndim >= 2:
-                    hdu = candidate
+                    chosen = candidate
                     break
-            if hdu is None:
-                raise InputError(f"{path}: no HDU holds an image (2-D data)")
-            data = np.array(hdu.data, dtype=np.float64)
-            header = hdu.header.copy()
+            if chosen is None:
+                which = "no HDU holds" if wanted is None else f"HDU {hdu!r} does not hold"
+                raise InputError(f"{path}: {which} an image (2-D data)")
+            data = np.array(chosen.data, dtype=np.float64)
+            header = chosen.header.copy()
     except InputError:
         raise
     except (OSError, ValueError, TypeError, IndexError, KeyError) as err:
@@ -276,6 +284,18 @@ def _read_fits(path):
         raise InputError(f"{path}: celestial WCS axes in {units}, expected degrees")
     scales = proj_plane_pixel_scales(celestial) * 3600.0
     return data, celestial, (float(scales[0]), float(scales[1]))
+
+
+def _hdu_index(path, hdul, hdu):
+    """Index of the HDU named by ``hdu`` (index, EXTNAME or (EXTNAME, EXTVER))."""
+    try:
+        idx = hdul.index_of(hdu)
+    except (KeyError, ValueError, TypeError):
+        idx = None
+    if idx is None or not 0 <= idx < len(hdul):
+        raise InputError(f"{path}: has no HDU {hdu!r} (it has {len(hdul)} HDUs: "
+                         f"{', '.join(h.name or str(i) for i, h in enumerate(hdul))})")
+    return idx
 
 
 def read_image_file(path, pixel_scale=None):
