@@ -20,6 +20,7 @@ import contextlib
 import json
 import pathlib
 import shutil
+import time
 
 import numpy as np
 import yaml
@@ -219,7 +220,29 @@ def _callback_classes():
                 self.model.optimizer.learning_rate = self._base_lr * min(1.0, (step + 1)
                                                                          / self._steps)
 
-    return StatefulBackup, ValidationImages, Warmup
+    class TimeBudget(keras.callbacks.Callback):
+        """Ends training at the first epoch end past a wall-clock budget.
+
+        The epoch completes (validation, checkpoint and backup included), so
+        the run finishes normally: best weights restored and exported. A
+        resumed run gets a fresh budget.
+        """
+
+        def __init__(self, minutes):
+            super().__init__()
+            self._seconds = 60.0 * float(minutes)
+            self._start = None
+
+        def on_train_begin(self, logs=None):
+            self._start = time.monotonic()
+
+        def on_epoch_end(self, epoch, logs=None):
+            if time.monotonic() - self._start >= self._seconds:
+                print(f"ensai train: time budget of {self._seconds / 60:.1f} min reached "
+                      f"after epoch {epoch + 1}; finishing")
+                self.model.stop_training = True
+
+    return StatefulBackup, ValidationImages, Warmup, TimeBudget
 
 
 def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
@@ -236,11 +259,12 @@ def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
     Returns:
         List of Keras callbacks: TensorBoard, ValidationImages,
         ModelCheckpoint(best.keras), ReduceLROnPlateau, CSVLogger,
-        TerminateOnNaN, optional Warmup, the extras and, last, the backup.
+        TerminateOnNaN, optional TimeBudget and Warmup, the extras and, last,
+        the backup.
     """
     import keras
 
-    StatefulBackup, ValidationImages, Warmup = _callback_classes()
+    StatefulBackup, ValidationImages, Warmup, TimeBudget = _callback_classes()
     model_dir = pathlib.Path(model_dir)
     t = cfg.train
     checkpoint = keras.callbacks.ModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss",
@@ -260,6 +284,8 @@ def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
     callbacks += [checkpoint, plateau,
                   keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resume),
                   keras.callbacks.TerminateOnNaN()]
+    if t.time_budget_minutes > 0:
+        callbacks.append(TimeBudget(t.time_budget_minutes))
     if t.warmup_steps > 0:
         callbacks.append(Warmup(t.learning_rate, t.warmup_steps))
     callbacks += list(extra)
@@ -395,7 +421,10 @@ def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, cal
 
 
 def _model_kwargs(cfg):
-    return {"bn_mode": cfg.model.bn_mode} if cfg.model.name == "inception_v4" else {}
+    kwargs = {"width": cfg.model.width}
+    if cfg.model.name == "inception_v4":
+        kwargs["bn_mode"] = cfg.model.bn_mode
+    return kwargs
 
 
 # ---------------------------------------------------------------- combiner

@@ -216,6 +216,15 @@ def test_completed_epochs_reads_backup_metadata(tmp_path):
         train.completed_epochs(tmp_path)
 
 
+def test_time_budget_stops_at_the_first_epoch_end_and_still_exports(tmp_path, tiny):
+    """A budget already spent after epoch 1 of 3: one epoch in the log, model exported."""
+    cfg = _cfg(tmp_path / "cache", epochs=3, time_budget_minutes=1e-6)
+    train.train(cfg, tmp_path / "run", verbose=0)
+    with open(tmp_path / "run" / "log.csv") as f:
+        assert len(f.read().strip().splitlines()) == 1 + 1  # header + one epoch
+    assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
+
+
 def test_cpu_preset_is_mixed_precision_and_validates():
     cfg = config.get_preset("cpu")
     assert cfg.train.mixed_precision and cfg.simulate.oversample == 1

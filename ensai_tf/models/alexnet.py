@@ -31,13 +31,15 @@ def accepts_side(side):
     return s == FC6_KERNEL
 
 
-def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH):
+def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, width=1.0):
     """AlexNet regressor (spec §6.5.2), about 36.8 M trainable parameters.
 
     Args:
         input_shape: ``(H, W, 1)``, pixels; each side must be in 163..194.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
+        width: multiplier of every hidden layer's filters and units (1 = the
+            paper's network; the ``cpu`` preset uses a narrower one).
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -48,16 +50,16 @@ def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH):
         ValueError: ``input_shape`` does not fit, naming the smallest input.
     """
     inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
-    x = blocks.conv(x, 64, 11, "conv1", strides=4, padding="valid")
+    x = blocks.conv(x, 64, 11, "conv1", strides=4, padding="valid", width=width)
     x = blocks.max_pool(x, 3, "pool1")
-    x = blocks.conv(x, 192, 5, "conv2")
+    x = blocks.conv(x, 192, 5, "conv2", width=width)
     x = blocks.max_pool(x, 3, "pool2")
-    x = blocks.conv(x, 384, 3, "conv3")
-    x = blocks.conv(x, 384, 3, "conv4")
-    x = blocks.conv(x, 256, 3, "conv5")
+    x = blocks.conv(x, 384, 3, "conv3", width=width)
+    x = blocks.conv(x, 384, 3, "conv4", width=width)
+    x = blocks.conv(x, 256, 3, "conv5", width=width)
     x = blocks.max_pool(x, 3, "pool5")
-    x = blocks.fc_conv(x, 4096, FC6_KERNEL, "fc6")
-    x = blocks.fc_conv(x, 4096, 1, "fc7")
+    x = blocks.fc_conv(x, 4096, FC6_KERNEL, "fc6", width=width)
+    x = blocks.fc_conv(x, 4096, 1, "fc7", width=width)
     # spec §6.5.2: fc8 linear, trunc-normal 0.005, bias 0; float32 for mixed precision
     x = blocks.fc_conv(x, num_outputs, 1, "fc8", activation=None, bias=0.0, dtype="float32")
     outputs = keras.layers.Reshape((num_outputs,), dtype="float32", name="params")(x)

@@ -20,6 +20,7 @@ __all__ = [
     "accepted_sides",
     "check_input_shape",
     "model_input",
+    "scaled",
     "conv",
     "fc_conv",
     "conv_bn",
@@ -97,17 +98,34 @@ def model_input(input_shape, arch, accepts):
     return inputs, BiasRemoval(name="bias_removal", dtype="float32")(inputs)
 
 
-def conv(x, filters, kernel, name, strides=1, padding="same", activation="relu"):
-    """``slim.conv2d`` with its defaults: Glorot-uniform, zero bias (spec §6.3)."""
-    return keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding,
+def scaled(filters, width=1.0):
+    """Filter or unit count ``filters`` times the width multiplier, at least 1.
+
+    ``width = 1`` is the paper's network (spec §6.5); the ``cpu`` preset uses
+    narrower networks (``model.width``) that train faster on a CPU and fit
+    the size limit of ``trained_weights/``.
+    """
+    return max(1, int(round(filters * float(width))))
+
+
+def conv(x, filters, kernel, name, strides=1, padding="same", activation="relu", width=1.0):
+    """``slim.conv2d`` with its defaults: Glorot-uniform, zero bias (spec §6.3).
+
+    ``width`` multiplies ``filters`` (see :func:`scaled`).
+    """
+    return keras.layers.Conv2D(scaled(filters, width), kernel, strides=strides, padding=padding,
                                activation=activation, kernel_initializer="glorot_uniform",
                                bias_initializer="zeros", name=name)(x)
 
 
-def fc_conv(x, filters, kernel, name, activation="relu", bias=0.1, padding="valid", dtype=None):
-    """Conv-as-FC layer: truncated-normal(0.005) weights, constant bias (spec §6.5.2-3)."""
+def fc_conv(x, filters, kernel, name, activation="relu", bias=0.1, padding="valid", dtype=None,
+            width=1.0):
+    """Conv-as-FC layer: truncated-normal(0.005) weights, constant bias (spec §6.5.2-3).
+
+    ``width`` multiplies ``filters`` (see :func:`scaled`).
+    """
     return keras.layers.Conv2D(
-        filters, kernel, padding=padding, activation=activation,
+        scaled(filters, width), kernel, padding=padding, activation=activation,
         kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.005),
         bias_initializer=keras.initializers.Constant(bias), name=name, dtype=dtype)(x)
 
@@ -117,18 +135,20 @@ def max_pool(x, size, name, strides=2, padding="valid"):
     return keras.layers.MaxPooling2D(size, strides=strides, padding=padding, name=name)(x)
 
 
-def conv_bn(x, filters, kernel, name, strides=1, padding="same", bn_mode="train"):
+def conv_bn(x, filters, kernel, name, strides=1, padding="same", bn_mode="train", width=1.0):
     """Inception-v4 unit (spec §6.5.1).
 
     ``bn_mode="train"``: Conv2D without bias (He truncated-normal), then
     BatchNormalization(center=True, scale=False, epsilon=1e-3, momentum=0.99)
     named ``<name>_bn``, then ReLU. ``bn_mode="frozen"``: Conv2D with bias
     and ReLU, no BN, which is what the release's never-updated BN reduces to.
+    ``width`` multiplies ``filters`` (see :func:`scaled`).
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
     frozen = bn_mode == "frozen"
-    x = keras.layers.Conv2D(filters, kernel, strides=strides, padding=padding, use_bias=frozen,
+    x = keras.layers.Conv2D(scaled(filters, width), kernel, strides=strides, padding=padding,
+                            use_bias=frozen,
                             activation="relu" if frozen else None,
                             kernel_initializer=keras.initializers.HeNormal(), name=name)(x)
     if frozen:

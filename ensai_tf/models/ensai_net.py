@@ -35,7 +35,8 @@ def accepts_side(side):
     return side >= 1
 
 
-def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, fc_units=512):
+def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, fc_units=512,
+                    width=1.0):
     """The 8-module network (spec §6.5.4), about 77.6 M trainable parameters at 192^2.
 
     Layers are named ``conv{i}`` (primary) and ``conv{i}_1x1`` for module
@@ -46,6 +47,8 @@ def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, 
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
         fc_units: width of the hidden FC layer (512, spec §6.5.4).
+        width: multiplier of every hidden layer's filters and units (1 = the
+            paper's network; the ``cpu`` preset uses a narrower one).
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -56,10 +59,11 @@ def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, 
     """
     inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
     for i, (depth, kernel, stride, act, act_1x1) in enumerate(MODULES, start=1):
-        x = blocks.conv(x, depth, kernel, f"conv{i}", strides=stride, activation=act)
-        x = blocks.conv(x, depth, 1, f"conv{i}_1x1", activation=act_1x1)
+        x = blocks.conv(x, depth, kernel, f"conv{i}", strides=stride, activation=act,
+                        width=width)
+        x = blocks.conv(x, depth, 1, f"conv{i}_1x1", activation=act_1x1, width=width)
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dense(fc_units, activation="relu", kernel_initializer="glorot_uniform",
+    x = keras.layers.Dense(blocks.scaled(fc_units, width), activation="relu", kernel_initializer="glorot_uniform",
                            name="fc1")(x)
     outputs = blocks.params_output(x, num_outputs=num_outputs)
     return keras.Model(inputs, outputs, name=name)

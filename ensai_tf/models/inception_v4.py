@@ -129,7 +129,7 @@ def _inception_c(x, s, unit):
 
 
 def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH,
-                       bn_mode="train"):
+                       bn_mode="train", width=1.0):
     """Inception-v4 regressor (spec §6.5.1), about 41 M trainable parameters.
 
     Args:
@@ -141,6 +141,8 @@ def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARC
             momentum 0.99) + ReLU, moving statistics updated in training;
             ``"frozen"``: conv with bias + ReLU and no BN, which is what the
             release's never-updated BN amounts to.
+        width: multiplier of every hidden layer's filters and units (1 = the
+            paper's network; the ``cpu`` preset uses a narrower one).
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -152,7 +154,7 @@ def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARC
     """
     if bn_mode not in blocks.BN_MODES:
         raise ValueError(f"bn_mode must be one of {blocks.BN_MODES}, got {bn_mode!r}")
-    unit = functools.partial(blocks.conv_bn, bn_mode=bn_mode)
+    unit = functools.partial(blocks.conv_bn, bn_mode=bn_mode, width=width)
     inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
     x = _stem(x, unit)
     for s in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_5e"):

@@ -26,7 +26,7 @@ def accepts_side(side):
     return blocks.valid_size(s, 2, 1) >= 1
 
 
-def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH):
+def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, width=1.0):
     """Overfeat regressor (spec §6.5.3), about 41.0 M trainable parameters.
 
     The layer ``params`` is the code's final linear FC1 (Glorot, bias 0)
@@ -36,6 +36,8 @@ def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH):
         input_shape: ``(H, W, 1)``, pixels; sides >= 103.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
+        width: multiplier of every hidden layer's filters and units (1 = the
+            paper's network; the ``cpu`` preset uses a narrower one).
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -45,17 +47,17 @@ def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH):
         ValueError: ``input_shape`` does not fit, naming the smallest input.
     """
     inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
-    x = blocks.conv(x, 64, 11, "conv1", strides=4, padding="valid")
+    x = blocks.conv(x, 64, 11, "conv1", strides=4, padding="valid", width=width)
     x = blocks.max_pool(x, 2, "pool1")
-    x = blocks.conv(x, 256, 5, "conv2", padding="valid")
+    x = blocks.conv(x, 256, 5, "conv2", padding="valid", width=width)
     x = blocks.max_pool(x, 2, "pool2")
-    x = blocks.conv(x, 512, 3, "conv3")
-    x = blocks.conv(x, 1024, 3, "conv4")
-    x = blocks.conv(x, 1024, 3, "conv5")
+    x = blocks.conv(x, 512, 3, "conv3", width=width)
+    x = blocks.conv(x, 1024, 3, "conv4", width=width)
+    x = blocks.conv(x, 1024, 3, "conv5", width=width)
     x = blocks.max_pool(x, 2, "pool5")
     # spec §6.5.3: fc6 is 2x2 (stock Overfeat: 6x6)
-    x = blocks.fc_conv(x, 3072, 2, "fc6")
-    x = blocks.fc_conv(x, 4096, 1, "fc7")
+    x = blocks.fc_conv(x, 3072, 2, "fc6", width=width)
+    x = blocks.fc_conv(x, 4096, 1, "fc7", width=width)
     # float32 like every output layer; also, oneDNN's bfloat16 backward of this
     # 5-filter 1x1 conv corrupts the heap on this CPU (TF 2.21, measured)
     x = blocks.fc_conv(x, num_outputs, 1, "fc8", activation=None, bias=0.0, dtype="float32")

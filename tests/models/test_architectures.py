@@ -198,3 +198,33 @@ def test_inception_saved_model_round_trip_full_size(tmp_path):
     export.export_saved_model(model, tmp_path / "sm")
     predict = export.load_for_inference(tmp_path / "sm")
     np.testing.assert_allclose(predict(images), model.predict_on_batch(images), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("name", sorted(MODEL_BUILDERS))
+def test_width_multiplier_scales_every_hidden_layer(name):
+    """width w: each hidden conv/dense has round(w * paper) units; outputs stay 5 float32."""
+    full = {layer.name: layer for layer in build_model(name).layers}
+    narrow = build_model(name, width=0.25)
+    checked = 0
+    for layer in narrow.layers:
+        units = getattr(layer, "filters", None) or getattr(layer, "units", None)
+        if units is None:
+            continue
+        paper = getattr(full[layer.name], "filters", None) or full[layer.name].units
+        expected = paper if layer.name in ("fc8", "params") else max(1, round(0.25 * paper))
+        assert units == expected, layer.name
+        checked += 1
+    assert checked >= 8
+    # parameters fall roughly as w^2 (first layer and outputs scale as w or not at all)
+    assert narrow.count_params() < 0.1 * SPEC_PARAMS[name] * 1e6
+    out = narrow(_images(2, 192))
+    assert tuple(out.shape) == (2, 5) and out.dtype == "float32"
+
+
+def test_width_outside_zero_one_is_a_config_error():
+    from ensai_tf import config
+
+    with pytest.raises(config.ConfigError, match="model.width"):
+        config.apply_overrides(config.get_preset("paper"), ["model.width=0"])
+    assert config.get_preset("cpu").model.width == 0.25
+    assert config.get_preset("paper").model.width == 1.0

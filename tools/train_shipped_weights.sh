@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# How the weights in trained_weights/ were made (issue 8), on the project's
+# 2-core CPU: pre-generate noise-free training arcs once (spec §1 step 1, the
+# paper's own set-up), train the four networks one after another with the
+# `cpu` preset and a wall-clock budget each, train the combiner, evaluate
+# everything on the fixed test set and copy the results into trained_weights/.
+#
+# Usage: tools/train_shipped_weights.sh [WORK_DIR] [MINUTES_PER_NETWORK] [N_ARCS] [N_TEST]
+# Defaults: scratch/shipped 25 30000 10000. Each step is skipped when its
+# output exists, so the script can be rerun after an interruption; a killed
+# training resumes from its last completed epoch (--resume).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+WORK=${1:-scratch/shipped}
+MINUTES=${2:-25}
+N_ARCS=${3:-30000}
+N_TEST=${4:-10000}
+NETS=(alexnet ensai_net overfeat inception_v4)
+mkdir -p "$WORK"
+export TF_CPP_MIN_LOG_LEVEL=2
+
+if [ ! -f "$WORK/arcs/manifest.json" ]; then
+    echo "== pre-generating $N_ARCS noise-free training arcs"
+    python - "$WORK/arcs" "$N_ARCS" <<'EOF'
+import sys
+from ensai_tf import config
+from ensai_tf.data.pipeline import pregenerate_arcs
+pregenerate_arcs(sys.argv[1], int(sys.argv[2]), config=config.get_preset("cpu"))
+EOF
+fi
+
+for net in "${NETS[@]}"; do
+    dir="$WORK/runs/$net"
+    if [ -d "$dir/saved_model" ]; then
+        continue
+    fi
+    flag=()
+    if [ -d "$dir/backup" ]; then
+        flag=(--resume)
+    fi
+    echo "== training $net for $MINUTES min"
+    ensai train --model "$net" --preset cpu --model-dir "$dir" "${flag[@]}" \
+        --set "data.arcs_dir=$WORK/arcs" --set "train.time_budget_minutes=$MINUTES"
+done
+
+# spec §7.4: the Overfeat network is the parity reference, as in the code
+if [ ! -d "$WORK/runs/combined/saved_model" ]; then
+    echo "== training the combiner"
+    ensai combine --models "$WORK/runs/overfeat" "$WORK/runs/ensai_net" "$WORK/runs/alexnet" \
+        "$WORK/runs/inception_v4" --model-dir "$WORK/runs/combined" --overwrite
+fi
+
+for net in "${NETS[@]}" combined; do
+    if [ ! -f "$WORK/runs/$net/eval/metrics.json" ]; then
+        echo "== evaluating $net on $N_TEST test lenses"
+        ensai evaluate "$WORK/runs/$net" --n "$N_TEST"
+    fi
+done
+echo "== done; copy with tools/ship_weights.py $WORK/runs"
