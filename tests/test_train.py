@@ -259,3 +259,12 @@ def test_train_combiner_trains_only_its_weights(tmp_path, tiny):
         train.train_combiner([tmp_path / "a"], tmp_path / "c", config=cfg, steps=1)
     with pytest.raises(ModelDirError, match="has no model.keras"):
         train.train_combiner([tmp_path / "nothing"], tmp_path / "d", config=cfg, steps=1)
+    # the same through the console entry point
+    args = ["combine", "--models", str(tmp_path / "a"), str(tmp_path / "b"),
+            "--model-dir", str(tmp_path / "e"), "--steps", "2", "--preset", "smoke",
+            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={tmp_path / 'cache'}"]
+    assert cli.main(args) == 0
+    assert json.loads((tmp_path / "e" / "combiner.json").read_text())["steps"] == 2
+    assert (tmp_path / "e" / "saved_model" / "saved_model.pb").is_file()
+    assert cli.main(args) == 2  # an existing combiner folder is refused and kept
+    assert (tmp_path / "e" / "saved_model" / "saved_model.pb").is_file()

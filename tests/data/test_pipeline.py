@@ -128,6 +128,19 @@ def test_validation_cache_is_bitwise_identical_across_builds(val_cache, tmp_path
     assert any(k.startswith("draws.") for k in hashes)
 
 
+def test_test_cache_is_bitwise_identical_across_builds_and_differs_from_validation(
+        fake_simulator, tmp_path):
+    """spec §3.7 [R]: the test split is the same bits on every build, and not the validation data."""
+    paths = [pipeline.materialise_split("test", _small_config(tmp_path / d)) for d in ("a", "b")]
+    assert paths[0].name == paths[1].name
+    hashes = _cache_hashes(paths[0])
+    assert hashes == _cache_hashes(paths[1])
+    val = pipeline.materialise_split("validation", _small_config(tmp_path / "a"))
+    np.testing.assert_raises(AssertionError, np.testing.assert_array_equal,
+                             pipeline.load_cache(val)["image"][:5],
+                             pipeline.load_cache(paths[0])["image"])
+
+
 def test_cached_split_reads_back_every_example_in_order(val_cache):
     cfg, path = val_cache
     ds, info = pipeline.make_dataset("validation", cfg, batch_size=4, with_info=True)
