@@ -33,7 +33,7 @@ __all__ = ["CSV_COLUMNS", "CONTACT_SHEET_MAX", "write_observed_dataset", "lens_c
 
 CSV_COLUMNS = conventions.PARAM_NAMES + ("q", "major_axis_pa_deg", "magnification",
                                          "source_family")
-"""Header of ``params.csv``: the targets (spec §0), then q = 1 - |e|, the mass
+"""Header of ``params.csv``: the targets (spec §0), then q = 1 - ``|e|``, the mass
 major-axis angle phi + 90 deg mod 180 (degrees, from +x towards +y), the
 magnification and the source family name."""
 
