@@ -78,6 +78,11 @@ def _config_differences(saved, cfg):
 def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
     """Check a model folder and make it ready; never destroys data silently.
 
+    The lock file and temporary files of a killed run do not count as
+    contents; with ``resume`` or ``overwrite`` the temporary files are
+    deleted, so call this while holding the folder's
+    :class:`~ensai_tf.dirlock.ModelDirLock` (as ``train`` does).
+
     Args:
         model_dir: the folder.
         cfg: the resolved config; with ``resume`` it must equal the one the

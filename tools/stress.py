@@ -155,7 +155,7 @@ def run_kill_resume(trial, rng, kills, epochs, cache, timeout_s, state):
     """One kill-and-resume trial; returns a list of (class, case, outcome, message).
 
     The training is started, killed with SIGKILL after a random delay (up to
-    1.2 times the longest attempt seen so far, ``state["longest_s"]``) up to
+    the longest uninterrupted attempt seen so far, ``state["longest_s"]``) up to
     ``kills`` times, restarted with ``--resume`` (or ``--overwrite`` when no
     config.yaml was written yet), and finally left to finish.
 
@@ -176,7 +176,7 @@ def run_kill_resume(trial, rng, kills, epochs, cache, timeout_s, state):
         tried = []
         for attempt in range(kills + 1):
             kill = attempt < kills
-            delay = rng.uniform(0.5, 1.2 * state.get("longest_s", 60.0)) if kill else None
+            delay = rng.uniform(0.5, state.get("longest_s", 45.0)) if kill else None
             start = time.monotonic()
             proc = subprocess.Popen(_train_command(run, cache, epochs, mode), cwd=tmp, env=_env(),
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -11,8 +11,9 @@ all draws at once and must return finite values (and finite gradients of the
 deflection). The default run uses 10^5 draws (about a second);
 ``ENSAI_SWEEP_DRAWS`` sets another number (``tools/stress.py`` raises it).
 
-A few end-to-end images at the edges (``ensai_tf.simulate`` followed by
-``observe``, for training and evaluation) check the full chain.
+A few end-to-end images at the edges (``simulate_batch``, and under ``-m
+slow`` the public ``ensai_tf.simulate``, followed by ``observe`` for
+training and evaluation) check the full chain.
 """
 
 import dataclasses
@@ -191,19 +192,12 @@ def _edge_configs():
         yield config_lib.validate_config(cfg)
 
 
-# case 0 (every maximum, shear at its maximum) runs by default; the others take
-# another graph trace each (10-20 s on 2 cores) and run with -m slow
-@pytest.mark.parametrize("case", [0, pytest.param(1, marks=pytest.mark.slow),
-                                  pytest.param(2, marks=pytest.mark.slow)])
-def test_simulate_and_observe_are_finite_at_the_prior_edges(case):
-    import ensai_tf
+def _check_simulated_and_observed(out, cfg):
     from ensai_tf.data import observe as observe_lib
 
-    cfg = list(_edge_configs())[case]
-    out = ensai_tf.simulate(2, seed=11, config=cfg, split="train", batch_size=2)
     for key, value in out.items():
         assert np.all(np.isfinite(np.asarray(value, np.float64))), key
-    assert np.all(out["arcs"].max(axis=(1, 2, 3)) > 0)
+    assert np.all(np.asarray(out["arcs"]).max(axis=(1, 2, 3)) > 0)
     seeds = tf.constant([[1, 2], [3, 4]], tf.int64)
     for training in (True, False):
         obs = observe_lib.observe(tf.constant(out["arcs"]), tf.constant(out["params"]), seeds,
@@ -212,3 +206,25 @@ def test_simulate_and_observe_are_finite_at_the_prior_edges(case):
             np.isfinite(obs["params"].numpy()))
         # finite at the first pass: the redraw guard was not needed
         assert np.all(obs["draws"]["redraw_attempt"].numpy() == 0)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_simulate_and_observe_are_finite_at_the_prior_edges(case):
+    """Eager ``simulate_batch`` (about 2 s a case) and ``observe`` at each edge case."""
+    from ensai_tf.data import simulate as sim
+    from ensai_tf.data import sources
+
+    cfg = list(_edge_configs())[case]
+    out = sim.simulate_batch(sim.example_seeds(11, "train", 0, 2), cfg,
+                             sources.load_stamp_library("train"))
+    _check_simulated_and_observed({k: v.numpy() for k, v in out.items()}, cfg)
+
+
+@pytest.mark.slow
+def test_public_simulate_is_finite_at_the_prior_maxima():
+    """``ensai_tf.simulate`` (the traced Dataset.map path, 10-20 s to trace) at every maximum."""
+    import ensai_tf
+
+    cfg = list(_edge_configs())[0]
+    _check_simulated_and_observed(ensai_tf.simulate(2, seed=11, config=cfg, split="train",
+                                                    batch_size=2), cfg)
