@@ -36,6 +36,7 @@ failed, 1 otherwise.
 import argparse
 import collections
 import csv
+import json
 import os
 import pathlib
 import random
@@ -143,6 +144,22 @@ def check_finished_run(run, epochs):
     return problems
 
 
+def _run_state(run):
+    """How far a killed run got, in a few words, from its folder."""
+    run = pathlib.Path(run)
+    meta = run / "backup" / "training_metadata.json"
+    if (run / "model.keras").is_file():
+        return "after model.keras"
+    if meta.is_file():
+        try:
+            return f"backup of epoch {json.loads(meta.read_text())['epoch']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "backup being written"
+    if (run / "config.yaml").is_file():
+        return "config written, no backup yet"
+    return "before the folder was set up" if not run.exists() else "folder locked, no config"
+
+
 def _train_command(run, cache, epochs, mode):
     cmd = [sys.executable, "-m", "ensai_tf.cli", "train", "--preset", "smoke", "--model",
            "ensai_net", "--model-dir", str(run)]
@@ -194,7 +211,7 @@ def run_kill_resume(trial, rng, kills, epochs, cache, timeout_s, state):
                 killed = True
             took = time.monotonic() - start
             if killed:
-                tried.append(f"SIGKILL at {took:.1f} s")
+                tried.append(f"SIGKILL at {took:.1f} s ({_run_state(run)})")
             else:
                 state["longest_s"] = max(state.get("longest_s", 0.0), took)
                 tried.append(f"exit {proc.returncode} after {took:.1f} s")
