@@ -80,7 +80,8 @@ def _cmd_predict(args):
             plot=args.plot)
         return
     predict.predict_files(args.model, args.files, output=args.output,
-                          pixel_scale=args.pixel_scale, batch_size=args.batch_size)
+                          pixel_scale=args.pixel_scale, batch_size=args.batch_size,
+                          return_rows=False)
 
 
 def _cmd_demo(args):

@@ -4,7 +4,7 @@ The ``ensai`` command prints these without a traceback and exits non-zero.
 Each names the file, key or value at fault and what is expected instead.
 """
 
-__all__ = ["EnsaiError", "InputError", "ModelDirError"]
+__all__ = ["EnsaiError", "InputError", "ModelDirError", "NonFiniteLossError"]
 
 
 class EnsaiError(Exception):
@@ -17,3 +17,7 @@ class InputError(EnsaiError, ValueError):
 
 class ModelDirError(EnsaiError, ValueError):
     """A model directory is missing, incomplete, or would be overwritten."""
+
+
+class NonFiniteLossError(EnsaiError, FloatingPointError):
+    """Training stopped because the loss became NaN or Inf (names the folder and what was kept)."""

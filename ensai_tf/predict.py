@@ -29,8 +29,11 @@ import io
 import json
 import os
 import pathlib
+import shutil
 import sys
+import tempfile
 import time
+import uuid
 import warnings
 import zipfile
 
@@ -46,6 +49,7 @@ __all__ = [
     "resample_flux_conserving",
     "fit_to_grid",
     "normalise_peak",
+    "iter_prepared",
     "prepare_images",
     "predict_images",
     "result_rows",
@@ -483,16 +487,23 @@ def normalise_peak(image, name="image"):
     return np.where(unmasked, image / peak, 0.0)
 
 
-def prepare_images(path, npix=conventions.NPIX, pixel_scale=None):
-    """Read one file and return its network-ready :class:`PreparedImage` list.
+def iter_prepared(path, npix=conventions.NPIX, pixel_scale=None):
+    """Read one file and yield its network-ready :class:`PreparedImage` items one by one.
+
+    The file's pixels are read at once (a stack is one array), but prepared
+    images are made as they are consumed, so a caller holding a batch holds
+    only that batch of network inputs.
 
     Args:
         path: ``.npy`` or FITS file (see :func:`read_image_file`).
         npix: network input side, pixels.
         pixel_scale: optional pixel side of the file, arcsec.
+
+    Yields:
+        :class:`PreparedImage`, in the file's stack order.
     """
     images, wcs, scales = read_image_file(path, pixel_scale)
-    out = []
+    n_in_y, n_in_x = images.shape[1:]
     for i, image in enumerate(images):
         name = f"{path}[{i}]" if len(images) > 1 else str(path)
         normalise_peak(image, name)  # refuses all-masked and constant input early
@@ -505,12 +516,21 @@ def prepare_images(path, npix=conventions.NPIX, pixel_scale=None):
         # offset of the prepared centre from the resampled centre, 0.04" pixels
         d_x = start_x + (npix - 1) / 2.0 - (n_x - 1) / 2.0
         d_y = start_y + (npix - 1) / 2.0 - (n_y - 1) / 2.0
-        n_in_y, n_in_x = images.shape[1:]
         centre = ((n_in_x - 1) / 2.0 + d_x / ratio[0], (n_in_y - 1) / 2.0 + d_y / ratio[1])
-        out.append(PreparedImage(name=name, file=str(path), index=i,
-                                 image=fitted.astype(np.float32)[..., None],
-                                 centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs))
-    return out
+        yield PreparedImage(name=name, file=str(path), index=i,
+                            image=fitted.astype(np.float32)[..., None],
+                            centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs)
+
+
+def prepare_images(path, npix=conventions.NPIX, pixel_scale=None):
+    """Read one file and return its network-ready :class:`PreparedImage` list.
+
+    Args:
+        path: ``.npy`` or FITS file (see :func:`read_image_file`).
+        npix: network input side, pixels.
+        pixel_scale: optional pixel side of the file, arcsec.
+    """
+    return list(iter_prepared(path, npix, pixel_scale))
 
 
 # ---------------------------------------------------------------- prediction
@@ -620,11 +640,108 @@ def write_table(rows, output):
         raise InputError(f"cannot write {output!r}: {err}") from None
 
 
-def predict_files(model, files, output="-", pixel_scale=None, batch_size=100):
-    """Predict lens parameters for image files and write a table.
+class _TableStream:
+    """Rows written one batch at a time to a temporary file, published only when complete.
 
-    Every file is read and checked before the model runs, and the output is
-    written only at the end, so a bad input never leaves a partial table.
+    A file ``output`` is written as ``.NAME.tmp-PID-XXXX`` in its own folder
+    and renamed onto ``output`` by :meth:`commit`; ``'-'`` is spooled to an
+    anonymous temporary file and copied to stdout by :meth:`commit`. Until
+    then nothing is visible, so an error or Ctrl-C (:meth:`discard`) leaves
+    no partial table and an existing ``output`` untouched. Memory does not
+    grow with the number of rows.
+
+    Args:
+        output: ``.csv`` or ``.json`` path, or ``'-'``.
+    """
+
+    def __init__(self, output):
+        self.output = output
+        self.format = _output_format(output)
+        self.count = 0
+        self._tmp = None
+        try:
+            if output == "-":
+                self._file = tempfile.TemporaryFile("w+", newline="")
+            else:
+                path = pathlib.Path(output)
+                self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-"
+                                           f"{uuid.uuid4().hex[:8]}")
+                self._file = open(self._tmp, "w", newline="")
+            if self.format == "csv":
+                self._csv = csv.DictWriter(self._file, fieldnames=OUTPUT_COLUMNS,
+                                           lineterminator="\n")
+                self._csv.writeheader()
+            else:
+                self._file.write("[")
+        except OSError as err:
+            self.discard()
+            raise InputError(f"cannot write {output!r}: {err}") from None
+
+    def write(self, rows):
+        """Append row dicts (see :func:`result_rows`)."""
+        try:
+            for row in rows:
+                if self.format == "csv":
+                    self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
+                else:
+                    # the layout of json.dump(rows, f, indent=1), one row at a time
+                    text = json.dumps(row, indent=1).replace("\n", "\n ")
+                    self._file.write(("," if self.count else "") + "\n " + text)
+                self.count += 1
+        except OSError as err:
+            self.discard()
+            raise InputError(f"cannot write {self.output!r}: {err}") from None
+
+    def commit(self):
+        """Finish the table and publish it (rename, or copy to stdout)."""
+        try:
+            if self.format == "json":
+                self._file.write("\n]\n" if self.count else "]\n")
+            if self.output == "-":
+                self._file.seek(0)
+                shutil.copyfileobj(self._file, sys.stdout)
+                sys.stdout.flush()
+                self._file.close()
+            else:
+                self._file.close()
+                os.replace(self._tmp, self.output)
+                self._tmp = None
+        except OSError as err:
+            self.discard()
+            raise InputError(f"cannot write {self.output!r}: {err}") from None
+
+    def discard(self):
+        """Drop the partial table (idempotent)."""
+        file = getattr(self, "_file", None)
+        if file is not None and not file.closed:
+            file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
+
+
+def _batches(files, npix, pixel_scale, batch_size):
+    """Lists of at most ``batch_size`` prepared images, streamed over the files."""
+    batch = []
+    for f in files:
+        for item in iter_prepared(f, npix, pixel_scale):
+            batch.append(item)
+            if len(batch) == batch_size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, return_rows=True):
+    """Predict lens parameters for image files and write a table, streaming.
+
+    Files are read, prepared, predicted and written ``batch_size`` images at
+    a time, so memory does not grow with the number of files (only with the
+    largest single file, which is read whole). The table is written to a
+    temporary file that replaces ``output`` only at the end, so a bad input
+    file, an error or Ctrl-C never leaves a partial table and leaves an
+    existing ``output`` untouched.
 
     Args:
         model: model folder, SavedModel folder or ``.keras`` file.
@@ -632,29 +749,51 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100):
         output: ``.csv`` or ``.json`` path, or ``'-'`` for CSV on stdout.
         pixel_scale: pixel side of all files, arcsec (overrides the WCS;
             required for FITS files without a celestial WCS).
-        batch_size: images per forward pass.
+        batch_size: images per forward pass (and per write).
+        return_rows: return the row dicts; False returns only their number,
+            which keeps memory flat for any number of files (the CLI).
 
     Returns:
-        The list of row dicts written (see :func:`result_rows`).
+        The list of row dicts written (see :func:`result_rows`), or their
+        count when ``return_rows`` is False.
 
     Raises:
-        InputError: a bad image file or output path (the message names it).
+        InputError: a bad image file, batch size or output path (the
+            message names it).
         ModelDirError: a missing or corrupt model.
     """
     if not files:
         raise InputError("no image files given")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:
+        raise InputError(f"batch size {batch_size!r} must be an integer >= 1 (images per forward pass)")
     _check_writable(output)
     _output_format(output)
     predict_fn, npix = load_predictor(model)
-    prepared = [item for f in files for item in prepare_images(f, npix, pixel_scale)]
-    images = np.stack([p.image for p in prepared])
-    predict_images(predict_fn, images[:1], batch_size)  # warm-up: build and trace once
-    start = time.perf_counter()
-    params = predict_images(predict_fn, images, batch_size)
-    elapsed = time.perf_counter() - start
-    rows = result_rows(prepared, params)
-    write_table(rows, output)
-    print(f"ensai predict: {len(rows)} lenses in {elapsed:.3f} s "
-          f"({1e3 * elapsed / len(rows):.2f} ms per lens, batch {batch_size}); "
-          f"PA frame: {', '.join(sorted({r['pa_frame'] for r in rows}))}", file=sys.stderr)
-    return rows
+    table = _TableStream(output)
+    kept = [] if return_rows else None
+    frames = set()
+    elapsed = 0.0
+    try:
+        for k, batch in enumerate(_batches(files, npix, pixel_scale, batch_size)):
+            images = np.stack([p.image for p in batch])
+            if k == 0:
+                predict_fn(images[:1])  # warm-up: build and trace once, not timed
+            start = time.perf_counter()
+            params = predict_fn(images)
+            elapsed += time.perf_counter() - start
+            rows = result_rows(batch, params)
+            table.write(rows)
+            frames.update(r["pa_frame"] for r in rows)
+            if kept is not None:
+                kept.extend(rows)
+            del images, batch, rows
+        table.commit()
+    except BaseException:
+        table.discard()
+        raise
+    n = table.count
+    print(f"ensai predict: {n} lenses in {elapsed:.3f} s "
+          f"({1e3 * elapsed / max(n, 1):.2f} ms per lens, batch {batch_size}); "
+          f"PA frame: {', '.join(sorted(frames))}", file=sys.stderr)
+    return kept if return_rows else n

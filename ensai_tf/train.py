@@ -14,25 +14,42 @@ Files in the model folder: ``config.yaml``, ``tb/`` (TensorBoard),
 ``best.keras`` (best validation loss, spec §7.3), ``backup/`` (while
 training), ``log.csv``, and at the end ``model.keras`` and ``saved_model/``
 holding the best-validation weights.
+
+Robustness (issue 10): a run holds an exclusive lock on its folder
+(:class:`ensai_tf.dirlock.ModelDirLock`), so a second ``ensai train`` or
+``ensai combine`` on the same folder is refused; ``best.keras``,
+``model.keras`` and ``saved_model/`` are written under a temporary name in
+the folder and renamed into place, so a kill leaves the old file or the new
+one; the backup is removed only after the exports, so a run killed at any
+moment resumes; and a NaN or Inf loss stops the run with a
+:class:`~ensai_tf.errors.NonFiniteLossError` before anything is saved from
+the bad weights.
 """
 
 import contextlib
 import json
+import math
+import os
 import pathlib
 import shutil
 import time
+import uuid
 
 import numpy as np
 import yaml
 
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
-from ensai_tf.errors import ModelDirError
+from ensai_tf.dirlock import LOCK_NAME, ModelDirLock
+from ensai_tf.errors import ModelDirError, NonFiniteLossError
 
 __all__ = [
     "ARTEFACTS",
     "prepare_model_dir",
     "completed_epochs",
+    "TMP_PREFIX",
+    "save_keras_atomic",
+    "export_saved_model_atomic",
     "build_callbacks",
     "compile_model",
     "train",
@@ -44,6 +61,9 @@ ARTEFACTS = ("config.yaml", "tb", "best.keras", "backup", "log.csv", "model.kera
 """Files and folders that ``train``/``train_combiner`` write into a model folder."""
 
 _STATE_FILE = "callback_state.json"
+
+TMP_PREFIX = ".ensai-tmp-"
+"""Prefix of the temporary names that files are written under before their rename."""
 
 
 # ---------------------------------------------------------------- model folder
@@ -57,6 +77,11 @@ def _config_differences(saved, cfg):
 
 def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
     """Check a model folder and make it ready; never destroys data silently.
+
+    The lock file and temporary files of a killed run do not count as
+    contents; with ``resume`` or ``overwrite`` the temporary files are
+    deleted, so call this while holding the folder's
+    :class:`~ensai_tf.dirlock.ModelDirLock` (as ``train`` does).
 
     Args:
         model_dir: the folder.
@@ -76,7 +101,11 @@ def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
         raise ModelDirError("--resume and --overwrite contradict each other; give one")
     if model_dir.exists() and not model_dir.is_dir():
         raise ModelDirError(f"model folder {str(model_dir)!r} is a file, not a folder")
-    contents = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
+    contents = sorted(p.name for p in model_dir.iterdir()
+                      if p.name != LOCK_NAME and not p.name.startswith(TMP_PREFIX)
+                      ) if model_dir.is_dir() else []
+    if resume or overwrite:
+        _remove_leftovers(model_dir)
     if resume:
         saved_path = model_dir / "config.yaml"
         if not saved_path.is_file():
@@ -113,6 +142,111 @@ def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
     return model_dir
 
 
+def _remove_leftovers(model_dir):
+    """Delete temporary files of a killed run (the caller holds the folder's lock)."""
+    if not model_dir.is_dir():
+        return
+    for path in model_dir.glob(TMP_PREFIX + "*"):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _tmp_name(final, suffix=""):
+    final = pathlib.Path(final)
+    return final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{final.name}{suffix}")
+
+
+def save_keras_atomic(model, path):
+    """``model.save(path)`` under a temporary name in the same folder, then renamed.
+
+    Args:
+        model: the Keras model.
+        path: the final ``.keras`` file; an existing one is replaced only once
+            the new file is complete, so a kill leaves the old file or the new.
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+    """
+    path = pathlib.Path(path)
+    tmp = _tmp_name(path, ".keras")  # Keras wants the .keras suffix
+    try:
+        model.save(str(tmp))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _replace_folder(tmp, final):
+    """Rename folder ``tmp`` to ``final``; an existing ``final`` is moved aside, then deleted."""
+    old = None
+    if final.exists():
+        old = _tmp_name(final, ".old")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export_saved_model_atomic(model, path):
+    """Export a SavedModel to a temporary folder beside ``path``, then rename it into place.
+
+    An existing ``path`` is kept until the new export is complete; a failure
+    or a kill during the export leaves it untouched.
+
+    Args:
+        model: Keras model, images ``(B, H, W, 1)`` -> ``(B, 5)``.
+        path: the final SavedModel folder.
+
+    Returns:
+        ``path`` as a ``pathlib.Path``.
+    """
+    from ensai_tf.export import export_saved_model
+
+    path = pathlib.Path(path)
+    tmp = _tmp_name(path)
+    try:
+        export_saved_model(model, str(tmp))
+        _replace_folder(tmp, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _remove_backup(backup_dir):
+    """Delete the backup only after the exports; renamed first so no half-deleted backup is seen."""
+    backup_dir = pathlib.Path(backup_dir)
+    if backup_dir.exists():
+        gone = _tmp_name(backup_dir)
+        os.replace(backup_dir, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+
+def _trim_log(log_path, epochs):
+    """Keep the header and the rows of the first ``epochs`` epochs of a CSV log (resume).
+
+    A run killed after logging an epoch but before backing it up repeats that
+    epoch on resume; trimming keeps one row per epoch.
+    """
+    log_path = pathlib.Path(log_path)
+    if not log_path.is_file():
+        return
+    lines = log_path.read_text().splitlines(keepends=True)
+    if not lines:
+        return
+    kept = [lines[0]]
+    for line in lines[1:]:
+        first = line.split(",", 1)[0].strip()
+        if first.isdigit() and int(first) < epochs:
+            kept.append(line)
+    if len(kept) != len(lines):
+        tmp = _tmp_name(log_path)
+        tmp.write_text("".join(kept))
+        os.replace(tmp, log_path)
+
+
 def completed_epochs(backup_dir):
     """Epochs completed by an interrupted run, from its BackupAndRestore metadata (0 if none)."""
     meta = pathlib.Path(backup_dir) / "training_metadata.json"
@@ -145,7 +279,10 @@ def _callback_classes():
         """
 
         def __init__(self, backup_dir, stateful):
-            super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True)
+            # the backup outlives fit(): train() deletes it after the exports,
+            # so a kill between the end of fit and the exports still resumes
+            super().__init__(backup_dir, save_freq="epoch", double_checkpoint=True,
+                             delete_checkpoint=False)
             self._stateful = stateful
 
         def _state_path(self):
@@ -155,7 +292,9 @@ def _callback_classes():
             super()._save_model()
             state = {name: {k: float(getattr(cb, k)) for k in keys if hasattr(cb, k)}
                      for name, (cb, keys) in self._stateful.items()}
-            self._state_path().write_text(json.dumps(state))
+            tmp = _tmp_name(self._state_path())
+            tmp.write_text(json.dumps(state))
+            os.replace(tmp, self._state_path())
 
         def _load_model(self):
             super()._load_model()
@@ -166,6 +305,72 @@ def _callback_classes():
                     for k, v in values.items():
                         if cb is not None:
                             setattr(cb, k, int(v) if k in ("wait", "cooldown_counter") else v)
+
+    class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):
+        """ModelCheckpoint that writes under a temporary name and renames.
+
+        A kill while ``best.keras`` is being written leaves the previous
+        best checkpoint intact instead of a truncated zip.
+        """
+
+        def _save_model(self, epoch, batch, logs):
+            final = self.filepath
+            tmp = _tmp_name(final, ".keras")
+            self.filepath = str(tmp)
+            try:
+                super()._save_model(epoch, batch, logs)
+                if tmp.exists():
+                    os.replace(tmp, final)
+            finally:
+                self.filepath = final
+                tmp.unlink(missing_ok=True)
+
+    class StopOnNonFinite(keras.callbacks.Callback):
+        """Stops training at the first NaN or Inf loss, before anything is saved.
+
+        Replaces ``TerminateOnNaN``, which lets the epoch end run: the backup
+        would then save the bad weights. This callback raises
+        :class:`~ensai_tf.errors.NonFiniteLossError` at the end of the batch
+        (or epoch, for a non-finite validation loss), so the checkpoint, the
+        backup and the exports keep the last good weights. Put it first in
+        the callback list.
+        """
+
+        def __init__(self, model_dir):
+            super().__init__()
+            self._model_dir = pathlib.Path(model_dir)
+            self._epoch = 0
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self._epoch = epoch
+
+        def _fail(self, what, value, where):
+            best = self._model_dir / "best.keras"
+            backup = self._model_dir / "backup"
+            kept = []
+            if best.is_file():
+                kept.append(f"the best checkpoint {str(best)!r}")
+            if completed_epochs(backup):
+                kept.append(f"the backup of epoch {completed_epochs(backup)}")
+            kept = " and ".join(kept) if kept else "no checkpoint (none was saved yet)"
+            raise NonFiniteLossError(
+                f"model folder {str(self._model_dir)!r}: the {what} became {value} {where}; "
+                f"training stopped and nothing was saved from the bad weights (kept: {kept}). "
+                "Lower train.learning_rate or set train.clipnorm, then start again with "
+                "--overwrite")
+
+        def on_train_batch_end(self, batch, logs=None):
+            loss = (logs or {}).get("loss")
+            if loss is not None and not math.isfinite(float(loss)):
+                self._fail("training loss", float(loss),
+                           f"at epoch {self._epoch + 1}, batch {batch + 1}")
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key in ("loss", "val_loss"):
+                value = (logs or {}).get(key)
+                if value is not None and not math.isfinite(float(value)):
+                    name = "validation loss" if key == "val_loss" else "training loss"
+                    self._fail(name, float(value), f"at the end of epoch {epoch + 1}")
 
     class ValidationImages(keras.callbacks.Callback):
         """Writes a few validation inputs with true and predicted parameters.
@@ -242,7 +447,8 @@ def _callback_classes():
                       f"after epoch {epoch + 1}; finishing")
                 self.model.stop_training = True
 
-    return StatefulBackup, ValidationImages, Warmup, TimeBudget
+    return {"backup": StatefulBackup, "images": ValidationImages, "warmup": Warmup,
+            "budget": TimeBudget, "checkpoint": AtomicCheckpoint, "finite": StopOnNonFinite}
 
 
 def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
@@ -257,39 +463,40 @@ def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
         extra: further callbacks, run before the backup callback.
 
     Returns:
-        List of Keras callbacks: TensorBoard, ValidationImages,
-        ModelCheckpoint(best.keras), ReduceLROnPlateau, CSVLogger,
-        TerminateOnNaN, optional TimeBudget and Warmup, the extras and, last,
-        the backup.
+        List of Keras callbacks: StopOnNonFinite (raises
+        :class:`~ensai_tf.errors.NonFiniteLossError` on a NaN/Inf loss),
+        TensorBoard, ValidationImages, ModelCheckpoint(best.keras, written
+        atomically), ReduceLROnPlateau, CSVLogger, optional TimeBudget and
+        Warmup, the extras and, last, the backup.
     """
     import keras
 
-    StatefulBackup, ValidationImages, Warmup, TimeBudget = _callback_classes()
+    classes = _callback_classes()
     model_dir = pathlib.Path(model_dir)
     t = cfg.train
-    checkpoint = keras.callbacks.ModelCheckpoint(str(model_dir / "best.keras"), monitor="val_loss",
-                                                 save_best_only=True)
+    checkpoint = classes["checkpoint"](str(model_dir / "best.keras"), monitor="val_loss",
+                                       save_best_only=True)
     # [R] spec §7.2: divide the lr by 10 on a validation plateau, down to 1e-6
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=t.plateau_factor,
                                                 patience=t.plateau_patience,
                                                 min_lr=t.min_learning_rate)
     callbacks = [
+        classes["finite"](model_dir),  # first: stops before any other callback sees bad weights
         keras.callbacks.TensorBoard(log_dir=str(model_dir / "tb"),
                                     update_freq=max(1, min(100, t.steps_per_epoch // 10))),
     ]
     if sample is not None and t.image_summaries > 0:
         images, params = sample
-        callbacks.append(ValidationImages(images[: t.image_summaries], params[: t.image_summaries],
+        callbacks.append(classes["images"](images[: t.image_summaries], params[: t.image_summaries],
                                           model_dir / "tb" / "images"))
     callbacks += [checkpoint, plateau,
-                  keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resume),
-                  keras.callbacks.TerminateOnNaN()]
+                  keras.callbacks.CSVLogger(str(model_dir / "log.csv"), append=resume)]
     if t.time_budget_minutes > 0:
-        callbacks.append(TimeBudget(t.time_budget_minutes))
+        callbacks.append(classes["budget"](t.time_budget_minutes))
     if t.warmup_steps > 0:
-        callbacks.append(Warmup(t.learning_rate, t.warmup_steps))
+        callbacks.append(classes["warmup"](t.learning_rate, t.warmup_steps))
     callbacks += list(extra)
-    callbacks.append(StatefulBackup(str(model_dir / "backup"),
+    callbacks.append(classes["backup"](str(model_dir / "backup"),
                                     {"plateau": (plateau, ("best", "wait", "cooldown_counter")),
                                      "checkpoint": (checkpoint, ("best",))}))
     return callbacks
@@ -381,15 +588,22 @@ def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, cal
         were exported.
 
     Raises:
-        ModelDirError: see :func:`prepare_model_dir`.
+        ModelDirError: see :func:`prepare_model_dir`; also when another
+            process is using ``model_dir`` (see :class:`~ensai_tf.dirlock.ModelDirLock`).
+        NonFiniteLossError: the loss became NaN or Inf; ``best.keras`` and
+            the backup keep the last good weights and nothing is exported.
     """
+    with ModelDirLock(model_dir, "ensai train"):
+        return _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verbose)
+
+
+def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verbose):
     model_dir = prepare_model_dir(model_dir, cfg, resume=resume, overwrite=overwrite)
     config_lib.save_config(cfg, model_dir / "config.yaml")
 
     import keras
 
     from ensai_tf.data.pipeline import make_dataset
-    from ensai_tf.export import export_saved_model
     from ensai_tf.models import build_model
 
     t = cfg.train
@@ -403,6 +617,8 @@ def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, cal
             model = _float32_outputs(model)
             compile_model(model, t.learning_rate, t.clipnorm)
         start_epoch = completed_epochs(model_dir / "backup") if resume else 0
+        if resume:
+            _trim_log(model_dir / "log.csv", start_epoch)
         # the stream continues where the interrupted run stopped (style.md §5 rule 4)
         train_ds = make_dataset("train", cfg, seed=cfg.data.seed, batch_size=t.batch_size,
                                 cache_dir=_cache_dir(cfg), start_step=start_epoch * t.steps_per_epoch)
@@ -415,8 +631,11 @@ def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, cal
         best = model_dir / "best.keras"
         if best.is_file():
             model.load_weights(str(best))  # [R] spec §7.3: keep the best validation loss
-        model.save(str(model_dir / "model.keras"))
-        export_saved_model(model, str(model_dir / "saved_model"))
+        # saved_model first, model.keras (the "finished" mark) next, the backup last:
+        # a kill at any point leaves a folder that --resume completes
+        export_saved_model_atomic(model, model_dir / "saved_model")
+        save_keras_atomic(model, model_dir / "model.keras")
+        _remove_backup(model_dir / "backup")
     return model
 
 
@@ -453,6 +672,12 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
         ``(model, summary)``: the trained combiner and the dict written to
         ``combiner.json`` (validation loss of the plain average of the
         sign-aligned networks and of the trained combination).
+
+    Raises:
+        ModelDirError: a backbone folder lacks ``model.keras``, the output
+            folder is not empty, or another process is using it.
+        NonFiniteLossError: the combiner's loss became NaN or Inf; nothing
+            is exported.
     """
     paths = [_keras_file(d) for d in model_dirs]
     if config is None:
@@ -461,13 +686,18 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     steps = t.combine_steps if steps is None else int(steps)
     if steps < 1:
         raise ModelDirError(f"combiner steps {steps} must be >= 1")
+    with ModelDirLock(model_dir, "ensai combine"):
+        return _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, verbose)
+
+
+def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, verbose):
+    t = config.train
     model_dir = prepare_model_dir(model_dir, overwrite=overwrite)
     config_lib.save_config(config, model_dir / "config.yaml")
 
     import keras
 
     from ensai_tf.data import pipeline
-    from ensai_tf.export import export_saved_model
     from ensai_tf.models import combiner
 
     keras.utils.set_random_seed(t.seed)
@@ -488,15 +718,23 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
                                      batch_size=t.batch_size, training=False)
     fresh = fresh.map(pipeline.to_supervised).prefetch(2)
     model.fit(fresh, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=verbose,
-              callbacks=[keras.callbacks.TensorBoard(log_dir=str(model_dir / "tb")),
+              callbacks=[_callback_classes()["finite"](model_dir),
+                         keras.callbacks.TensorBoard(log_dir=str(model_dir / "tb")),
                          keras.callbacks.CSVLogger(str(model_dir / "log.csv"))])
     trained = model.evaluate(val_ds, verbose=0, return_dict=True)
     summary = {"backbones": [str(p) for p in paths], "mode": mode, "steps": steps,
                "plain_average_validation": {k: float(v) for k, v in plain.items()},
                "trained_validation": {k: float(v) for k, v in trained.items()}}
-    (model_dir / "combiner.json").write_text(json.dumps(summary, indent=1) + "\n")
-    model.save(str(model_dir / "model.keras"))
-    export_saved_model(model, str(model_dir / "saved_model"))
+    for name, value in summary["trained_validation"].items():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"model folder {str(model_dir)!r}: the combiner's validation "
+                                     f"{name} is {value}; nothing was exported. Lower "
+                                     "train.combine_learning_rate and retry with --overwrite")
+    tmp = _tmp_name(model_dir / "combiner.json")
+    tmp.write_text(json.dumps(summary, indent=1) + "\n")
+    os.replace(tmp, model_dir / "combiner.json")
+    export_saved_model_atomic(model, model_dir / "saved_model")
+    save_keras_atomic(model, model_dir / "model.keras")
     return model, summary
 
 

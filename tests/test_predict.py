@@ -300,3 +300,105 @@ def test_missing_and_corrupt_models(tmp_path):
     (tmp_path / "broken.keras").write_bytes(b"not a zip")
     with pytest.raises(ModelDirError, match="corrupt"):
         predict.load_predictor(str(tmp_path / "broken.keras"))
+
+
+# ------------------------------------------------------------------ streaming (issue 10)
+
+
+def _fake_predictor(monkeypatch, npix=32, on_call=None):
+    """load_predictor -> a numpy stand-in recording each batch (no TensorFlow)."""
+    calls = []
+
+    def predict_fn(images):
+        calls.append(len(images))
+        if on_call is not None:
+            on_call(len(calls))
+        mean = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64)
+        return mean[:, None] * np.arange(1, 6)
+
+    monkeypatch.setattr(predict, "load_predictor", lambda model: (predict_fn, npix))
+    return calls
+
+
+def _small_files(folder, n, npix=32):
+    x, y = conventions.pixel_grid(npix, 0.04)
+    paths = []
+    for i in range(n):
+        ring = np.exp(-0.5 * ((np.hypot(x, y) - 0.3 - 0.01 * i) / 0.05) ** 2) + 0.01
+        paths.append(str(folder / f"im{i:03d}.npy"))
+        np.save(paths[-1], ring)
+    return paths
+
+
+def test_predict_files_holds_at_most_one_batch_of_images(tmp_path, monkeypatch):
+    """25 files, batch 4: never more than 4 prepared images alive, whatever the file count."""
+    import weakref
+
+    alive = [0]  # PreparedImage objects not yet freed (CPython frees them at once)
+    real_iter = predict.iter_prepared
+
+    def freed():
+        alive[0] -= 1
+
+    def tracked(*args, **kwargs):
+        for item in real_iter(*args, **kwargs):
+            alive[0] += 1
+            weakref.finalize(item, freed)
+            yield item
+
+    peak = []
+    calls = _fake_predictor(monkeypatch, on_call=lambda k: peak.append(alive[0]))
+    monkeypatch.setattr(predict, "iter_prepared", tracked)
+    files = _small_files(tmp_path, 25)
+    out = tmp_path / "out.csv"
+    n = predict.predict_files("model", files, output=str(out), batch_size=4, return_rows=False)
+    assert n == 25
+    assert calls[0] == 1 and calls[1:] == [4] * 6 + [1]  # warm-up, then 6 full batches and 1
+    assert max(peak) <= 4
+    with open(out) as f:
+        table = list(csv.DictReader(f))
+    assert [r["file"] for r in table] == files
+
+
+def test_streamed_json_equals_json_dump(tmp_path, monkeypatch):
+    _fake_predictor(monkeypatch)
+    files = _small_files(tmp_path, 3)
+    rows = predict.predict_files("model", files, output=str(tmp_path / "o.json"), batch_size=2)
+    assert (tmp_path / "o.json").read_text() == json.dumps(rows, indent=1) + "\n"
+
+
+@pytest.mark.parametrize("output", ["out.csv", "out.json", "-"])
+def test_ctrl_c_midway_leaves_no_partial_output(tmp_path, monkeypatch, capsys, output):
+    """KeyboardInterrupt in the third batch: the old output stays, no temp file, nothing printed."""
+    from ensai_tf import cli
+
+    def interrupt(k):
+        if k == 3:
+            raise KeyboardInterrupt
+
+    _fake_predictor(monkeypatch, on_call=interrupt)
+    files = _small_files(tmp_path, 6)
+    target = tmp_path / output if output != "-" else None
+    if target is not None:
+        target.write_text("precious\n")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = cli.main(["predict", "model", *files, "--output", str(target or "-"),
+                     "--batch-size", "2"])
+    captured = capsys.readouterr()
+    assert code == 130 and "interrupted" in captured.err
+    assert captured.out == ""
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    if target is not None:
+        assert target.read_text() == "precious\n"
+
+
+def test_bad_file_late_in_the_stream_leaves_no_output(tmp_path, monkeypatch):
+    _fake_predictor(monkeypatch)
+    files = _small_files(tmp_path, 5)
+    np.save(tmp_path / "bad.npy", np.zeros((32, 32)))
+    with pytest.raises(InputError, match=r"bad.npy: every pixel is masked"):
+        predict.predict_files("model", files + [str(tmp_path / "bad.npy")],
+                              output=str(tmp_path / "o.csv"), batch_size=2)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o.csv", "o.csv"))]
+    with pytest.raises(InputError, match="batch size 0"):
+        predict.predict_files("model", files, output=str(tmp_path / "o.csv"), batch_size=0)

@@ -268,3 +268,172 @@ def test_train_combiner_trains_only_its_weights(tmp_path, tiny):
     assert (tmp_path / "e" / "saved_model" / "saved_model.pb").is_file()
     assert cli.main(args) == 2  # an existing combiner folder is refused and kept
     assert (tmp_path / "e" / "saved_model" / "saved_model.pb").is_file()
+
+
+# ------------------------------------------------------------------ faults (issue 10)
+
+
+def _leftovers(folder):
+    """Temporary or lock files left in a model folder."""
+    from ensai_tf.dirlock import LOCK_NAME
+
+    return sorted(p.name for p in pathlib.Path(folder).iterdir()
+                  if p.name.startswith(train.TMP_PREFIX) or p.name.startswith(LOCK_NAME))
+
+
+def _fit_in_memory(cfg, run, extra=(), model=None, epochs=3):
+    """model.fit on 8 numpy images (2 batches) with the real callbacks: no pipeline, seconds."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (8, 16, 16, 1)).astype(np.float32)
+    y = rng.normal(0, 0.5, (8, 5)).astype(np.float32)
+    model = model or tiny_model("m", input_shape=(16, 16, 1))
+    train.compile_model(model, 1e-3)
+    run.mkdir(exist_ok=True)
+    callbacks = train.build_callbacks(cfg, run, extra=extra)
+    model.fit(x, y, batch_size=4, epochs=epochs, validation_data=(x, y), callbacks=callbacks,
+              shuffle=False, verbose=0)
+    return model
+
+
+def test_nan_loss_stops_before_saving_bad_weights(tmp_path):
+    """Weights turn NaN mid-epoch 2: the run stops there, best.keras and the backup keep epoch 1."""
+    import keras
+
+    from ensai_tf.errors import NonFiniteLossError
+
+    cfg = _cfg(tmp_path / "cache", epochs=3)
+    run = tmp_path / "run"
+
+    class Poison(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if int(self.model.optimizer.iterations.numpy()) == 3:
+                layer = self.model.get_layer("params")
+                layer.kernel.assign(np.full(layer.kernel.shape, np.nan, np.float32))
+
+    with pytest.raises(NonFiniteLossError,
+                       match=r"training loss became nan at epoch 2, batch 2.*best.keras"):
+        _fit_in_memory(cfg, run, extra=[Poison()])
+    best = keras.saving.load_model(run / "best.keras", compile=False)
+    assert all(np.all(np.isfinite(w)) for w in best.get_weights())
+    assert train.completed_epochs(run / "backup") == 1
+    assert not (run / "model.keras").exists() and not (run / "saved_model").exists()
+    assert _leftovers(run) == []
+
+
+def test_inf_validation_loss_also_stops(tmp_path):
+    import keras
+
+    from ensai_tf.errors import NonFiniteLossError
+
+    cfg = _cfg(tmp_path / "cache", epochs=2)
+
+    class InfOnValidation(keras.layers.Layer):
+        def call(self, x, training=None):
+            return x if training else x * np.float32(np.inf)
+
+    base = tiny_model("m", input_shape=(16, 16, 1))
+    model = keras.Model(base.inputs, InfOnValidation()(base.outputs[0]))
+    with pytest.raises(NonFiniteLossError, match="validation loss became inf at the end of epoch 1"):
+        _fit_in_memory(cfg, tmp_path / "run", model=model)
+    assert not (tmp_path / "run" / "best.keras").exists()
+    assert train.completed_epochs(tmp_path / "run" / "backup") == 0
+
+
+def test_cli_turns_a_nan_loss_into_one_line_and_status_2(tmp_path, monkeypatch, capsys):
+    from ensai_tf.errors import NonFiniteLossError
+
+    def diverge(*args, **kwargs):
+        raise NonFiniteLossError("model folder 'run': the training loss became nan at epoch 1")
+
+    monkeypatch.setattr(train, "train", diverge)
+    assert cli.main(["train", "--preset", "smoke", "--model-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ensai train: error: model folder") and len(err.splitlines()) == 1
+
+
+def test_atomic_keras_and_saved_model_writes_keep_the_old_on_failure(tmp_path, monkeypatch):
+    """A failure mid-write leaves the previous model.keras / saved_model intact and no temp files."""
+    import keras
+
+    from ensai_tf import export
+
+    model = tiny_model("m", input_shape=(16, 16, 1))
+    train.save_keras_atomic(model, tmp_path / "model.keras")
+    train.export_saved_model_atomic(model, tmp_path / "saved_model")
+    train.export_saved_model_atomic(model, tmp_path / "saved_model")  # replaces the old export
+    assert (tmp_path / "saved_model" / "saved_model.pb").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "saved_model"]
+    old_keras = (tmp_path / "model.keras").read_bytes()
+    old_pb = (tmp_path / "saved_model" / "saved_model.pb").read_bytes()
+
+    def half_export(model, path, verbose=False):
+        pathlib.Path(path).mkdir()
+        (pathlib.Path(path) / "saved_model.pb").write_bytes(b"half")
+        raise OSError("disk full")
+
+    def half_save(self, path, *args, **kwargs):
+        pathlib.Path(path).write_bytes(b"PK\x03\x04half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(export, "export_saved_model", half_export)
+    with pytest.raises(OSError, match="disk full"):
+        train.export_saved_model_atomic(model, tmp_path / "saved_model")
+    monkeypatch.setattr(keras.Model, "save", half_save)
+    with pytest.raises(KeyboardInterrupt):
+        train.save_keras_atomic(model, tmp_path / "model.keras")
+    assert (tmp_path / "model.keras").read_bytes() == old_keras
+    assert (tmp_path / "saved_model" / "saved_model.pb").read_bytes() == old_pb
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.keras", "saved_model"]
+
+
+def test_resume_trims_log_rows_of_an_epoch_that_was_not_backed_up(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("epoch,loss\n0,1.0\n1,0.9\n2,0.8\n")
+    train._trim_log(log, 2)
+    assert log.read_text() == "epoch,loss\n0,1.0\n1,0.9\n"
+    assert _leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_killed_between_fit_and_export_resumes_to_a_complete_folder(tmp_path, tiny, monkeypatch):
+    """An interruption after the last epoch but before the exports: --resume finishes the run."""
+    cfg = _cfg(tmp_path / "cache", epochs=2, steps=1)
+    run = tmp_path / "run"
+    real_export = train.export_saved_model_atomic
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "export_saved_model_atomic", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(cfg, run, verbose=0)
+    assert train.completed_epochs(run / "backup") == 2 and not (run / "model.keras").exists()
+    monkeypatch.setattr(train, "export_saved_model_atomic", real_export)
+    train.train(cfg, run, resume=True, verbose=0)
+    for name in ("model.keras", "saved_model/saved_model.pb", "best.keras"):
+        assert (run / name).is_file(), name
+    assert not (run / "backup").exists() and _leftovers(run) == []
+    epochs = np.genfromtxt(run / "log.csv", delimiter=",", names=True)["epoch"]
+    assert list(np.atleast_1d(epochs)) == [0, 1]
+
+
+@pytest.mark.slow
+def test_cli_train_with_a_nan_model_exits_2_and_exports_nothing(tmp_path, monkeypatch, capsys):
+    import keras
+
+    import ensai_tf.models
+
+    def nan_model(name, input_shape=(192, 192, 1), **kwargs):
+        base = tiny_model(name, input_shape)
+        return keras.Model(base.inputs, keras.layers.Lambda(lambda t: t * np.nan)(
+            base.outputs[0]))
+
+    monkeypatch.setattr(ensai_tf.models, "build_model", nan_model)
+    run = tmp_path / "run"
+    code = cli.main(["train", "--preset", "smoke", "--model", "alexnet", "--model-dir", str(run),
+                     "--set", f"image.npix={NPIX}", "--set", "train.image_summaries=0",
+                     "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and "became nan" in err, err
+    assert not (run / "model.keras").exists() and not (run / "saved_model").exists()
+    assert _leftovers(run) == []

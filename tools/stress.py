@@ -1,37 +1,63 @@
-"""Run the input fuzzers and model-folder fault tests for a given time.
+"""Run the input fuzzers, fault tests and the kill-and-resume loop for a given time.
 
-Each round runs ``tests/test_fuzz_inputs.py`` and
-``tests/test_model_dir_faults.py`` under pytest in a fresh process, with
-``ENSAI_FUZZ_EXAMPLES`` raised (more hypothesis examples per fuzzer) and a new
-``--hypothesis-seed`` each round, until ``--minutes`` have passed. At the end
-it prints, per class of bad input (test function), how many cases were run
-and how many failed, and the first line of each distinct failure.
+Two kinds of round alternate until ``--minutes`` have passed:
+
+- **fuzz**: ``tests/test_fuzz_inputs.py``, ``tests/test_model_dir_faults.py``,
+  ``tests/test_dirlock.py`` and the lensing finite sweep
+  ``tests/lensing/test_finite_sweep.py`` under pytest in a fresh process,
+  with ``ENSAI_FUZZ_EXAMPLES`` raised (more hypothesis examples per fuzzer),
+  ``ENSAI_SWEEP_DRAWS`` raised (default 10^6 draws instead of 10^5) and a new
+  ``--hypothesis-seed`` each round;
+- **kill**: a tiny smoke training (``ensai train --preset smoke``, EnsaiNet
+  at width 0.25 on 48-pixel images) in a subprocess, killed with SIGKILL at
+  a random moment up to ``--kills`` times and restarted each time with
+  ``--resume`` (or ``--overwrite`` when it died before writing its
+  config), then left to finish. It must exit 0 with ``model.keras``,
+  ``saved_model/``, ``best.keras`` and one ``log.csv`` row per epoch, and
+  no backup, lock or temporary file left.
+
+It prints each round, then per class of bad input or fault (test function,
+or ``kill_and_resume``) how many cases ran and how many failed, and the first
+line of each distinct failure.
 
 The default test suite runs the same tests with a handful of examples; this
 tool is the longer setting asked for by issue 10.
 
 Usage:
     python tools/stress.py [--minutes 5] [--examples 200] [--seed 0]
+        [--sweep-draws 1000000] [--kills 3] [--epochs 3] [--only fuzz|kill]
         [--keep-going]
 
-Exit status: 0 when nothing failed, 1 otherwise.
+Without ``--keep-going`` the tool stops after the first round with a
+failure; with it, it runs for the whole time. Exit status: 0 when nothing
+failed, 1 otherwise.
 """
 
 import argparse
 import collections
+import csv
+import json
 import os
 import pathlib
+import random
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
 import xml.etree.ElementTree as ET
+import zipfile
 
-__all__ = ["main", "run_round", "summarise"]
+__all__ = ["main", "run_round", "run_kill_resume", "check_finished_run", "summarise"]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-TEST_FILES = ("tests/test_fuzz_inputs.py", "tests/test_model_dir_faults.py")
+TEST_FILES = ("tests/test_fuzz_inputs.py", "tests/test_model_dir_faults.py",
+              "tests/test_dirlock.py", "tests/lensing/test_finite_sweep.py")
+TRAIN_SETTINGS = ("image.npix=48", "model.width=0.25", "train.image_summaries=0",
+                  "train.steps_per_epoch=2")
+"""Overrides of the smoke preset for the kill-and-resume run: seconds per epoch on a CPU."""
 
 
 def _test_class(name):
@@ -39,17 +65,24 @@ def _test_class(name):
     return re.sub(r"\[.*\]$", "", name)
 
 
-def run_round(examples, seed, timeout_s):
+def _env(**extra):
+    """This process's environment with the worktree first on PYTHONPATH."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, TF_CPP_MIN_LOG_LEVEL="3", **extra)
+
+
+def run_round(examples, seed, timeout_s, sweep_draws=10**6):
     """Run the fault tests once; returns a list of (class, case, outcome, message).
 
     Args:
         examples: hypothesis examples per fuzzing test.
         seed: hypothesis seed of this round.
         timeout_s: wall-clock limit of the round, seconds.
+        sweep_draws: draws of the lensing finite-output sweep.
     """
     with tempfile.TemporaryDirectory() as tmp:
         report = pathlib.Path(tmp) / "junit.xml"
-        env = dict(os.environ, ENSAI_FUZZ_EXAMPLES=str(examples), TF_CPP_MIN_LOG_LEVEL="3")
+        env = _env(ENSAI_FUZZ_EXAMPLES=str(examples), ENSAI_SWEEP_DRAWS=str(sweep_draws))
         cmd = [sys.executable, "-m", "pytest", *TEST_FILES, "-q", "-p", "no:cacheprovider",
                "-W", "ignore", f"--hypothesis-seed={seed}", f"--junitxml={report}"]
         try:
@@ -76,6 +109,129 @@ def run_round(examples, seed, timeout_s):
                 message = (skipped.get("message") or "")[:200]
             results.append((_test_class(name), name, outcome, message))
         return results
+
+
+def check_finished_run(run, epochs):
+    """Problems of a model folder that a finished run left (empty list: none).
+
+    Args:
+        run: the model folder.
+        epochs: the epochs the run was asked for.
+    """
+    run = pathlib.Path(run)
+    problems = []
+    for name in ("config.yaml", "best.keras", "model.keras", "saved_model/saved_model.pb",
+                 "log.csv"):
+        if not (run / name).is_file():
+            problems.append(f"{name} missing")
+    for name in ("best.keras", "model.keras"):
+        if (run / name).is_file() and not zipfile.is_zipfile(run / name):
+            problems.append(f"{name} is not a complete .keras (zip) file")
+    if (run / "backup").exists():
+        problems.append("backup/ left behind")
+    # a backup renamed for deletion when the kill came is harmless (the next
+    # --resume or --overwrite removes it); any other temporary file is not
+    junk = sorted(p.name for p in run.iterdir()
+                  if p.name.startswith((".ensai-tmp-", ".ensai.lock"))
+                  and not p.name.endswith("-backup"))
+    if junk:
+        problems.append(f"left behind: {', '.join(junk)}")
+    if (run / "log.csv").is_file():
+        with open(run / "log.csv", newline="") as f:
+            logged = [int(float(r["epoch"])) for r in csv.DictReader(f)]
+        if logged != list(range(epochs)):
+            problems.append(f"log.csv epochs {logged}, expected {list(range(epochs))}")
+    return problems
+
+
+def _run_state(run):
+    """How far a killed run got, in a few words, from its folder."""
+    run = pathlib.Path(run)
+    meta = run / "backup" / "training_metadata.json"
+    if (run / "model.keras").is_file():
+        return "after model.keras"
+    if meta.is_file():
+        try:
+            return f"backup of epoch {json.loads(meta.read_text())['epoch']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "backup being written"
+    if (run / "config.yaml").is_file():
+        return "config written, no backup yet"
+    return "before the folder was set up" if not run.exists() else "folder locked, no config"
+
+
+def _train_command(run, cache, epochs, mode):
+    cmd = [sys.executable, "-m", "ensai_tf.cli", "train", "--preset", "smoke", "--model",
+           "ensai_net", "--model-dir", str(run)]
+    for item in TRAIN_SETTINGS + (f"train.epochs={epochs}", f"data.cache_dir={cache}"):
+        cmd += ["--set", item]
+    return cmd + ([f"--{mode}"] if mode else [])
+
+
+def run_kill_resume(trial, rng, kills, epochs, cache, timeout_s, state):
+    """One kill-and-resume trial; returns a list of (class, case, outcome, message).
+
+    The training is started, killed with SIGKILL after a random delay (up to
+    the longest uninterrupted attempt seen so far, ``state["longest_s"]``) up to
+    ``kills`` times, restarted with ``--resume`` (or ``--overwrite`` when no
+    config.yaml was written yet), and finally left to finish.
+
+    Args:
+        trial: trial number, for the report.
+        rng: ``random.Random`` drawing the kill delays.
+        kills: SIGKILLs per trial.
+        epochs: epochs of the training.
+        cache: shared data cache folder (the validation set is built once).
+        timeout_s: wall-clock limit of the trial, seconds.
+        state: dict kept between trials (``longest_s``).
+    """
+    case = f"trial {trial}"
+    deadline = time.monotonic() + timeout_s
+    with tempfile.TemporaryDirectory() as tmp:
+        run = pathlib.Path(tmp) / "run"
+        mode = None
+        tried = []
+        for attempt in range(kills + 1):
+            kill = attempt < kills
+            delay = rng.uniform(0.5, state.get("longest_s", 45.0)) if kill else None
+            start = time.monotonic()
+            proc = subprocess.Popen(_train_command(run, cache, epochs, mode), cwd=tmp, env=_env(),
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            try:
+                _, err = proc.communicate(timeout=delay if kill else max(deadline - start, 1.0))
+                killed = False
+            except subprocess.TimeoutExpired:
+                if not kill:
+                    proc.kill()
+                    proc.communicate()
+                    return [("kill_and_resume", case, "timeout",
+                             f"the last attempt ran past the {timeout_s:.0f} s limit")]
+                proc.send_signal(signal.SIGKILL)
+                _, err = proc.communicate()
+                killed = True
+            took = time.monotonic() - start
+            if killed:
+                tried.append(f"SIGKILL at {took:.1f} s ({_run_state(run)})")
+            else:
+                state["longest_s"] = max(state.get("longest_s", 0.0), took)
+                tried.append(f"exit {proc.returncode} after {took:.1f} s")
+                if proc.returncode != 0:
+                    last = (err or "").strip().splitlines()[-1:] or ["(no message)"]
+                    print(f"  kill_and_resume {case}: {'; '.join(tried)}", flush=True)
+                    return [("kill_and_resume", case, "failure",
+                             f"attempt {attempt} ({mode or 'fresh'}) exited "
+                             f"{proc.returncode}: {last[0][:200]}")]
+                break
+            if (run / "model.keras").is_file() and not (run / "backup").exists():
+                tried.append("it had finished")  # killed after its last write
+                break
+            mode = "resume" if (run / "config.yaml").is_file() else (
+                "overwrite" if run.exists() else None)
+        print(f"  kill_and_resume {case}: {'; '.join(tried)}", flush=True)
+        problems = check_finished_run(run, epochs)
+        if problems:
+            return [("kill_and_resume", case, "failure", "; ".join(problems))]
+        return [("kill_and_resume", case, "passed", "")]
 
 
 def summarise(all_results, examples):
@@ -111,22 +267,49 @@ def main(argv=None):
     parser.add_argument("--examples", type=int, default=200,
                         help="hypothesis examples per fuzzing test per round (default: 200)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the first round")
+    parser.add_argument("--sweep-draws", type=int, default=10**6,
+                        help="draws of the lensing finite sweep (default: 10^6)")
+    parser.add_argument("--kills", type=int, default=3,
+                        help="SIGKILLs per kill-and-resume trial (default: 3)")
+    parser.add_argument("--epochs", type=int, default=3,
+                        help="epochs of the kill-and-resume training (default: 3)")
+    parser.add_argument("--only", choices=("fuzz", "kill"), default=None,
+                        help="run only one kind of round")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="keep running after a failed round (default: stop there)")
     args = parser.parse_args(argv)
-    if args.minutes <= 0 or args.examples < 1:
-        parser.error("--minutes must be > 0 and --examples >= 1")
+    if args.minutes <= 0 or args.examples < 1 or args.sweep_draws < 1 or args.kills < 0 \
+            or args.epochs < 1:
+        parser.error("--minutes must be > 0, --examples, --sweep-draws and --epochs >= 1, "
+                     "--kills >= 0")
+    kinds = [args.only] if args.only else ["fuzz", "kill"]
     deadline = time.monotonic() + 60.0 * args.minutes
+    rng = random.Random(args.seed)
+    state = {}
     all_results = []
     round_no = 0
-    while time.monotonic() < deadline:
-        seed = args.seed + round_no
-        left = max(deadline - time.monotonic(), 30.0)
-        start = time.monotonic()
-        results = run_round(args.examples, seed, left + 60.0)
-        bad = sum(r[2] in ("failure", "error", "timeout") for r in results)
-        print(f"round {round_no} (seed {seed}): {len(results)} cases, {bad} failed, "
-              f"{time.monotonic() - start:.0f} s", flush=True)
-        all_results.extend(results)
-        round_no += 1
+    cache = tempfile.mkdtemp(prefix="ensai-stress-cache-")
+    try:
+        while time.monotonic() < deadline:
+            kind = kinds[round_no % len(kinds)]
+            seed = args.seed + round_no
+            left = max(deadline - time.monotonic(), 30.0)
+            start = time.monotonic()
+            if kind == "fuzz":
+                results = run_round(args.examples, seed, left + 60.0, args.sweep_draws)
+            else:
+                results = run_kill_resume(round_no, rng, args.kills, args.epochs, cache,
+                                          left + 300.0, state)
+            bad = sum(r[2] in ("failure", "error", "timeout") for r in results)
+            print(f"round {round_no} ({kind}, seed {seed}): {len(results)} cases, {bad} failed, "
+                  f"{time.monotonic() - start:.0f} s", flush=True)
+            all_results.extend(results)
+            round_no += 1
+            if bad and not args.keep_going:
+                print("stopping at the first failed round (pass --keep-going to continue)")
+                break
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
     return 1 if summarise(all_results, args.examples) else 0
 
 

@@ -142,3 +142,29 @@ def test_curves_enclose_pi_theta_e_squared(fake_simulator, cfg, tmp_path):
     out = writer.write_observed_dataset(tmp_path / "c", 2, config=cfg, curves=True,
                                         progress=False)
     assert (out / "contact_sheet.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_ctrl_c_during_ensai_simulate_keeps_the_old_folder(fake_simulator, tmp_path, monkeypatch,
+                                                         capsys):
+    """KeyboardInterrupt after the first batch: exit 130, old contents intact, no temp folder."""
+    from ensai_tf import cli
+
+    out = tmp_path / "lenses"
+    out.mkdir()
+    (out / "notes.txt").write_text("old run")
+    real_rows = writer._csv_rows
+    calls = []
+
+    def interrupt_second_batch(batch):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_rows(batch)
+
+    monkeypatch.setattr(writer, "_csv_rows", interrupt_second_batch)
+    code = cli.main(["simulate", "--out", str(out), "-n", "6", "--overwrite", "--quiet",
+                     "--preset", "smoke", "--set", "data.sim_batch_size=2"])
+    assert code == 130 and "interrupted" in capsys.readouterr().err
+    assert len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lenses"]
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
