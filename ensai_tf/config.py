@@ -238,6 +238,9 @@ class TrainConfig:
     mixed_precision: bool = _value(False, doc="mixed_bfloat16 (output layer stays float32)")
     seed: int = _value(0, lo=0, doc="Keras seed for weight initialisation")
     image_summaries: int = _value(4, lo=0, doc="validation images shown in TensorBoard per epoch")
+    init_weights: str = _value("", doc="a .keras file of the same architecture whose weights "
+                                       "start the run (fine-tuning, as the code's RESTORE = True, "
+                                       "spec §7.2 [C]); '' = fresh initialisation")
     time_budget_minutes: float = _value(0.0, lo=0.0, doc="stop at the end of the first epoch "
                                                         "past this wall-clock time, then export "
                                                         "as usual; 0 = no limit")

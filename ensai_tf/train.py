@@ -616,6 +616,8 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
                                 **_model_kwargs(cfg))
             model = _float32_outputs(model)
             compile_model(model, t.learning_rate, t.clipnorm)
+            if t.init_weights and not resume:
+                _load_init_weights(model, t.init_weights)
         start_epoch = completed_epochs(model_dir / "backup") if resume else 0
         if resume:
             _trim_log(model_dir / "log.csv", start_epoch)
@@ -637,6 +639,24 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
         save_keras_atomic(model, model_dir / "model.keras")
         _remove_backup(model_dir / "backup")
     return model
+
+
+def _load_init_weights(model, path):
+    """Start from the weights of a trained ``.keras`` file of the same architecture."""
+    source = pathlib.Path(path).expanduser()
+    if not source.is_file() or source.suffix != ".keras":
+        raise ModelDirError(f"train.init_weights {str(source)!r} is not a .keras file")
+    import keras
+
+    from ensai_tf import predict
+
+    predict._register_custom_objects()
+    try:
+        trained = keras.saving.load_model(str(source), compile=False)
+        model.set_weights(trained.get_weights())
+    except (OSError, ValueError, TypeError, KeyError) as err:
+        raise ModelDirError(f"train.init_weights {str(source)!r} does not fit the "
+                            f"{model.name} network being trained: {err}") from None
 
 
 def _model_kwargs(cfg):

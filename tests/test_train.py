@@ -225,6 +225,29 @@ def test_time_budget_stops_at_the_first_epoch_end_and_still_exports(tmp_path, ti
     assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
 
 
+def test_init_weights_starts_from_a_trained_file(tmp_path, tiny):
+    """train.init_weights: the second run's first forward pass uses the first run's weights."""
+    import keras
+
+    cfg = _cfg(tmp_path / "cache")
+    train.train(cfg, tmp_path / "a", verbose=0)
+    trained = keras.saving.load_model(tmp_path / "a" / "model.keras", compile=False)
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["weights"] = [np.array(w) for w in self.model.get_weights()]
+
+    warm = config.apply_overrides(cfg, [f"train.init_weights={tmp_path / 'a' / 'model.keras'}",
+                                        "train.seed=5"])
+    train.train(warm, tmp_path / "b", verbose=0, callbacks=[Capture()])
+    for x, y in zip(trained.get_weights(), seen["weights"]):
+        np.testing.assert_array_equal(x, y)
+    bad = config.apply_overrides(cfg, [f"train.init_weights={tmp_path / 'missing.keras'}"])
+    with pytest.raises(ModelDirError, match="init_weights"):
+        train.train(bad, tmp_path / "c", verbose=0)
+
+
 def test_cpu_preset_is_mixed_precision_and_validates():
     cfg = config.get_preset("cpu")
     assert cfg.train.mixed_precision and cfg.simulate.oversample == 1

@@ -8,7 +8,7 @@ For each network folder of ``RUNS`` (``alexnet``, ``ensai_net``, ``overfeat``,
 ``inception_v4``) it copies ``model.keras`` (the best-validation weights, for
 inference and as combiner backbones), ``config.yaml``, ``log.csv`` and the
 test-set ``metrics.json``/``table1.md``/``figure1.png`` written by
-``ensai evaluate``; for ``combined`` it copies ``saved_model/`` (inference),
+``ensai evaluate``; for ``combined`` it copies ``model.keras`` (inference),
 ``combiner.json`` and the same reports. It then evaluates every shipped model
 on the first ``--check-n`` test lenses and stores those metrics as
 ``metrics.json["check"]``, which ``tests/test_trained_weights.py`` reproduces.
@@ -27,8 +27,12 @@ DEST = ROOT / "trained_weights"
 NETWORKS = ("alexnet", "ensai_net", "overfeat", "inception_v4")
 SINGLE_FILES = ("model.keras", "config.yaml", "log.csv")
 COMBINED_FILES = ("config.yaml", "log.csv", "combiner.json")
+# The combined model ships as model.keras: its SavedModel export holds every
+# backbone variable twice (98.7 MB for 12.3 M parameters) and would break the
+# 50 MB per-file limit; `ensai_tf.export.export_saved_model(keras.saving.load_model(...))`
+# makes a SavedModel from it on the user's machine.
 REPORTS = ("metrics.json", "table1.md", "figure1.png")
-MAX_FILE_MB = 50.0
+MAX_FILE_MB = 50.0  # decimal megabytes, as the project's limit
 MAX_TOTAL_MB = 150.0
 
 
@@ -39,13 +43,51 @@ def _copy(src, dst):
         shutil.copy2(src, dst)
 
 
+def _deflate(path):
+    """Re-write a ``.keras`` archive with deflate compression (Keras stores it uncompressed).
+
+    Float weights shrink by about 10%, which keeps the combined model under
+    the 50 MB per-file limit; Keras reads either form.
+    """
+    import zipfile
+
+    tmp = path.with_name(path.name + ".tmp")
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(
+            tmp, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info in src.infolist():
+            dst.writestr(info.filename, src.read(info.filename))
+    tmp.replace(path)
+
+
+def _strip(run, out):
+    """Ship the weights without optimiser state (a third of the size of a training file).
+
+    The trained ``model.keras`` is loaded without compiling and saved again;
+    the copy must predict exactly what the trained file predicts.
+    """
+    import keras
+    import numpy as np
+
+    from ensai_tf import predict
+
+    predict._register_custom_objects()
+    model = keras.saving.load_model(run / "model.keras", compile=False)
+    model.save(out / "model.keras")
+    _deflate(out / "model.keras")
+    images = np.random.default_rng(0).uniform(0, 1, (4, 192, 192, 1)).astype(np.float32)
+    fn, _ = predict.load_predictor(out)
+    reference, _ = predict.load_predictor(run / "model.keras")
+    if not np.array_equal(fn(images), reference(images)):
+        sys.exit(f"{out}: the shipped weights do not reproduce {run}'s predictions")
+
+
 def ship(runs, check_n):
     from ensai_tf import config as config_lib
     from ensai_tf import evaluate
 
     for name in NETWORKS + ("combined",):
         run = runs / name
-        files = SINGLE_FILES if name in NETWORKS else COMBINED_FILES + ("saved_model",)
+        files = SINGLE_FILES if name in NETWORKS else COMBINED_FILES + ("model.keras",)
         missing = [f for f in files if not (run / f).exists()] + \
                   [f for f in REPORTS if not (run / "eval" / f).exists()]
         if missing:
@@ -55,7 +97,9 @@ def ship(runs, check_n):
             shutil.rmtree(out)
         out.mkdir(parents=True)
         for f in files:
-            _copy(run / f, out / f)
+            if f not in ("model.keras", "saved_model"):
+                _copy(run / f, out / f)
+        _strip(run, out)
         for f in REPORTS:
             _copy(run / "eval" / f, out / f)
         cfg = config_lib.get_preset("paper")
@@ -66,7 +110,8 @@ def ship(runs, check_n):
         metrics["check"] = {"n": check_n, "metrics": check["metrics"]}
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
 
-    sizes = {p: p.stat().st_size / 2**20 for p in DEST.rglob("*") if p.is_file()}
+    print_table()
+    sizes = {p: p.stat().st_size / 1e6 for p in DEST.rglob("*") if p.is_file()}
     too_big = [f"{p} ({mb:.1f} MB)" for p, mb in sizes.items() if mb > MAX_FILE_MB]
     total = sum(sizes.values())
     for name in NETWORKS + ("combined",):
@@ -76,6 +121,44 @@ def ship(runs, check_n):
     if too_big or total > MAX_TOTAL_MB:
         sys.exit(f"size limits exceeded: files {too_big}, total {total:.1f} MB "
                  f"(limits {MAX_FILE_MB} MB per file, {MAX_TOTAL_MB} MB in all)")
+
+
+def print_table():
+    """Print the Markdown table of shipped 68% errors beside the paper's Table 1."""
+    import csv
+
+    from ensai_tf.conventions import PARAM_NAMES
+    from ensai_tf.evaluate import PAPER_TABLE1
+
+    paper = dict(zip(NETWORKS + ("combined",), (
+        PAPER_TABLE1["Network 2 (AlexNet)"], PAPER_TABLE1["Network 4 (own design)"],
+        PAPER_TABLE1["Network 3 (Overfeat)"], PAPER_TABLE1["Network 1 (Inception-v4)"],
+        PAPER_TABLE1["Combined"])))
+    print("| network | params (M) | images seen | " + " | ".join(PARAM_NAMES)
+          + " | paper | ratio to paper |")
+    print("|---" * 6 + "|---|")
+    for name in NETWORKS + ("combined",):
+        m = json.loads((DEST / name / "metrics.json").read_text())["metrics"]
+        ours = [m[p]["error68"] for p in PARAM_NAMES]
+        seen = "-"
+        log = DEST / name / "log.csv"
+        if name in NETWORKS and log.is_file():
+            import yaml
+
+            cfg = yaml.safe_load((DEST / name / "config.yaml").read_text())["train"]
+            epochs = len(list(csv.DictReader(log.open())))
+            seen = f"{epochs * cfg['steps_per_epoch'] * cfg['batch_size'] / 1e3:.0f}k"
+        params = "-"
+        if (DEST / name / "model.keras").is_file():
+            import keras
+
+            from ensai_tf import predict
+
+            predict._register_custom_objects()
+            params = f"{keras.saving.load_model(DEST / name / 'model.keras', compile=False).count_params() / 1e6:.2f}"
+        ratio = " / ".join(f"{o / q:.1f}" for o, q in zip(ours, paper[name]))
+        print(f"| {name} | {params} | {seen} | " + " | ".join(f"{v:.3f}" for v in ours)
+              + " | " + " / ".join(f"{v:.2f}" for v in paper[name]) + f" | {ratio} |")
 
 
 def main():
