@@ -45,6 +45,7 @@ from ensai_tf.errors import InputError, ModelDirError
 __all__ = [
     "PreparedImage",
     "load_predictor",
+    "resolve_pixel_scales",
     "read_image_file",
     "resample_flux_conserving",
     "fit_to_grid",
@@ -302,6 +303,30 @@ def _hdu_index(path, hdul, hdu):
     return idx
 
 
+def resolve_pixel_scales(path, scales, pixel_scale=None):
+    """The pixel scales of one image: the user's ``pixel_scale`` if given, else the file's.
+
+    Args:
+        path: the file, for messages.
+        scales: ``(sx, sy)`` arcsec per pixel read from the file (its WCS), or None.
+        pixel_scale: the user's override, arcsec per pixel, or None.
+
+    Returns:
+        ``(sx, sy)``, arcsec per pixel.
+
+    Raises:
+        InputError: a non-positive or non-finite override, or no scale at all.
+    """
+    if pixel_scale is not None:
+        if not (np.isfinite(pixel_scale) and pixel_scale > 0):
+            raise InputError(f"pixel scale {pixel_scale!r} must be a positive number of arcsec")
+        return (float(pixel_scale),) * 2
+    if scales is None:
+        raise InputError(f"{path}: the pixel scale is unknown (no celestial WCS in the header); "
+                         "give it with --pixel-scale ARCSEC (pixel_scale=...)")
+    return tuple(scales)
+
+
 def read_image_file(path, pixel_scale=None):
     """Read the images of one .npy or FITS file.
 
@@ -344,13 +369,7 @@ def read_image_file(path, pixel_scale=None):
             data = data[0]
     else:
         raise InputError(f"{path}: unknown file type; give .npy or FITS (.fits, .fit, .fts)")
-    if pixel_scale is not None:
-        if not (np.isfinite(pixel_scale) and pixel_scale > 0):
-            raise InputError(f"pixel scale {pixel_scale!r} must be a positive number of arcsec")
-        scales = (float(pixel_scale),) * 2
-    if scales is None:
-        raise InputError(f"{path}: the pixel scale is unknown (no celestial WCS in the header); "
-                         "give it with --pixel-scale ARCSEC (pixel_scale=...)")
+    scales = resolve_pixel_scales(path, scales, pixel_scale)
     images = _as_stack(path, data)
     bad = ~np.isfinite(images)
     if bad.any():

@@ -191,14 +191,8 @@ def read_band(path, hdu=None, pixel_scale=None):
     if bad.any():
         raise InputError(f"{path}: {int(bad.sum())} pixels are NaN or Inf; set bad pixels to "
                          "exactly 0 (masked) or give them as masks")
-    if pixel_scale is not None:
-        if not (np.isfinite(pixel_scale) and pixel_scale > 0):
-            raise InputError(f"pixel scale {pixel_scale!r} must be a positive number of arcsec")
-        scales = (float(pixel_scale),) * 2
-    if scales is None:
-        raise InputError(f"{path}: the pixel scale is unknown (no celestial WCS in the header); "
-                         "give it with --pixel-scale ARCSEC")
-    return Band(path=path, data=data, wcs=wcs, scales=tuple(scales))
+    scales = predict_lib.resolve_pixel_scales(path, scales, pixel_scale)
+    return Band(path=path, data=data, wcs=wcs, scales=scales)
 
 
 # ---------------------------------------------------------------- sky geometry
