@@ -158,6 +158,13 @@ def _tmp_name(final, suffix=""):
     return final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{final.name}{suffix}")
 
 
+def _write_text_atomic(path, text):
+    """Write ``text`` under a temporary name beside ``path``, then rename it into place."""
+    tmp = _tmp_name(path)
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def save_keras_atomic(model, path):
     """``model.save(path)`` under a temporary name in the same folder, then renamed.
 
@@ -242,9 +249,7 @@ def _trim_log(log_path, epochs):
         if first.isdigit() and int(first) < epochs:
             kept.append(line)
     if len(kept) != len(lines):
-        tmp = _tmp_name(log_path)
-        tmp.write_text("".join(kept))
-        os.replace(tmp, log_path)
+        _write_text_atomic(log_path, "".join(kept))
 
 
 def completed_epochs(backup_dir):
@@ -292,9 +297,7 @@ def _callback_classes():
             super()._save_model()
             state = {name: {k: float(getattr(cb, k)) for k in keys if hasattr(cb, k)}
                      for name, (cb, keys) in self._stateful.items()}
-            tmp = _tmp_name(self._state_path())
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self._state_path())
+            _write_text_atomic(self._state_path(), json.dumps(state))
 
         def _load_model(self):
             super()._load_model()
@@ -350,8 +353,9 @@ def _callback_classes():
             kept = []
             if best.is_file():
                 kept.append(f"the best checkpoint {str(best)!r}")
-            if completed_epochs(backup):
-                kept.append(f"the backup of epoch {completed_epochs(backup)}")
+            backed_up = completed_epochs(backup)
+            if backed_up:
+                kept.append(f"the backup of epoch {backed_up}")
             kept = " and ".join(kept) if kept else "no checkpoint (none was saved yet)"
             raise NonFiniteLossError(
                 f"model folder {str(self._model_dir)!r}: the {what} became {value} {where}; "
@@ -750,9 +754,7 @@ def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, ver
             raise NonFiniteLossError(f"model folder {str(model_dir)!r}: the combiner's validation "
                                      f"{name} is {value}; nothing was exported. Lower "
                                      "train.combine_learning_rate and retry with --overwrite")
-    tmp = _tmp_name(model_dir / "combiner.json")
-    tmp.write_text(json.dumps(summary, indent=1) + "\n")
-    os.replace(tmp, model_dir / "combiner.json")
+    _write_text_atomic(model_dir / "combiner.json", json.dumps(summary, indent=1) + "\n")
     export_saved_model_atomic(model, model_dir / "saved_model")
     save_keras_atomic(model, model_dir / "model.keras")
     return model, summary
