@@ -58,13 +58,21 @@ def _cmd_combine(args):
 
 def _cmd_evaluate(args):
     from ensai_tf import evaluate
+    from ensai_tf.errors import InputError
 
+    if len(args.model) > 1:
+        if args.experiment != "shear" or not args.out:
+            raise InputError("several models are compared only with --experiment shear and an "
+                             "--out folder (ensai evaluate A B --experiment shear --out DIR)")
+        evaluate.compare_shear(args.model, args.out, n=args.n, config=_resolve_config(args))
+        return
+    model = args.model[0]
     if args.experiment == "ica":
         from ensai_tf import twoband
 
-        twoband.evaluate_ica(args.model, n=args.n, out_dir=args.out, config=_resolve_config(args))
+        twoband.evaluate_ica(model, n=args.n, out_dir=args.out, config=_resolve_config(args))
         return
-    evaluate.evaluate(args.model, n=args.n, experiment=args.experiment, out_dir=args.out,
+    evaluate.evaluate(model, n=args.n, experiment=args.experiment, out_dir=args.out,
                       config=_resolve_config(args))
 
 
@@ -137,7 +145,9 @@ def build_parser():
     p.set_defaults(func=_cmd_combine)
 
     p = sub.add_parser("evaluate", help="Table 1 and Figure 1 on the fixed test set")
-    p.add_argument("model", help="model folder, SavedModel folder or .keras file")
+    p.add_argument("model", nargs="+",
+                   help="model folder, SavedModel folder or .keras file; several with "
+                        "--experiment shear --out DIR compare them in bins of shear")
     p.add_argument("--n", type=int, default=None, help="test lenses (default: config)")
     p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light", "ica"),
                    help="robustness experiment (spec §8.5), or ica: arc recovery and error "

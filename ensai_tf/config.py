@@ -43,6 +43,7 @@ __all__ = [
     "apply_overrides",
     "validate_config",
     "valid_keys",
+    "target_count",
 ]
 
 
@@ -220,6 +221,12 @@ class ModelConfig:
     width: float = _value(1.0, lo=0.0, lo_open=True, hi=1.0,
                           doc="multiplier of every hidden layer's filters and units; 1 = the "
                               "paper's network (§6.5), below 1 a narrower one (cpu preset)")
+    head: str = _value("point", choices=("point", "diagonal", "full"),
+                       doc="output head: 'point' estimates with the parity-min MSE (§7.1), or "
+                           "a Gaussian mean and 'diagonal' or 'full' covariance trained with "
+                           "the parity-aware Gaussian NLL (issue 9)")
+    shear_outputs: bool = _value(False, doc="also predict the external shear (gamma_1, "
+                                            "gamma_2); needs lens.shear (issue 9)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -520,6 +527,9 @@ def validate_config(cfg):
     if cfg.train.min_learning_rate > cfg.train.learning_rate:
         raise ConfigError(f"train.min_learning_rate: {cfg.train.min_learning_rate!r} exceeds "
                           f"train.learning_rate {cfg.train.learning_rate!r}")
+    if cfg.model.shear_outputs and not cfg.lens.shear:
+        raise ConfigError("model.shear_outputs: true needs lens.shear: true (a network cannot "
+                          "learn the shear from lenses simulated without it)")
     if cfg.observe.psf == "file" and not cfg.observe.psf_file:
         raise ConfigError("observe.psf_file: '' is not allowed when observe.psf = 'file'; "
                           "give a .fits or .npy PSF image")
@@ -576,3 +586,7 @@ def save_config(cfg, path):
     os.replace(tmp, path)
     return path
 
+
+def target_count(cfg):
+    """Number of regression targets a config trains: 5, or 7 with ``model.shear_outputs``."""
+    return conventions.TARGET_COUNTS[1] if cfg.model.shear_outputs else conventions.NUM_PARAMS

@@ -30,6 +30,10 @@ __all__ = [
     "NUM_PARAMS",
     "Param",
     "ELLIPTICITY_INDICES",
+    "SHEAR_NAMES",
+    "SHEAR_UNITS",
+    "TARGET_COUNTS",
+    "target_names",
     "pixel_coordinates",
     "pixel_grid",
     "ellipticity_from_q_phi",
@@ -75,6 +79,36 @@ class Param(enum.IntEnum):
 
 ELLIPTICITY_INDICES = (int(Param.E_X), int(Param.E_Y))
 """Indices whose sign flips together under parity (spec §2.3)."""
+
+SHEAR_NAMES = ("gamma_1", "gamma_2")
+"""Optional external-shear targets (issue 9), appended after ``PARAM_NAMES``:
+``gamma (cos 2 phi_g, sin 2 phi_g)``, dimensionless (spec §2.2 [R]). Their sign
+is physical: parity leaves them alone."""
+
+SHEAR_UNITS = ("", "")
+"""Unit of each shear target (dimensionless)."""
+
+TARGET_COUNTS = (NUM_PARAMS, NUM_PARAMS + len(SHEAR_NAMES))
+"""Accepted lengths of a target vector: the 5 lens parameters, or those plus shear."""
+
+
+def target_names(n=NUM_PARAMS):
+    """Names of an ``n``-long target vector.
+
+    Args:
+        n: 5 (``PARAM_NAMES``) or 7 (``PARAM_NAMES + SHEAR_NAMES``).
+
+    Returns:
+        tuple of names, in target order.
+
+    Raises:
+        ValueError: ``n`` is not one of ``TARGET_COUNTS``.
+    """
+    if int(n) not in TARGET_COUNTS:
+        raise ValueError(f"a target vector has {TARGET_COUNTS[0]} parameters "
+                         f"{PARAM_NAMES} or {TARGET_COUNTS[1]} with the shear "
+                         f"{SHEAR_NAMES}, got {n}")
+    return PARAM_NAMES + (SHEAR_NAMES if int(n) > NUM_PARAMS else ())
 
 
 def pixel_coordinates(npix=NPIX, pixel_scale=PIXEL_SCALE, oversample=1):

@@ -16,6 +16,15 @@ Experiments (spec §8.5, §4): ``shear`` (test lenses with external shear;
 rms errors in bins of gamma, to compare with the paper's ellipticity rms of
 0.11 for gamma < 0.01 and 0.23 for gamma > 0.15), ``psf`` (a non-Gaussian
 Airy-plus-halo PSF) and ``lens-light`` (Sersic lens light in the images).
+:func:`compare_shear` puts several networks (trained with and without shear)
+side by side in bins of gamma.
+
+Networks with a Gaussian head (issue 9) are scored on their means, and the
+report adds, per parameter, the fraction of test lenses whose truth falls in
+the predicted 68% and 95% intervals, raw and after the post-hoc calibration
+that training fitted on the validation set (``calibration.json``), with a
+calibration plot ``calibration.png``. Networks with shear outputs add the
+errors of ``gamma_1`` and ``gamma_2`` when the test lenses have shear.
 """
 
 import dataclasses
@@ -44,7 +53,10 @@ __all__ = [
     "plot_residuals",
     "write_report",
     "collect_test_set",
+    "coverage_report",
+    "plot_calibration",
     "evaluate",
+    "compare_shear",
 ]
 
 EXPERIMENTS = ("shear", "psf", "lens-light")
@@ -118,14 +130,16 @@ def shear_bins(pred, true, gamma, edges=SHEAR_BIN_EDGES):
     """Parity-corrected rms errors in bins of the external shear (spec §8.5).
 
     Args:
-        pred, true: ``(N, 5)`` arrays.
+        pred, true: ``(N, 5)`` arrays, or ``(N, 7)`` with the shear
+            ``(gamma_1, gamma_2)`` appended (a network with shear outputs).
         gamma: ``(N,)`` shear magnitudes, dimensionless.
         edges: bin edges of gamma; the last bin includes its upper edge.
 
     Returns:
         List of ``{"gamma_lo", "gamma_hi", "n", "rms": {name: value},
         "rms_ellipticity"}``; ``rms_ellipticity`` is the rms over both
-        ellipticity components. Empty bins have ``n = 0`` and NaN values.
+        ellipticity components; ``rms`` also holds ``gamma_1``/``gamma_2``
+        for 7-column inputs. Empty bins have ``n = 0`` and NaN values.
     """
     from ensai_tf import losses
 
@@ -139,10 +153,11 @@ def shear_bins(pred, true, gamma, edges=SHEAR_BIN_EDGES):
         last = i == len(edges) - 2
         sel = (gamma >= lo) & ((gamma <= hi) if last else (gamma < hi))
         n = int(sel.sum())
-        rms = np.sqrt(sq[sel].mean(axis=0)) if n else np.full(conventions.NUM_PARAMS, np.nan)
+        rms = np.sqrt(sq[sel].mean(axis=0)) if n else np.full(sq.shape[1], np.nan)
         e = list(conventions.ELLIPTICITY_INDICES)
+        names = conventions.target_names(sq.shape[1])
         rows.append({"gamma_lo": float(lo), "gamma_hi": float(hi), "n": n,
-                     "rms": {name: float(v) for name, v in zip(conventions.PARAM_NAMES, rms)},
+                     "rms": {name: float(v) for name, v in zip(names, rms)},
                      "rms_ellipticity": float(np.sqrt(sq[sel][:, e].mean())) if n else float("nan")})
     return rows
 
@@ -180,6 +195,27 @@ def table1_markdown(result, label="this model", paper_rows=None):
         lines.append("")
         lines.append("paper (rms ellipticity): " + ", ".join(
             f"{k}: {v:.2f}" for k, v in PAPER_SHEAR_RMS.items()))
+    if result.get("shear_metrics"):
+        sm = result["shear_metrics"]
+        lines += ["", "## External shear outputs (issue 9)", "",
+                  "| metric | " + " | ".join(conventions.SHEAR_NAMES) + " |", "|---|---|---|"]
+        for key, title in (("error68", "68% error"), ("rms", "rms")):
+            lines.append(f"| {title} | " + " | ".join(_fmt(sm[k][key])
+                                                     for k in conventions.SHEAR_NAMES) + " |")
+    if result.get("coverage"):
+        cov = result["coverage"]
+        shown = list(next(iter(cov["raw"].values())))
+        lines += ["", "## Interval coverage (issue 9)", "",
+                  "Fraction of test lenses whose truth lies in the predicted central interval; "
+                  "calibrated = quantile recalibration fitted on the validation set.", "",
+                  "| intervals | nominal | " + " | ".join(shown) + " |",
+                  "|---|---|" + "---|" * len(shown)]
+        for kind in ("raw", "calibrated"):
+            if cov.get(kind) is None:
+                continue
+            for level, row in cov[kind].items():
+                lines.append(f"| {kind} | {float(level):.0%} | "
+                             + " | ".join(f"{row[k]:.1%}" for k in shown) + " |")
     if result.get("time_per_lens_s") is not None:
         lines += ["", f"Time per lens: {1e3 * result['time_per_lens_s']:.2f} ms "
                       f"(batch {result.get('batch_size')}, this machine)."]
@@ -327,6 +363,81 @@ def _shear_gamma(extras):
                         f"{', '.join(sorted(extras))}")
 
 
+COVERAGE_LEVELS = (0.68, 0.95)
+"""Nominal levels of the reported interval coverage (issue 9)."""
+
+
+def coverage_report(true, mean, std, calibration=None, levels=COVERAGE_LEVELS):
+    """Interval coverage per parameter, raw and calibrated (issue 9).
+
+    Args:
+        true: ``(N, n)`` truths (n = 5, or 7 with the shear).
+        mean, std: ``(N, n)`` predicted Gaussian means and standard
+            deviations, parameter units.
+        calibration: the dict of :func:`ensai_tf.uncertainty.fit_interval_calibration`
+            (``calibration.json``), or None.
+        levels: nominal levels.
+
+    Returns:
+        ``{"raw": {level: {name: fraction}}, "calibrated": {...} or None,
+        "levels": [...]}`` with string level keys (``"0.68"``).
+    """
+    from ensai_tf import uncertainty
+
+    names = conventions.target_names(np.shape(true)[1])
+
+    def table(cal):
+        cov = uncertainty.coverage(true, mean, std, levels=levels, calibration=cal)
+        return {str(level): {k: float(v) for k, v in zip(names, cov[level])} for level in levels}
+
+    return {"levels": list(levels), "raw": table(None),
+            "calibrated": table(calibration) if calibration is not None else None}
+
+
+def plot_calibration(true, mean, std, path, calibration=None):
+    """Calibration plot: observed against nominal interval coverage per parameter.
+
+    A perfectly calibrated network lies on the diagonal; below it the
+    intervals are too narrow (overconfident). Dashed lines use the raw
+    Gaussian intervals, solid lines the validation-fitted calibration.
+    """
+    from ensai_tf import uncertainty
+
+    levels = np.linspace(0.02, 0.98, 49)
+    names = conventions.target_names(np.shape(true)[1])
+    raw = uncertainty.coverage(true, mean, std, levels=levels)
+    cal, cal_levels = None, levels
+    if calibration is not None:
+        lo, hi = min(calibration["levels"]), max(calibration["levels"])
+        cal_levels = levels[(levels >= lo) & (levels <= hi)]
+        cal = uncertainty.coverage(true, mean, std, levels=cal_levels, calibration=calibration)
+    fig = Figure(figsize=(5.5, 5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    ax.plot([0, 1], [0, 1], "k:", lw=1)
+    for k, name in enumerate(names):
+        colour = f"C{k}"
+        ax.plot(levels, [raw[lv][k] for lv in levels], "--", color=colour, lw=1,
+                label=f"{name} raw" if cal is None else None)
+        if cal is not None:
+            ax.plot(cal_levels, [cal[lv][k] for lv in cal_levels], "-", color=colour, lw=1.5,
+                    label=f"{name}")
+    ax.set_xlabel("nominal coverage of the central interval")
+    ax.set_ylabel("fraction of test lenses inside")
+    ax.set_title("calibration (dashed: raw, solid: calibrated)" if cal is not None
+                 else "calibration (raw Gaussian intervals)", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def _shear_truth(extras):
+    if all(k in extras for k in conventions.SHEAR_NAMES):
+        return np.stack([np.asarray(extras[k], np.float64) for k in conventions.SHEAR_NAMES], -1)
+    return None
+
+
 def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
     """Evaluate a trained model on the fixed test set and write Table 1 and Figure 1.
 
@@ -341,13 +452,15 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
             used, so every model is scored on the same lenses).
 
     Returns:
-        The result dict written to ``metrics.json``.
+        The result dict written to ``metrics.json``; for a Gaussian head it
+        has ``"coverage"`` (:func:`coverage_report`), for shear outputs on
+        lenses with shear ``"shear_metrics"``.
 
     Raises:
         ModelDirError: missing or corrupt model.
         ConfigError: bad ``n`` or experiment.
     """
-    from ensai_tf import predict
+    from ensai_tf import predict, uncertainty
 
     cfg = config if config is not None else config_lib.get_preset("paper")
     cfg = experiment_config(cfg, experiment)
@@ -357,25 +470,106 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
     if n > cfg.data.test_size:
         raise config_lib.ConfigError(f"--n {n} exceeds the fixed test set's size "
                                      f"data.test_size = {cfg.data.test_size}")
-    predict_fn, npix = predict.load_predictor(model)
+    predict_fn, npix = predict.load_predictor(model, raw=True)
     if npix != cfg.image.npix:
         raise ModelDirError(f"the model takes {npix}x{npix} images but the test config has "
                             f"image.npix = {cfg.image.npix}")
+    calibration = predict.load_calibration(model)
     images, true, extras = collect_test_set(cfg, n)
     predict.predict_images(predict_fn, images[:1], cfg.evaluate.batch_size)  # trace once
     start = time.perf_counter()
-    pred = predict.predict_images(predict_fn, images, cfg.evaluate.batch_size)
+    raw = predict.predict_images(predict_fn, images, cfg.evaluate.batch_size)
     elapsed = time.perf_counter() - start
-    result = {"model": str(model), "experiment": experiment, "n": n,
+    head, n_out = uncertainty.head_layout(raw.shape[1])
+    summary = uncertainty.gaussian_summary(raw) if head != "point" else None
+    outputs = raw if summary is None else summary["mean"]
+    pred = outputs[:, :conventions.NUM_PARAMS]
+    result = {"model": str(model), "experiment": experiment, "n": n, "head": head,
               "metrics": parameter_metrics(pred, true),
               "time_per_lens_s": elapsed / n, "batch_size": cfg.evaluate.batch_size}
+    shear_true = _shear_truth(extras) if n_out > conventions.NUM_PARAMS else None
+    scored_true, scored = true, conventions.NUM_PARAMS
+    if shear_true is not None:
+        from ensai_tf import metrics
+
+        scored_true, scored = np.concatenate([true, shear_true], axis=1), n_out
+        table = metrics.error_table(scored_true, outputs)
+        result["shear_metrics"] = {k: table[k] for k in conventions.SHEAR_NAMES}
     if experiment == "shear":
-        result["shear_bins"] = shear_bins(pred, true, _shear_gamma(extras))
+        result["shear_bins"] = shear_bins(outputs[:, :scored], scored_true, _shear_gamma(extras))
     label = _model_label(model)
     paper_row = _PAPER_ROW_BY_MODEL.get(label, "Combined" if label == "combined" else None)
     result["paper_row"] = paper_row
-    out = write_report(result, pred, true, out_dir or _default_out_dir(model, experiment),
-                       label=label, bins=cfg.evaluate.band_bins)
+    out_dir = pathlib.Path(out_dir or _default_out_dir(model, experiment))
+    if summary is not None:
+        mean, std = summary["mean"][:, :scored], summary["std"][:, :scored]
+        if calibration is not None and np.shape(calibration["multipliers"])[1] != scored:
+            calibration = _subset_calibration(calibration, scored)
+        result["coverage"] = coverage_report(scored_true, mean, std, calibration)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        plot_calibration(scored_true, mean, std, out_dir / "calibration.png", calibration)
+    out = write_report(result, pred, true, out_dir, label=label, bins=cfg.evaluate.band_bins)
     print((out / "table1.md").read_text())
-    print(f"ensai evaluate: wrote {out}/table1.md, metrics.json, figure1.png, residuals.png")
+    extra = ", calibration.png" if summary is not None else ""
+    print(f"ensai evaluate: wrote {out}/table1.md, metrics.json, figure1.png, residuals.png{extra}")
     return result
+
+
+def _subset_calibration(calibration, n):
+    """The first ``n`` targets' columns of a calibration (shear network, lenses without shear)."""
+    table = np.asarray(calibration["multipliers"], dtype=np.float64)
+    if table.shape[1] < n:
+        raise ModelDirError(f"calibration.json covers {table.shape[1]} targets, fewer than the "
+                            f"{n} being scored")
+    return dict(calibration, multipliers=table[:, :n].tolist())
+
+
+def compare_shear(models, out_dir, n=None, config=None):
+    """Several networks on the same lenses with external shear, side by side (issue 9).
+
+    Runs :func:`evaluate` with ``experiment="shear"`` for each model (its
+    report goes to ``out_dir/<i>-<label>/``), then writes
+    ``out_dir/shear_comparison.md``: the rms ellipticity error and the 68%
+    errors of every parameter in bins of gamma, with the paper's figures
+    (spec §8.5).
+
+    Args:
+        models: model folders, SavedModel folders or ``.keras`` files (for
+            example one trained without shear and one with).
+        out_dir: output folder.
+        n: test lenses per model (default ``config.evaluate.n``).
+        config: test-data config (default: the paper preset).
+
+    Returns:
+        list of the per-model result dicts.
+    """
+    if not models:
+        raise InputError("compare_shear needs at least one model")
+    out_dir = pathlib.Path(out_dir)
+    results = []
+    for i, model in enumerate(models):
+        sub = out_dir / f"{i + 1}-{_model_label(model)}"
+        results.append(evaluate(model, n=n, experiment="shear", out_dir=sub, config=config))
+    names = [f"{i + 1}-{_model_label(m)}" for i, m in enumerate(models)]
+    lines = ["# Networks on lenses with external shear (spec §8.5, issue 9)", "",
+             f"{results[0]['n']} test lenses with gamma ~ U(0, 0.3); rms of the parity-corrected "
+             "ellipticity error (both components) in bins of gamma.", "",
+             "| gamma | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+    for b, row in enumerate(results[0]["shear_bins"]):
+        vals = " | ".join(_fmt(r["shear_bins"][b]["rms_ellipticity"]) for r in results)
+        lines.append(f"| [{row['gamma_lo']:.2f}, {row['gamma_hi']:.2f}) | {row['n']} | {vals} |")
+    lines += ["", "paper (rms ellipticity): " + ", ".join(
+        f"{k}: {v:.2f}" for k, v in PAPER_SHEAR_RMS.items()), "",
+        "68% errors over all these lenses:", "",
+        "| network | " + " | ".join(conventions.PARAM_NAMES + conventions.SHEAR_NAMES) + " |",
+        "|---|" + "---|" * (conventions.NUM_PARAMS + 2)]
+    for name, r in zip(names, results):
+        vals = [_fmt(r["metrics"][k]["error68"]) for k in conventions.PARAM_NAMES]
+        vals += [_fmt(r.get("shear_metrics", {}).get(k, {}).get("error68")) for k in
+                 conventions.SHEAR_NAMES]
+        lines.append(f"| {name} | " + " | ".join(vals) + " |")
+    text = "\n".join(lines) + "\n"
+    (out_dir / "shear_comparison.md").write_text(text)
+    print(text)
+    print(f"ensai evaluate: wrote {out_dir}/shear_comparison.md")
+    return results

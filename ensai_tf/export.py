@@ -5,6 +5,11 @@
 and returns a dict of the five named parameters, each ``(None,)``. It loads
 with ``tf.saved_model.load`` alone, without ensai_tf. Keep ``.keras`` files
 for anything to be retrained (the combiner loads those).
+
+Networks with the shear outputs add ``gamma_1`` and ``gamma_2``; Gaussian
+heads (issue 9) add ``<name>_std`` per target, ``covariance`` ``(None, n, n)``
+and the raw head output ``outputs`` ``(None, width)``; the named values are
+then the Gaussian means.
 """
 
 import pathlib
@@ -12,7 +17,7 @@ import zipfile
 
 import numpy as np
 
-from ensai_tf.conventions import NUM_PARAMS, PARAM_NAMES
+from ensai_tf.conventions import PARAM_NAMES, target_names
 from ensai_tf.errors import ModelDirError
 
 __all__ = ["ENDPOINT", "INPUT_NAME", "export_saved_model", "InferenceModel", "load_for_inference"]
@@ -49,13 +54,29 @@ def export_saved_model(model, path, verbose=False):
     if len(in_shape) != 4 or in_shape[-1] != 1:
         raise ValueError(f"export_saved_model needs a model taking (B, H, W, 1) images, "
                          f"got input shape {in_shape}")
-    if len(out_shape) != 2 or out_shape[-1] != NUM_PARAMS:
-        raise ValueError(f"export_saved_model needs a model returning (B, {NUM_PARAMS}) "
-                         f"parameters, got output shape {out_shape}")
+    from ensai_tf import uncertainty
+
+    try:
+        if len(out_shape) != 2:
+            raise ValueError("not (B, width)")
+        head, n = uncertainty.head_layout(out_shape[-1])
+    except ValueError:
+        raise ValueError(f"export_saved_model needs a model returning (B, 5) parameters (7 with "
+                         "the shear, or a Gaussian head of width 10/20/14/35), got output shape "
+                         f"{out_shape}") from None
+    names = target_names(n)
 
     def serve(images):
-        params = tf.cast(model(images, training=False), tf.float32)
-        return {name: params[:, k] for k, name in enumerate(PARAM_NAMES)}
+        raw = tf.cast(model(images, training=False), tf.float32)
+        if head == "point":
+            return {name: raw[:, k] for k, name in enumerate(names)}
+        mean, chol = uncertainty.unpack_gaussian(raw, head)
+        cov = tf.matmul(chol, chol, transpose_b=True)
+        std = tf.sqrt(tf.linalg.diag_part(cov))
+        out = {name: mean[:, k] for k, name in enumerate(names)}
+        out.update({f"{name}_std": std[:, k] for k, name in enumerate(names)})
+        out.update(covariance=cov, outputs=raw)
+        return out
 
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -147,7 +168,8 @@ def _load_keras(path):
     model = keras.saving.load_model(str(path), compile=False)
 
     def fn(images):
-        return keras.ops.convert_to_numpy(model(images, training=False))
+        # the lens parameters (or a Gaussian head's means) come first
+        return keras.ops.convert_to_numpy(model(images, training=False))[:, :len(PARAM_NAMES)]
 
     fn.model = model
     return InferenceModel(path, fn, tuple(model.input_shape[1:]), "keras")

@@ -9,22 +9,29 @@ call it.
 import keras
 from keras import ops
 
-from ensai_tf.conventions import ELLIPTICITY_INDICES, NUM_PARAMS
+from ensai_tf.conventions import ELLIPTICITY_INDICES, NUM_PARAMS, TARGET_COUNTS
 
-__all__ = ["PARITY_SIGNS", "parity_flip", "parity_correct", "parity_mse", "ParityMSE"]
+__all__ = ["PARITY_SIGNS", "parity_signs", "parity_flip", "parity_correct", "parity_mse", "ParityMSE"]
 
 PARITY_SIGNS = tuple(-1.0 if k in ELLIPTICITY_INDICES else 1.0 for k in range(NUM_PARAMS))
-"""Multiplier that maps a parameter vector to its parity twin (e negated)."""
+"""Multiplier that maps a parameter vector to its parity twin (e negated).
+Shear targets appended after these (issue 9) keep their sign."""
+
+
+def parity_signs(n=NUM_PARAMS):
+    """``PARITY_SIGNS`` extended with +1 for the shear targets of an ``n``-long vector."""
+    return PARITY_SIGNS + (1.0,) * (int(n) - NUM_PARAMS)
 
 
 def _signs_like(x):
-    return ops.cast(ops.convert_to_tensor(PARITY_SIGNS), ops.dtype(x))
+    return ops.cast(ops.convert_to_tensor(parity_signs(x.shape[-1])), ops.dtype(x))
 
 
 def _check_last_axis(x, what):
-    if x.shape[-1] is not None and x.shape[-1] != NUM_PARAMS:
+    if x.shape[-1] is not None and x.shape[-1] not in TARGET_COUNTS:
         raise ValueError(f"{what} must have {NUM_PARAMS} parameters on its last axis "
-                         f"(theta_e, e_x, e_y, x_l, y_l), got shape {tuple(x.shape)}")
+                         f"(theta_e, e_x, e_y, x_l, y_l), or {TARGET_COUNTS[1]} with the shear "
+                         f"(gamma_1, gamma_2) appended, got shape {tuple(x.shape)}")
 
 
 def parity_flip(params):
@@ -47,7 +54,8 @@ def parity_correct(y_true, y_pred):
 
     Keeps ``y_pred`` when its mean squared error over the 5 parameters is
     <= that of the ellipticity-negated version, otherwise returns the negated
-    version. Only ``e_x`` and ``e_y`` can change.
+    version. Only ``e_x`` and ``e_y`` can change. Shear targets appended as
+    columns 6-7 (issue 9) never flip, so they do not change the choice.
 
     Args:
         y_true: ``(..., 5)`` reference parameters (truth, or the reference
@@ -62,6 +70,9 @@ def parity_correct(y_true, y_pred):
     y_true = ops.cast(ops.convert_to_tensor(y_true), ops.dtype(y_pred))
     _check_last_axis(y_true, "y_true")
     _check_last_axis(y_pred, "y_pred")
+    if y_true.shape[-1] != y_pred.shape[-1]:
+        raise ValueError(f"y_true {tuple(y_true.shape)} and y_pred {tuple(y_pred.shape)} differ "
+                         "in their number of parameters")
     flipped = y_pred * _signs_like(y_pred)
     mse_kept = ops.mean(ops.square(y_pred - y_true), axis=-1, keepdims=True)
     mse_flipped = ops.mean(ops.square(flipped - y_true), axis=-1, keepdims=True)

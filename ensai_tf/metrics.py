@@ -10,7 +10,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from ensai_tf.conventions import NUM_PARAMS, PARAM_NAMES, Param
+from ensai_tf.conventions import NUM_PARAMS, TARGET_COUNTS, target_names
 from ensai_tf.losses import parity_correct
 
 __all__ = [
@@ -29,8 +29,9 @@ __all__ = [
 
 def _as_params(x, what):
     x = np.asarray(x, dtype=np.float64)
-    if x.ndim != 2 or x.shape[1] != NUM_PARAMS:
+    if x.ndim != 2 or x.shape[1] not in TARGET_COUNTS:
         raise ValueError(f"{what} must have shape (N, {NUM_PARAMS}) (theta_e, e_x, e_y, x_l, y_l), "
+                         f"or (N, {TARGET_COUNTS[1]}) with the shear (gamma_1, gamma_2), "
                          f"got {x.shape}")
     if x.shape[0] == 0:
         raise ValueError(f"{what} is empty: need at least one example")
@@ -135,11 +136,12 @@ def error_table(y_true, y_pred):
     """All error summaries per parameter (spec §8.2).
 
     Args:
-        y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless.
+        y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless, or
+            ``(N, 7)`` with the shear appended.
 
     Returns:
         ``{name: {"error68", "rms", "half_width_16_84", "bias"}}`` for each
-        name in ``PARAM_NAMES``, values as Python floats in the parameter's
+        name in ``target_names(n)``, values as Python floats in the parameter's
         unit (``bias`` = mean residual), plus ``"n"``: the number of examples.
     """
     res = residuals(y_true, y_pred)
@@ -148,22 +150,27 @@ def error_table(y_true, y_pred):
     lo, hi = np.percentile(res, [16.0, 84.0], axis=0)
     bias = np.mean(res, axis=0)
     table = {"n": int(res.shape[0])}
-    for k, name in enumerate(PARAM_NAMES):
+    for k, name in enumerate(target_names(res.shape[1])):
         table[name] = {"error68": float(e68[k]), "rms": float(rmsv[k]),
                        "half_width_16_84": float(0.5 * (hi[k] - lo[k])), "bias": float(bias[k])}
     return table
 
 
 class _ParameterError(keras.metrics.Metric):
-    """Running mean of a power of one parameter's parity-corrected residual."""
+    """Running mean of a power of one parameter's parity-corrected residual.
+
+    ``y_pred`` may be wider than ``y_true``: a Gaussian head (issue 9) puts
+    its means first, so only the first ``y_true.shape[-1]`` columns are read.
+    """
 
     _suffix = ""
 
     def __init__(self, param_index, name=None, dtype=None):
         index = int(param_index)
-        if not 0 <= index < NUM_PARAMS:
-            raise ValueError(f"param_index must be in [0, {NUM_PARAMS}), got {param_index}")
-        super().__init__(name=name or f"{PARAM_NAMES[index]}_{self._suffix}", dtype=dtype)
+        names = target_names(TARGET_COUNTS[-1])
+        if not 0 <= index < len(names):
+            raise ValueError(f"param_index must be in [0, {len(names)}), got {param_index}")
+        super().__init__(name=name or f"{names[index]}_{self._suffix}", dtype=dtype)
         self.param_index = index
         self.total = self.add_variable(shape=(), initializer="zeros", name="total")
         self.count = self.add_variable(shape=(), initializer="zeros", name="count")
@@ -174,7 +181,7 @@ class _ParameterError(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_pred = ops.cast(y_pred, self.dtype)
         y_true = ops.cast(y_true, self.dtype)
-        corrected = parity_correct(y_true, y_pred)
+        corrected = parity_correct(y_true, y_pred[..., : y_true.shape[-1]])
         values = self._per_example(corrected[:, self.param_index] - y_true[:, self.param_index])
         if sample_weight is None:
             weights = ops.ones_like(values)
@@ -197,7 +204,8 @@ class ParameterRMS(_ParameterError):
     """RMS of one parameter's parity-corrected residual (spec §8.1, §8.2).
 
     Args:
-        param_index: index into ``PARAM_NAMES`` (use ``conventions.Param``).
+        param_index: index into ``target_names(7)`` (use ``conventions.Param``;
+            5 and 6 are the shear components).
         name: metric name (default ``"<param>_rms"``, e.g. ``"theta_e_rms"``).
         dtype: accumulator dtype (default float32).
 
@@ -218,7 +226,8 @@ class ParameterMAE(_ParameterError):
     """Mean absolute parity-corrected residual of one parameter (spec §8.1).
 
     Args:
-        param_index: index into ``PARAM_NAMES`` (use ``conventions.Param``).
+        param_index: index into ``target_names(7)`` (use ``conventions.Param``;
+            5 and 6 are the shear components).
         name: metric name (default ``"<param>_mae"``).
         dtype: accumulator dtype (default float32).
     """
@@ -232,17 +241,18 @@ class ParameterMAE(_ParameterError):
         return ops.divide_no_nan(self.total, self.count)
 
 
-def parameter_metrics(kinds=("rms",)):
+def parameter_metrics(kinds=("rms",), n=NUM_PARAMS):
     """One metric per parameter and kind, for ``model.compile(metrics=...)``.
 
     Args:
         kinds: any of ``"rms"``, ``"mae"``.
+        n: number of targets, 5, or 7 with the shear.
 
     Returns:
-        List of metrics named ``"<param>_<kind>"`` in ``PARAM_NAMES`` order.
+        List of metrics named ``"<param>_<kind>"`` in ``target_names(n)`` order.
     """
     classes = {"rms": ParameterRMS, "mae": ParameterMAE}
     unknown = [k for k in kinds if k not in classes]
     if unknown:
         raise ValueError(f"unknown metric kind(s) {unknown}; choose from {sorted(classes)}")
-    return [classes[k](p) for k in kinds for p in Param]
+    return [classes[k](p) for k in kinds for p in range(len(target_names(n)))]

@@ -45,6 +45,7 @@ from ensai_tf.errors import InputError, ModelDirError
 __all__ = [
     "PreparedImage",
     "load_predictor",
+    "register_custom_objects",
     "resolve_pixel_scales",
     "read_image_file",
     "resample_flux_conserving",
@@ -54,6 +55,10 @@ __all__ = [
     "prepare_images",
     "predict_images",
     "result_rows",
+    "INTERVAL_LEVEL",
+    "load_calibration",
+    "output_columns",
+    "uncertainty_columns",
     "write_table",
     "predict_files",
 ]
@@ -62,6 +67,10 @@ PA_FRAME_SKY = "east_of_north"
 PA_FRAME_IMAGE = "image_x_towards_y"
 OUTPUT_COLUMNS = ("file", "index", *conventions.PARAM_NAMES, "q", "pa_deg", "pa_frame",
                   "x_pix", "y_pix", "ra_deg", "dec_deg")
+"""Columns of a point-estimate network's table; see :func:`output_columns` for the others."""
+
+INTERVAL_LEVEL = 0.68
+"""Level of the per-parameter intervals in ``ensai predict``'s table (issue 9)."""
 _MIN_SIDE = 8
 _PIXEL_SCALE_RTOL = 1e-6
 
@@ -112,35 +121,60 @@ def _saved_model_path(path):
     return None
 
 
-def _as_param_array(outputs):
-    """(B, 5) float64 array from a model output (array or dict of named params)."""
+def _raw_array(outputs):
+    """(B, width) float64 array of the whole head output (array or SavedModel dict)."""
     if isinstance(outputs, dict):
-        missing = [n for n in conventions.PARAM_NAMES if n not in outputs]
+        if "outputs" in outputs:
+            return np.asarray(outputs["outputs"], dtype=np.float64)
+        names = conventions.target_names(
+            conventions.TARGET_COUNTS[1] if all(k in outputs for k in conventions.SHEAR_NAMES)
+            else conventions.NUM_PARAMS)
+        return _as_param_array({k: outputs[k] for k in names if k in outputs}, names)
+    return np.asarray(outputs, dtype=np.float64)
+
+
+def _as_param_array(outputs, names=conventions.PARAM_NAMES):
+    """(B, 5) float64 array from a model output (array or dict of named params).
+
+    Wider array outputs (the shear, or a Gaussian head whose means come first,
+    issue 9) give their first five columns.
+    """
+    if isinstance(outputs, dict):
+        missing = [n for n in names if n not in outputs]
         if missing:
             raise ModelDirError(f"the model's outputs {sorted(outputs)} lack {missing}; "
                                 f"expected the five parameters {conventions.PARAM_NAMES}")
-        cols = [np.asarray(outputs[n], dtype=np.float64).reshape(-1)
-                for n in conventions.PARAM_NAMES]
+        cols = [np.asarray(outputs[n], dtype=np.float64).reshape(-1) for n in names]
         return np.stack(cols, axis=-1)
+    from ensai_tf import uncertainty
+
     out = np.asarray(outputs, dtype=np.float64)
-    if out.ndim != 2 or out.shape[1] != conventions.NUM_PARAMS:
+    try:
+        if out.ndim != 2:
+            raise ValueError("not 2-D")
+        uncertainty.head_layout(out.shape[1])
+    except ValueError:
         raise ModelDirError(f"the model returned shape {out.shape}; expected (batch, "
-                            f"{conventions.NUM_PARAMS})")
-    return out
+                            f"{conventions.NUM_PARAMS})") from None
+    return out[:, :conventions.NUM_PARAMS]
 
 
-def load_predictor(path):
+def load_predictor(path, raw=False):
     """Load a trained model for inference.
 
     Args:
         path: a model folder written by ``ensai train``/``ensai combine``
             (its ``saved_model/`` is used, else its ``model.keras``), a
             SavedModel folder, or a ``.keras`` file.
+        raw: return the whole head output instead of the five parameters
+            (the shear and the Gaussian head's variances too, issue 9;
+            :func:`ensai_tf.uncertainty.head_layout` reads its width).
 
     Returns:
         ``(predict_fn, npix)``: ``predict_fn(images)`` maps a ``(B, npix,
         npix, 1)`` float32 array to a ``(B, 5)`` float64 array of
-        ``(theta_e [arcsec], e_x, e_y, x_l [arcsec], y_l [arcsec])``;
+        ``(theta_e [arcsec], e_x, e_y, x_l [arcsec], y_l [arcsec])`` (the
+        means of a Gaussian head), or with ``raw`` to ``(B, width)``;
         ``npix`` is the input side in pixels.
 
     Raises:
@@ -166,7 +200,7 @@ def load_predictor(path):
         else:
             import keras
 
-            _register_custom_objects()
+            register_custom_objects()
             holder = keras.saving.load_model(str(keras_path), compile=False)
             npix = holder.input_shape[1]
     except ModelDirError:
@@ -185,7 +219,8 @@ def load_predictor(path):
         # a model that loads but does not fit (other input channels, other
         # outputs) is named here, not left to a deep Keras traceback
         try:
-            return _as_param_array(_to_numpy(fn(tf.constant(images, dtype=tf.float32))))
+            outputs = _to_numpy(fn(tf.constant(images, dtype=tf.float32)))
+            return _raw_array(outputs) if raw else _as_param_array(outputs)
         except ModelDirError as err:
             raise ModelDirError(f"model {str(path)!r}: {err}") from None
         except (ValueError, TypeError, tf.errors.OpError) as err:
@@ -214,11 +249,16 @@ def _saved_model_npix(fn):
     return specs[0].shape[1] if specs and len(specs[0].shape) == 4 else None
 
 
-def _register_custom_objects():
-    """Import the modules whose custom Keras objects a ``.keras`` file may name."""
+def register_custom_objects():
+    """Import the modules whose custom Keras objects a ``.keras`` file may name.
+
+    Call it before ``keras.saving.load_model`` on an ensai_tf ``.keras`` file
+    (``load_predictor`` and ``train.init_weights`` do).
+    """
     import importlib
 
     for name in ("ensai_tf.preprocess.bias", "ensai_tf.losses", "ensai_tf.metrics",
+                 "ensai_tf.uncertainty",
                  "ensai_tf.models", "ensai_tf.models.combiner"):
         try:
             importlib.import_module(name)
@@ -606,6 +646,92 @@ def result_rows(prepared, params):
     return rows
 
 
+def load_calibration(model):
+    """The post-hoc interval calibration stored beside a model, or None (issue 9).
+
+    Args:
+        model: model folder, its ``saved_model/`` or a ``.keras`` file in it.
+
+    Returns:
+        the dict of ``calibration.json`` (written by ``ensai train`` for
+        Gaussian heads, fitted on the validation set), or None if absent.
+
+    Raises:
+        ModelDirError: the file exists but is unreadable.
+    """
+    from ensai_tf.train import CALIBRATION_NAME
+
+    path = pathlib.Path(model)
+    folder = path if path.is_dir() else path.parent
+    if folder.name == "saved_model":
+        folder = folder.parent
+    cal_path = folder / CALIBRATION_NAME
+    if not cal_path.is_file():
+        return None
+    try:
+        return json.loads(cal_path.read_text())
+    except (OSError, ValueError) as err:
+        raise ModelDirError(f"{str(cal_path)!r} is unreadable or not JSON ({err}); retrain, or "
+                            "delete it to report raw coverage only") from None
+
+
+def output_columns(head="point", n_targets=conventions.NUM_PARAMS):
+    """Columns of ``ensai predict``'s table for a network's outputs.
+
+    Args:
+        head: ``"point"``, ``"diagonal"`` or ``"full"``.
+        n_targets: 5, or 7 with the shear.
+
+    Returns:
+        ``OUTPUT_COLUMNS``, then ``gamma_1``, ``gamma_2`` for shear outputs,
+        then for Gaussian heads ``<name>_std``, ``<name>_lo68`` and
+        ``<name>_hi68`` per target (JSON rows also carry ``covariance``).
+    """
+    names = conventions.target_names(n_targets)
+    cols = list(OUTPUT_COLUMNS) + list(names[conventions.NUM_PARAMS:])
+    if head != "point":
+        for suffix in ("std", "lo68", "hi68"):
+            cols += [f"{name}_{suffix}" for name in names]
+    return tuple(cols)
+
+
+def uncertainty_columns(raw, calibration=None, level=INTERVAL_LEVEL):
+    """Per-row shear values and intervals from raw network outputs (issue 9).
+
+    Args:
+        raw: ``(B, width)`` head outputs (:func:`load_predictor` with ``raw``).
+        calibration: the model's ``calibration.json`` dict, or None for the
+            raw Gaussian intervals.
+        level: nominal level of the central intervals.
+
+    Returns:
+        list of ``B`` dicts: ``gamma_1``/``gamma_2`` for shear outputs; for
+        Gaussian heads ``<name>_std``, ``<name>_lo68``, ``<name>_hi68``
+        (parameter units) and ``covariance`` (``n x n`` nested lists).
+    """
+    from ensai_tf import uncertainty
+
+    raw = np.asarray(raw, dtype=np.float64)
+    head, n = uncertainty.head_layout(raw.shape[1])
+    names = conventions.target_names(n)
+    extra_names = names[conventions.NUM_PARAMS:]
+    if head == "point":
+        return [{k: float(v) for k, v in zip(extra_names, r[conventions.NUM_PARAMS:])}
+                for r in raw]
+    summary = uncertainty.gaussian_summary(raw)
+    half = summary["std"] * uncertainty.interval_multipliers(level, calibration, n)
+    lo, hi = summary["mean"] - half, summary["mean"] + half
+    rows = []
+    for b in range(raw.shape[0]):
+        row = {k: float(v) for k, v in zip(extra_names, summary["mean"][b, conventions.NUM_PARAMS:])}
+        row.update({f"{k}_std": float(v) for k, v in zip(names, summary["std"][b])})
+        row.update({f"{k}_lo68": float(v) for k, v in zip(names, lo[b])})
+        row.update({f"{k}_hi68": float(v) for k, v in zip(names, hi[b])})
+        row["covariance"] = summary["covariance"][b].tolist()
+        rows.append(row)
+    return rows
+
+
 def _output_format(output):
     if output == "-":
         return "csv"
@@ -629,11 +755,12 @@ def _check_writable(output):
         raise InputError(f"output {output!r} is not writable")
 
 
-def write_table(rows, output):
+def write_table(rows, output, columns=OUTPUT_COLUMNS):
     """Write rows as CSV or JSON (by extension); ``'-'`` writes CSV to stdout.
 
     The file is written under a temporary name and renamed, so a failure
-    never leaves half a file or clobbers an existing one.
+    never leaves half a file or clobbers an existing one. CSV has the given
+    ``columns`` (other keys, such as ``covariance``, are JSON-only).
     """
     fmt = _output_format(output)
     buf = io.StringIO()
@@ -641,7 +768,8 @@ def write_table(rows, output):
         json.dump(rows, buf, indent=1)
         buf.write("\n")
     else:
-        writer = csv.DictWriter(buf, fieldnames=OUTPUT_COLUMNS, lineterminator="\n")
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n",
+                                extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
@@ -671,9 +799,10 @@ class _TableStream:
 
     Args:
         output: ``.csv`` or ``.json`` path, or ``'-'``.
+        columns: CSV columns (keys outside them are written to JSON only).
     """
 
-    def __init__(self, output):
+    def __init__(self, output, columns=OUTPUT_COLUMNS):
         self.output = output
         self.format = _output_format(output)
         self.count = 0
@@ -687,8 +816,8 @@ class _TableStream:
                                            f"{uuid.uuid4().hex[:8]}")
                 self._file = open(self._tmp, "w", newline="")
             if self.format == "csv":
-                self._csv = csv.DictWriter(self._file, fieldnames=OUTPUT_COLUMNS,
-                                           lineterminator="\n")
+                self._csv = csv.DictWriter(self._file, fieldnames=columns,
+                                           lineterminator="\n", extrasaction="ignore")
                 self._csv.writeheader()
             else:
                 self._file.write("[")
@@ -788,20 +917,27 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
         raise InputError(f"batch size {batch_size!r} must be an integer >= 1 (images per forward pass)")
     _check_writable(output)
     _output_format(output)
-    predict_fn, npix = load_predictor(model)
-    table = _TableStream(output)
+    from ensai_tf import uncertainty
+
+    predict_fn, npix = load_predictor(model, raw=True)
+    # warm-up: build and trace once, not timed; its width tells the head
+    head, n_targets = uncertainty.head_layout(
+        predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
+    calibration = load_calibration(model) if head != "point" else None
+    table = _TableStream(output, output_columns(head, n_targets))
     kept = [] if return_rows else None
     frames = set()
     elapsed = 0.0
     try:
-        for k, batch in enumerate(_batches(files, npix, pixel_scale, batch_size)):
+        for batch in _batches(files, npix, pixel_scale, batch_size):
             images = np.stack([p.image for p in batch])
-            if k == 0:
-                predict_fn(images[:1])  # warm-up: build and trace once, not timed
             start = time.perf_counter()
-            params = predict_fn(images)
+            raw = predict_fn(images)
             elapsed += time.perf_counter() - start
-            rows = result_rows(batch, params)
+            rows = result_rows(batch, raw[:, :conventions.NUM_PARAMS])
+            if raw.shape[1] > conventions.NUM_PARAMS:
+                for row, extra in zip(rows, uncertainty_columns(raw, calibration)):
+                    row.update(extra)
             table.write(rows)
             frames.update(r["pa_frame"] for r in rows)
             if kept is not None:

@@ -45,6 +45,8 @@ from ensai_tf.errors import ModelDirError, NonFiniteLossError
 
 __all__ = [
     "ARTEFACTS",
+    "CALIBRATION_NAME",
+    "calibrate_on_validation",
     "prepare_model_dir",
     "completed_epochs",
     "TMP_PREFIX",
@@ -56,8 +58,11 @@ __all__ = [
     "train_combiner",
 ]
 
+CALIBRATION_NAME = "calibration.json"
+"""Post-hoc interval calibration of a Gaussian head, fitted on the validation set (issue 9)."""
+
 ARTEFACTS = ("config.yaml", "tb", "best.keras", "backup", "log.csv", "model.keras",
-             "saved_model", "combiner.json")
+             "saved_model", "combiner.json", CALIBRATION_NAME)
 """Files and folders that ``train``/``train_combiner`` write into a model folder."""
 
 _STATE_FILE = "callback_state.json"
@@ -393,12 +398,14 @@ def _callback_classes():
 
         def on_epoch_end(self, epoch, logs=None):
             pred = np.asarray(self.model(self._images, training=False), dtype=np.float64)
-            pred = np.asarray(losses.parity_correct(self._params, pred), dtype=np.float64)
+            n = self._params.shape[1]
+            # a Gaussian head puts its means first
+            pred = np.asarray(losses.parity_correct(self._params, pred[:, :n]), dtype=np.float64)
             lo = self._images.min(axis=(1, 2, 3), keepdims=True)
             hi = self._images.max(axis=(1, 2, 3), keepdims=True)
             shown = (self._images - lo) / np.where(hi > lo, hi - lo, 1.0)
-            header = "| # | " + " | ".join(conventions.PARAM_NAMES) + " |"
-            lines = [header, "|" + "---|" * (conventions.NUM_PARAMS + 1)]
+            header = "| # | " + " | ".join(conventions.target_names(n)) + " |"
+            lines = [header, "|" + "---|" * (n + 1)]
             for i, (t, p) in enumerate(zip(self._params, pred)):
                 cells = " | ".join(f"{a:.3f} / {b:.3f}" for a, b in zip(t, p))
                 lines.append(f"| {i} | {cells} |")
@@ -509,16 +516,31 @@ def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
 # ---------------------------------------------------------------- model
 
 
-def compile_model(model, learning_rate, clipnorm=None):
-    """Compile with Adam, the parity-min MSE (spec §7.1) and per-parameter metrics."""
+def compile_model(model, learning_rate, clipnorm=None, head="point", n_targets=None):
+    """Compile with Adam, the head's loss and per-parameter metrics.
+
+    Args:
+        model: the network.
+        learning_rate: Adam learning rate.
+        clipnorm: global gradient-norm clip (spec §7.2 [R]), or None.
+        head: ``"point"`` (parity-min MSE, spec §7.1) or ``"diagonal"`` /
+            ``"full"`` (parity-aware Gaussian NLL, issue 9; the metrics read
+            the means, which come first).
+        n_targets: 5, or 7 with the shear (default 5).
+
+    Returns:
+        the compiled model.
+    """
     import keras
 
-    from ensai_tf import losses, metrics
+    from ensai_tf import losses, metrics, uncertainty
 
+    n_targets = conventions.NUM_PARAMS if n_targets is None else int(n_targets)
     # [R] spec §7.2: Adam, gradient clipping at global norm 10 as a safety net
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clipnorm)
-    model.compile(optimizer=optimizer, loss=losses.ParityMSE(),
-                  metrics=metrics.parameter_metrics())
+    loss = losses.ParityMSE() if head == "point" else uncertainty.GaussianNLL(head)
+    model.compile(optimizer=optimizer, loss=loss,
+                  metrics=metrics.parameter_metrics(n=n_targets))
     return model
 
 
@@ -619,7 +641,8 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
             model = build_model(cfg.model.name, input_shape=(cfg.image.npix, cfg.image.npix, 1),
                                 **_model_kwargs(cfg))
             model = _float32_outputs(model)
-            compile_model(model, t.learning_rate, t.clipnorm)
+            compile_model(model, t.learning_rate, t.clipnorm, head=cfg.model.head,
+                          n_targets=config_lib.target_count(cfg))
             if t.init_weights and not resume:
                 _load_init_weights(model, t.init_weights)
         start_epoch = completed_epochs(model_dir / "backup") if resume else 0
@@ -639,6 +662,9 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
             model.load_weights(str(best))  # [R] spec §7.3: keep the best validation loss
         # saved_model first, model.keras (the "finished" mark) next, the backup last:
         # a kill at any point leaves a folder that --resume completes
+        if cfg.model.head != "point":
+            calibration = calibrate_on_validation(model, cfg)
+            _write_text_atomic(model_dir / CALIBRATION_NAME, json.dumps(calibration, indent=1) + "\n")
         export_saved_model_atomic(model, model_dir / "saved_model")
         save_keras_atomic(model, model_dir / "model.keras")
         _remove_backup(model_dir / "backup")
@@ -646,7 +672,12 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
 
 
 def _load_init_weights(model, path):
-    """Start from the weights of a trained ``.keras`` file of the same architecture."""
+    """Start from the weights of a trained ``.keras`` file of the same architecture.
+
+    Weights are copied layer by layer, matched by name. Only the output layer
+    may differ in shape (a new head: Gaussian outputs or the shear, issue 9);
+    it then keeps its fresh initialisation, and the message says so.
+    """
     source = pathlib.Path(path).expanduser()
     if not source.is_file() or source.suffix != ".keras":
         raise ModelDirError(f"train.init_weights {str(source)!r} is not a .keras file")
@@ -654,17 +685,69 @@ def _load_init_weights(model, path):
 
     from ensai_tf import predict
 
-    predict._register_custom_objects()
+    predict.register_custom_objects()
     try:
         trained = keras.saving.load_model(str(source), compile=False)
-        model.set_weights(trained.get_weights())
     except (OSError, ValueError, TypeError, KeyError) as err:
-        raise ModelDirError(f"train.init_weights {str(source)!r} does not fit the "
-                            f"{model.name} network being trained: {err}") from None
+        raise ModelDirError(f"train.init_weights {str(source)!r} cannot be loaded: {err}") from None
+    by_name = {layer.name: layer for layer in trained.layers}
+    with_weights = [layer for layer in model.layers if layer.weights]
+    for layer in with_weights:
+        other = by_name.get(layer.name)
+        same = other is not None and [tuple(w.shape) for w in other.weights] == \
+            [tuple(w.shape) for w in layer.weights]
+        if same:
+            layer.set_weights(other.get_weights())
+        elif layer is with_weights[-1] and other is not None:
+            print(f"ensai train: init_weights: output layer {layer.name!r} has another shape "
+                  "in the trained file (a new head); it starts fresh", flush=True)
+        else:
+            raise ModelDirError(f"train.init_weights {str(source)!r} does not fit the "
+                                f"{model.name} network being trained: layer {layer.name!r} "
+                                + ("is missing" if other is None else "has other weight shapes")
+                                + " in the trained file")
+
+
+def calibrate_on_validation(model, cfg):
+    """Fit the post-hoc interval calibration of a Gaussian head on the validation set.
+
+    Quantile recalibration (:func:`ensai_tf.uncertainty.fit_interval_calibration`)
+    on the fixed validation split, never the test split (issue 9).
+
+    Args:
+        model: a trained Gaussian-head ``keras.Model``.
+        cfg: its :class:`~ensai_tf.config.ExperimentConfig`.
+
+    Returns:
+        the JSON-ready calibration dict, with the raw (uncalibrated) validation
+        coverage at 68% and 95% added under ``"raw_coverage"``.
+    """
+    from ensai_tf import uncertainty
+    from ensai_tf.data.pipeline import make_dataset
+
+    val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
+                          batch_size=cfg.evaluate.batch_size, cache_dir=_cache_dir(cfg))
+    outputs, truths = [], []
+    for images, params in val_ds:
+        outputs.append(np.asarray(model(images, training=False), dtype=np.float64))
+        truths.append(np.asarray(params, dtype=np.float64))
+    summary = uncertainty.gaussian_summary(np.concatenate(outputs))
+    truth = np.concatenate(truths)
+    calibration = uncertainty.fit_interval_calibration(truth, summary["mean"], summary["std"])
+    raw = uncertainty.coverage(truth, summary["mean"], summary["std"])
+    calibration["names"] = list(conventions.target_names(truth.shape[1]))
+    calibration["fitted_on"] = f"validation split, {truth.shape[0]} lenses"
+    calibration["raw_coverage"] = {str(k): v.tolist() for k, v in raw.items()}
+    return calibration
 
 
 def _model_kwargs(cfg):
-    kwargs = {"width": cfg.model.width}
+    from ensai_tf import uncertainty
+
+    n_targets = config_lib.target_count(cfg)
+    num_outputs = (n_targets if cfg.model.head == "point"
+                   else uncertainty.num_outputs_for(cfg.model.head, n_targets))
+    kwargs = {"width": cfg.model.width, "num_outputs": num_outputs}
     if cfg.model.name == "inception_v4":
         kwargs["bn_mode"] = cfg.model.bn_mode
     return kwargs

@@ -8,17 +8,23 @@ Three pieces:
   and read such networks.
 * :class:`MCDropout` and :func:`mc_dropout_predict` — Monte Carlo dropout, the
   cheap alternative that needs no new head.
+* :func:`ensemble_predict` — the four independently trained networks (the
+  combiner's backbones) as a deep ensemble: mean and spread.
 * :func:`coverage`, :func:`fit_calibration`, :func:`apply_calibration` —
   check and fix the calibration of predicted standard deviations.
 
-Output layouts (last axis, parameters in ``PARAM_NAMES`` order, spec §0):
+Output layouts (last axis, ``n`` targets in ``target_names(n)`` order, spec
+§0; ``n = 5``, or 7 with the shear ``(gamma_1, gamma_2)`` appended):
 
-* ``"diagonal"``: ``[mu (5), log sigma^2 (5)]`` — 10 numbers.
-* ``"full"``: ``[mu (5), log diag(L) (5), strictly-lower entries of L (10)]``
-  — 20 numbers, with ``Sigma = L L^T`` (Cholesky factor ``L``, lower
-  triangular). The 10 off-diagonal entries are in row-major order of the
-  strict lower triangle: ``(1,0), (2,0), (2,1), (3,0), (3,1), (3,2), (4,0),
-  ...``, see :data:`TRIL_INDICES`.
+* ``"diagonal"``: ``[mu (n), log sigma^2 (n)]`` — 10 numbers (14 with shear).
+* ``"full"``: ``[mu (n), log diag(L) (n), strictly-lower entries of L
+  (n(n-1)/2)]`` — 20 numbers (35 with shear), with ``Sigma = L L^T``
+  (Cholesky factor ``L``, lower triangular). The off-diagonal entries are in
+  row-major order of the strict lower triangle: ``(1,0), (2,0), (2,1), (3,0),
+  (3,1), (3,2), (4,0), ...``, see :func:`tril_indices`.
+
+The four widths 10, 20, 14 and 35 are distinct, so an output's width tells its
+layout (:func:`layout_from_width`).
 
 Parity (spec §2.3): ``(e_x, e_y)`` and ``(-e_x, -e_y)`` are the same lens. With
 ``S = diag(PARITY_SIGNS)`` the twin of a prediction ``(mu, Sigma)`` is
@@ -34,32 +40,48 @@ import scipy.special
 import keras
 from keras import ops
 
-from ensai_tf.conventions import NUM_PARAMS
-from ensai_tf.losses import PARITY_SIGNS, parity_correct
+from ensai_tf.conventions import NUM_PARAMS, TARGET_COUNTS, target_names
+from ensai_tf.losses import parity_correct, parity_signs
 from ensai_tf.models import build_model
 
 __all__ = [
     "COVARIANCE_TYPES",
     "TRIL_INDICES",
+    "CALIBRATION_LEVELS",
+    "tril_indices",
     "num_outputs_for",
+    "layout_from_width",
+    "head_layout",
     "unpack_gaussian",
     "gaussian_nll",
     "GaussianNLL",
     "build_uncertainty_model",
     "predict_with_uncertainty",
+    "gaussian_summary",
     "MCDropout",
     "mc_dropout_predict",
+    "ensemble_predict",
     "coverage",
     "fit_calibration",
     "apply_calibration",
+    "fit_interval_calibration",
+    "interval_multipliers",
     "shear_targets",
 ]
 
 COVARIANCE_TYPES = ("diagonal", "full")
 """Accepted values of the ``covariance`` argument."""
 
-TRIL_INDICES = tuple((i, j) for i in range(NUM_PARAMS) for j in range(i))
-"""(row, column) of the 10 off-diagonal Cholesky entries, in output order."""
+def tril_indices(n=NUM_PARAMS):
+    """(row, column) of the ``n(n-1)/2`` off-diagonal Cholesky entries, in output order."""
+    return tuple((i, j) for i in range(int(n)) for j in range(i))
+
+
+TRIL_INDICES = tril_indices(NUM_PARAMS)
+"""(row, column) of the 10 off-diagonal Cholesky entries of a 5-target head."""
+
+CALIBRATION_LEVELS = tuple(round(0.01 * k, 2) for k in range(1, 100)) + (0.995,)
+"""Nominal levels at which :func:`fit_interval_calibration` stores multipliers."""
 
 _LOG2PI = float(np.log(2.0 * np.pi))
 _LOGVAR_CLIP = 30.0  # keeps exp(-log var) finite early in training
@@ -70,84 +92,126 @@ def _check_covariance(covariance):
         raise ValueError(f"covariance must be one of {COVARIANCE_TYPES}, got {covariance!r}")
 
 
-def num_outputs_for(covariance):
+def num_outputs_for(covariance, n=NUM_PARAMS):
     """Width of the network output for a covariance type.
 
     Args:
         covariance: ``"diagonal"`` or ``"full"``.
+        n: number of targets, 5 or 7 (with the shear).
 
     Returns:
-        10 for ``"diagonal"``, 20 for ``"full"``.
+        ``2 n`` for ``"diagonal"`` (10 or 14), ``2 n + n (n - 1) / 2`` for
+        ``"full"`` (20 or 35).
     """
     _check_covariance(covariance)
-    n = NUM_PARAMS
+    n = len(target_names(n))
     return 2 * n if covariance == "diagonal" else 2 * n + n * (n - 1) // 2
 
 
-def _covariance_from_width(width):
-    for covariance in COVARIANCE_TYPES:
-        if width == num_outputs_for(covariance):
-            return covariance
-    raise ValueError(f"output width {width} is neither a diagonal (10) nor a full (20) "
-                     "Gaussian head")
+def layout_from_width(width):
+    """``(covariance, n)`` of a Gaussian head from its output width.
+
+    Args:
+        width: last-axis size of the network output.
+
+    Returns:
+        ``("diagonal" or "full", 5 or 7)``.
+
+    Raises:
+        ValueError: ``width`` is none of 10, 20, 14, 35.
+    """
+    for n in TARGET_COUNTS:
+        for covariance in COVARIANCE_TYPES:
+            if width == num_outputs_for(covariance, n):
+                return covariance, n
+    known = sorted(num_outputs_for(c, n) for n in TARGET_COUNTS for c in COVARIANCE_TYPES)
+    raise ValueError(f"output width {width} is not a Gaussian head (widths {known}: diagonal or "
+                     "full covariance of 5 targets, or of 7 with the shear)")
 
 
-def _check_width(y_pred, covariance):
-    want = num_outputs_for(covariance)
-    if y_pred.shape[-1] is not None and y_pred.shape[-1] != want:
-        raise ValueError(f"a {covariance!r} Gaussian head has {want} outputs on its last axis, "
-                         f"got shape {tuple(y_pred.shape)}")
+def head_layout(width):
+    """``(head, n)`` of any ensai network output from its width.
+
+    Args:
+        width: last-axis size of the network output.
+
+    Returns:
+        ``("point", 5 or 7)`` for point estimates (with the shear for 7), or
+        ``("diagonal" or "full", 5 or 7)`` for Gaussian heads.
+
+    Raises:
+        ValueError: an unknown width.
+    """
+    if width in TARGET_COUNTS:
+        return "point", int(width)
+    try:
+        return layout_from_width(width)
+    except ValueError:
+        raise ValueError(f"output width {width} is neither a point estimate "
+                         f"({TARGET_COUNTS[0]}, or {TARGET_COUNTS[1]} with the shear) nor a "
+                         "Gaussian head (10/20, or 14/35 with the shear)") from None
 
 
-def _cholesky_basis(dtype):
-    """``(15, 5, 5)`` one-hot matrices: diagonal entries first, then TRIL_INDICES."""
-    n = NUM_PARAMS
-    basis = np.zeros((n + len(TRIL_INDICES), n, n), dtype=np.float64)
+def _targets_of(y_pred, covariance):
+    """Number of targets of a Gaussian-head output, checking its width."""
+    width = y_pred.shape[-1]
+    for n in TARGET_COUNTS:
+        if width == num_outputs_for(covariance, n):
+            return n
+    want = [num_outputs_for(covariance, n) for n in TARGET_COUNTS]
+    raise ValueError(f"a {covariance!r} Gaussian head has {want[0]} outputs on its last axis "
+                     f"({want[1]} with the shear), got shape {tuple(y_pred.shape)}")
+
+
+def _cholesky_basis(dtype, n):
+    """``(n + n(n-1)/2, n, n)`` one-hot matrices: diagonal entries first, then tril_indices."""
+    tril = tril_indices(n)
+    basis = np.zeros((n + len(tril), n, n), dtype=np.float64)
     for k in range(n):
         basis[k, k, k] = 1.0
-    for m, (i, j) in enumerate(TRIL_INDICES):
+    for m, (i, j) in enumerate(tril):
         basis[n + m, i, j] = 1.0
     return ops.cast(ops.convert_to_tensor(basis), dtype)
 
 
-def _offdiag_parity_signs():
+def _offdiag_parity_signs(n):
     """Sign of each off-diagonal Cholesky entry under ``L -> S L S``."""
-    return tuple(PARITY_SIGNS[i] * PARITY_SIGNS[j] for i, j in TRIL_INDICES)
+    signs = parity_signs(n)
+    return tuple(signs[i] * signs[j] for i, j in tril_indices(n))
 
 
 def unpack_gaussian(y_pred, covariance):
     """Split a Gaussian-head output into mean and Cholesky factor.
 
     Args:
-        y_pred: ``(B, 10)`` or ``(B, 20)`` network output (layout in the
-            module docstring); means in parameter units (arcsec /
-            dimensionless).
+        y_pred: ``(B, 10)`` or ``(B, 20)`` network output (``(B, 14)`` or
+            ``(B, 35)`` with the shear; layout in the module docstring); means
+            in parameter units (arcsec / dimensionless).
         covariance: ``"diagonal"`` or ``"full"``.
 
     Returns:
-        ``(mean, chol)``: ``(B, 5)`` means and ``(B, 5, 5)`` lower-triangular
+        ``(mean, chol)``: ``(B, n)`` means and ``(B, n, n)`` lower-triangular
         ``L`` with ``Sigma = L L^T`` (parameter units squared).
     """
     _check_covariance(covariance)
     y_pred = ops.convert_to_tensor(y_pred)
-    _check_width(y_pred, covariance)
-    n = NUM_PARAMS
+    n = _targets_of(y_pred, covariance)
     mean = y_pred[..., :n]
     log_diag = ops.clip(y_pred[..., n:2 * n], -_LOGVAR_CLIP, _LOGVAR_CLIP)
     if covariance == "diagonal":
         # log sigma^2 -> diag(L) = sigma
         diag = ops.exp(0.5 * log_diag)
-        off = ops.zeros_like(ops.concatenate([diag, diag], axis=-1))
+        off = ops.zeros_like(y_pred[..., :1]) * ops.zeros((n * (n - 1) // 2,), ops.dtype(y_pred))
     else:
         diag = ops.exp(log_diag)
         off = y_pred[..., 2 * n:]
     values = ops.concatenate([diag, off], axis=-1)
-    chol = ops.einsum("bk,kij->bij", values, _cholesky_basis(ops.dtype(y_pred)))
+    chol = ops.einsum("bk,kij->bij", values, _cholesky_basis(ops.dtype(y_pred), n))
     return mean, chol
 
 
 def _nll_one_sign(y_true, y_pred, covariance):
-    n = NUM_PARAMS
+    n = y_true.shape[-1]
     mean = y_pred[..., :n]
     resid = y_true - mean
     if covariance == "diagonal":
@@ -165,10 +229,10 @@ def _nll_one_sign(y_true, y_pred, covariance):
 
 def _parity_twin(y_pred, covariance):
     """Output of the twin prediction ``(S mu, S Sigma S)`` (module docstring)."""
-    n = NUM_PARAMS
-    signs = list(PARITY_SIGNS) + [1.0] * n
+    n = _targets_of(y_pred, covariance)
+    signs = list(parity_signs(n)) + [1.0] * n
     if covariance == "full":
-        signs += list(_offdiag_parity_signs())
+        signs += list(_offdiag_parity_signs(n))
     return y_pred * ops.cast(ops.convert_to_tensor(signs), ops.dtype(y_pred))
 
 
@@ -179,8 +243,10 @@ def gaussian_nll(y_true, y_pred, covariance="diagonal"):
     minimised over the prediction and its parity twin (module docstring).
 
     Args:
-        y_true: ``(B, 5)`` true parameters, arcsec / dimensionless.
-        y_pred: ``(B, 10)`` or ``(B, 20)`` Gaussian-head output.
+        y_true: ``(B, 5)`` true parameters, arcsec / dimensionless, or
+            ``(B, 7)`` with the shear appended.
+        y_pred: ``(B, 10)`` or ``(B, 20)`` Gaussian-head output (14 or 35
+            with the shear).
         covariance: ``"diagonal"`` or ``"full"``.
 
     Returns:
@@ -189,9 +255,10 @@ def gaussian_nll(y_true, y_pred, covariance="diagonal"):
     _check_covariance(covariance)
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(ops.convert_to_tensor(y_true), ops.dtype(y_pred))
-    _check_width(y_pred, covariance)
-    if y_true.shape[-1] is not None and y_true.shape[-1] != NUM_PARAMS:
-        raise ValueError(f"y_true must have {NUM_PARAMS} parameters on its last axis, "
+    n = _targets_of(y_pred, covariance)
+    if y_true.shape[-1] is not None and y_true.shape[-1] != n:
+        raise ValueError(f"y_true must have {n} parameters on its last axis to match a "
+                         f"{y_pred.shape[-1]}-output {covariance!r} head, "
                          f"got shape {tuple(y_true.shape)}")
     kept = _nll_one_sign(y_true, y_pred, covariance)
     twin = _nll_one_sign(y_true, _parity_twin(y_pred, covariance), covariance)
@@ -224,42 +291,59 @@ class GaussianNLL(keras.losses.Loss):
         return config
 
 
-def build_uncertainty_model(name, input_shape, covariance="diagonal", **kwargs):
+def build_uncertainty_model(name, input_shape, covariance="diagonal", n_targets=NUM_PARAMS,
+                            **kwargs):
     """A paper network whose last layer predicts a Gaussian (mean + covariance).
 
     Args:
         name: architecture name for :func:`ensai_tf.models.build_model`.
         input_shape: ``(H, W, 1)``, pixels.
         covariance: ``"diagonal"`` or ``"full"``.
+        n_targets: 5, or 7 to predict the shear too.
         **kwargs: passed to the builder (not ``num_outputs``).
 
     Returns:
-        ``keras.Model`` images -> ``(B, 10)`` or ``(B, 20)``; train it with
-        ``GaussianNLL(covariance)``.
+        ``keras.Model`` images -> ``(B, num_outputs_for(covariance,
+        n_targets))``; train it with ``GaussianNLL(covariance)``.
     """
     if "num_outputs" in kwargs:
         raise ValueError("num_outputs is set by the covariance type; do not pass it")
     return build_model(name, input_shape=input_shape,
-                       num_outputs=num_outputs_for(covariance), **kwargs)
+                       num_outputs=num_outputs_for(covariance, n_targets), **kwargs)
 
 
 def predict_with_uncertainty(model, images, batch_size=32):
     """Means, 68% intervals and covariances from a Gaussian-head model.
 
     Args:
-        model: a model from :func:`build_uncertainty_model` (output width 10
-            or 20 picks the covariance type).
+        model: a model from :func:`build_uncertainty_model` (the output
+            width picks the layout, :func:`layout_from_width`).
         images: ``(B, H, W, 1)`` images as the model expects.
         batch_size: prediction batch size.
 
     Returns:
-        dict of numpy arrays: ``mean`` ``(B, 5)``, ``std`` ``(B, 5)``,
-        ``lower`` / ``upper`` ``(B, 5)`` (mean -+ 1 std, the central 68.27%
-        interval of the marginal Gaussian), ``covariance`` ``(B, 5, 5)``;
-        parameter units (squared for the covariance).
+        dict of numpy arrays: ``mean`` ``(B, n)``, ``std`` ``(B, n)``,
+        ``lower`` / ``upper`` ``(B, n)`` (mean -+ 1 std, the central 68.27%
+        interval of the marginal Gaussian), ``covariance`` ``(B, n, n)``;
+        parameter units (squared for the covariance); ``n`` = 5, or 7 with
+        the shear.
     """
     out = model.predict(images, batch_size=batch_size, verbose=0)
-    covariance = _covariance_from_width(out.shape[-1])
+    return gaussian_summary(out)
+
+
+def gaussian_summary(outputs):
+    """Means, standard deviations and covariances of Gaussian-head outputs.
+
+    Args:
+        outputs: ``(B, width)`` numpy outputs of a Gaussian head (layout from
+            :func:`layout_from_width`).
+
+    Returns:
+        dict as :func:`predict_with_uncertainty`.
+    """
+    out = np.asarray(outputs, dtype=np.float32)
+    covariance, _ = layout_from_width(out.shape[-1])
     mean, chol = unpack_gaussian(out, covariance)
     mean = ops.convert_to_numpy(mean).astype(np.float64)
     chol = ops.convert_to_numpy(chol).astype(np.float64)
@@ -321,10 +405,39 @@ def mc_dropout_predict(model, images, samples=20):
     return stack.mean(axis=0), stack.std(axis=0, ddof=1)
 
 
+def ensemble_predict(predictions):
+    """Deep-ensemble mean and spread of independently trained networks (issue 9).
+
+    Each member's predictions are parity-aligned to the first member's (as
+    the combiner aligns signs, spec §7.4) before the mean and the standard
+    deviation over members are taken. The spread alone is rarely calibrated;
+    pass it through :func:`fit_interval_calibration` on validation lenses.
+
+    Args:
+        predictions: sequence of ``M >= 2`` arrays ``(N, n)``, one per
+            network, parameter units.
+
+    Returns:
+        ``(mean, std)``: numpy ``(N, n)`` each; ``std`` is the sample
+        standard deviation over members (ddof=1).
+    """
+    members = [_as_params(p, "each member's predictions") for p in predictions]
+    if len(members) < 2:
+        raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
+    if any(m.shape != members[0].shape for m in members):
+        raise ValueError(f"members' predictions differ in shape: {[m.shape for m in members]}")
+    aligned = [members[0]] + [
+        ops.convert_to_numpy(parity_correct(members[0], m)).astype(np.float64)
+        for m in members[1:]]
+    stack = np.stack(aligned)
+    return stack.mean(axis=0), stack.std(axis=0, ddof=1)
+
+
 def _as_params(x, what):
     arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[-1] != NUM_PARAMS:
-        raise ValueError(f"{what} must have shape (N, {NUM_PARAMS}), got {arr.shape}")
+    if arr.ndim != 2 or arr.shape[-1] not in TARGET_COUNTS:
+        raise ValueError(f"{what} must have shape (N, {NUM_PARAMS}), or (N, {TARGET_COUNTS[1]}) "
+                         f"with the shear, got {arr.shape}")
     return arr
 
 
@@ -341,30 +454,28 @@ def _standardised_errors(y_true, mean, std):
     return (corrected - y_true) / std
 
 
-def coverage(y_true, mean, std, levels=(0.68, 0.95)):
-    """Fraction of truths inside the central Gaussian interval, per parameter.
+def coverage(y_true, mean, std, levels=(0.68, 0.95), calibration=None):
+    """Fraction of truths inside the central interval, per parameter.
 
-    The interval at level ``p`` is ``mean -+ z_p std`` with ``z_p =
-    Phi^-1((1 + p) / 2)`` (1.0 sigma ~ 68.27%, 1.96 sigma = 95%). The mean is
-    parity-corrected against the truth first (spec §8.1).
+    The interval at level ``p`` is ``mean -+ m_p std`` with ``m_p =
+    Phi^-1((1 + p) / 2)`` (1.0 sigma ~ 68.27%, 1.96 sigma = 95%), or the
+    fitted multipliers of ``calibration`` (:func:`interval_multipliers`). The
+    mean is parity-corrected against the truth first (spec §8.1).
 
     Args:
-        y_true: ``(N, 5)`` true parameters, arcsec / dimensionless.
-        mean: ``(N, 5)`` predicted means, same units.
-        std: ``(N, 5)`` predicted standard deviations, same units, > 0.
+        y_true: ``(N, n)`` true parameters, arcsec / dimensionless (n = 5, or
+            7 with the shear).
+        mean: ``(N, n)`` predicted means, same units.
+        std: ``(N, n)`` predicted standard deviations, same units, > 0.
         levels: nominal levels in (0, 1).
+        calibration: optional dict from :func:`fit_interval_calibration`.
 
     Returns:
-        dict ``level -> (5,)`` numpy array of empirical coverage fractions.
+        dict ``level -> (n,)`` numpy array of empirical coverage fractions.
     """
     z = np.abs(_standardised_errors(y_true, mean, std))
-    result = {}
-    for level in levels:
-        if not 0.0 < float(level) < 1.0:
-            raise ValueError(f"coverage levels must lie in (0, 1), got {level}")
-        z_p = scipy.special.ndtri(0.5 * (1.0 + float(level)))
-        result[level] = np.mean(z <= z_p, axis=0)
-    return result
+    return {level: np.mean(z <= interval_multipliers(level, calibration, z.shape[1]), axis=0)
+            for level in levels}
 
 
 def fit_calibration(y_true, mean, std):
@@ -391,17 +502,84 @@ def apply_calibration(std, scales):
     """Rescale predicted standard deviations.
 
     Args:
-        std: ``(N, 5)`` standard deviations, parameter units.
-        scales: ``(5,)`` factors from :func:`fit_calibration`, dimensionless.
+        std: ``(N, n)`` standard deviations, parameter units.
+        scales: ``(n,)`` factors from :func:`fit_calibration`, dimensionless.
 
     Returns:
-        ``(N, 5)`` calibrated standard deviations, parameter units.
+        ``(N, n)`` calibrated standard deviations, parameter units.
     """
     std = _as_params(std, "std")
     scales = np.asarray(scales, dtype=np.float64)
-    if scales.shape != (NUM_PARAMS,) or np.any(~np.isfinite(scales)) or np.any(scales <= 0):
-        raise ValueError(f"scales must be {NUM_PARAMS} finite positive numbers, got {scales}")
+    n = std.shape[1]
+    if scales.shape != (n,) or np.any(~np.isfinite(scales)) or np.any(scales <= 0):
+        raise ValueError(f"scales must be {n} finite positive numbers, got {scales}")
     return std * scales
+
+
+def fit_interval_calibration(y_true, mean, std, levels=CALIBRATION_LEVELS):
+    """Interval multipliers that give nominal coverage at every level (post-hoc).
+
+    Quantile recalibration (Kuleshov et al. 2018): for each parameter ``k``
+    and level ``p`` the multiplier is the ``p``-quantile of the standardised
+    errors ``|r_nk| / std_nk`` over the fitting set (parity-corrected
+    residuals ``r``). The interval ``mean -+ m_p std`` then holds a fraction
+    ``p`` of that set whatever the error distribution's shape, and the same
+    fraction of any set drawn like it. Fit it on the validation set, never the
+    test set (issue 9).
+
+    Args:
+        y_true: ``(N, n)`` validation truths, arcsec / dimensionless.
+        mean: ``(N, n)`` predicted means, same units.
+        std: ``(N, n)`` predicted standard deviations, same units, > 0.
+        levels: increasing nominal levels in (0, 1).
+
+    Returns:
+        JSON-ready dict: ``"levels"`` (list of floats), ``"multipliers"``
+        (``len(levels)`` lists of ``n`` dimensionless floats, non-decreasing
+        in the level), ``"n"`` (examples used).
+    """
+    levels = np.asarray(levels, dtype=np.float64)
+    if levels.ndim != 1 or levels.size < 2 or np.any(np.diff(levels) <= 0) \
+            or levels[0] <= 0 or levels[-1] >= 1:
+        raise ValueError("levels must be an increasing list of >= 2 values in (0, 1)")
+    z = np.abs(_standardised_errors(y_true, mean, std))
+    if z.shape[0] < 5:
+        raise ValueError(f"need at least 5 examples to fit a calibration, got {z.shape[0]}")
+    multipliers = np.quantile(z, levels, axis=0)
+    return {"levels": levels.tolist(), "multipliers": multipliers.tolist(), "n": int(z.shape[0])}
+
+
+def interval_multipliers(level, calibration=None, n=NUM_PARAMS):
+    """How many standard deviations the central interval at ``level`` spans.
+
+    Args:
+        level: nominal level in (0, 1), e.g. 0.68.
+        calibration: optional dict from :func:`fit_interval_calibration`;
+            its multipliers are interpolated linearly in the level. Without
+            one, the Gaussian ``Phi^-1((1 + level) / 2)``.
+        n: number of targets (5, or 7 with the shear).
+
+    Returns:
+        ``(n,)`` numpy array of multipliers, dimensionless.
+
+    Raises:
+        ValueError: ``level`` outside (0, 1) or outside the calibrated
+            levels, or a calibration for another number of targets.
+    """
+    level = float(level)
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"interval levels must lie in (0, 1), got {level}")
+    if calibration is None:
+        return np.full(int(n), scipy.special.ndtri(0.5 * (1.0 + level)))
+    levels = np.asarray(calibration["levels"], dtype=np.float64)
+    table = np.asarray(calibration["multipliers"], dtype=np.float64)
+    if table.shape != (levels.size, int(n)):
+        raise ValueError(f"the calibration holds multipliers of shape {table.shape}, not "
+                         f"({levels.size}, {int(n)}) for {int(n)} targets")
+    if not levels[0] <= level <= levels[-1]:
+        raise ValueError(f"level {level} is outside the calibrated levels "
+                         f"[{levels[0]}, {levels[-1]}]")
+    return np.array([np.interp(level, levels, table[:, k]) for k in range(int(n))])
 
 
 def shear_targets(gamma_1, gamma_2):

@@ -160,3 +160,72 @@ def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model):
         evaluate.evaluate(tiny_keras_model, n=10_000, out_dir=tmp_path / "ev",
                           config=_smoke_cfg(tmp_path))
     assert not (tmp_path / "ev").exists()
+
+
+# ----------------------------------------------- Gaussian heads and shear (issue 9)
+
+
+def _gaussian_tiny(folder, width, log_var=-4.0):
+    """A .keras Gaussian head on 48x48 inputs: means (k + 1) * mean(image), log var constant."""
+    import keras
+
+    inputs = keras.Input((E2E_NPIX, E2E_NPIX, 1))
+    n = width // 2
+    dense = keras.layers.Dense(width)
+    outputs = dense(keras.layers.GlobalAveragePooling2D()(inputs))
+    model = keras.Model(inputs, outputs)
+    kernel = np.zeros((1, width), np.float32)
+    kernel[0, :n] = np.arange(1, n + 1)
+    bias = np.zeros(width, np.float32)
+    bias[n:] = log_var
+    dense.set_weights([kernel, bias])
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save(folder / "model.keras")
+    return folder
+
+
+def test_evaluate_reports_coverage_raw_and_with_the_stored_calibration(tmp_path):
+    """Coverage in metrics.json = uncertainty.coverage of the same means and stds; a
+    calibration fitted on these very lenses gives nominal coverage within 1/n + 1e-9."""
+    from ensai_tf import uncertainty
+
+    cfg = _smoke_cfg(tmp_path)
+    model = _gaussian_tiny(tmp_path / "g", 10)
+    images, true, _ = evaluate.collect_test_set(cfg, 16)
+    mean = np.mean(images, axis=(1, 2, 3), dtype=np.float64)[:, None] * np.arange(1, 6)[None, :]
+    std = np.full_like(mean, np.exp(-2.0))
+    result = evaluate.evaluate(str(model), n=16, out_dir=tmp_path / "ev", config=cfg)
+    assert result["head"] == "diagonal" and result["coverage"]["calibrated"] is None
+    want = uncertainty.coverage(true, mean, std)
+    for k, name in enumerate(conventions.PARAM_NAMES):
+        assert result["coverage"]["raw"]["0.68"][name] == pytest.approx(want[0.68][k], abs=1 / 16)
+    cal = uncertainty.fit_interval_calibration(true, mean, std, levels=(0.5, 0.68, 0.95, 0.99))
+    (model / "calibration.json").write_text(json.dumps(cal))
+    result = evaluate.evaluate(str(model), n=16, out_dir=tmp_path / "ev2", config=cfg)
+    for level in ("0.68", "0.95"):
+        for name in conventions.PARAM_NAMES:
+            assert abs(result["coverage"]["calibrated"][level][name] - float(level)) <= 1 / 16 + 1e-9
+    assert (tmp_path / "ev2" / "calibration.png").read_bytes()[:4] == b"\x89PNG"
+    assert "## Interval coverage" in (tmp_path / "ev2" / "table1.md").read_text()
+
+
+def test_compare_shear_tables_a_point_and_a_shear_network(tmp_path, tiny_keras_model):
+    """Two networks on the same shear lenses; the 7-output one also gets gamma errors that
+    equal the error table of its gamma columns."""
+    from ensai_tf import metrics
+
+    cfg = _smoke_cfg(tmp_path)
+    shear_model = _gaussian_tiny(tmp_path / "s", 14)
+    results = evaluate.compare_shear([tiny_keras_model, str(shear_model)], tmp_path / "cmp", n=8,
+                                     config=cfg)
+    text = (tmp_path / "cmp" / "shear_comparison.md").read_text()
+    assert "| 1-tiny.keras | 2-s |" in text and "gamma < 0.01: 0.11" in text
+    assert "shear_metrics" not in results[0] and set(results[1]["shear_metrics"]) == {
+        "gamma_1", "gamma_2"}
+    images, true, extras = evaluate.collect_test_set(evaluate.experiment_config(cfg, "shear"), 8)
+    gamma = np.stack([extras["gamma_1"], extras["gamma_2"]], -1)
+    pred = np.mean(images, axis=(1, 2, 3), dtype=np.float64)[:, None] * np.arange(1, 8)[None, :]
+    want = metrics.error_table(np.concatenate([true, gamma], 1), pred)
+    assert results[1]["shear_metrics"]["gamma_2"]["rms"] == pytest.approx(
+        want["gamma_2"]["rms"], rel=1e-4)
+    assert sum(b["n"] for b in results[1]["shear_bins"]) == 8

@@ -137,3 +137,34 @@ def test_export_rejects_a_model_without_five_outputs(tmp_path):
     model = keras.Model(inputs, keras.layers.Dense(3)(keras.layers.Flatten()(inputs)))
     with pytest.raises(ValueError, match=r"\(B, 5\)"):
         export.export_saved_model(model, tmp_path / "sm")
+
+
+@pytest.mark.parametrize("head,width", [("point", 7), ("diagonal", 14), ("full", 35)])
+def test_shear_and_gaussian_heads_export_and_reload(tmp_path, head, width):
+    """Shear outputs (issue 9) come back named gamma_1/gamma_2; a Gaussian head's serve also
+    gives per-target std and the covariance L L^T, equal to the Keras model's up to 1e-6."""
+    from ensai_tf import predict as predict_lib
+    from ensai_tf import uncertainty
+    from ensai_tf.conventions import target_names
+
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((SIDE, SIDE, 1), name="images")
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(3, 5, strides=4)(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(width, name="params")(x))
+    export.export_saved_model(model, tmp_path / "sm")
+    x = _images(3)
+    raw = np.asarray(model.predict_on_batch(x), np.float64)
+    loaded = export.load_for_inference(tmp_path / "sm")  # keep it: it owns the variables
+    out = loaded.serve(x)
+    names = target_names(7)
+    assert set(names) <= set(out)
+    fn, _ = predict_lib.load_predictor(tmp_path / "sm", raw=True)
+    np.testing.assert_allclose(fn(x), raw, atol=1e-6)
+    if head == "point":
+        np.testing.assert_allclose(np.stack([out[n] for n in names], -1), raw, atol=1e-6)
+        return
+    summary = uncertainty.gaussian_summary(raw)
+    np.testing.assert_allclose(np.stack([out[n] for n in names], -1), summary["mean"], atol=1e-6)
+    np.testing.assert_allclose(np.stack([out[f"{n}_std"] for n in names], -1), summary["std"],
+                               rtol=1e-5)
+    np.testing.assert_allclose(out["covariance"], summary["covariance"], rtol=1e-5, atol=1e-7)

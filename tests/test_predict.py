@@ -316,7 +316,7 @@ def _fake_predictor(monkeypatch, npix=32, on_call=None):
         mean = images.reshape(len(images), -1).mean(axis=1, dtype=np.float64)
         return mean[:, None] * np.arange(1, 6)
 
-    monkeypatch.setattr(predict, "load_predictor", lambda model: (predict_fn, npix))
+    monkeypatch.setattr(predict, "load_predictor", lambda model, raw=False: (predict_fn, npix))
     return calls
 
 
@@ -402,3 +402,43 @@ def test_bad_file_late_in_the_stream_leaves_no_output(tmp_path, monkeypatch):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith((".o.csv", "o.csv"))]
     with pytest.raises(InputError, match="batch size 0"):
         predict.predict_files("model", files, output=str(tmp_path / "o.csv"), batch_size=0)
+
+
+def test_predict_files_gives_intervals_and_shear_for_a_gaussian_shear_head(tmp_path):
+    """A 14-output (diagonal, with shear) head: CSV has gamma and 68% interval columns,
+    lo68 = mean - m std, hi68 = mean + m std with m = Phi^-1(0.84) (raw Gaussian) or the
+    stored calibration's."""
+    import keras
+    import scipy.special
+
+    from ensai_tf import uncertainty
+
+    inputs = keras.Input((192, 192, 1))
+    dense = keras.layers.Dense(14)
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    kernel = np.zeros((1, 14), np.float32)
+    kernel[0, :7] = np.arange(1, 8)
+    bias = np.zeros(14, np.float32)
+    bias[7:] = np.log(np.arange(1, 8) * 0.01) * 2  # std_k = 0.01 (k + 1)
+    dense.set_weights([kernel, bias])
+    (tmp_path / "m").mkdir()
+    model.save(tmp_path / "m" / "model.keras")
+    np.save(tmp_path / "a.npy", _arc_image())
+    rows = predict.predict_files(str(tmp_path / "m"), [str(tmp_path / "a.npy")],
+                                 output=str(tmp_path / "out.csv"))
+    with open(tmp_path / "out.csv") as f:
+        header = next(csv.reader(f))
+    assert tuple(header) == predict.output_columns("diagonal", 7)
+    row = rows[0]
+    for k, name in enumerate(conventions.target_names(7)):
+        assert row[f"{name}_std"] == pytest.approx(0.01 * (k + 1), rel=1e-5)
+        assert row[f"{name}_hi68"] - row[name] == pytest.approx(
+            scipy.special.ndtri(0.84) * row[f"{name}_std"], rel=1e-5)
+    assert row["gamma_2"] == pytest.approx(7 / 1 * row["theta_e"], rel=1e-5)
+    assert np.allclose(np.diag(row["covariance"]), [(0.01 * (k + 1)) ** 2 for k in range(7)])
+    cal = {"levels": [0.5, 0.68, 0.9], "multipliers": [[0.5] * 7, [2.0] * 7, [3.0] * 7]}
+    (tmp_path / "m" / "calibration.json").write_text(json.dumps(cal))
+    row = predict.predict_files(str(tmp_path / "m"), [str(tmp_path / "a.npy")],
+                                output=str(tmp_path / "out2.json"))[0]
+    assert row["x_l"] - row["x_l_lo68"] == pytest.approx(2.0 * row["x_l_std"], rel=1e-5)
+    assert uncertainty.head_layout(14) == ("diagonal", 7)

@@ -36,7 +36,7 @@ def tiny_model(name, input_shape=(192, 192, 1), **kwargs):
     x = BiasRemoval()(inputs)
     x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="conv1")(x)
     x = keras.layers.GlobalAveragePooling2D()(x)
-    outputs = keras.layers.Dense(5, dtype="float32", name="params")(x)
+    outputs = keras.layers.Dense(kwargs.get("num_outputs", 5), dtype="float32", name="params")(x)
     return keras.Model(inputs, outputs, name=f"tiny_{name}")
 
 
@@ -460,3 +460,60 @@ def test_cli_train_with_a_nan_model_exits_2_and_exports_nothing(tmp_path, monkey
     assert code == 2 and len(err.splitlines()) == 1 and "became nan" in err, err
     assert not (run / "model.keras").exists() and not (run / "saved_model").exists()
     assert _leftovers(run) == []
+
+
+def test_gaussian_shear_head_trains_warm_from_a_point_network_and_calibrates(tmp_path, tiny):
+    """model.head=diagonal + shear outputs: 14 outputs trained with the Gaussian NLL, warm-started
+    from a 5-output run (every layer but the new output layer copied), a validation-fitted
+    calibration.json, and a SavedModel that names gamma_1/gamma_2."""
+    import keras
+    import tensorflow as tf
+
+    from ensai_tf import uncertainty
+
+    cfg = _cfg(tmp_path / "cache")
+    (tmp_path / "a").mkdir()
+    tiny_model("alexnet", input_shape=(NPIX, NPIX, 1)).save(tmp_path / "a" / "model.keras")
+    point = keras.saving.load_model(tmp_path / "a" / "model.keras", compile=False)
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["conv1"] = [np.array(w) for w in self.model.get_layer("conv1").get_weights()]
+
+    shear = config.apply_overrides(cfg, [
+        "lens.shear=true", "model.shear_outputs=true", "model.head=diagonal",
+        f"train.init_weights={tmp_path / 'a' / 'model.keras'}"])
+    model = train.train(shear, tmp_path / "b", verbose=0, callbacks=[Capture()])
+    assert model.output_shape == (None, 14)
+    for x, y in zip(point.get_layer("conv1").get_weights(), seen["conv1"]):
+        np.testing.assert_array_equal(x, y)
+    assert isinstance(model.loss, uncertainty.GaussianNLL)
+    cal = json.loads((tmp_path / "b" / train.CALIBRATION_NAME).read_text())
+    assert cal["names"][-2:] == ["gamma_1", "gamma_2"] and cal["n"] == cfg.data.val_size
+    assert np.shape(cal["multipliers"]) == (len(cal["levels"]), 7)
+    assert np.all(np.diff(np.asarray(cal["multipliers"]), axis=0) >= 0)
+    with open(tmp_path / "b" / "log.csv") as f:
+        assert "val_gamma_2_rms" in f.readline()
+    loaded = tf.saved_model.load(str(tmp_path / "b" / "saved_model"))
+    out = loaded.serve(tf.zeros((1, NPIX, NPIX, 1)))
+    assert {"gamma_1", "gamma_2", "gamma_1_std", "covariance"} <= set(out)
+
+
+def test_init_weights_refuses_a_network_whose_hidden_layers_differ(tmp_path, tiny):
+    import keras
+
+    inputs = keras.Input((NPIX, NPIX, 1))
+    x = keras.layers.Conv2D(8, 3, name="conv1")(inputs)  # tiny_model's conv1 has 4 filters
+    other = keras.Model(inputs, keras.layers.Dense(5, name="params")(
+        keras.layers.GlobalAveragePooling2D()(x)))
+    other.save(tmp_path / "other.keras")
+    cfg = config.apply_overrides(_cfg(tmp_path / "cache"),
+                                 [f"train.init_weights={tmp_path / 'other.keras'}"])
+    with pytest.raises(ModelDirError, match="layer 'conv1' has other weight shapes"):
+        train.train(cfg, tmp_path / "run", verbose=0)
+
+
+def test_shear_outputs_need_shear_in_the_simulation():
+    with pytest.raises(config.ConfigError, match="model.shear_outputs: true needs lens.shear"):
+        config.apply_overrides(config.get_preset("cpu"), ["model.shear_outputs=true"])

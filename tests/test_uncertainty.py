@@ -199,3 +199,78 @@ def test_shear_targets():
     np.testing.assert_array_equal(t, np.array([[0.01, 0.0], [-0.02, 0.03]], np.float32))
     with pytest.raises(ValueError, match="magnitude"):
         U.shear_targets([1.2], [0.0])
+
+
+# ------------------------------------------------------- shear targets (issue 9)
+
+SIGNS7 = np.array(list(PARITY_SIGNS) + [1.0, 1.0])
+
+
+@pytest.mark.parametrize("covariance,width", [("diagonal", 14), ("full", 35)])
+def test_seven_target_nll_matches_numpy_and_keeps_the_shear_sign(covariance, width):
+    """With the shear appended, NLL = closed form; parity flips e only, never gamma."""
+    rng = np.random.default_rng(21)
+    out = rng.normal(size=(6, width)) * 0.3
+    y = rng.normal(size=(6, 7)) * 0.2
+    mean, chol = (np.asarray(a, np.float64) for a in U.unpack_gaussian(out, covariance))
+    cov = chol @ np.swapaxes(chol, -1, -2)
+    got = np.asarray(U.gaussian_nll(y, out, covariance))
+    want = [min(_numpy_nll(y[b], mean[b], cov[b]),
+                _numpy_nll(y[b], SIGNS7 * mean[b], np.diag(SIGNS7) @ cov[b] @ np.diag(SIGNS7)))
+            for b in range(6)]
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    twin = np.asarray(U.gaussian_nll(y * SIGNS7, out, covariance))
+    np.testing.assert_allclose(twin, got, rtol=1e-4, atol=1e-4)
+    shear_flipped = y.copy()
+    shear_flipped[:, 5:] *= -1
+    assert not np.allclose(np.asarray(U.gaussian_nll(shear_flipped, out, covariance)), got)
+
+
+def test_head_layouts_are_distinct_and_named():
+    assert {U.head_layout(w) for w in (5, 7, 10, 20, 14, 35)} == {
+        ("point", 5), ("point", 7), ("diagonal", 5), ("full", 5), ("diagonal", 7), ("full", 7)}
+    with pytest.raises(ValueError, match="width 11"):
+        U.head_layout(11)
+    with pytest.raises(ValueError, match="y_true must have 7"):
+        U.gaussian_nll(np.zeros((2, 5)), np.zeros((2, 14)), "diagonal")
+
+
+def test_interval_calibration_fixes_heavy_tails_that_a_scale_cannot():
+    """Student-t (3 dof) errors with std = their scale: quantile recalibration fitted on one
+    set gives nominal 68% and 95% coverage on another; tolerance 4 binomial sd + the fit's
+    own sampling error (same size)."""
+    rng = np.random.default_rng(5)
+
+    def draw(n):
+        y = rng.uniform(-1, 1, size=(n, 5))
+        y[:, 0] = rng.uniform(0.1, 3.0, size=n)
+        sigma = 0.01
+        mean = y + sigma * rng.standard_t(3, size=(n, 5))
+        return y, mean, np.full((n, 5), sigma)
+
+    n = 20000
+    cal = U.fit_interval_calibration(*draw(n))
+    y, m, s = draw(n)
+    raw = U.coverage(y, m, s)
+    fixed = U.coverage(y, m, s, calibration=cal)
+    for level in (0.68, 0.95):
+        tol = 2 * 4 * np.sqrt(level * (1 - level) / n)
+        np.testing.assert_array_less(np.abs(fixed[level] - level), tol)
+    assert np.all(np.abs(raw[0.68] - 0.68) > 0.05)  # t3 within 1 scale: 0.82, far from 0.68
+    np.testing.assert_allclose(U.interval_multipliers(0.95), 1.959964, rtol=1e-6)
+    with pytest.raises(ValueError, match="outside the calibrated levels"):
+        U.interval_multipliers(0.999, cal)
+
+
+def test_ensemble_aligns_parity_before_the_spread():
+    """A member predicting the parity twin adds no spread; known offsets give the closed-form
+    sample std (ddof=1)."""
+    y = np.array([[1.0, 0.3, -0.2, 0.01, 0.02], [2.0, -0.1, 0.4, -0.03, 0.0]])
+    twin = y * np.asarray(PARITY_SIGNS)
+    mean, std = U.ensemble_predict([y, twin, y])
+    np.testing.assert_allclose(mean, y)
+    np.testing.assert_allclose(std, 0.0, atol=1e-12)
+    mean, std = U.ensemble_predict([y - 0.01, y + 0.01])
+    np.testing.assert_allclose(std, np.sqrt(2) * 0.01, rtol=1e-9)
+    with pytest.raises(ValueError, match="at least 2 members"):
+        U.ensemble_predict([y])

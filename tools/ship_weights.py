@@ -2,7 +2,7 @@
 
 Usage::
 
-    python tools/ship_weights.py scratch/shipped/runs [--check-n 200]
+    python tools/ship_weights.py scratch/shipped/runs [--check-n 200] [--only NAME ...]
 
 For each network folder of ``RUNS`` (``alexnet``, ``ensai_net``, ``overfeat``,
 ``inception_v4``) it copies ``model.keras`` (the best-validation weights, for
@@ -14,6 +14,11 @@ on the first ``--check-n`` test lenses and stores those metrics as
 ``metrics.json["check"]``, which ``tests/test_trained_weights.py`` reproduces.
 Existing files in ``trained_weights/<name>/`` are replaced (the old versions
 stay in git history). Fails if a file exceeds 50 MB or the folder 150 MB.
+
+``alexnet_shear`` (issue 9: AlexNet with a diagonal Gaussian head and the
+shear outputs, trained on lenses with shear) also ships its
+``calibration.json`` and ``calibration.png``, and ``RUNS/shear_comparison.md``
+when present. ``--only`` ships just the named folders and leaves the others.
 """
 
 import argparse
@@ -25,7 +30,10 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEST = ROOT / "trained_weights"
 NETWORKS = ("alexnet", "ensai_net", "overfeat", "inception_v4")
+UNCERTAINTY_NETWORKS = ("alexnet_shear",)
+ALL_NAMES = NETWORKS + ("combined",) + UNCERTAINTY_NETWORKS
 SINGLE_FILES = ("model.keras", "config.yaml", "log.csv")
+UNCERTAINTY_FILES = SINGLE_FILES + ("calibration.json",)
 COMBINED_FILES = ("config.yaml", "log.csv", "combiner.json")
 # The combined model ships as model.keras: its SavedModel export holds every
 # backbone variable twice (98.7 MB for 12.3 M parameters) and would break the
@@ -70,7 +78,7 @@ def _strip(run, out):
 
     from ensai_tf import predict
 
-    predict._register_custom_objects()
+    predict.register_custom_objects()
     model = keras.saving.load_model(run / "model.keras", compile=False)
     model.save(out / "model.keras")
     _deflate(out / "model.keras")
@@ -81,15 +89,17 @@ def _strip(run, out):
         sys.exit(f"{out}: the shipped weights do not reproduce {run}'s predictions")
 
 
-def ship(runs, check_n):
+def ship(runs, check_n, only=None):
     from ensai_tf import config as config_lib
     from ensai_tf import evaluate
 
-    for name in NETWORKS + ("combined",):
+    for name in only or NETWORKS + ("combined",):
         run = runs / name
-        files = SINGLE_FILES if name in NETWORKS else COMBINED_FILES + ("model.keras",)
+        files = (SINGLE_FILES if name in NETWORKS else UNCERTAINTY_FILES
+                 if name in UNCERTAINTY_NETWORKS else COMBINED_FILES + ("model.keras",))
+        reports = REPORTS + (("calibration.png",) if name in UNCERTAINTY_NETWORKS else ())
         missing = [f for f in files if not (run / f).exists()] + \
-                  [f for f in REPORTS if not (run / "eval" / f).exists()]
+                  [f for f in reports if not (run / "eval" / f).exists()]
         if missing:
             sys.exit(f"{run}: missing {', '.join(missing)}; run tools/train_shipped_weights.sh")
         out = DEST / name
@@ -100,21 +110,25 @@ def ship(runs, check_n):
             if f not in ("model.keras", "saved_model"):
                 _copy(run / f, out / f)
         _strip(run, out)
-        for f in REPORTS:
+        for f in reports:
             _copy(run / "eval" / f, out / f)
+        if name in UNCERTAINTY_NETWORKS and (runs / "shear_comparison.md").is_file():
+            _copy(runs / "shear_comparison.md", out / "shear_comparison.md")
         cfg = config_lib.get_preset("paper")
         check = evaluate.evaluate(str(out), n=check_n, out_dir=str(runs / "check" / name),
                                   config=cfg)
         metrics = json.loads((out / "metrics.json").read_text())
         metrics["model"] = f"trained_weights/{name}"
         metrics["check"] = {"n": check_n, "metrics": check["metrics"]}
+        if "coverage" in check:
+            metrics["check"]["coverage"] = check["coverage"]
         (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
 
     print_table()
     sizes = {p: p.stat().st_size / 1e6 for p in DEST.rglob("*") if p.is_file()}
     too_big = [f"{p} ({mb:.1f} MB)" for p, mb in sizes.items() if mb > MAX_FILE_MB]
     total = sum(sizes.values())
-    for name in NETWORKS + ("combined",):
+    for name in ALL_NAMES:
         mb = sum(v for p, v in sizes.items() if (DEST / name) in p.parents)
         print(f"{name:14s} {mb:7.1f} MB")
     print(f"{'total':14s} {total:7.1f} MB")
@@ -138,6 +152,8 @@ def print_table():
           + " | paper | ratio to paper |")
     print("|---" * 6 + "|---|")
     for name in NETWORKS + ("combined",):
+        if not (DEST / name / "metrics.json").is_file():
+            continue
         m = json.loads((DEST / name / "metrics.json").read_text())["metrics"]
         ours = [m[p]["error68"] for p in PARAM_NAMES]
         seen = "-"
@@ -154,7 +170,7 @@ def print_table():
 
             from ensai_tf import predict
 
-            predict._register_custom_objects()
+            predict.register_custom_objects()
             params = f"{keras.saving.load_model(DEST / name / 'model.keras', compile=False).count_params() / 1e6:.2f}"
         ratio = " / ".join(f"{o / q:.1f}" for o, q in zip(ours, paper[name]))
         print(f"| {name} | {params} | {seen} | " + " | ".join(f"{v:.3f}" for v in ours)
@@ -166,8 +182,10 @@ def main():
     parser.add_argument("runs", type=pathlib.Path, help="folder of trained runs")
     parser.add_argument("--check-n", type=int, default=200,
                         help="test lenses of the reproducibility check (default: 200)")
+    parser.add_argument("--only", nargs="+", choices=ALL_NAMES, default=None,
+                        help="ship just these folders (default: the four networks and combined)")
     args = parser.parse_args()
-    ship(args.runs, args.check_n)
+    ship(args.runs, args.check_n, args.only)
 
 
 if __name__ == "__main__":

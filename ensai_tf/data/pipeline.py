@@ -42,6 +42,7 @@ import numpy as np
 import tensorflow as tf
 
 from ensai_tf import config as config_lib
+from ensai_tf.conventions import NUM_PARAMS, SHEAR_NAMES
 from ensai_tf.data import observe as observe_lib
 from ensai_tf.data import simulate as simulate_lib
 from ensai_tf.data import sources
@@ -270,9 +271,17 @@ def clean_stage(example):
     return out
 
 
-def to_supervised(example):
-    """The final step: ``(images (B, n, n, 1) float32, params (B, 5) float32)``."""
-    return (tf.cast(example["image"], tf.float32), tf.cast(example["params"], tf.float32))
+def to_supervised(example, n_targets=NUM_PARAMS):
+    """The final step: ``(images (B, n, n, 1) float32, params (B, 5) float32)``.
+
+    With ``n_targets = 7`` the shear ``(gamma_1, gamma_2)`` is appended to
+    ``params`` (issue 9; an integer shift leaves the shear unchanged).
+    """
+    params = tf.cast(example["params"], tf.float32)
+    if n_targets > NUM_PARAMS:
+        shear = tf.stack([example[k] for k in SHEAR_NAMES], axis=-1)
+        params = tf.concat([params, tf.cast(shear, tf.float32)], axis=-1)
+    return (tf.cast(example["image"], tf.float32), params)
 
 
 def load_stamps(split, config):
@@ -623,11 +632,12 @@ def _decode(raw, row_shape, dtype):
     return tf.reshape(values, [-1, *row_shape])
 
 
-def _cached_dataset(path, batch_size):
-    """``{"image", "params"}`` batches streamed from a verified cache folder (pure TF)."""
+def _cached_dataset(path, batch_size, n_targets=NUM_PARAMS):
+    """``{"image", "params"}`` (and shear) batches streamed from a verified cache (pure TF)."""
     manifest = _read_manifest(path)
     parts = {}
-    for name in ("image", "params"):
+    names = ("image", "params") + (SHEAR_NAMES if n_targets > NUM_PARAMS else ())
+    for name in names:
         entry = manifest["arrays"][name]
         shape, dtype = entry["shape"][1:], np.dtype(entry["dtype"])
         if dtype.byteorder == ">":
@@ -786,7 +796,8 @@ def make_dataset(split, config=None, seed=None, batch_size=None, cache_dir=None,
 
     Returns:
         The dataset of ``(images (B, 192, 192, 1) float32, params (B, 5)
-        float32)``, labels in arcsec/dimensionless (spec §0); with
+        float32)``, labels in arcsec/dimensionless (spec §0); ``(B, 7)``
+        with the shear appended when ``model.shear_outputs`` (issue 9); with
         ``with_info``, ``(dataset, info)``.
 
     Raises:
@@ -799,7 +810,8 @@ def make_dataset(split, config=None, seed=None, batch_size=None, cache_dir=None,
     if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) \
             or start_step < 0:
         raise InputError(f"start_step must be a non-negative integer, got {start_step!r}")
-    info = {"split": split, "seed": seed, "batch_size": batch}
+    n_targets = config_lib.target_count(cfg)
+    info = {"split": split, "seed": seed, "batch_size": batch, "n_targets": n_targets}
     if split == "train":
         if cfg.data.arcs_dir:
             arcs_dir = pathlib.Path(os.path.expanduser(cfg.data.arcs_dir))
@@ -809,14 +821,15 @@ def make_dataset(split, config=None, seed=None, batch_size=None, cache_dir=None,
         else:
             stream = example_dataset(split, cfg, seed, start=int(start_step) * batch,
                                      batch_size=batch, training=True)
-        ds = _map(stream, to_supervised)
+        ds = _map(stream, lambda ex: to_supervised(ex, n_targets))
         info.update(size=None, start_step=int(start_step))
     else:
         if start_step:
             raise InputError(f"start_step applies to the train stream only, not {split!r}")
         path = materialise_split(split, cfg, seed, cache_dir=cache_dir, progress=progress)
         manifest = _read_manifest(path)
-        ds = _map(_cached_dataset(path, batch), to_supervised)
+        ds = _map(_cached_dataset(path, batch, n_targets),
+                  lambda ex: to_supervised(ex, n_targets))
         info.update(size=manifest["size"], cache_path=str(path), key=manifest["key"])
     ds = ds.prefetch(tf.data.AUTOTUNE)
     return (ds, info) if with_info else ds

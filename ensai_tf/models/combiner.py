@@ -202,6 +202,11 @@ def load_backbones(paths):
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
             raise ModelDirError(f"cannot load backbone {str(path)!r}: missing parts or "
                                 f"corrupt ({type(err).__name__}: {err})") from None
+        width = models[-1].outputs[0].shape[-1]
+        if width != NUM_PARAMS:
+            raise ModelDirError(f"backbone {str(path)!r} has {width} outputs; the combiner merges "
+                                f"point-estimate networks with {NUM_PARAMS} (theta_e, e_x, e_y, "
+                                "x_l, y_l), not Gaussian or shear heads (spec §7.4)")
     # Two networks of one architecture (an ensemble) share a name; the combiner needs distinct ones.
     seen = {}
     for model in models:

@@ -139,6 +139,11 @@ def test_load_backbones(tmp_path):
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="bad.keras"):
         combiner.load_backbones([tmp_path / "bad.keras"])
+    inputs = keras.Input((16, 16, 1))
+    gaussian = keras.Model(inputs, keras.layers.Dense(14)(keras.layers.Flatten()(inputs)))
+    gaussian.save(tmp_path / "gaussian.keras")
+    with pytest.raises(ValueError, match="has 14 outputs; the combiner merges point-estimate"):
+        combiner.load_backbones([tmp_path / "gaussian.keras"])
 
 
 def test_build_combiner_rejects_bad_arguments():
