@@ -56,6 +56,18 @@ def _cmd_combine(args):
                          mode=args.mode, steps=args.steps, overwrite=args.overwrite)
 
 
+def _cmd_calibrate(args):
+    from ensai_tf import train
+
+    config = None  # the model's own config.yaml
+    if args.preset or args.config or args.overrides:
+        from ensai_tf import config as config_lib
+
+        config = config_lib.load_config(args.config, preset=args.preset or "paper",
+                                        overrides=args.overrides)
+    train.calibrate(args.model_dir, config=config, n=args.n, experiment=args.experiment)
+
+
 def _cmd_evaluate(args):
     from ensai_tf import evaluate
     from ensai_tf.errors import InputError
@@ -143,6 +155,15 @@ def build_parser():
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_config_args(p, default_preset="cpu")
     p.set_defaults(func=_cmd_combine)
+
+    p = sub.add_parser("calibrate", help="refit a Gaussian head's interval calibration on "
+                                         "validation lenses")
+    p.add_argument("model_dir", help="model folder written by 'ensai train' (model.head != point)")
+    p.add_argument("--n", type=int, default=None, help="validation lenses (default: config)")
+    p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light"),
+                   help="validation lenses of a robustness experiment (spec §8.5)")
+    _add_config_args(p, default_preset=None)
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("evaluate", help="Table 1 and Figure 1 on the fixed test set")
     p.add_argument("model", nargs="+",

@@ -47,6 +47,7 @@ __all__ = [
     "ARTEFACTS",
     "CALIBRATION_NAME",
     "calibrate_on_validation",
+    "calibrate",
     "prepare_model_dir",
     "completed_epochs",
     "TMP_PREFIX",
@@ -751,6 +752,54 @@ def _model_kwargs(cfg):
     if cfg.model.name == "inception_v4":
         kwargs["bn_mode"] = cfg.model.bn_mode
     return kwargs
+
+
+def calibrate(model_dir, config=None, n=None, experiment=None):
+    """Refit a Gaussian head's interval calibration on validation lenses (issue 9).
+
+    Writes ``calibration.json`` into the model folder (a previous one is kept
+    as ``calibration-previous.json``). Use it to fit on more validation lenses
+    than training used, or on validation lenses simulated like the test set
+    (``config``; ``experiment="shear"`` for lenses with shear); the test split
+    is never used.
+
+    Args:
+        model_dir: a folder written by ``ensai train`` with a Gaussian head.
+        config: the config of the validation data (default: the folder's
+            ``config.yaml``).
+        n: validation lenses (default ``config.data.val_size``).
+        experiment: None or an :data:`ensai_tf.evaluate.EXPERIMENTS` name.
+
+    Returns:
+        the calibration dict written.
+
+    Raises:
+        ModelDirError: no trained model, or a point-estimate network.
+    """
+    import keras
+
+    from ensai_tf import evaluate, predict, uncertainty
+
+    model_dir = pathlib.Path(model_dir)
+    path = _keras_file(model_dir)
+    cfg = config if config is not None else _dir_config(model_dir)
+    cfg = evaluate.experiment_config(cfg, experiment)
+    if n is not None:
+        cfg = config_lib.apply_overrides(cfg, [f"data.val_size={int(n)}"])
+    predict.register_custom_objects()
+    model = keras.saving.load_model(str(path), compile=False)
+    head, _ = uncertainty.head_layout(model.output_shape[-1])
+    if head == "point":
+        raise ModelDirError(f"{str(model_dir)!r} holds a point-estimate network; only Gaussian "
+                            "heads (model.head = diagonal or full) have intervals to calibrate")
+    calibration = calibrate_on_validation(model, cfg)
+    calibration["fitted_on"] += f" ({experiment} experiment)" if experiment else ""
+    final = model_dir / CALIBRATION_NAME
+    if final.is_file():
+        os.replace(final, model_dir / "calibration-previous.json")
+    _write_text_atomic(final, json.dumps(calibration, indent=1) + "\n")
+    print(f"ensai calibrate: wrote {final} ({calibration['fitted_on']})")
+    return calibration
 
 
 # ---------------------------------------------------------------- combiner

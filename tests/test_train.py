@@ -517,3 +517,25 @@ def test_init_weights_refuses_a_network_whose_hidden_layers_differ(tmp_path, tin
 def test_shear_outputs_need_shear_in_the_simulation():
     with pytest.raises(config.ConfigError, match="model.shear_outputs: true needs lens.shear"):
         config.apply_overrides(config.get_preset("cpu"), ["model.shear_outputs=true"])
+
+
+def test_calibrate_refits_on_more_validation_lenses_and_keeps_the_old_file(tmp_path, tiny):
+    import keras
+
+    cfg = config.apply_overrides(_cfg(tmp_path / "cache"), ["model.head=diagonal"])
+    run = tmp_path / "run"
+    run.mkdir()
+    tiny_model("x", input_shape=(NPIX, NPIX, 1), num_outputs=10).save(run / "model.keras")
+    config.save_config(cfg, run / "config.yaml")
+    first = {"n": cfg.data.val_size, "note": "the user's earlier calibration"}
+    (run / train.CALIBRATION_NAME).write_text(json.dumps(first))
+    assert cli.main(["calibrate", str(run), "--n", "12"]) == 0
+    new = json.loads((tmp_path / "run" / train.CALIBRATION_NAME).read_text())
+    assert first["n"] == cfg.data.val_size and new["n"] == 12
+    assert json.loads((tmp_path / "run" / "calibration-previous.json").read_text()) == first
+    point = tmp_path / "point"
+    point.mkdir()
+    tiny_model("x", input_shape=(NPIX, NPIX, 1)).save(point / "model.keras")
+    with pytest.raises(ModelDirError, match="point-estimate network"):
+        train.calibrate(point, config=cfg)
+    assert keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
