@@ -788,7 +788,12 @@ def calibrate(model_dir, config=None, n=None, experiment=None):
         cfg = config_lib.apply_overrides(cfg, [f"data.val_size={int(n)}"])
     predict.register_custom_objects()
     model = keras.saving.load_model(str(path), compile=False)
-    head, _ = uncertainty.head_layout(model.output_shape[-1])
+    head, n_targets = uncertainty.head_layout(model.output_shape[-1])
+    if n_targets > conventions.NUM_PARAMS and not cfg.model.shear_outputs:
+        if not cfg.lens.shear:
+            raise ModelDirError(f"{str(model_dir)!r} predicts the shear: calibrate it on lenses "
+                                "with shear (--experiment shear or --set lens.shear=true)")
+        cfg = config_lib.apply_overrides(cfg, ["model.shear_outputs=true"])
     if head == "point":
         raise ModelDirError(f"{str(model_dir)!r} holds a point-estimate network; only Gaussian "
                             "heads (model.head = diagonal or full) have intervals to calibrate")

@@ -17,8 +17,11 @@ stay in git history). Fails if a file exceeds 50 MB or the folder 150 MB.
 
 ``alexnet_shear`` (issue 9: AlexNet with a diagonal Gaussian head and the
 shear outputs, trained on lenses with shear) also ships its
-``calibration.json`` and ``calibration.png``, and ``RUNS/shear_comparison.md``
-when present. ``--only`` ships just the named folders and leaves the others.
+``calibration.json`` and ``calibration.png``, and from ``RUNS/shear_cmp`` (the
+shear comparison, ``ensai evaluate trained_weights/alexnet RUNS/alexnet_shear
+--experiment shear --out RUNS/shear_cmp``) ``shear_comparison.md`` and this
+network's shear-lens report as ``metrics_shear.json`` and
+``calibration_shear.png``. ``--only`` ships just the named folders and leaves the others.
 """
 
 import argparse
@@ -112,8 +115,14 @@ def ship(runs, check_n, only=None):
         _strip(run, out)
         for f in reports:
             _copy(run / "eval" / f, out / f)
-        if name in UNCERTAINTY_NETWORKS and (runs / "shear_comparison.md").is_file():
-            _copy(runs / "shear_comparison.md", out / "shear_comparison.md")
+        comparison = runs / "shear_cmp"
+        if name in UNCERTAINTY_NETWORKS and (comparison / "shear_comparison.md").is_file():
+            # ensai evaluate trained_weights/alexnet RUNS/alexnet_shear --experiment shear
+            #     --out RUNS/shear_cmp: this network is the second one compared
+            _copy(comparison / "shear_comparison.md", out / "shear_comparison.md")
+            (shear_eval,) = comparison.glob("2-*")
+            _copy(shear_eval / "metrics.json", out / "metrics_shear.json")
+            _copy(shear_eval / "calibration.png", out / "calibration_shear.png")
         cfg = config_lib.get_preset("paper")
         check = evaluate.evaluate(str(out), n=check_n, out_dir=str(runs / "check" / name),
                                   config=cfg)
