@@ -130,7 +130,18 @@ def _raw_array(outputs):
             conventions.TARGET_COUNTS[1] if all(k in outputs for k in conventions.SHEAR_NAMES)
             else conventions.NUM_PARAMS)
         return _as_param_array({k: outputs[k] for k in names if k in outputs}, names)
-    return np.asarray(outputs, dtype=np.float64)
+    from ensai_tf import uncertainty
+
+    out = np.asarray(outputs, dtype=np.float64)
+    try:
+        if out.ndim != 2:
+            raise ValueError("not 2-D")
+        uncertainty.head_layout(out.shape[1])
+    except ValueError:
+        raise ModelDirError(f"the model returned shape {out.shape}; expected (batch, "
+                            f"{conventions.NUM_PARAMS}) parameters, 7 with the shear, or a "
+                            "Gaussian head of width 10/20/14/35") from None
+    return out
 
 
 def _as_param_array(outputs, names=conventions.PARAM_NAMES):
