@@ -121,15 +121,8 @@ def _saved_model_path(path):
     return None
 
 
-def _raw_array(outputs):
-    """(B, width) float64 array of the whole head output (array or SavedModel dict)."""
-    if isinstance(outputs, dict):
-        if "outputs" in outputs:
-            return np.asarray(outputs["outputs"], dtype=np.float64)
-        names = conventions.target_names(
-            conventions.TARGET_COUNTS[1] if all(k in outputs for k in conventions.SHEAR_NAMES)
-            else conventions.NUM_PARAMS)
-        return _as_param_array({k: outputs[k] for k in names if k in outputs}, names)
+def _head_array(outputs):
+    """(B, width) float64 array of an array output whose width is a known head (issue 9)."""
     from ensai_tf import uncertainty
 
     out = np.asarray(outputs, dtype=np.float64)
@@ -142,6 +135,18 @@ def _raw_array(outputs):
                             f"{conventions.NUM_PARAMS}) parameters, 7 with the shear, or a "
                             "Gaussian head of width 10/20/14/35") from None
     return out
+
+
+def _raw_array(outputs):
+    """(B, width) float64 array of the whole head output (array or SavedModel dict)."""
+    if isinstance(outputs, dict):
+        if "outputs" in outputs:
+            return np.asarray(outputs["outputs"], dtype=np.float64)
+        names = conventions.target_names(
+            conventions.TARGET_COUNTS[1] if all(k in outputs for k in conventions.SHEAR_NAMES)
+            else conventions.NUM_PARAMS)
+        return _as_param_array({k: outputs[k] for k in names if k in outputs}, names)
+    return _head_array(outputs)
 
 
 def _as_param_array(outputs, names=conventions.PARAM_NAMES):
@@ -157,17 +162,7 @@ def _as_param_array(outputs, names=conventions.PARAM_NAMES):
                                 f"expected the five parameters {conventions.PARAM_NAMES}")
         cols = [np.asarray(outputs[n], dtype=np.float64).reshape(-1) for n in names]
         return np.stack(cols, axis=-1)
-    from ensai_tf import uncertainty
-
-    out = np.asarray(outputs, dtype=np.float64)
-    try:
-        if out.ndim != 2:
-            raise ValueError("not 2-D")
-        uncertainty.head_layout(out.shape[1])
-    except ValueError:
-        raise ModelDirError(f"the model returned shape {out.shape}; expected (batch, "
-                            f"{conventions.NUM_PARAMS})") from None
-    return out[:, :conventions.NUM_PARAMS]
+    return _head_array(outputs)[:, :conventions.NUM_PARAMS]
 
 
 def load_predictor(path, raw=False):
