@@ -19,6 +19,7 @@ import pathlib
 
 import yaml
 
+from ensai_tf import atomic
 from ensai_tf import conventions
 from ensai_tf.errors import EnsaiError
 
@@ -581,10 +582,7 @@ def save_config(cfg, path):
     path = pathlib.Path(path)
     if path.is_dir():
         path = path / "config.yaml"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    os.replace(tmp, path)
-    return path
+    return atomic.write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
 
 
 def target_count(cfg):

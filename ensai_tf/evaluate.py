@@ -36,6 +36,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
 from ensai_tf.errors import InputError, ModelDirError
@@ -260,7 +261,7 @@ def plot_figure1(pred, true, path, bins=12):
         ax.set_ylabel(f"predicted {label}")
     axes[0].legend(loc="upper left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    atomic.save_figure(fig, path, dpi=120)
     return path
 
 
@@ -278,7 +279,7 @@ def plot_residuals(pred, true, path):
         unit = conventions.PARAM_UNITS[k]
         ax.set_xlabel(f"{conventions.PARAM_NAMES[k]} residual" + (f" ({unit})" if unit else ""))
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    atomic.save_figure(fig, path, dpi=100)
     return path
 
 
@@ -291,8 +292,8 @@ def write_report(result, pred, true, out_dir, label="this model", bins=12):
                                        for row, vals in PAPER_TABLE1.items()}
     if result.get("shear_bins"):
         payload["paper_shear_rms_ellipticity"] = PAPER_SHEAR_RMS
-    (out_dir / "metrics.json").write_text(json.dumps(payload, indent=1, allow_nan=True) + "\n")
-    (out_dir / "table1.md").write_text(table1_markdown(result, label))
+    atomic.write_text(out_dir / "metrics.json", json.dumps(payload, indent=1, allow_nan=True) + "\n")
+    atomic.write_text(out_dir / "table1.md", table1_markdown(result, label))
     plot_figure1(pred, true, out_dir / "figure1.png", bins=bins)
     plot_residuals(pred, true, out_dir / "residuals.png")
     return out_dir
@@ -428,7 +429,7 @@ def plot_calibration(true, mean, std, path, calibration=None):
                  else "calibration (raw Gaussian intervals)", fontsize=9)
     ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic.save_figure(fig, path, dpi=110)
     return path
 
 
@@ -569,7 +570,7 @@ def compare_shear(models, out_dir, n=None, config=None):
                  conventions.SHEAR_NAMES]
         lines.append(f"| {name} | " + " | ".join(vals) + " |")
     text = "\n".join(lines) + "\n"
-    (out_dir / "shear_comparison.md").write_text(text)
+    atomic.write_text(out_dir / "shear_comparison.md", text)
     print(text)
     print(f"ensai evaluate: wrote {out_dir}/shear_comparison.md")
     return results

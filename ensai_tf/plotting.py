@@ -14,6 +14,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from ensai_tf import atomic
 from ensai_tf import conventions
 from ensai_tf.errors import InputError
 
@@ -151,5 +152,5 @@ def contact_sheet(images, path, params=None, curves=None, titles=None, ncols=8,
     fig.supxlabel("x (arcsec, +column, right)", fontsize=7)
     fig.supylabel("y (arcsec, +row, up)", fontsize=7)
     fig.tight_layout()
-    fig.savefig(str(path))
+    atomic.save_figure(fig, path)
     return str(path)

@@ -33,11 +33,11 @@ import os
 import pathlib
 import shutil
 import time
-import uuid
 
 import numpy as np
 import yaml
 
+from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
 from ensai_tf.dirlock import LOCK_NAME, ModelDirLock
@@ -68,7 +68,7 @@ ARTEFACTS = ("config.yaml", "tb", "best.keras", "backup", "log.csv", "model.kera
 
 _STATE_FILE = "callback_state.json"
 
-TMP_PREFIX = ".ensai-tmp-"
+TMP_PREFIX = atomic.TMP_PREFIX
 """Prefix of the temporary names that files are written under before their rename."""
 
 
@@ -159,18 +159,6 @@ def _remove_leftovers(model_dir):
             path.unlink(missing_ok=True)
 
 
-def _tmp_name(final, suffix=""):
-    final = pathlib.Path(final)
-    return final.with_name(f"{TMP_PREFIX}{uuid.uuid4().hex[:8]}-{final.name}{suffix}")
-
-
-def _write_text_atomic(path, text):
-    """Write ``text`` under a temporary name beside ``path``, then rename it into place."""
-    tmp = _tmp_name(path)
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def save_keras_atomic(model, path):
     """``model.save(path)`` under a temporary name in the same folder, then renamed.
 
@@ -183,24 +171,13 @@ def save_keras_atomic(model, path):
         ``path`` as a ``pathlib.Path``.
     """
     path = pathlib.Path(path)
-    tmp = _tmp_name(path, ".keras")  # Keras wants the .keras suffix
+    tmp = atomic.temp_path(path, ".keras")  # Keras wants the .keras suffix
     try:
         model.save(str(tmp))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return path
-
-
-def _replace_folder(tmp, final):
-    """Rename folder ``tmp`` to ``final``; an existing ``final`` is moved aside, then deleted."""
-    old = None
-    if final.exists():
-        old = _tmp_name(final, ".old")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export_saved_model_atomic(model, path):
@@ -219,10 +196,10 @@ def export_saved_model_atomic(model, path):
     from ensai_tf.export import export_saved_model
 
     path = pathlib.Path(path)
-    tmp = _tmp_name(path)
+    tmp = atomic.temp_path(path)
     try:
         export_saved_model(model, str(tmp))
-        _replace_folder(tmp, path)
+        atomic.replace_folder(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return path
@@ -232,7 +209,7 @@ def _remove_backup(backup_dir):
     """Delete the backup only after the exports; renamed first so no half-deleted backup is seen."""
     backup_dir = pathlib.Path(backup_dir)
     if backup_dir.exists():
-        gone = _tmp_name(backup_dir)
+        gone = atomic.temp_path(backup_dir)
         os.replace(backup_dir, gone)
         shutil.rmtree(gone, ignore_errors=True)
 
@@ -255,7 +232,7 @@ def _trim_log(log_path, epochs):
         if first.isdigit() and int(first) < epochs:
             kept.append(line)
     if len(kept) != len(lines):
-        _write_text_atomic(log_path, "".join(kept))
+        atomic.write_text(log_path, "".join(kept))
 
 
 def completed_epochs(backup_dir):
@@ -303,7 +280,7 @@ def _callback_classes():
             super()._save_model()
             state = {name: {k: float(getattr(cb, k)) for k in keys if hasattr(cb, k)}
                      for name, (cb, keys) in self._stateful.items()}
-            _write_text_atomic(self._state_path(), json.dumps(state))
+            atomic.write_text(self._state_path(), json.dumps(state))
 
         def _load_model(self):
             super()._load_model()
@@ -324,7 +301,7 @@ def _callback_classes():
 
         def _save_model(self, epoch, batch, logs):
             final = self.filepath
-            tmp = _tmp_name(final, ".keras")
+            tmp = atomic.temp_path(final, ".keras")
             self.filepath = str(tmp)
             try:
                 super()._save_model(epoch, batch, logs)
@@ -665,7 +642,7 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
         # a kill at any point leaves a folder that --resume completes
         if cfg.model.head != "point":
             calibration = calibrate_on_validation(model, cfg)
-            _write_text_atomic(model_dir / CALIBRATION_NAME, json.dumps(calibration, indent=1) + "\n")
+            atomic.write_text(model_dir / CALIBRATION_NAME, json.dumps(calibration, indent=1) + "\n")
         export_saved_model_atomic(model, model_dir / "saved_model")
         save_keras_atomic(model, model_dir / "model.keras")
         _remove_backup(model_dir / "backup")
@@ -802,7 +779,7 @@ def calibrate(model_dir, config=None, n=None, experiment=None):
     final = model_dir / CALIBRATION_NAME
     if final.is_file():
         os.replace(final, model_dir / "calibration-previous.json")
-    _write_text_atomic(final, json.dumps(calibration, indent=1) + "\n")
+    atomic.write_text(final, json.dumps(calibration, indent=1) + "\n")
     print(f"ensai calibrate: wrote {final} ({calibration['fitted_on']})")
     return calibration
 
@@ -891,7 +868,7 @@ def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, ver
             raise NonFiniteLossError(f"model folder {str(model_dir)!r}: the combiner's validation "
                                      f"{name} is {value}; nothing was exported. Lower "
                                      "train.combine_learning_rate and retry with --overwrite")
-    _write_text_atomic(model_dir / "combiner.json", json.dumps(summary, indent=1) + "\n")
+    atomic.write_text(model_dir / "combiner.json", json.dumps(summary, indent=1) + "\n")
     export_saved_model_atomic(model, model_dir / "saved_model")
     save_keras_atomic(model, model_dir / "model.keras")
     return model, summary

@@ -32,6 +32,7 @@ import pathlib
 
 import numpy as np
 
+from ensai_tf import atomic
 from ensai_tf import conventions
 from ensai_tf import realdata
 from ensai_tf.errors import InputError
@@ -312,7 +313,7 @@ def ica_experiment(n=16, seed=0, colour_ratios=COLOUR_RATIOS, config=None, model
     if out_dir is not None:
         out = pathlib.Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "ica.json").write_text(json.dumps(summary, indent=1) + "\n")
+        atomic.write_text(out / "ica.json", json.dumps(summary, indent=1) + "\n")
     return summary
 
 
@@ -387,6 +388,6 @@ def evaluate_ica(model, n=None, out_dir=None, config=None, seed=0):
         out_dir = base / "eval-ica"
     summary = ica_experiment(n=n, seed=seed, config=cfg, model=model, out_dir=out_dir)
     text = summary_markdown(summary)
-    (pathlib.Path(out_dir) / "ica.md").write_text(text)
+    atomic.write_text(pathlib.Path(out_dir) / "ica.md", text)
     sys.stdout.write(text)
     return summary

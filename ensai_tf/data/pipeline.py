@@ -41,6 +41,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
+from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf.conventions import NUM_PARAMS, SHEAR_NAMES
 from ensai_tf.data import observe as observe_lib
@@ -418,9 +419,7 @@ class ArrayStreams:
 
 
 def _write_manifest(folder, manifest):
-    tmp = folder / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-    os.replace(tmp, folder / "manifest.json")
+    atomic.write_text(folder / "manifest.json", json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _publish(tmp, final):
@@ -701,9 +700,7 @@ def pregenerate_arcs(out_dir, n, seed=None, config=None, split="train", batch_si
                               "split": split, "seed": seed, "size": n,
                               "fingerprint": data_fingerprint(cfg, _SIM_SECTIONS),
                               "arrays": arrays})
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        atomic.replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out

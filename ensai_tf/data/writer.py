@@ -19,10 +19,10 @@ import csv
 import os
 import pathlib
 import shutil
-import uuid
 
 import numpy as np
 
+from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
 from ensai_tf.data import pipeline
@@ -121,7 +121,7 @@ def write_observed_dataset(out, n, seed=0, config=None, split="test", overwrite=
     out = _check_out(out, overwrite)
     n = int(n)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = atomic.temp_path(out)
     (tmp / "draws").mkdir(parents=True)
     try:
         ds = pipeline.example_dataset(split, cfg, seed, count=n, observed=not clean,
@@ -158,7 +158,7 @@ def write_observed_dataset(out, n, seed=0, config=None, split="test", overwrite=
         config_lib.save_config(cfg, tmp / "config.yaml")
         _contact_sheet(tmp / "contact_sheet.png", {k: np.concatenate(v) for k, v in sheet.items()},
                        curves, cfg)
-        _replace_folder(tmp, out)
+        atomic.replace_folder(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return out
@@ -171,14 +171,3 @@ def _contact_sheet(path, sheet, curves, cfg):
     overlay = lens_curves(sheet["params"]) if curves else None
     plotting.contact_sheet(sheet["image"], str(path), params=sheet["params"], curves=overlay,
                            masks=sheet["mask"], pixel_scale=cfg.image.pixel_scale)
-
-
-def _replace_folder(tmp, out):
-    """Rename ``tmp`` to ``out``; an existing ``out`` is moved aside first, then deleted."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
