@@ -217,7 +217,16 @@ def build_parser():
 
 
 def main(argv=None):
-    """Entry point of the ``ensai`` console script; returns the exit status."""
+    """Entry point of the ``ensai`` console script; returns the exit status.
+
+    Args:
+        argv: command-line arguments without the program name; ``None`` reads
+            ``sys.argv[1:]``.
+
+    Returns:
+        int: 0 on success, 2 for a reported error (an ``EnsaiError`` or a file
+        error, re-raised instead with ``--debug``), 130 when interrupted.
+    """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
     from ensai_tf.errors import EnsaiError

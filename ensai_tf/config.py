@@ -342,14 +342,31 @@ PRESETS = {"paper": _paper, "smoke": _smoke, "cpu": _cpu}
 
 
 def get_preset(name):
-    """Return the preset config ``name`` (one of :data:`PRESETS`)."""
+    """Return the preset config ``name`` (one of :data:`PRESETS`).
+
+    Args:
+        name: preset name, ``"paper"``, ``"smoke"`` or ``"cpu"``.
+
+    Returns:
+        A fresh :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: for an unknown name, listing the valid presets.
+    """
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
     return PRESETS[name]()
 
 
 def config_to_dict(cfg):
-    """Nested plain dict of a config (tuples become lists, ready for YAML)."""
+    """Nested plain dict of a config (tuples become lists, ready for YAML).
+
+    Args:
+        cfg: an :class:`ExperimentConfig`, or one of its section dataclasses.
+
+    Returns:
+        dict: ``{section: {key: value}}`` (one level for a section).
+    """
     out = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
@@ -363,7 +380,14 @@ def config_to_dict(cfg):
 
 
 def valid_keys(cfg=None):
-    """All ``section.key`` names of a config, sorted."""
+    """All ``section.key`` names of a config, sorted.
+
+    Args:
+        cfg: an :class:`ExperimentConfig`; ``None`` uses the defaults.
+
+    Returns:
+        list[str]: names such as ``"train.learning_rate"``.
+    """
     cfg = cfg if cfg is not None else ExperimentConfig()
     return sorted(f"{s.name}.{f.name}" for s in dataclasses.fields(cfg)
                   for f in dataclasses.fields(getattr(cfg, s.name)))
@@ -408,6 +432,14 @@ def _coerce(key, value, default):
 
 def config_from_dict(data, base=None):
     """Build a config from a nested dict, starting from ``base``.
+
+    Args:
+        data: ``{section: {key: value}}`` mapping (as loaded from YAML), giving
+            only the fields to change; ``None`` returns ``base`` unchanged.
+        base: the starting :class:`ExperimentConfig`; ``None`` uses the defaults.
+
+    Returns:
+        A new, validated :class:`ExperimentConfig`.
 
     Raises:
         ConfigError: for an unknown section or key, naming it and listing the
@@ -489,6 +521,15 @@ def _check_bound(key, value, meta, what="value"):
 
 def validate_config(cfg):
     """Check every field against its metadata; return ``cfg`` unchanged.
+
+    Besides the per-field bounds and choices it checks cross-field rules
+    (learning-rate floor, shear outputs, PSF and noise-spectrum files exist).
+
+    Args:
+        cfg: the :class:`ExperimentConfig` to check.
+
+    Returns:
+        ``cfg`` itself.
 
     Raises:
         ConfigError: naming the key, the value and what is allowed.
@@ -578,6 +619,13 @@ def save_config(cfg, path):
 
     The file is written under a temporary name and renamed, so a reader never
     sees half a file. Returns the path written.
+
+    Args:
+        cfg: the :class:`ExperimentConfig` to write.
+        path: destination file, or an existing folder to write ``config.yaml`` into.
+
+    Returns:
+        ``pathlib.Path`` of the file written.
     """
     path = pathlib.Path(path)
     if path.is_dir():
@@ -586,5 +634,12 @@ def save_config(cfg, path):
 
 
 def target_count(cfg):
-    """Number of regression targets a config trains: 5, or 7 with ``model.shear_outputs``."""
+    """Number of regression targets a config trains: 5, or 7 with ``model.shear_outputs``.
+
+    Args:
+        cfg: an :class:`ExperimentConfig`.
+
+    Returns:
+        int: 5 (``theta_E, e_x, e_y, x_L, y_L``) or 7 (plus the two shear components).
+    """
     return conventions.TARGET_COUNTS[1] if cfg.model.shear_outputs else conventions.NUM_PARAMS

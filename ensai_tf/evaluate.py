@@ -168,7 +168,22 @@ def _fmt(v):
 
 
 def table1_markdown(result, label="this model", paper_rows=None):
-    """Table 1 as Markdown: this model's errors and the paper's (spec §10.1)."""
+    """Table 1 as Markdown: this model's errors and the paper's (spec §10.1).
+
+    Args:
+        result: the result dict of :func:`evaluate`: ``"metrics"``
+            (:func:`parameter_metrics`) and optionally ``"experiment"``,
+            ``"shear_bins"`` (:func:`shear_bins`), ``"shear_metrics"``,
+            ``"coverage"`` (:func:`coverage_report`), ``"time_per_lens_s"``
+            (seconds) and ``"batch_size"``.
+        label: name of this model's rows.
+        paper_rows: ``{row name: five 68% errors}`` in
+            :data:`~ensai_tf.conventions.PARAM_NAMES` order (arcsec for theta_E,
+            x_L, y_L; dimensionless e_x, e_y); None uses :data:`PAPER_TABLE1`.
+
+    Returns:
+        str: the Markdown text, ending in a newline.
+    """
     units = [f" ({u})" if u else "" for u in conventions.PARAM_UNITS]
     names = [f"{n}{u}" for n, u in zip(conventions.PARAM_NAMES, units)]
     m = result["metrics"]
@@ -228,6 +243,17 @@ def plot_figure1(pred, true, path, bins=12):
 
     Bands are the 2.5/16/50/84/97.5 percentiles of the parity-corrected
     prediction in bins of the true value (spec §8.2).
+
+    Args:
+        pred: ``(N, 5)`` predictions (theta_E, x_L, y_L in arcsec; e_x, e_y
+            dimensionless), before parity correction.
+        true: ``(N, 5)`` truths, same order and units.
+        path: output image file (``.png``), written atomically.
+        bins: number of equal-width bins of the true value; a bin with fewer
+            than 5 lenses gets no band.
+
+    Returns:
+        ``path``, as given.
     """
     from ensai_tf import losses
 
@@ -266,7 +292,17 @@ def plot_figure1(pred, true, path, bins=12):
 
 
 def plot_residuals(pred, true, path):
-    """Histograms of the parity-corrected residuals of the five parameters."""
+    """Histograms of the parity-corrected residuals of the five parameters.
+
+    Args:
+        pred: ``(N, 5)`` predictions (theta_E, x_L, y_L in arcsec; e_x, e_y
+            dimensionless), before parity correction.
+        true: ``(N, 5)`` truths, same order and units.
+        path: output image file (``.png``), written atomically.
+
+    Returns:
+        ``path``, as given.
+    """
     from ensai_tf import losses
 
     true = np.asarray(true, dtype=np.float64)
@@ -284,7 +320,21 @@ def plot_residuals(pred, true, path):
 
 
 def write_report(result, pred, true, out_dir, label="this model", bins=12):
-    """Write metrics.json, table1.md, figure1.png and residuals.png into ``out_dir``."""
+    """Write metrics.json, table1.md, figure1.png and residuals.png into ``out_dir``.
+
+    Args:
+        result: the result dict of :func:`evaluate` (see :func:`table1_markdown`);
+            written to ``metrics.json`` with the paper's numbers added.
+        pred: ``(N, 5)`` predictions (theta_E, x_L, y_L in arcsec; e_x, e_y
+            dimensionless), before parity correction.
+        true: ``(N, 5)`` truths, same order and units.
+        out_dir: output folder, created if missing.
+        label: name of this model's rows in ``table1.md``.
+        bins: number of true-value bins of ``figure1.png``.
+
+    Returns:
+        ``out_dir`` as a ``pathlib.Path``.
+    """
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     payload = dict(result)
@@ -329,6 +379,18 @@ def collect_test_set(cfg, n):
     The test split is materialised once by the pipeline (spec §3.7 [R]) and
     read back from its cache, with the per-example quantities stored beside
     the images (``extras``: 1-D arrays such as the external shear).
+
+    Args:
+        cfg: the resolved :class:`~ensai_tf.config.ExperimentConfig` that
+            defines the test data (``data.seed``, ``data.cache_dir``,
+            ``evaluate.batch_size`` and the simulation sections).
+        n: number of lenses, at most ``cfg.data.test_size``.
+
+    Returns:
+        tuple ``(images, params, extras)``: ``(n, 192, 192, 1)`` float32
+        images, ``(n, 5)`` float64 labels (theta_E, x_L, y_L in arcsec; e_x,
+        e_y dimensionless) and a dict of the other cached per-example arrays
+        (first axis ``n``), such as ``"gamma_1"``, ``"gamma_2"``.
 
     Raises:
         ConfigError: ``n`` exceeds ``data.test_size``.
@@ -401,6 +463,17 @@ def plot_calibration(true, mean, std, path, calibration=None):
     A perfectly calibrated network lies on the diagonal; below it the
     intervals are too narrow (overconfident). Dashed lines use the raw
     Gaussian intervals, solid lines the validation-fitted calibration.
+
+    Args:
+        true: ``(N, n)`` truths (n = 5, or 7 with the shear), parameter units.
+        mean: ``(N, n)`` predicted Gaussian means, parameter units.
+        std: ``(N, n)`` predicted standard deviations, parameter units.
+        path: output image file (``.png``), written atomically.
+        calibration: the dict of :func:`ensai_tf.uncertainty.fit_interval_calibration`
+            (``calibration.json``), or None for raw intervals only.
+
+    Returns:
+        ``path``, as given.
     """
     from ensai_tf import uncertainty
 

@@ -19,7 +19,14 @@ Shear targets appended after these (issue 9) keep their sign."""
 
 
 def parity_signs(n=NUM_PARAMS):
-    """``PARITY_SIGNS`` extended with +1 for the shear targets of an ``n``-long vector."""
+    """``PARITY_SIGNS`` extended with +1 for the shear targets of an ``n``-long vector.
+
+    Args:
+        n: length of the target vector: 5, or 7 with the shear.
+
+    Returns:
+        tuple of ``n`` floats: -1.0 for ``e_x`` and ``e_y``, +1.0 otherwise.
+    """
     return PARITY_SIGNS + (1.0,) * (int(n) - NUM_PARAMS)
 
 

@@ -55,7 +55,19 @@ def parity_correct_np(y_true, y_pred):
 
 
 def residuals(y_true, y_pred):
-    """Parity-corrected residuals ``pred - true``, ``(N, 5)`` float64, parameter units."""
+    """Parity-corrected residuals ``pred - true``, ``(N, 5)`` float64, parameter units.
+
+    Args:
+        y_true, y_pred: ``(N, 5)`` arrays, or ``(N, 7)`` with the shear appended;
+            arcsec / dimensionless.
+
+    Returns:
+        ``(N, 5)`` (or ``(N, 7)``) float64 residuals, in each parameter's unit.
+
+    Raises:
+        ValueError: an input is not ``(N, 5)`` or ``(N, 7)``, is empty, or the
+            two shapes differ.
+    """
     return parity_correct_np(y_true, y_pred) - _as_params(y_true, "y_true")
 
 
@@ -73,12 +85,36 @@ def error68(y_true, y_pred):
 
 
 def rms(y_true, y_pred):
-    """Root mean square of the parity-corrected residuals, ``(5,)`` (spec §8.2)."""
+    """Root mean square of the parity-corrected residuals, ``(5,)`` (spec §8.2).
+
+    Args:
+        y_true, y_pred: ``(N, 5)`` arrays, or ``(N, 7)`` with the shear appended;
+            arcsec / dimensionless.
+
+    Returns:
+        ``(5,)`` (or ``(7,)``) float64 rms, in each parameter's unit.
+
+    Raises:
+        ValueError: an input is not ``(N, 5)`` or ``(N, 7)``, is empty, or the
+            two shapes differ.
+    """
     return np.sqrt(np.mean(np.square(residuals(y_true, y_pred)), axis=0))
 
 
 def half_width_16_84(y_true, y_pred):
-    """``(P84 - P16) / 2`` of the parity-corrected residuals, ``(5,)`` (spec §8.2)."""
+    """``(P84 - P16) / 2`` of the parity-corrected residuals, ``(5,)`` (spec §8.2).
+
+    Args:
+        y_true, y_pred: ``(N, 5)`` arrays, or ``(N, 7)`` with the shear appended;
+            arcsec / dimensionless.
+
+    Returns:
+        ``(5,)`` (or ``(7,)``) float64 half-widths, in each parameter's unit.
+
+    Raises:
+        ValueError: an input is not ``(N, 5)`` or ``(N, 7)``, is empty, or the
+            two shapes differ.
+    """
     lo, hi = np.percentile(residuals(y_true, y_pred), [16.0, 84.0], axis=0)
     return 0.5 * (hi - lo)
 

@@ -604,8 +604,18 @@ def prepare_images(path, npix=conventions.NPIX, pixel_scale=None):
 def predict_images(predict_fn, images, batch_size=100):
     """Run ``predict_fn`` over ``(N, npix, npix, 1)`` images in batches.
 
+    Args:
+        predict_fn: the function of :func:`load_predictor`, mapping a
+            ``(B, npix, npix, 1)`` float32 array to a ``(B, 5)`` (or, with
+            ``raw``, ``(B, width)``) array.
+        images: ``(N, npix, npix, 1)`` array, 0.04 arcsec pixels; cast to float32.
+        batch_size: images per call of ``predict_fn``, >= 1.
+
     Returns:
         ``(N, 5)`` float64 array of parameters (arcsec, -, -, arcsec, arcsec).
+
+    Raises:
+        InputError: ``batch_size`` < 1.
     """
     images = np.asarray(images, dtype=np.float32)
     if batch_size < 1:
@@ -638,6 +648,17 @@ def result_rows(prepared, params):
     angle in [0, 180) degrees, east of north with a celestial WCS, else from
     +x (column) towards +y (row); ``x_pix``/``y_pix`` are the lens centre in
     the input file's 0-based pixel coordinates (column, row).
+
+    Args:
+        prepared: sequence of :class:`PreparedImage` (as from :func:`prepare_images`).
+        params: ``(N, 5)`` predictions in the same order, ``(theta_e, e_x,
+            e_y, x_l, y_l)`` in arcsec / dimensionless; extra columns are ignored.
+
+    Returns:
+        list of ``N`` dicts with the keys of ``OUTPUT_COLUMNS``: the five
+        parameters, ``q`` (dimensionless), ``pa_deg`` (degrees), ``pa_frame``,
+        ``x_pix``, ``y_pix`` (input pixels) and ``ra_deg``, ``dec_deg``
+        (degrees; None without a celestial WCS).
     """
     rows = []
     for item, p in zip(prepared, np.asarray(params, dtype=np.float64)):
@@ -767,6 +788,18 @@ def write_table(rows, output, columns=OUTPUT_COLUMNS):
     The file is written under a temporary name and renamed, so a failure
     never leaves half a file or clobbers an existing one. CSV has the given
     ``columns`` (other keys, such as ``covariance``, are JSON-only).
+
+    Args:
+        rows: list of dicts (as from :func:`result_rows`); None values become
+            empty CSV cells.
+        output: ``.csv`` or ``.json`` file path, or ``'-'`` for stdout.
+        columns: CSV column names, in order (see :func:`output_columns`).
+
+    Returns:
+        None.
+
+    Raises:
+        InputError: unknown file extension, or the file cannot be written.
     """
     fmt = _output_format(output)
     buf = io.StringIO()

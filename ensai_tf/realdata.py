@@ -275,6 +275,14 @@ def ellipticity_from_sky(q, pa_deg, jacobian, scales):
 def sky_to_pixel(band, ra_deg, dec_deg):
     """0-based ``(col, row)`` of an ICRS sky position in a band's file.
 
+    Args:
+        band: the :class:`Band` whose WCS places the position.
+        ra_deg: right ascension, degrees (ICRS).
+        dec_deg: declination, degrees (ICRS).
+
+    Returns:
+        ``(col, row)`` floats, 0-based file pixels (x = column, y = row).
+
     Raises:
         InputError: the band has no celestial WCS.
     """
@@ -505,6 +513,10 @@ def detect_cosmic_rays(image, mask=None, method="auto", sigclip=6.0, objlim=5.0)
 
 def cosmic_ray_centres(cr_map):
     """Centroids ``(col, row)`` of the connected groups of a cosmic-ray map.
+
+    Args:
+        cr_map: ``(H, W)`` bool (or 0/1) map, True on cosmic-ray pixels,
+            indexed ``[row, col]``.
 
     Returns:
         ``(K, 2)`` float64 pixel positions (8-connected groups).

@@ -236,7 +236,18 @@ def _trim_log(log_path, epochs):
 
 
 def completed_epochs(backup_dir):
-    """Epochs completed by an interrupted run, from its BackupAndRestore metadata (0 if none)."""
+    """Epochs completed by an interrupted run, from its BackupAndRestore metadata (0 if none).
+
+    Args:
+        backup_dir: the model folder's ``backup/`` folder (Keras
+            ``BackupAndRestore``).
+
+    Returns:
+        int: the ``"epoch"`` of ``training_metadata.json``, or 0 without that file.
+
+    Raises:
+        ModelDirError: the metadata file is not valid JSON or has no integer ``"epoch"``.
+    """
     meta = pathlib.Path(backup_dir) / "training_metadata.json"
     if not meta.is_file():
         return 0

@@ -212,7 +212,15 @@ def recover_arcs(blue, red, fwhm_blue, fwhm_red, core_mask_arcsec=None, centre=(
 
 
 def correlation_summary(values):
-    """Median, 5th percentile and minimum of correlations (dict of floats)."""
+    """Median, 5th percentile and minimum of correlations (dict of floats).
+
+    Args:
+        values: non-empty 1-D array of Pearson correlations, dimensionless.
+
+    Returns:
+        dict: ``"n"`` (int, number of values), ``"median"``, ``"p5"`` and
+        ``"min"`` (floats).
+    """
     values = np.asarray(values, dtype=np.float64)
     return {"n": int(values.size), "median": float(np.median(values)),
             "p5": float(np.percentile(values, 5)), "min": float(values.min())}
@@ -336,7 +344,18 @@ def _parameter_errors(model, alone, params, ica_inputs, ratio_of, colour_ratios)
 
 
 def summary_markdown(summary):
-    """The ICA experiment as a Markdown table (correlation and, if present, 68% errors)."""
+    """The ICA experiment as a Markdown table (correlation and, if present, 68% errors).
+
+    Args:
+        summary: the summary dict of :func:`ica_experiment`: ``"n_per_ratio"``,
+            ``"colour_ratios"`` (``{ratio: correlation_summary}``), ``"all"``,
+            ``"arcs_alone"`` (:func:`correlation_summary` dicts) and optionally
+            ``"errors"`` (``{"arcs_alone": metrics, "ica": {ratio: metrics}}``
+            of :func:`ensai_tf.evaluate.parameter_metrics`, in parameter units).
+
+    Returns:
+        str: the Markdown text, ending in a newline.
+    """
     lines = ["ICA arc recovery on synthetic two-band lenses (spec §8.4): Pearson correlation "
              "of the recovered arc component with the true arcs (PSF-matched), "
              f"{summary['n_per_ratio']} lenses per colour ratio.", "",

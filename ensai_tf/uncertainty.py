@@ -73,7 +73,14 @@ COVARIANCE_TYPES = ("diagonal", "full")
 """Accepted values of the ``covariance`` argument."""
 
 def tril_indices(n=NUM_PARAMS):
-    """(row, column) of the ``n(n-1)/2`` off-diagonal Cholesky entries, in output order."""
+    """(row, column) of the ``n(n-1)/2`` off-diagonal Cholesky entries, in output order.
+
+    Args:
+        n: number of targets, 5 or 7 (with the shear).
+
+    Returns:
+        tuple of ``(i, j)`` int pairs with ``j < i``, row by row.
+    """
     return tuple((i, j) for i in range(int(n)) for j in range(i))
 
 

@@ -270,6 +270,10 @@ def shift_params(params, draws, pixel_scale=conventions.PIXEL_SCALE):
 def sample_psf(seeds, cfg):
     """Draw the PSF decision and Gaussian width (spec §5.3 step 1, §9 #1).
 
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig`.
+
     Returns:
         dict: ``"apply_psf"`` ``(B,)`` bool (p = ``cfg.psf_prob``) and
         ``"psf_sigma_pix"`` ``(B,)`` float32 ~ U(``cfg.psf_sigma_pix``), pixels.
@@ -461,6 +465,21 @@ def psf_kernel(cfg, npix=conventions.NPIX, pixel_scale=conventions.PIXEL_SCALE):
     """The fixed PSF kernel of ``cfg.psf``, or None for the Gaussian family.
 
     Called once when :func:`observe` is traced, so a PSF file is read once.
+
+    Args:
+        cfg: :class:`ensai_tf.config.ObserveConfig`; ``cfg.psf`` ``"file"``
+            reads ``cfg.psf_file`` (:func:`load_psf`), ``"airy"`` builds
+            :func:`airy_halo_psf` from ``cfg.psf_airy_fwhm_arcsec``,
+            ``cfg.psf_halo_fraction`` and ``cfg.psf_halo_fwhm_arcsec``.
+        npix: image side, pixels (caps a file kernel at ``2 * npix - 1``).
+        pixel_scale: arcsec per pixel (of the Airy kernel).
+
+    Returns:
+        float32 ``(k, k)`` kernel, ``k`` odd, unit sum; or None for the
+        per-example Gaussian PSF.
+
+    Raises:
+        InputError: for an unreadable or invalid PSF file (see :func:`load_psf`).
     """
     if cfg.psf == "file":
         return load_psf(cfg.psf_file, npix)
@@ -474,6 +493,10 @@ def psf_kernel(cfg, npix=conventions.NPIX, pixel_scale=conventions.PIXEL_SCALE):
 
 def sample_poisson(seeds, cfg):
     """Draw the Poisson decision, counts scale and seed (spec §5.3 step 2, §9 #2).
+
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig`.
 
     Returns:
         dict: ``"apply_poisson"`` ``(B,)`` bool (p = ``cfg.poisson_prob``),
@@ -536,6 +559,12 @@ def apply_poisson(images, draws, exact_below=1e6):
 def sample_cosmic_rays(seeds, cfg, npix=conventions.NPIX):
     """Draw a cosmic-ray/hot-pixel map per example (spec §5.3 step 3, §5.5 [R]).
 
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig` (event counts, lengths in
+            pixels, and values).
+        npix: image side, pixels.
+
     Returns:
         dict: ``"apply_cosmic_rays"`` ``(B,)`` bool (p = ``cfg.cosmic_prob``),
         ``"cosmic_scale"`` ``(B,)`` ~ U(``cfg.cosmic_scale``), and the map as
@@ -574,7 +603,20 @@ def apply_cosmic_rays(images, draws):
 # ------------------------------------------------------------------- noise --
 
 def noise_spectrum(cfg, npix=conventions.NPIX):
-    """The amplitude spectrum of ``cfg.noise_spectrum``, or the default model (spec §5.4)."""
+    """The amplitude spectrum of ``cfg.noise_spectrum``, or the default model (spec §5.4).
+
+    Args:
+        cfg: :class:`ensai_tf.config.ObserveConfig`; an empty
+            ``cfg.noise_spectrum`` path selects the default drizzle model.
+        npix: map side, pixels.
+
+    Returns:
+        float32 ``(npix, npix)`` Fourier amplitudes, unshifted FFT order (DC at
+        ``[0, 0]``).
+
+    Raises:
+        InputError: for a missing or invalid spectrum file.
+    """
     if cfg.noise_spectrum:
         return noise.load_noise_spectrum(cfg.noise_spectrum, npix)
     return noise.default_noise_spectrum(npix)
@@ -582,6 +624,10 @@ def noise_spectrum(cfg, npix=conventions.NPIX):
 
 def sample_noise(seeds, cfg):
     """Draw the Gaussian-noise level and colour (spec §5.3 step 4).
+
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig`.
 
     Returns:
         dict: ``"noise_rms"`` ``(B,)`` ~ U(``cfg.noise_rms``), in units of
@@ -626,6 +672,10 @@ def apply_noise(images, draws, spectrum=None):
 def sample_normalise(seeds, cfg):
     """Draw the normalisation jitter (spec §5.3 step 6, §9 #5).
 
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig`.
+
     Returns:
         dict: ``"norm_jitter"`` ``(B,)`` ~ N(1, ``cfg.norm_jitter_rms``).
     """
@@ -661,6 +711,10 @@ def apply_normalise(images, draws, reference, threshold=0.4):
 def sample_zero_bias(seeds, cfg):
     """Draw the constant zero-level offset (spec §5.3 step 7).
 
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig`.
+
     Returns:
         dict: ``"zero_bias"`` ``(B,)`` ~ N(0, ``cfg.zero_bias_rms``), image units.
     """
@@ -669,7 +723,16 @@ def sample_zero_bias(seeds, cfg):
 
 
 def apply_zero_bias(images, draws):
-    """Add one constant ``zero_bias`` to every pixel of each image."""
+    """Add one constant ``zero_bias`` to every pixel of each image.
+
+    Args:
+        images: ``(B, n, n, 1)`` float32.
+        draws: dict with ``"zero_bias"`` ``(B,)``, image units
+            (:func:`sample_zero_bias`).
+
+    Returns:
+        ``(B, n, n, 1)`` float32.
+    """
     images = tf.convert_to_tensor(images, tf.float32)
     return images + _per_image(tf.cast(draws["zero_bias"], tf.float32))
 
@@ -843,6 +906,17 @@ def mask_from_draws(draws, npix=conventions.NPIX, radius_arcsec=0.2,
 
     A pixel is masked when its centre lies within ``radius_arcsec``
     (inclusive) of an active disc centre and ``apply_masks`` is set.
+
+    Args:
+        draws: dict from :func:`sample_masks`: ``"apply_masks"`` ``(B,)`` bool,
+            ``"mask_count"`` ``(B,)`` int and ``"mask_centres"`` ``(B, M, 2)``
+            disc centres (x, y), arcsec from the image centre.
+        npix: image side, pixels.
+        radius_arcsec: disc radius, arcsec.
+        pixel_scale: arcsec per pixel.
+
+    Returns:
+        ``(B, n, n, 1)`` float32 mask, 1 where kept and 0 where masked.
     """
     centres = tf.convert_to_tensor(draws["mask_centres"], tf.float32)
     n_max = centres.shape[1]
@@ -855,6 +929,12 @@ def mask_from_draws(draws, npix=conventions.NPIX, radius_arcsec=0.2,
 
 def apply_masks(images, draws, radius_arcsec=0.2, pixel_scale=conventions.PIXEL_SCALE):
     """Set masked pixels to exactly 0 (spec §5.3 step 8, §5.6).
+
+    Args:
+        images: ``(B, n, n, 1)`` float32.
+        draws: dict from :func:`sample_masks` (see :func:`mask_from_draws`).
+        radius_arcsec: disc radius, arcsec.
+        pixel_scale: arcsec per pixel.
 
     Returns:
         ``(images * mask, mask)``, both ``(B, n, n, 1)`` float32; mask is 1

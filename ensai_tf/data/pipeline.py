@@ -158,13 +158,29 @@ def _split_size(split, cfg):
 
 
 def default_cache_dir(config=None):
-    """Cache folder: ``config.data.cache_dir`` or ``~/.cache/ensai_tf``."""
+    """Cache folder: ``config.data.cache_dir`` or ``~/.cache/ensai_tf``.
+
+    Args:
+        config: :class:`ensai_tf.config.ExperimentConfig`, or None; an empty
+            ``data.cache_dir`` also gives the default.
+
+    Returns:
+        ``pathlib.Path`` with ``~`` expanded (not created).
+    """
     configured = config.data.cache_dir if config is not None else ""
     return pathlib.Path(os.path.expanduser(configured or "~/.cache/ensai_tf"))
 
 
 def file_sha256(path, chunk_bytes=1 << 22):
-    """Hex SHA-256 of a file, read in chunks."""
+    """Hex SHA-256 of a file, read in chunks.
+
+    Args:
+        path: the file.
+        chunk_bytes: bytes read at a time (default 4 MiB).
+
+    Returns:
+        str: 64 lowercase hex digits.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(chunk_bytes), b""):
@@ -173,7 +189,16 @@ def file_sha256(path, chunk_bytes=1 << 22):
 
 
 def progress_bar(total, desc, enabled):
-    """A tqdm progress bar counting lenses (disabled unless ``enabled``)."""
+    """A tqdm progress bar counting lenses (disabled unless ``enabled``).
+
+    Args:
+        total: number of lenses expected.
+        desc: label shown before the bar.
+        enabled: show the bar; when False the bar is a silent no-op.
+
+    Returns:
+        a ``tqdm.auto.tqdm`` bar (a context manager; advance it with ``update``).
+    """
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, unit="lens", disable=not enabled, leave=False)
@@ -265,7 +290,16 @@ def observe_stage(example, config, training):
 
 
 def clean_stage(example):
-    """The noise-free variant: ``image`` = arcs, nothing masked, no draws."""
+    """The noise-free variant: ``image`` = arcs, nothing masked, no draws.
+
+    Args:
+        example: dict with ``"arcs"`` ``(B, n, n, 1)`` and ``"params"`` ``(B, 5)``
+            (from :func:`simulate_stage`).
+
+    Returns:
+        the dict with ``"image"`` (the arcs), ``"clean_params"`` (the labels),
+        ``"mask"`` (all ones, shape of the arcs) and ``"draws"`` (empty) added.
+    """
     out = dict(example)
     out["clean_params"] = example["params"]
     out.update(image=example["arcs"], mask=tf.ones_like(example["arcs"]), draws={})
@@ -277,6 +311,15 @@ def to_supervised(example, n_targets=NUM_PARAMS):
 
     With ``n_targets = 7`` the shear ``(gamma_1, gamma_2)`` is appended to
     ``params`` (issue 9; an integer shift leaves the shear unchanged).
+
+    Args:
+        example: dict with ``"image"``, ``"params"`` (arcsec for ``theta_E``,
+            ``x_L``, ``y_L``; ``e_x``, ``e_y`` dimensionless) and, for 7
+            targets, ``"gamma_1"``, ``"gamma_2"`` ``(B,)`` (dimensionless).
+        n_targets: 5, or 7 to append the shear.
+
+    Returns:
+        tuple ``(images, params)``: ``(B, n, n, 1)`` and ``(B, n_targets)`` float32.
     """
     params = tf.cast(example["params"], tf.float32)
     if n_targets > NUM_PARAMS:
@@ -286,7 +329,19 @@ def to_supervised(example, n_targets=NUM_PARAMS):
 
 
 def load_stamps(split, config):
-    """The split's source stamps (disjoint pools, spec §3.7 [R]), as numpy."""
+    """The split's source stamps (disjoint pools, spec §3.7 [R]), as numpy.
+
+    Args:
+        split: ``"train"``, ``"validation"`` or ``"test"``.
+        config: :class:`ensai_tf.config.ExperimentConfig`; its
+            ``source.stamp_dirs`` and ``source.taper_radius`` are used.
+
+    Returns:
+        float32 ``(N, S, S)`` array of stamps, peak 1.
+
+    Raises:
+        InputError: see :func:`ensai_tf.data.sources.load_stamp_library`.
+    """
     return sources.load_stamp_library(split, config.source.stamp_dirs,
                                       taper_radius=config.source.taper_radius)
 
@@ -515,6 +570,15 @@ def data_fingerprint(config, sections=_DATA_SECTIONS):
     maths may round differently), the data code (SHA-256 of the simulator,
     observation, source and noise modules, so a code change invalidates old
     caches) and the format version.
+
+    Args:
+        config: the resolved :class:`ensai_tf.config.ExperimentConfig`.
+        sections: names of the config sections that affect the data (default:
+            image, lens, source, simulate and observe).
+
+    Returns:
+        dict with ``"format"``, ``"config"`` (``{section: dict}``),
+        ``"sim_batch_size"`` and ``"code_sha256"``; JSON-serialisable.
     """
     import importlib
 

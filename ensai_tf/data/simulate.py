@@ -167,7 +167,16 @@ def example_seeds(seed, split, start, count):
 
 
 def candidate_seeds(seeds, attempt):
-    """Seeds of candidate ``attempt`` (0-based) of each example: ``fold_in(seed_i, attempt)``."""
+    """Seeds of candidate ``attempt`` (0-based) of each example: ``fold_in(seed_i, attempt)``.
+
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        attempt: candidate index, a Python int, an int scalar tensor or a
+            ``(B,)`` int tensor (one index per example).
+
+    Returns:
+        ``(B, 2)`` int64 candidate seeds.
+    """
     return _fold(seeds, attempt)
 
 
@@ -473,7 +482,23 @@ def sample_lens_light(seeds, params, cfg):
 
 
 def render_lens_light(draws, geo):
-    """Lens-light images ``(B, npix, npix)`` with peak ``draws["amplitude"]`` (spec §4 [R])."""
+    """Lens-light images ``(B, npix, npix)`` with peak ``draws["amplitude"]`` (spec §4 [R]).
+
+    The elliptical Sersic is evaluated on the oversampled output grid (with a
+    half-sub-pixel core) and block-averaged to output pixels, then scaled to
+    peak ``amplitude``.
+
+    Args:
+        draws: dict of ``(B,)`` float32 from :func:`sample_lens_light`: ``"n"``,
+            ``"r_eff"`` (arcsec), ``"q"``, ``"angle"`` (radians from +x towards
+            +y), ``"amplitude"`` (relative to the arc peak), ``"x0"``, ``"y0"``
+            (arcsec).
+        geo: dict from :func:`ray_geometry` (``"x_fine"``, ``"y_fine"``,
+            ``"scale"``, ``"oversample"``).
+
+    Returns:
+        ``(B, npix, npix)`` float32 images.
+    """
     p = {k: v[:, None, None] for k, v in draws.items()}
     core = 0.5 * geo["scale"] / geo["oversample"]  # half a sub-pixel tames the n = 6 cusp
     fine = light.elliptical_sersic(geo["x_fine"], geo["y_fine"], 1.0, p["n"], p["r_eff"],
@@ -525,6 +550,13 @@ def render_sie_sersic(params, source, npix=conventions.NPIX, pixel_scale=convent
 
 def check_feasible(config):
     """Refuse settings under which no lens can be accepted (cheap, up front).
+
+    Args:
+        config: :class:`ensai_tf.config.ExperimentConfig`; reads the
+            ``simulate``, ``image`` and ``lens`` sections.
+
+    Returns:
+        None.
 
     Raises:
         SimulationError: ``simulate.min_magnification`` above

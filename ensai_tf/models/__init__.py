@@ -37,13 +37,33 @@ def _check_name(name):
 
 
 def accepted_sides(name):
-    """Input sides, pixels (below ``blocks.MAX_SEARCH_SIDE``), that ``name`` accepts."""
+    """Input sides, pixels (below ``blocks.MAX_SEARCH_SIDE``), that ``name`` accepts.
+
+    Args:
+        name: one of ``MODEL_BUILDERS``.
+
+    Returns:
+        list[int]: the accepted square sides, pixels, increasing.
+
+    Raises:
+        ValueError: unknown name.
+    """
     _check_name(name)
     return blocks.accepted_sides(_ACCEPTS[name])
 
 
 def min_input_side(name):
-    """Smallest square input side, pixels, that architecture ``name`` accepts."""
+    """Smallest square input side, pixels, that architecture ``name`` accepts.
+
+    Args:
+        name: one of ``MODEL_BUILDERS``.
+
+    Returns:
+        int: the side, pixels.
+
+    Raises:
+        ValueError: unknown name.
+    """
     return accepted_sides(name)[0]
 
 

@@ -24,6 +24,12 @@ def accepts_side(side):
 
     fc8's output is squeezed to 5 numbers (slim ``spatial_squeeze``), so
     pool5 must be exactly ``FC6_KERNEL`` pixels: sides 163 to 194.
+
+    Args:
+        side: input image side (height or width), pixels.
+
+    Returns:
+        bool: True when pool5 is ``FC6_KERNEL`` x ``FC6_KERNEL`` pixels.
     """
     s = blocks.valid_size(side, 11, 4)
     for _ in range(3):

@@ -36,17 +36,45 @@ MAX_SEARCH_SIDE = 2048
 
 
 def valid_size(side, kernel, stride=1):
-    """Output side of a VALID convolution or pool, pixels (0 if it does not fit)."""
+    """Output side of a VALID convolution or pool, pixels (0 if it does not fit).
+
+    Args:
+        side: input side, pixels.
+        kernel: kernel or pool side, pixels.
+        stride: stride, pixels.
+
+    Returns:
+        int: ``max(0, (side - kernel) // stride + 1)``.
+    """
     return max(0, (side - kernel) // stride + 1)
 
 
 def same_size(side, stride=1):
-    """Output side of a SAME convolution or pool, pixels."""
+    """Output side of a SAME convolution or pool, pixels.
+
+    Args:
+        side: input side, pixels.
+        stride: stride, pixels.
+
+    Returns:
+        int: ``ceil(side / stride)``.
+    """
     return -(-side // stride)
 
 
 def accepted_sides(accepts, limit=MAX_SEARCH_SIDE):
-    """Input sides in ``[1, limit)`` pixels for which ``accepts(side)`` is true."""
+    """Input sides in ``[1, limit)`` pixels for which ``accepts(side)`` is true.
+
+    Sides below the bias-removal window (4 pixels) are never accepted.
+
+    Args:
+        accepts: function ``side -> bool`` of an architecture (its
+            ``accepts_side``), side in pixels.
+        limit: exclusive upper bound of the search, pixels.
+
+    Returns:
+        list[int]: the accepted sides, pixels, increasing.
+    """
     return [n for n in range(1, limit) if n >= WINDOW and accepts(n)]
 
 
@@ -89,6 +117,12 @@ def model_input(input_shape, arch, accepts):
     [R], Inception included) and always computes in float32: its
     subtraction of a nearly equal offset would lose most digits in bfloat16.
 
+    Args:
+        input_shape: ``(H, W, 1)``, pixels.
+        arch: architecture name, for error messages.
+        accepts: function ``side -> bool`` of the architecture (see
+            :func:`check_input_shape`).
+
     Returns:
         ``(inputs, x)``: the input tensor named ``"images"`` and the output
         of the ``"bias_removal"`` layer.
@@ -104,6 +138,13 @@ def scaled(filters, width=1.0):
     ``width = 1`` is the paper's network (spec §6.5); the ``cpu`` preset uses
     narrower networks (``model.width``) that train faster on a CPU and fit
     the size limit of ``trained_weights/``.
+
+    Args:
+        filters: the paper's filter or unit count.
+        width: width multiplier (``model.width``), > 0.
+
+    Returns:
+        int: ``max(1, round(filters * width))``.
     """
     return max(1, int(round(filters * float(width))))
 
@@ -112,6 +153,19 @@ def conv(x, filters, kernel, name, strides=1, padding="same", activation="relu",
     """``slim.conv2d`` with its defaults: Glorot-uniform, zero bias (spec §6.3).
 
     ``width`` multiplies ``filters`` (see :func:`scaled`).
+
+    Args:
+        x: input tensor ``(B, H, W, C)``.
+        filters: number of filters at ``width = 1``.
+        kernel: kernel side, pixels (int or ``(kh, kw)``).
+        name: layer name.
+        strides: stride, pixels.
+        padding: ``"same"`` or ``"valid"``.
+        activation: Keras activation name, or None for linear.
+        width: width multiplier of ``filters``.
+
+    Returns:
+        The output tensor ``(B, H', W', scaled(filters, width))``.
     """
     return keras.layers.Conv2D(scaled(filters, width), kernel, strides=strides, padding=padding,
                                activation=activation, kernel_initializer="glorot_uniform",
@@ -123,6 +177,21 @@ def fc_conv(x, filters, kernel, name, activation="relu", bias=0.1, padding="vali
     """Conv-as-FC layer: truncated-normal(0.005) weights, constant bias (spec §6.5.2-3).
 
     ``width`` multiplies ``filters`` (see :func:`scaled`).
+
+    Args:
+        x: input tensor ``(B, H, W, C)``.
+        filters: number of filters (units) at ``width = 1``.
+        kernel: kernel side, pixels.
+        name: layer name.
+        activation: Keras activation name, or None for linear.
+        bias: constant initial bias.
+        padding: ``"valid"`` or ``"same"``.
+        dtype: layer dtype or policy (e.g. ``"float32"`` for an output layer
+            under mixed precision); None uses the global policy.
+        width: width multiplier of ``filters``.
+
+    Returns:
+        The output tensor ``(B, H', W', scaled(filters, width))``.
     """
     return keras.layers.Conv2D(
         scaled(filters, width), kernel, padding=padding, activation=activation,
@@ -131,7 +200,18 @@ def fc_conv(x, filters, kernel, name, activation="relu", bias=0.1, padding="vali
 
 
 def max_pool(x, size, name, strides=2, padding="valid"):
-    """``slim.max_pool2d``: stride 2, VALID by default (spec §6.3)."""
+    """``slim.max_pool2d``: stride 2, VALID by default (spec §6.3).
+
+    Args:
+        x: input tensor ``(B, H, W, C)``.
+        size: pool side, pixels.
+        name: layer name.
+        strides: stride, pixels.
+        padding: ``"valid"`` or ``"same"``.
+
+    Returns:
+        The pooled tensor ``(B, H', W', C)``.
+    """
     return keras.layers.MaxPooling2D(size, strides=strides, padding=padding, name=name)(x)
 
 
@@ -143,6 +223,22 @@ def conv_bn(x, filters, kernel, name, strides=1, padding="same", bn_mode="train"
     named ``<name>_bn``, then ReLU. ``bn_mode="frozen"``: Conv2D with bias
     and ReLU, no BN, which is what the release's never-updated BN reduces to.
     ``width`` multiplies ``filters`` (see :func:`scaled`).
+
+    Args:
+        x: input tensor ``(B, H, W, C)``.
+        filters: number of filters at ``width = 1``.
+        kernel: kernel side, pixels (int or ``(kh, kw)``).
+        name: name of the convolution (BN and ReLU layers get suffixes).
+        strides: stride, pixels.
+        padding: ``"same"`` or ``"valid"``.
+        bn_mode: one of :data:`BN_MODES`.
+        width: width multiplier of ``filters``.
+
+    Returns:
+        The output tensor ``(B, H', W', scaled(filters, width))``.
+
+    Raises:
+        ValueError: ``bn_mode`` is not one of :data:`BN_MODES`.
     """
     if bn_mode not in BN_MODES:
         raise ValueError(f"bn_mode must be one of {BN_MODES}, got {bn_mode!r}")
@@ -160,6 +256,16 @@ def conv_bn(x, filters, kernel, name, strides=1, padding="same", bn_mode="train"
 
 
 def params_output(x, name="params", num_outputs=NUM_PARAMS, kernel_initializer="glorot_uniform"):
-    """The linear output layer in float32 (spec §6.2), also under mixed precision."""
+    """The linear output layer in float32 (spec §6.2), also under mixed precision.
+
+    Args:
+        x: the final features ``(B, F)``.
+        name: layer name.
+        num_outputs: number of targets (5 lens parameters, 7 with the shear).
+        kernel_initializer: Keras initializer of the weights (the bias starts at 0).
+
+    Returns:
+        float32 tensor ``(B, num_outputs)``.
+    """
     return keras.layers.Dense(num_outputs, activation=None, kernel_initializer=kernel_initializer,
                               bias_initializer="zeros", dtype="float32", name=name)(x)

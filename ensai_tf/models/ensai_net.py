@@ -31,7 +31,16 @@ MODULES = (
 
 
 def accepts_side(side):
-    """Every side >= 4 pixels works (all SAME convolutions; 4 for the bias layer)."""
+    """Every side >= 4 pixels works (all SAME convolutions; 4 for the bias layer).
+
+    Args:
+        side: input image side (height or width), pixels.
+
+    Returns:
+        bool: True for every side >= 1; the bias layer's minimum of 4 pixels
+        is applied by :func:`ensai_tf.models.blocks.accepted_sides` and
+        :func:`ensai_tf.models.blocks.check_input_shape`.
+    """
     return side >= 1
 
 

@@ -26,7 +26,14 @@ ARCH = "inception_v4"
 
 
 def accepts_side(side):
-    """Whether one input side, pixels, survives every VALID stage (sides >= 75)."""
+    """Whether one input side, pixels, survives every VALID stage (sides >= 75).
+
+    Args:
+        side: input image side (height or width), pixels.
+
+    Returns:
+        bool: True when Mixed_7a still has at least 1 pixel.
+    """
     s = blocks.valid_size(side, 3, 2)   # Conv2d_1a_3x3
     s = blocks.valid_size(s, 3, 1)      # Conv2d_2a_3x3
     s = blocks.valid_size(s, 3, 2)      # Mixed_3a

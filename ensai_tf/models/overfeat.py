@@ -17,7 +17,14 @@ ARCH = "overfeat"
 
 
 def accepts_side(side):
-    """Whether one input side, pixels, leaves fc6 at least 1 pixel (sides >= 103)."""
+    """Whether one input side, pixels, leaves fc6 at least 1 pixel (sides >= 103).
+
+    Args:
+        side: input image side (height or width), pixels.
+
+    Returns:
+        bool: True when the fc6 output is at least 1 pixel.
+    """
     s = blocks.valid_size(side, 11, 4)
     s = blocks.valid_size(s, 2, 2)
     s = blocks.valid_size(s, 5, 1)

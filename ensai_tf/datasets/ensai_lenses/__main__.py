@@ -17,7 +17,15 @@ __all__ = ["main"]
 
 
 def main(argv=None):
-    """Parse ``--config`` and ``--data_dir``, build the config, print its splits."""
+    """Parse ``--config`` and ``--data_dir``, build the config, print its splits.
+
+    Args:
+        argv: command-line arguments without the program name; ``None`` reads
+            ``sys.argv[1:]``.
+
+    Returns:
+        The prepared ``tfds`` builder of ``ensai_lenses/<config>``.
+    """
     names = [c.name for c in Builder.BUILDER_CONFIGS]
     parser = argparse.ArgumentParser(prog="python -m ensai_tf.datasets.ensai_lenses",
                                      description=__doc__.splitlines()[0])
