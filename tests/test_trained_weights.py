@@ -97,6 +97,21 @@ def test_shipped_metrics_are_on_the_full_test_set():
         assert data["experiment"] is None
 
 
+@pytest.mark.parametrize("name", ("alexnet", "ensai_net", "overfeat", "inception_v4"))
+def test_shipped_training_log_covers_every_stage(name):
+    """log.csv: stages 1, 2, ... in order, each with epochs 0, 1, ... and finite losses."""
+    import csv
+
+    with open(WEIGHTS / name / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    stages = [int(r["stage"]) for r in rows]
+    assert stages[0] == 1 and all(b - a in (0, 1) for a, b in zip(stages, stages[1:])), name
+    for stage in set(stages):
+        epochs = [int(r["epoch"]) for r in rows if int(r["stage"]) == stage]
+        assert epochs == list(range(len(epochs))), (name, stage)
+    assert all(np.isfinite(float(r["val_loss"])) for r in rows), name
+
+
 def test_ensai_demo_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--n", "20", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out

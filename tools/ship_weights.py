@@ -12,6 +12,9 @@ test-set ``metrics.json``/``table1.md``/``figure1.png`` written by
 ``combiner.json`` and the same reports. It then evaluates every shipped model
 on the first ``--check-n`` test lenses and stores those metrics as
 ``metrics.json["check"]``, which ``tests/test_trained_weights.py`` reproduces.
+A network's ``log.csv`` gets a ``stage`` column: a run warm-started from the
+shipped weights of the same network appends its epochs to the shipped log as
+the next stage, so the log (and the images-seen count) covers all its training.
 Existing files in ``trained_weights/<name>/`` are replaced (the old versions
 stay in git history). Fails if a file exceeds 50 MB or the folder 150 MB.
 
@@ -70,6 +73,46 @@ def _deflate(path):
     tmp.replace(path)
 
 
+def _read_log(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _staged_log(run, name, shipped_rows):
+    """The rows of ``log.csv`` over every training stage of this network.
+
+    A run warm-started from the shipped weights of the same network
+    (``train.init_weights = trained_weights/<name>/model.keras``) continues
+    them, so its epochs are appended to the shipped log as the next
+    ``stage``; any other run starts a new log at stage 1.
+    """
+    import yaml
+
+    init = yaml.safe_load((run / "config.yaml").read_text())["train"].get("init_weights", "")
+    rows = _read_log(run / "log.csv")
+    continued = bool(init) and shipped_rows and (
+        (ROOT / init).resolve() == (DEST / name / "model.keras").resolve())
+    previous = shipped_rows if continued else []
+    bare = [{k: v for k, v in r.items() if k != "stage"} for r in previous]
+    if rows and bare[-len(rows):] == rows:  # this run was shipped before: replace its stage
+        previous = previous[:-len(rows)]
+    stage = max((int(r.get("stage") or 1) for r in previous), default=0) + 1
+    return [{"stage": r.get("stage") or "1", **{k: v for k, v in r.items() if k != "stage"}}
+            for r in previous] + [{"stage": str(stage), **r} for r in rows]
+
+
+def _write_log(path, rows):
+    import csv
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _strip(run, out):
     """Ship the weights without optimiser state (a third of the size of a training file).
 
@@ -106,12 +149,16 @@ def ship(runs, check_n, only=None):
         if missing:
             sys.exit(f"{run}: missing {', '.join(missing)}; run tools/train_shipped_weights.sh")
         out = DEST / name
+        shipped_log = _read_log(out / "log.csv") if (out / "log.csv").is_file() else []
+        log = _staged_log(run, name, shipped_log) if name in NETWORKS else None
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
         for f in files:
             if f not in ("model.keras", "saved_model"):
                 _copy(run / f, out / f)
+        if log is not None:
+            _write_log(out / "log.csv", log)
         _strip(run, out)
         for f in reports:
             _copy(run / "eval" / f, out / f)
