@@ -87,19 +87,14 @@ def tangential_caustic(theta_e, e_x, e_y, x_l, y_l, num=200):
     """Tangential caustic (astroid-like) of the SIE; arguments as the critical curve.
 
     Args:
-        theta_e: intermediate-axis Einstein radius, arcsec, shape (B,) (or scalar).
-        e_x, e_y: Ensai ellipticity ``eps (cos phi, sin phi)``, dimensionless, shape (B,).
-        x_l, y_l: lens centre, arcsec, sky frame, shape (B,).
-        num: number of vertices (lens-frame polar angles ``2 pi k / num``),
-            an integer >= 3.
+        theta_e, e_x, e_y, x_l, y_l, num: as :func:`critical_curve` (arcsec, dimensionless).
 
     Returns:
         (B, num, 2) sky-frame polygon, arcsec; collapses to the lens centre
         for an SIS.
 
     Raises:
-        ValueError: ``num`` is not an integer >= 3, or the parameters have
-            rank above 1 or mismatched batch sizes.
+        ValueError: as :func:`critical_curve`.
     """
     return _curve(theta_e, e_x, e_y, x_l, y_l, num, "caustic")
 
@@ -108,18 +103,13 @@ def cut_curve(theta_e, e_x, e_y, x_l, y_l, num=200):
     """Cut (pseudo-caustic, image of the lens centre); arguments as the critical curve.
 
     Args:
-        theta_e: intermediate-axis Einstein radius, arcsec, shape (B,) (or scalar).
-        e_x, e_y: Ensai ellipticity ``eps (cos phi, sin phi)``, dimensionless, shape (B,).
-        x_l, y_l: lens centre, arcsec, sky frame, shape (B,).
-        num: number of vertices (lens-frame polar angles ``2 pi k / num``),
-            an integer >= 3.
+        theta_e, e_x, e_y, x_l, y_l, num: as :func:`critical_curve` (arcsec, dimensionless).
 
     Returns:
         (B, num, 2) sky-frame polygon, arcsec; a circle of radius theta_E for an SIS.
 
     Raises:
-        ValueError: ``num`` is not an integer >= 3, or the parameters have
-            rank above 1 or mismatched batch sizes.
+        ValueError: as :func:`critical_curve`.
     """
     return _curve(theta_e, e_x, e_y, x_l, y_l, num, "cut")
 
