@@ -754,12 +754,14 @@ def pregenerate_arcs(out_dir, n, seed=None, config=None, split="train", batch_si
     stamps = load_stamps(split, cfg)
     key = cache_key(split, cfg, seed, n, sections=_SIM_SECTIONS, stamps=stamps)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = atomic.temp_path(out)
     tmp.mkdir()
     try:
         ds = example_dataset(split, cfg, seed, count=n, batch_size=batch_size, observed=False,
                              stamps=stamps)
-        arrays = _materialise(ds, tmp, n, progress, f"arcs {split}", ("mask",))
+        # clean_stage's "image" is the arcs themselves and its mask all ones: store neither,
+        # or the arcs would be on disk (and in memory when training) twice
+        arrays = _materialise(ds, tmp, n, progress, f"arcs {split}", ("mask", "image"))
         _write_manifest(tmp, {"format": CACHE_FORMAT, "key": key, "kind": "arcs",
                               "split": split, "seed": seed, "size": n,
                               "fingerprint": data_fingerprint(cfg, _SIM_SECTIONS),
@@ -804,6 +806,9 @@ def _stored_arcs_dataset(arcs_dir, cfg, seed, batch, start_step):
     bulky = {k: arrays.pop(k) for k in ("arcs", "lens_light") if k in arrays}
     arrays.pop("index")
     arrays.pop("seed")
+    # folders written before the arcs were stored once also hold them as "image"; that copy
+    # would otherwise become an in-memory constant of the whole set (4.4 GB for 30,000 arcs)
+    arrays.pop("image", None)
     small = {k: tf.constant(np.asarray(v)) for k, v in arrays.items()}
     order_seed = tf.random.fold_in(tf.constant([int(seed), 0], tf.int64),
                                    tf.constant(ORDER_STREAM, tf.int64))

@@ -230,6 +230,8 @@ def test_pregenerated_arcs_feed_the_train_stream(fake_simulator, cfg, tmp_path):
     arcs_dir = pipeline.pregenerate_arcs(tmp_path / "arcs", 5, config=cfg, progress=False)
     stored = pipeline.load_cache(arcs_dir)
     assert stored["arcs"].shape == (5, 192, 192, 1)
+    # the arcs are stored once: no observed-image or mask copy of the same size
+    assert [k for k, v in stored.items() if v.shape == stored["arcs"].shape] == ["arcs"]
     arcs_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, arcs_dir=str(arcs_dir)))
     it = iter(pipeline._stored_arcs_dataset(arcs_dir, arcs_cfg, 0, 5, 0))
     epochs = [next(it) for _ in range(2)]
