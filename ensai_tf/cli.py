@@ -72,6 +72,9 @@ def _cmd_evaluate(args):
     from ensai_tf import evaluate
     from ensai_tf.errors import InputError
 
+    if args.symmetrize and (len(args.model) > 1 or args.experiment == "ica"):
+        raise InputError("--symmetrize evaluates one model on the test set; it is not available "
+                         "with several models or --experiment ica")
     if len(args.model) > 1:
         if args.experiment != "shear" or not args.out:
             raise InputError("several models are compared only with --experiment shear and an "
@@ -85,13 +88,17 @@ def _cmd_evaluate(args):
         twoband.evaluate_ica(model, n=args.n, out_dir=args.out, config=_resolve_config(args))
         return
     evaluate.evaluate(model, n=args.n, experiment=args.experiment, out_dir=args.out,
-                      config=_resolve_config(args))
+                      config=_resolve_config(args), symmetrize=args.symmetrize)
 
 
 def _cmd_predict(args):
     from ensai_tf import predict, realdata
 
     pair = realdata.band_files(args.bands, args.files, args.ica)
+    if pair is not None and args.symmetrize:
+        from ensai_tf.errors import InputError
+
+        raise InputError("--symmetrize is not available with two-band ICA input (--bands/--ica)")
     if pair is not None:
         realdata.predict_two_band(
             args.model, pair[0], pair[1], output=args.output, ra=args.ra, dec=args.dec, x=args.x,
@@ -101,7 +108,7 @@ def _cmd_predict(args):
         return
     predict.predict_files(args.model, args.files, output=args.output,
                           pixel_scale=args.pixel_scale, batch_size=args.batch_size,
-                          return_rows=False)
+                          return_rows=False, symmetrize=args.symmetrize)
 
 
 def _cmd_demo(args):
@@ -173,7 +180,10 @@ def build_parser():
     p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light", "ica"),
                    help="robustness experiment (spec §8.5), or ica: arc recovery and error "
                         "growth of two-band ICA lens-light removal (spec §8.4)")
-    p.add_argument("--out", default=None, help="output folder (default: MODEL/eval[-EXP])")
+    p.add_argument("--out", default=None, help="output folder (default: MODEL/eval[-EXP][-d4])")
+    p.add_argument("--symmetrize", action="store_true",
+                   help="average each prediction over the 8 flips and rotations of the image "
+                        "(point-estimate models; 8x the time per lens)")
     _add_config_args(p, default_preset="paper")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -184,6 +194,9 @@ def build_parser():
     p.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
                    help="pixel scale of images without a WCS, arcsec")
     p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
+    p.add_argument("--symmetrize", action="store_true",
+                   help="average each prediction over the 8 flips and rotations of the image "
+                        "(point-estimate models; 8x the time per lens)")
     g = p.add_argument_group("two-band ICA lens-light removal (spec §8.4)")
     g.add_argument("--bands", nargs=2, metavar=("BLUE.fits", "RED.fits"),
                    help="two aligned filters, bluer first: unmix with ICA and predict")

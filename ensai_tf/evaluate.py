@@ -365,12 +365,13 @@ def _model_label(model_path):
     return path.name
 
 
-def _default_out_dir(model, experiment):
+def _default_out_dir(model, experiment, symmetrize=False):
     path = pathlib.Path(model)
     base = path if path.is_dir() else path.parent
     if base.name == "saved_model":
         base = base.parent
-    return base / ("eval" if experiment is None else f"eval-{experiment}")
+    name = "eval" if experiment is None else f"eval-{experiment}"
+    return base / (name + ("-d4" if symmetrize else ""))
 
 
 def collect_test_set(cfg, n):
@@ -512,18 +513,22 @@ def _shear_truth(extras):
     return None
 
 
-def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
+def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetrize=False):
     """Evaluate a trained model on the fixed test set and write Table 1 and Figure 1.
 
     Args:
         model: model folder, SavedModel folder or ``.keras`` file.
         n: number of test lenses (default ``config.evaluate.n``).
         experiment: None, ``"shear"``, ``"psf"`` or ``"lens-light"``.
-        out_dir: output folder (default ``MODEL/eval`` or ``MODEL/eval-EXP``).
+        out_dir: output folder (default ``MODEL/eval`` or ``MODEL/eval-EXP``,
+            with ``-d4`` appended when ``symmetrize``).
         config: the resolved config that defines the test data (default:
             the paper preset, whose test split is the fixed test set of
             spec §8.3; a model's own training config is deliberately not
             used, so every model is scored on the same lenses).
+        symmetrize: average each prediction over the eight flips and
+            rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
+            point-estimate models only, 8x the time per lens).
 
     Returns:
         The result dict written to ``metrics.json``; for a Gaussian head it
@@ -533,8 +538,9 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
     Raises:
         ModelDirError: missing or corrupt model.
         ConfigError: bad ``n`` or experiment.
+        InputError: ``symmetrize`` with a Gaussian-head model.
     """
-    from ensai_tf import predict, uncertainty
+    from ensai_tf import predict, symmetry, uncertainty
 
     cfg = config if config is not None else config_lib.get_preset("paper")
     cfg = experiment_config(cfg, experiment)
@@ -549,6 +555,8 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
         raise ModelDirError(f"the model takes {npix}x{npix} images but the test config has "
                             f"image.npix = {cfg.image.npix}")
     calibration = predict.load_calibration(model)
+    if symmetrize:
+        predict_fn = symmetry.symmetrize(predict_fn)
     images, true, extras = collect_test_set(cfg, n)
     predict.predict_images(predict_fn, images[:1], cfg.evaluate.batch_size)  # trace once
     start = time.perf_counter()
@@ -560,7 +568,8 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
     pred = outputs[:, :conventions.NUM_PARAMS]
     result = {"model": str(model), "experiment": experiment, "n": n, "head": head,
               "metrics": parameter_metrics(pred, true),
-              "time_per_lens_s": elapsed / n, "batch_size": cfg.evaluate.batch_size}
+              "time_per_lens_s": elapsed / n, "batch_size": cfg.evaluate.batch_size,
+              "symmetrize": "d4" if symmetrize else None}
     shear_true = _shear_truth(extras) if n_out > conventions.NUM_PARAMS else None
     scored_true, scored = true, conventions.NUM_PARAMS
     if shear_true is not None:
@@ -574,7 +583,9 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None):
     label = _model_label(model)
     paper_row = _PAPER_ROW_BY_MODEL.get(label, "Combined" if label == "combined" else None)
     result["paper_row"] = paper_row
-    out_dir = pathlib.Path(out_dir or _default_out_dir(model, experiment))
+    if symmetrize:
+        label += " (D4-averaged)"
+    out_dir = pathlib.Path(out_dir or _default_out_dir(model, experiment, symmetrize))
     if summary is not None:
         mean, std = summary["mean"][:, :scored], summary["std"][:, :scored]
         if calibration is not None and np.shape(calibration["multipliers"])[1] != scored:

@@ -920,7 +920,8 @@ def _batches(files, npix, pixel_scale, batch_size):
         yield batch
 
 
-def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, return_rows=True):
+def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, return_rows=True,
+                  symmetrize=False):
     """Predict lens parameters for image files and write a table, streaming.
 
     Files are read, prepared, predicted and written ``batch_size`` images at
@@ -939,6 +940,9 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
         batch_size: images per forward pass (and per write).
         return_rows: return the row dicts; False returns only their number,
             which keeps memory flat for any number of files (the CLI).
+        symmetrize: average each prediction over the eight flips and
+            rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
+            point-estimate models only, 8x the time per lens).
 
     Returns:
         The list of row dicts written (see :func:`result_rows`), or their
@@ -946,7 +950,7 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
 
     Raises:
         InputError: a bad image file, batch size or output path (the
-            message names it).
+            message names it), or ``symmetrize`` with a Gaussian-head model.
         ModelDirError: a missing or corrupt model.
     """
     if not files:
@@ -963,6 +967,13 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     head, n_targets = uncertainty.head_layout(
         predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
     calibration = load_calibration(model) if head != "point" else None
+    if symmetrize:
+        from ensai_tf import symmetry
+
+        if head != "point":
+            raise InputError(f"--symmetrize averages point estimates only; {model} has a "
+                             f"{head!r} Gaussian head")
+        predict_fn = symmetry.symmetrize(predict_fn)
     table = _TableStream(output, output_columns(head, n_targets))
     kept = [] if return_rows else None
     frames = set()

@@ -148,6 +148,36 @@ def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model):
         assert (tmp_path / "ev" / name).is_file()
 
 
+def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_model):
+    """The tiny model's output is a constant vector per image (mean(image) is D4-invariant):
+    averaged over D4, theta_E is kept and the lens centre goes to exactly 0."""
+    import shutil
+
+    cfg = _smoke_cfg(tmp_path)
+    model = tmp_path / "m" / "tiny.keras"
+    model.parent.mkdir()
+    shutil.copy(tiny_keras_model, model)
+    result = evaluate.evaluate(str(model), n=8, config=cfg, symmetrize=True)
+    assert result["symmetrize"] == "d4"
+    assert (tmp_path / "m" / "eval-d4" / "metrics.json").is_file()
+    images, true, _ = evaluate.collect_test_set(cfg, 8)
+    pred = np.zeros_like(true)
+    pred[:, 0] = np.mean(images, axis=(1, 2, 3))
+    expected = evaluate.parameter_metrics(pred, true)
+    for name in ("theta_e", "x_l", "y_l"):
+        np.testing.assert_allclose(result["metrics"][name]["rms"], expected[name]["rms"],
+                                   rtol=1e-4)
+
+
+def test_evaluate_symmetrize_refuses_a_gaussian_head(tmp_path):
+    from ensai_tf.errors import InputError
+
+    path = _gaussian_tiny(tmp_path / "g", 10)
+    with pytest.raises(InputError, match="point estimates"):
+        evaluate.evaluate(path, n=2, out_dir=tmp_path / "ev", config=_smoke_cfg(tmp_path),
+                          symmetrize=True)
+
+
 def test_evaluate_shear_experiment_bins_every_lens(tmp_path, tiny_keras_model):
     result = evaluate.evaluate(tiny_keras_model, n=8, experiment="shear",
                                out_dir=tmp_path / "ev", config=_smoke_cfg(tmp_path))

@@ -442,3 +442,26 @@ def test_predict_files_gives_intervals_and_shear_for_a_gaussian_shear_head(tmp_p
                                 output=str(tmp_path / "out2.json"))[0]
     assert row["x_l"] - row["x_l_lo68"] == pytest.approx(2.0 * row["x_l_std"], rel=1e-5)
     assert uncertainty.head_layout(14) == ("diagonal", 7)
+
+
+def test_predict_files_symmetrize_closed_form_and_refuses_gaussian_heads(tmp_path,
+                                                                       tiny_model_path):
+    """The tiny model's output is D4-invariant per image, so averaged over the 8 flips and
+    rotations theta_E stays mean(image) and the lens centre becomes exactly 0."""
+    np.save(tmp_path / "a.npy", _arc_image())
+    rows = predict.predict_files(tiny_model_path, [str(tmp_path / "a.npy")],
+                                 output=str(tmp_path / "out.csv"), symmetrize=True)
+    mean = float(np.mean(predict.prepare_images(str(tmp_path / "a.npy"))[0].image))
+    assert rows[0]["theta_e"] == pytest.approx(mean, rel=1e-5)
+    assert rows[0]["x_l"] == pytest.approx(0.0, abs=1e-12)
+    assert rows[0]["y_l"] == pytest.approx(0.0, abs=1e-12)
+    import keras
+
+    inputs = keras.Input((192, 192, 1))
+    model = keras.Model(inputs, keras.layers.Dense(10)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    (tmp_path / "g").mkdir()
+    model.save(tmp_path / "g" / "model.keras")
+    with pytest.raises(InputError, match="point estimates only"):
+        predict.predict_files(str(tmp_path / "g"), [str(tmp_path / "a.npy")],
+                              output=str(tmp_path / "g.csv"), symmetrize=True)
+    assert not (tmp_path / "g.csv").exists()
