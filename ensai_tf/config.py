@@ -304,9 +304,11 @@ def _smoke():
 def _cpu():
     """Most accuracy per CPU-hour on a 2-core CPU (platform-notes.md).
 
-    - mixed_bfloat16: training runs 2x faster than float32 on this CPU's
+    - mixed_bfloat16: training runs 2x faster than float32 on a CPU with
       AVX512_BF16 (13.8 vs 7.0 img/s for the 8-module net); the output layer
-      stays float32.
+      stays float32. On a CPU without it (AVX2 only) bfloat16 is emulated and
+      about 2x slower than float32 instead; training then warns, and
+      ``--set train.mixed_precision=false`` is the faster choice.
     - lr 3e-4, 3x the GPU value of spec §7.2 [R]: a CPU budget is some 10^4
       steps, not 10^6, so a faster start matters more than the last digit;
       the plateau decay (x0.1 down to 1e-6) still applies, with patience 4

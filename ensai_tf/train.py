@@ -33,6 +33,7 @@ import os
 import pathlib
 import shutil
 import time
+import warnings
 
 import numpy as np
 import yaml
@@ -556,6 +557,41 @@ def _strategy(distribute):
     return tf.distribute.MirroredStrategy(devices=devices)
 
 
+def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
+    """Whether this CPU computes bfloat16 in hardware (AVX512_BF16 or AMX-BF16).
+
+    Args:
+        cpuinfo: the Linux CPU description to read.
+
+    Returns:
+        True or False from the ``flags`` line of ``cpuinfo``; None where it
+        cannot be read (not Linux).
+    """
+    try:
+        text = pathlib.Path(cpuinfo).read_text()
+    except OSError:
+        return None
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def _warn_if_emulated_bf16(policy):
+    """Warn when mixed_bfloat16 would run emulated on a CPU (about 2x slower than float32)."""
+    if policy != "mixed_bfloat16":
+        return
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU") or cpu_has_native_bf16() is not False:
+        return
+    warnings.warn("train.mixed_precision is on, but this CPU has no AVX512_BF16 or AMX-BF16: "
+                  "bfloat16 is emulated and training runs about 2x slower than in float32 "
+                  "(AlexNet at full width: 1.4 against 3.0 images/s on a 2-core AVX2 CPU); "
+                  "pass --set train.mixed_precision=false", stacklevel=3)
+
+
 @contextlib.contextmanager
 def _dtype_policy(name):
     import keras
@@ -624,6 +660,7 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
     t = cfg.train
     keras.utils.set_random_seed(t.seed)
     policy = "mixed_bfloat16" if t.mixed_precision else "float32"
+    _warn_if_emulated_bf16(policy)
     with _dtype_policy(policy):
         strategy = _strategy(distribute)
         with strategy.scope():

@@ -539,3 +539,15 @@ def test_calibrate_refits_on_more_validation_lenses_and_keeps_the_old_file(tmp_p
     with pytest.raises(ModelDirError, match="point-estimate network"):
         train.calibrate(point, config=cfg)
     assert keras.saving.load_model(tmp_path / "run" / "model.keras", compile=False)
+
+
+def test_cpu_has_native_bf16_reads_the_cpu_flags(tmp_path):
+    from ensai_tf import train
+
+    (tmp_path / "avx2").write_text("processor : 0\nflags : fpu sse2 avx avx2 fma\n")
+    (tmp_path / "zen4").write_text("processor : 0\nflags : avx2 avx512f avx512_bf16\n")
+    (tmp_path / "spr").write_text("flags\t\t: avx2 amx_bf16 amx_tile\n")
+    assert train.cpu_has_native_bf16(tmp_path / "avx2") is False
+    assert train.cpu_has_native_bf16(tmp_path / "zen4") is True
+    assert train.cpu_has_native_bf16(tmp_path / "spr") is True
+    assert train.cpu_has_native_bf16(tmp_path / "missing") is None
