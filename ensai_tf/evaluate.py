@@ -557,8 +557,10 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
     calibration = predict.load_calibration(model)
     if symmetrize:
         predict_fn = symmetry.symmetrize(predict_fn)
+    # trace once, untimed, before the test set is simulated: a model that --symmetrize
+    # cannot average fails here, not after minutes of simulation
+    predict_fn(np.zeros((1, npix, npix, 1), np.float32))
     images, true, extras = collect_test_set(cfg, n)
-    predict.predict_images(predict_fn, images[:1], cfg.evaluate.batch_size)  # trace once
     start = time.perf_counter()
     raw = predict.predict_images(predict_fn, images, cfg.evaluate.batch_size)
     elapsed = time.perf_counter() - start

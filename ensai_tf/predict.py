@@ -963,17 +963,14 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     from ensai_tf import uncertainty
 
     predict_fn, npix = load_predictor(model, raw=True)
+    if symmetrize:
+        from ensai_tf import symmetry
+
+        predict_fn = symmetry.symmetrize(predict_fn)  # refuses a Gaussian head at the warm-up
     # warm-up: build and trace once, not timed; its width tells the head
     head, n_targets = uncertainty.head_layout(
         predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
     calibration = load_calibration(model) if head != "point" else None
-    if symmetrize:
-        from ensai_tf import symmetry
-
-        if head != "point":
-            raise InputError(f"--symmetrize averages point estimates only; {model} has a "
-                             f"{head!r} Gaussian head")
-        predict_fn = symmetry.symmetrize(predict_fn)
     table = _TableStream(output, output_columns(head, n_targets))
     kept = [] if return_rows else None
     frames = set()

@@ -186,8 +186,8 @@ def symmetrize(predict_fn, elements=DIHEDRAL_GROUP):
         for g in elements:
             out = np.asarray(predict_fn(transform_images(images, g)), dtype=np.float64)
             if out.ndim != 2 or out.shape[-1] not in conventions.TARGET_COUNTS:
-                raise InputError(f"symmetry averaging takes point estimates of width 5 or 7; "
-                                 f"this model outputs {out.shape[-1]} numbers per lens (a "
+                raise InputError(f"symmetry averaging takes point estimates only (5 or 7 "
+                                 f"numbers per lens); this model outputs {out.shape[-1]} (a "
                                  "Gaussian head)")
             estimates.append(transform_params(out, g, inverse=True))
         reference = estimates[0]
