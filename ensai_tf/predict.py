@@ -204,10 +204,9 @@ def load_predictor(path, raw=False):
             holder = export.load_for_inference(str(saved))
             npix = _saved_model_npix(holder.serve if hasattr(holder, "serve") else holder)
         else:
-            import keras
+            from ensai_tf import export
 
-            register_custom_objects()
-            holder = keras.saving.load_model(str(keras_path), compile=False)
+            holder = export.load_keras_model(keras_path)
             npix = holder.input_shape[1]
     except ModelDirError:
         raise

@@ -801,9 +801,7 @@ def calibrate(model_dir, config=None, n=None, experiment=None):
     Raises:
         ModelDirError: no trained model, or a point-estimate network.
     """
-    import keras
-
-    from ensai_tf import evaluate, predict, uncertainty
+    from ensai_tf import evaluate, export, uncertainty
 
     model_dir = pathlib.Path(model_dir)
     path = _keras_file(model_dir)
@@ -811,8 +809,7 @@ def calibrate(model_dir, config=None, n=None, experiment=None):
     cfg = evaluate.experiment_config(cfg, experiment)
     if n is not None:
         cfg = config_lib.apply_overrides(cfg, [f"data.val_size={int(n)}"])
-    predict.register_custom_objects()
-    model = keras.saving.load_model(str(path), compile=False)
+    model = export.load_keras_model(path)
     head, n_targets = uncertainty.head_layout(model.output_shape[-1])
     if n_targets > conventions.NUM_PARAMS and not cfg.model.shear_outputs:
         if not cfg.lens.shear:

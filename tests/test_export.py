@@ -168,3 +168,66 @@ def test_shear_and_gaussian_heads_export_and_reload(tmp_path, head, width):
     np.testing.assert_allclose(np.stack([out[f"{n}_std"] for n in names], -1), summary["std"],
                                rtol=1e-5)
     np.testing.assert_allclose(out["covariance"], summary["covariance"], rtol=1e-5, atol=1e-7)
+
+
+def _policies(model):
+    """Every layer's dtype policy name, nested models included."""
+    return {layer.dtype_policy.name for layer in model._flatten_layers(include_self=False)}
+
+
+@pytest.fixture(scope="module")
+def ensai_net_bf16():
+    """The same network and initial weights as ``ensai_net_small``, built as training
+    builds it with ``train.mixed_precision`` on."""
+    from ensai_tf.train import _dtype_policy
+
+    with _dtype_policy("mixed_bfloat16"):
+        keras.utils.set_random_seed(0)
+        return build_model("ensai_net", input_shape=(SIDE, SIDE, 1))
+
+
+def test_float32_model_computes_a_mixed_precision_network_in_float32(ensai_net_small,
+                                                                     ensai_net_bf16):
+    assert "mixed_bfloat16" in _policies(ensai_net_bf16)
+    model = export.float32_model(ensai_net_bf16)
+    assert _policies(model) == {"float32"}
+    assert [layer.name for layer in model.layers] == [layer.name for layer in ensai_net_bf16.layers]
+    for got, want in zip(model.get_weights(), ensai_net_bf16.get_weights()):
+        np.testing.assert_array_equal(got, want)
+    x = _images(4, seed=5)
+    # the same float32 weights computed in float32: equal to a float32-built network
+    # up to float rounding (1e-5 of outputs of order 1)
+    np.testing.assert_allclose(model.predict_on_batch(x), ensai_net_small.predict_on_batch(x),
+                               atol=1e-5, rtol=0)
+    assert model.predict_on_batch(x).dtype == np.float32
+
+
+def test_float32_model_returns_a_float32_network_unchanged(ensai_net_small):
+    assert export.float32_model(ensai_net_small) is ensai_net_small
+
+
+def test_mixed_precision_files_load_and_export_in_float32(ensai_net_small, ensai_net_bf16,
+                                                          tmp_path):
+    """A .keras file trained in mixed_bfloat16 predicts in float32 through every loader,
+    and its SavedModel export serves float32 computation."""
+    x = _images(3, seed=6)
+    want = ensai_net_small.predict_on_batch(x)
+    ensai_net_bf16.save(tmp_path / "bf16.keras")
+    assert _policies(export.load_keras_model(tmp_path / "bf16.keras")) == {"float32"}
+    export.export_saved_model(ensai_net_bf16, tmp_path / "sm")
+    for path in (tmp_path / "bf16.keras", tmp_path / "sm"):
+        np.testing.assert_allclose(export.load_for_inference(path)(x), want, atol=1e-5, rtol=0)
+
+
+def test_combiner_on_mixed_precision_backbones_runs_in_float32(tmp_path):
+    from ensai_tf.train import _dtype_policy
+
+    with _dtype_policy("mixed_bfloat16"):
+        nets = [tiny_backbone(f"net{i}", seed=i) for i in range(4)]
+    for i, net in enumerate(nets):
+        net.save(tmp_path / f"net{i}.keras")
+    backbones = combiner.load_backbones([tmp_path / f"net{i}.keras" for i in range(4)])
+    assert all(_policies(b) == {"float32"} for b in backbones)
+    model = combiner.build_combiner(backbones)
+    model.save(tmp_path / "c.keras")
+    assert _policies(export.load_keras_model(tmp_path / "c.keras")) == {"float32"}

@@ -25,6 +25,13 @@ shear comparison, ``ensai evaluate trained_weights/alexnet RUNS/alexnet_shear
 --experiment shear --out RUNS/shear_cmp``) ``shear_comparison.md`` and this
 network's shear-lens report as ``metrics_shear.json`` and
 ``calibration_shear.png``. ``--only`` ships just the named folders and leaves the others.
+
+``--reevaluate`` re-measures the folders already in ``trained_weights/`` in
+place, with the package's current inference (float32 since stop 17): with
+``--check-only`` just ``metrics.json["check"]``; otherwise also the full
+test-set reports and, for ``alexnet_shear``, its calibration (``ensai
+calibrate --preset paper --experiment shear --n 3000``) and the shear
+comparison with ``alexnet``.
 """
 
 import argparse
@@ -170,15 +177,7 @@ def ship(runs, check_n, only=None):
             (shear_eval,) = comparison.glob("2-*")
             _copy(shear_eval / "metrics.json", out / "metrics_shear.json")
             _copy(shear_eval / "calibration.png", out / "calibration_shear.png")
-        cfg = config_lib.get_preset("paper")
-        check = evaluate.evaluate(str(out), n=check_n, out_dir=str(runs / "check" / name),
-                                  config=cfg)
-        metrics = json.loads((out / "metrics.json").read_text())
-        metrics["model"] = f"trained_weights/{name}"
-        metrics["check"] = {"n": check_n, "metrics": check["metrics"]}
-        if "coverage" in check:
-            metrics["check"]["coverage"] = check["coverage"]
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+        _store_check(out, config_lib.get_preset("paper"), check_n, runs)
 
     print_table()
     sizes = {p: p.stat().st_size / 1e6 for p in DEST.rglob("*") if p.is_file()}
@@ -191,6 +190,48 @@ def ship(runs, check_n, only=None):
     if too_big or total > MAX_TOTAL_MB:
         sys.exit(f"size limits exceeded: files {too_big}, total {total:.1f} MB "
                  f"(limits {MAX_FILE_MB} MB per file, {MAX_TOTAL_MB} MB in all)")
+
+
+def _store_check(out, cfg, check_n, work):
+    from ensai_tf import evaluate
+
+    check = evaluate.evaluate(str(out), n=check_n, out_dir=str(work / "check" / out.name),
+                              config=cfg)
+    metrics = json.loads((out / "metrics.json").read_text())
+    metrics["model"] = f"trained_weights/{out.name}"
+    metrics["check"] = {"n": check_n, "metrics": check["metrics"]}
+    if "coverage" in check:
+        metrics["check"]["coverage"] = check["coverage"]
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+
+
+def reevaluate(work, check_n, only=None, check_only=False):
+    """Re-measure the shipped folders in place (see the module docstring)."""
+    from ensai_tf import config as config_lib
+    from ensai_tf import evaluate, train
+
+    cfg = config_lib.get_preset("paper")
+    for name in only or ALL_NAMES:
+        out = DEST / name
+        if not check_only:
+            if name in UNCERTAINTY_NETWORKS:
+                train.calibrate(out, config=cfg, n=3000, experiment="shear")
+                (out / "calibration-previous.json").unlink()
+            reports = REPORTS + (("calibration.png",) if name in UNCERTAINTY_NETWORKS else ())
+            evaluate.evaluate(str(out), n=cfg.data.test_size, out_dir=str(work / name), config=cfg)
+            for f in reports:
+                _copy(work / name / f, out / f)
+            if name in UNCERTAINTY_NETWORKS:
+                comparison = work / "shear_cmp"
+                evaluate.compare_shear([str(DEST / "alexnet"), str(out)], str(comparison),
+                                       config=cfg)
+                _copy(comparison / "shear_comparison.md", out / "shear_comparison.md")
+                (shear_eval,) = comparison.glob("2-*")
+                _copy(shear_eval / "metrics.json", out / "metrics_shear.json")
+                _copy(shear_eval / "calibration.png", out / "calibration_shear.png")
+        _store_check(out, cfg, check_n, work)
+        print(f"re-evaluated {name}", flush=True)
+    print_table()
 
 
 def print_table():
@@ -235,13 +276,21 @@ def print_table():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("runs", type=pathlib.Path, help="folder of trained runs")
+    parser.add_argument("runs", type=pathlib.Path,
+                        help="folder of trained runs (with --reevaluate: a work folder)")
     parser.add_argument("--check-n", type=int, default=200,
                         help="test lenses of the reproducibility check (default: 200)")
     parser.add_argument("--only", nargs="+", choices=ALL_NAMES, default=None,
                         help="ship just these folders (default: the four networks and combined)")
+    parser.add_argument("--reevaluate", action="store_true",
+                        help="re-measure the shipped folders in place instead of shipping runs")
+    parser.add_argument("--check-only", action="store_true",
+                        help="with --reevaluate: only metrics.json's check subset")
     args = parser.parse_args()
-    ship(args.runs, args.check_n, args.only)
+    if args.reevaluate:
+        reevaluate(args.runs, args.check_n, args.only, args.check_only)
+    else:
+        ship(args.runs, args.check_n, args.only)
 
 
 if __name__ == "__main__":

@@ -179,14 +179,16 @@ def load_backbones(paths):
         paths: list of ``.keras`` file paths.
 
     Returns:
-        List of Keras models, in the given order.
+        List of Keras models, in the given order, computing in float32
+        (:func:`ensai_tf.export.float32_model`) whatever precision they were
+        trained in.
 
     Raises:
         ModelDirError: a path is missing, not a ``.keras`` file, or corrupt
             (the message names it).
     """
     # importing these registers every custom object a saved network may name
-    from ensai_tf import losses, metrics  # noqa: F401
+    from ensai_tf import export, losses, metrics  # noqa: F401
     from ensai_tf.preprocess import bias  # noqa: F401
 
     models = []
@@ -198,7 +200,8 @@ def load_backbones(paths):
         if path.suffix != ".keras":
             raise ModelDirError(f"backbone {str(path)!r} is not a .keras file")
         try:
-            models.append(keras.saving.load_model(str(path), compile=False))
+            # frozen backbones feed the combiner what inference will see: float32
+            models.append(export.float32_model(keras.saving.load_model(str(path), compile=False)))
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
             raise ModelDirError(f"cannot load backbone {str(path)!r}: missing parts or "
                                 f"corrupt ({type(err).__name__}: {err})") from None
