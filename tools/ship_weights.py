@@ -144,7 +144,6 @@ def _strip(run, out):
 
 def ship(runs, check_n, only=None):
     from ensai_tf import config as config_lib
-    from ensai_tf import evaluate
 
     for name in only or NETWORKS + ("combined",):
         run = runs / name
