@@ -23,10 +23,10 @@ UNCERTAINTY = "alexnet_shear"
 
 # Relative tolerance of the reproduced 68% errors: the same weights on the
 # same (stateless-seeded) lenses, predicted in float32 (export.float32_model),
-# so only float rounding differs between CPUs. Measured on the 200 check lenses
-# with oneDNN on and off and batch 50 against 7 (scratch/s17/kernels.py, stop
-# 17): predictions moved by at most 6e-7 and the 68% errors by at most 2e-6
-# relative. 0.5% is far above that and below what any change of the weights or
+# so only float rounding differs between CPUs. tools/float32_stability.py
+# (stop 17, 200 check lenses, oneDNN on with batch 50 against off with batch
+# 7): predictions moved by at most 6e-7 and the 68% errors by at most 2e-6
+# relative. 0.5% is far above that and below what a change of the weights or
 # of the inference precision does (bfloat16 inference moved them by up to 4%).
 CHECK_RTOL = 0.005
 
