@@ -748,9 +748,12 @@ def calibrate_on_validation(model, cfg):
         the JSON-ready calibration dict, with the raw (uncalibrated) validation
         coverage at 68% and 95% added under ``"raw_coverage"``.
     """
-    from ensai_tf import uncertainty
+    from ensai_tf import export, uncertainty
     from ensai_tf.data.pipeline import make_dataset
 
+    # calibrate the predictions that inference will make: float32, whatever
+    # precision the network was trained in
+    model = export.float32_model(model)
     val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
                           batch_size=cfg.evaluate.batch_size, cache_dir=_cache_dir(cfg))
     outputs, truths = [], []
