@@ -187,9 +187,7 @@ def load_backbones(paths):
         ModelDirError: a path is missing, not a ``.keras`` file, or corrupt
             (the message names it).
     """
-    # importing these registers every custom object a saved network may name
-    from ensai_tf import export, losses, metrics  # noqa: F401
-    from ensai_tf.preprocess import bias  # noqa: F401
+    from ensai_tf import export
 
     models = []
     for path in paths:
@@ -201,7 +199,7 @@ def load_backbones(paths):
             raise ModelDirError(f"backbone {str(path)!r} is not a .keras file")
         try:
             # frozen backbones feed the combiner what inference will see: float32
-            models.append(export.float32_model(keras.saving.load_model(str(path), compile=False)))
+            models.append(export.load_keras_model(path))
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
             raise ModelDirError(f"cannot load backbone {str(path)!r}: missing parts or "
                                 f"corrupt ({type(err).__name__}: {err})") from None
