@@ -753,15 +753,17 @@ def simulate(n, seed=0, config=None, split="train", batch_size=None, progress=Fa
                                         taper_radius=float(config.source.taper_radius))
     _, config, stamps = _check_inputs(tf.zeros([1, 2], tf.int64), config, stamps)
 
-    # Run in Dataset.map, like the data pipeline: tf.data and tf.function graphs may
-    # round float32 arithmetic differently (a few ulp), so this keeps ensai_tf.simulate
-    # bit-identical to the pipeline's arcs for the same seeds.
+    # Run in Dataset.map with autograph off, like the data pipeline: tf.data and
+    # tf.function graphs may round float32 arithmetic differently (a few ulp), so
+    # this keeps ensai_tf.simulate bit-identical to the pipeline's arcs for the same
+    # seeds (and autograph has no Python control flow to convert here).
     total = int(n)
+    no_autograph = tf.autograph.experimental.do_not_convert
     dataset = (tf.data.Dataset.range(0, total, batch_size)
-               .map(lambda start: example_seeds(seed, split, start,
-                                                tf.minimum(tf.constant(batch_size, tf.int64),
-                                                           total - start)))
-               .map(lambda s: _simulate(s, config, stamps))
+               .map(no_autograph(lambda start: example_seeds(
+                   seed, split, start, tf.minimum(tf.constant(batch_size, tf.int64),
+                                                  total - start))))
+               .map(no_autograph(lambda s: _simulate(s, config, stamps)))
                .prefetch(1))
     chunks = []
     bar = None
