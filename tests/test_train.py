@@ -55,6 +55,29 @@ def tiny(monkeypatch):
     return tiny_model
 
 
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One data cache for the module: the smoke validation set is simulated once, not per test
+    (the cache key holds the config, seed and data code, so each test still gets its own data)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, cache):
+    """Two tiny smoke runs, ``a`` and ``b`` (other seeds), trained once for the tests that only
+    read a finished run; the ``xdist_group`` mark keeps those tests on one pytest-xdist worker."""
+    import ensai_tf.models
+
+    root = tmp_path_factory.mktemp("trained")
+    cfg = _cfg(cache)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ensai_tf.models, "build_model", tiny_model)
+        for name in ("a", "b"):
+            train.train(dataclasses.replace(cfg, train=dataclasses.replace(
+                cfg.train, seed=ord(name))), root / name, verbose=0)
+    return root
+
+
 def _event_tags(folder):
     import tensorflow as tf
 
@@ -68,7 +91,7 @@ def _event_tags(folder):
 # ------------------------------------------------------------------ end to end
 
 
-def test_cli_train_smoke_leaves_all_artefacts(tmp_path, tiny):
+def test_cli_train_smoke_leaves_all_artefacts(tmp_path, tiny, cache):
     """`ensai train --preset smoke` writes config, TensorBoard, checkpoint, SavedModel."""
     import keras
 
@@ -76,7 +99,7 @@ def test_cli_train_smoke_leaves_all_artefacts(tmp_path, tiny):
     code = cli.main(["train", "--preset", "smoke", "--model", "alexnet", "--model-dir", str(run),
                      "--set", f"image.npix={NPIX}", "--set", "train.image_summaries=2",
                      "--set", "train.mixed_precision=true",
-                     "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+                     "--set", f"data.cache_dir={cache}"])
     assert code == 0
     saved = config.load_config(run / "config.yaml")
     assert saved.model.name == "alexnet" and saved.image.npix == NPIX
@@ -92,22 +115,25 @@ def test_cli_train_smoke_leaves_all_artefacts(tmp_path, tiny):
     assert keras.config.dtype_policy().name == "float32"
 
 
-def test_train_then_predict_with_the_saved_model(tmp_path, tiny):
+@pytest.mark.xdist_group("trained_runs")
+def test_train_then_predict_with_the_saved_model(trained):
+    import keras
+
     from ensai_tf import predict
 
-    model = train.train(_cfg(tmp_path / "cache"), tmp_path / "run", verbose=0)
-    fn, npix = predict.load_predictor(tmp_path / "run")
+    model = keras.saving.load_model(trained / "a" / "model.keras", compile=False)
+    fn, npix = predict.load_predictor(trained / "a")
     assert npix == NPIX
     x = np.random.default_rng(0).uniform(0, 1, (3, NPIX, NPIX, 1)).astype(np.float32)
-    # SavedModel vs in-memory Keras model, both float32 on CPU
+    # SavedModel vs the Keras file of the same run, both float32 on CPU
     np.testing.assert_allclose(fn(x), np.asarray(model(x)), rtol=1e-5, atol=1e-6)
 
 
-def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny):
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny, cache):
     """Same step count, same weights, same logged losses (spec §7.3, style.md §5 rule 4)."""
     import keras
 
-    cfg = _cfg(tmp_path / "cache", epochs=3, steps=2)
+    cfg = _cfg(cache, epochs=3, steps=2)
 
     class Record(keras.callbacks.Callback):
         def on_train_end(self, logs=None):
@@ -137,11 +163,11 @@ def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny):
     np.testing.assert_allclose(log_a["val_loss"], log_b["val_loss"], rtol=1e-6)
 
 
-def test_resume_keeps_plateau_state(tmp_path, tiny):
+def test_resume_keeps_plateau_state(tmp_path, tiny, cache):
     """The learning rate and plateau counters survive an interruption."""
     import keras
 
-    cfg = _cfg(tmp_path / "cache", epochs=2, steps=1)
+    cfg = _cfg(cache, epochs=2, steps=1)
 
     class Interrupt(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
@@ -184,8 +210,8 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path):
 # ------------------------------------------------------------------ model folders
 
 
-def test_model_dir_rules(tmp_path):
-    cfg = _cfg(tmp_path / "cache")
+def test_model_dir_rules(tmp_path, cache):
+    cfg = _cfg(cache)
     (tmp_path / "f").write_text("x")
     with pytest.raises(ModelDirError, match="is a file"):
         train.prepare_model_dir(tmp_path / "f", cfg)
@@ -216,30 +242,30 @@ def test_completed_epochs_reads_backup_metadata(tmp_path):
         train.completed_epochs(tmp_path)
 
 
-def test_time_budget_stops_at_the_first_epoch_end_and_still_exports(tmp_path, tiny):
+def test_time_budget_stops_at_the_first_epoch_end_and_still_exports(tmp_path, tiny, cache):
     """A budget already spent after epoch 1 of 3: one epoch in the log, model exported."""
-    cfg = _cfg(tmp_path / "cache", epochs=3, time_budget_minutes=1e-6)
+    cfg = _cfg(cache, epochs=3, time_budget_minutes=1e-6)
     train.train(cfg, tmp_path / "run", verbose=0)
     with open(tmp_path / "run" / "log.csv") as f:
         assert len(f.read().strip().splitlines()) == 1 + 1  # header + one epoch
     assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
 
 
-def test_init_weights_starts_from_a_trained_file(tmp_path, tiny):
+@pytest.mark.xdist_group("trained_runs")
+def test_init_weights_starts_from_a_trained_file(tmp_path, tiny, cache, trained):
     """train.init_weights: the second run's first forward pass uses the first run's weights."""
     import keras
 
-    cfg = _cfg(tmp_path / "cache")
-    train.train(cfg, tmp_path / "a", verbose=0)
-    trained = keras.saving.load_model(tmp_path / "a" / "model.keras", compile=False)
+    cfg = _cfg(cache)
+    first = trained / "a" / "model.keras"
+    trained = keras.saving.load_model(first, compile=False)
     seen = {}
 
     class Capture(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
             seen["weights"] = [np.array(w) for w in self.model.get_weights()]
 
-    warm = config.apply_overrides(cfg, [f"train.init_weights={tmp_path / 'a' / 'model.keras'}",
-                                        "train.seed=5"])
+    warm = config.apply_overrides(cfg, [f"train.init_weights={first}", "train.seed=5"])
     train.train(warm, tmp_path / "b", verbose=0, callbacks=[Capture()])
     for x, y in zip(trained.get_weights(), seen["weights"]):
         np.testing.assert_array_equal(x, y)
@@ -258,34 +284,33 @@ def test_cpu_preset_is_mixed_precision_and_validates():
 # ------------------------------------------------------------------ combiner
 
 
-def test_train_combiner_trains_only_its_weights(tmp_path, tiny):
+@pytest.mark.xdist_group("trained_runs")
+def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
     """Two tiny trained networks -> combiner: 10 trainable scalars, backbones frozen."""
     import keras
 
-    cfg = _cfg(tmp_path / "cache")
-    for name in ("a", "b"):
-        train.train(dataclasses.replace(cfg, train=dataclasses.replace(
-            cfg.train, seed=ord(name))), tmp_path / name, verbose=0)
-    before = [np.array(w) for w in keras.saving.load_model(tmp_path / "a" / "model.keras",
+    cfg = _cfg(cache)
+    a, b = trained / "a", trained / "b"
+    before = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
                                                            compile=False).get_weights()]
-    model, summary = train.train_combiner([tmp_path / "a", tmp_path / "b"], tmp_path / "c",
+    model, summary = train.train_combiner([a, b], tmp_path / "c",
                                           config=cfg, steps=2, verbose=0)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
     for name in ("model.keras", "saved_model/saved_model.pb", "combiner.json", "config.yaml"):
         assert (tmp_path / "c" / name).is_file(), name
     assert set(summary) >= {"plain_average_validation", "trained_validation"}
-    after = [np.array(w) for w in keras.saving.load_model(tmp_path / "a" / "model.keras",
+    after = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
                                                           compile=False).get_weights()]
     for x, y in zip(before, after):
         np.testing.assert_array_equal(x, y)
     with pytest.raises(ModelDirError, match="not empty"):
-        train.train_combiner([tmp_path / "a"], tmp_path / "c", config=cfg, steps=1)
+        train.train_combiner([a], tmp_path / "c", config=cfg, steps=1)
     with pytest.raises(ModelDirError, match="has no model.keras"):
         train.train_combiner([tmp_path / "nothing"], tmp_path / "d", config=cfg, steps=1)
     # the same through the console entry point
-    args = ["combine", "--models", str(tmp_path / "a"), str(tmp_path / "b"),
+    args = ["combine", "--models", str(a), str(b),
             "--model-dir", str(tmp_path / "e"), "--steps", "2", "--preset", "smoke",
-            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={tmp_path / 'cache'}"]
+            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}"]
     assert cli.main(args) == 0
     assert json.loads((tmp_path / "e" / "combiner.json").read_text())["steps"] == 2
     assert (tmp_path / "e" / "saved_model" / "saved_model.pb").is_file()
@@ -318,13 +343,13 @@ def _fit_in_memory(cfg, run, extra=(), model=None, epochs=3):
     return model
 
 
-def test_nan_loss_stops_before_saving_bad_weights(tmp_path):
+def test_nan_loss_stops_before_saving_bad_weights(tmp_path, cache):
     """Weights turn NaN mid-epoch 2: the run stops there, best.keras and the backup keep epoch 1."""
     import keras
 
     from ensai_tf.errors import NonFiniteLossError
 
-    cfg = _cfg(tmp_path / "cache", epochs=3)
+    cfg = _cfg(cache, epochs=3)
     run = tmp_path / "run"
 
     class Poison(keras.callbacks.Callback):
@@ -343,12 +368,12 @@ def test_nan_loss_stops_before_saving_bad_weights(tmp_path):
     assert _leftovers(run) == []
 
 
-def test_inf_validation_loss_also_stops(tmp_path):
+def test_inf_validation_loss_also_stops(tmp_path, cache):
     import keras
 
     from ensai_tf.errors import NonFiniteLossError
 
-    cfg = _cfg(tmp_path / "cache", epochs=2)
+    cfg = _cfg(cache, epochs=2)
 
     class InfOnValidation(keras.layers.Layer):
         def call(self, x, training=None):
@@ -418,9 +443,10 @@ def test_resume_trims_log_rows_of_an_epoch_that_was_not_backed_up(tmp_path):
 
 
 @pytest.mark.slow
-def test_killed_between_fit_and_export_resumes_to_a_complete_folder(tmp_path, tiny, monkeypatch):
+def test_killed_between_fit_and_export_resumes_to_a_complete_folder(tmp_path, tiny, monkeypatch,
+                                                                    cache):
     """An interruption after the last epoch but before the exports: --resume finishes the run."""
-    cfg = _cfg(tmp_path / "cache", epochs=2, steps=1)
+    cfg = _cfg(cache, epochs=2, steps=1)
     run = tmp_path / "run"
     real_export = train.export_saved_model_atomic
 
@@ -441,7 +467,8 @@ def test_killed_between_fit_and_export_resumes_to_a_complete_folder(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_cli_train_with_a_nan_model_exits_2_and_exports_nothing(tmp_path, monkeypatch, capsys):
+def test_cli_train_with_a_nan_model_exits_2_and_exports_nothing(tmp_path, monkeypatch, capsys,
+                                                                cache):
     import keras
 
     import ensai_tf.models
@@ -455,14 +482,14 @@ def test_cli_train_with_a_nan_model_exits_2_and_exports_nothing(tmp_path, monkey
     run = tmp_path / "run"
     code = cli.main(["train", "--preset", "smoke", "--model", "alexnet", "--model-dir", str(run),
                      "--set", f"image.npix={NPIX}", "--set", "train.image_summaries=0",
-                     "--set", f"data.cache_dir={tmp_path / 'cache'}"])
+                     "--set", f"data.cache_dir={cache}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and "became nan" in err, err
     assert not (run / "model.keras").exists() and not (run / "saved_model").exists()
     assert _leftovers(run) == []
 
 
-def test_gaussian_shear_head_trains_warm_from_a_point_network_and_calibrates(tmp_path, tiny):
+def test_gaussian_shear_head_trains_warm_from_a_point_network_and_calibrates(tmp_path, tiny, cache):
     """model.head=diagonal + shear outputs: 14 outputs trained with the Gaussian NLL, warm-started
     from a 5-output run (every layer but the new output layer copied), a validation-fitted
     calibration.json, and a SavedModel that names gamma_1/gamma_2."""
@@ -471,7 +498,7 @@ def test_gaussian_shear_head_trains_warm_from_a_point_network_and_calibrates(tmp
 
     from ensai_tf import uncertainty
 
-    cfg = _cfg(tmp_path / "cache")
+    cfg = _cfg(cache)
     (tmp_path / "a").mkdir()
     tiny_model("alexnet", input_shape=(NPIX, NPIX, 1)).save(tmp_path / "a" / "model.keras")
     point = keras.saving.load_model(tmp_path / "a" / "model.keras", compile=False)
@@ -500,7 +527,7 @@ def test_gaussian_shear_head_trains_warm_from_a_point_network_and_calibrates(tmp
     assert {"gamma_1", "gamma_2", "gamma_1_std", "covariance"} <= set(out)
 
 
-def test_init_weights_refuses_a_network_whose_hidden_layers_differ(tmp_path, tiny):
+def test_init_weights_refuses_a_network_whose_hidden_layers_differ(tmp_path, tiny, cache):
     import keras
 
     inputs = keras.Input((NPIX, NPIX, 1))
@@ -508,7 +535,7 @@ def test_init_weights_refuses_a_network_whose_hidden_layers_differ(tmp_path, tin
     other = keras.Model(inputs, keras.layers.Dense(5, name="params")(
         keras.layers.GlobalAveragePooling2D()(x)))
     other.save(tmp_path / "other.keras")
-    cfg = config.apply_overrides(_cfg(tmp_path / "cache"),
+    cfg = config.apply_overrides(_cfg(cache),
                                  [f"train.init_weights={tmp_path / 'other.keras'}"])
     with pytest.raises(ModelDirError, match="layer 'conv1' has other weight shapes"):
         train.train(cfg, tmp_path / "run", verbose=0)
@@ -519,10 +546,10 @@ def test_shear_outputs_need_shear_in_the_simulation():
         config.apply_overrides(config.get_preset("cpu"), ["model.shear_outputs=true"])
 
 
-def test_calibrate_refits_on_more_validation_lenses_and_keeps_the_old_file(tmp_path, tiny):
+def test_calibrate_refits_on_more_validation_lenses_and_keeps_the_old_file(tmp_path, tiny, cache):
     import keras
 
-    cfg = config.apply_overrides(_cfg(tmp_path / "cache"), ["model.head=diagonal"])
+    cfg = config.apply_overrides(_cfg(cache), ["model.head=diagonal"])
     run = tmp_path / "run"
     run.mkdir()
     tiny_model("x", input_shape=(NPIX, NPIX, 1), num_outputs=10).save(run / "model.keras")
