@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ensai_tf import cli, predict, train
+from ensai_tf import cli, train
 from ensai_tf.config import load_config
 from ensai_tf.errors import EnsaiError, ModelDirError
 

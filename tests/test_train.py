@@ -55,17 +55,18 @@ def tiny(monkeypatch):
     return tiny_model
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def cache(tmp_path_factory):
-    """One data cache for the module: the smoke validation set is simulated once, not per test
-    (the cache key holds the config, seed and data code, so each test still gets its own data)."""
+    """One data cache for this file's tests: the smoke validation set is simulated once, not per
+    test (the cache key holds the config, seed and data code, so each test still gets its data)."""
     return tmp_path_factory.mktemp("cache")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def trained(tmp_path_factory, cache):
     """Two tiny smoke runs, ``a`` and ``b`` (other seeds), trained once for the tests that only
-    read a finished run; the ``xdist_group`` mark keeps those tests on one pytest-xdist worker."""
+    read a finished run. Session scope: ``--dist loadfile`` (setup.cfg) runs this file on one
+    pytest-xdist worker, which trains them once."""
     import ensai_tf.models
 
     root = tmp_path_factory.mktemp("trained")
@@ -115,7 +116,6 @@ def test_cli_train_smoke_leaves_all_artefacts(tmp_path, tiny, cache):
     assert keras.config.dtype_policy().name == "float32"
 
 
-@pytest.mark.xdist_group("trained_runs")
 def test_train_then_predict_with_the_saved_model(trained):
     import keras
 
@@ -251,7 +251,6 @@ def test_time_budget_stops_at_the_first_epoch_end_and_still_exports(tmp_path, ti
     assert (tmp_path / "run" / "saved_model" / "saved_model.pb").is_file()
 
 
-@pytest.mark.xdist_group("trained_runs")
 def test_init_weights_starts_from_a_trained_file(tmp_path, tiny, cache, trained):
     """train.init_weights: the second run's first forward pass uses the first run's weights."""
     import keras
@@ -284,7 +283,6 @@ def test_cpu_preset_is_mixed_precision_and_validates():
 # ------------------------------------------------------------------ combiner
 
 
-@pytest.mark.xdist_group("trained_runs")
 def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
     """Two tiny trained networks -> combiner: 10 trainable scalars, backbones frozen."""
     import keras
