@@ -257,7 +257,7 @@ def test_init_weights_starts_from_a_trained_file(tmp_path, tiny, cache, trained)
 
     cfg = _cfg(cache)
     first = trained / "a" / "model.keras"
-    trained = keras.saving.load_model(first, compile=False)
+    source = keras.saving.load_model(first, compile=False)
     seen = {}
 
     class Capture(keras.callbacks.Callback):
@@ -266,7 +266,7 @@ def test_init_weights_starts_from_a_trained_file(tmp_path, tiny, cache, trained)
 
     warm = config.apply_overrides(cfg, [f"train.init_weights={first}", "train.seed=5"])
     train.train(warm, tmp_path / "b", verbose=0, callbacks=[Capture()])
-    for x, y in zip(trained.get_weights(), seen["weights"]):
+    for x, y in zip(source.get_weights(), seen["weights"]):
         np.testing.assert_array_equal(x, y)
     bad = config.apply_overrides(cfg, [f"train.init_weights={tmp_path / 'missing.keras'}"])
     with pytest.raises(ModelDirError, match="init_weights"):
