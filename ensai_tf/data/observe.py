@@ -1035,9 +1035,14 @@ def observe(arcs, params, seeds, cfg, training=True, lens_light=None):
     kernel = psf_kernel(cfg, arcs.shape[1])
     spectrum = noise_spectrum(cfg, arcs.shape[1])
 
-    def run(example_seeds):
+    def chain(example_seeds):
         return _chain(arcs, params, example_seeds, cfg, training, lens_light, kernel, spectrum)
 
+    # The chain is traced once and called for the first pass and for every redraw: tracing it
+    # a second time inside the while loop doubled the time to build a pipeline. Same ops,
+    # same seeds, so the same images.
+    run = tf.function(chain, autograph=False).get_concrete_function(
+        tf.TensorSpec(seeds.shape, tf.int64))
     out = run(seeds)
     out["draws"]["redraw_attempt"] = tf.zeros_like(seeds[:, 0], tf.int32)
     if cfg.max_redraws > 0:
