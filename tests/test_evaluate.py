@@ -125,16 +125,23 @@ def tiny_keras_model(tmp_path):
     return str(path)
 
 
-def _smoke_cfg(tmp_path):
+@pytest.fixture(scope="session")
+def cache(tmp_path_factory):
+    """One data cache for this file: the smoke test split (16 lenses) is simulated once per
+    experiment, not per test (the cache key holds the config, seed and data code)."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def _smoke_cfg(cache):
     # A 48-pixel (1.92") field only contains lenses with small Einstein radii.
     return config.apply_overrides(config.get_preset("smoke"),
                                   [f"image.npix={E2E_NPIX}", "lens.theta_e=[0.1, 0.5]",
-                                   f"data.cache_dir={tmp_path / 'cache'}"])
+                                   f"data.cache_dir={cache}"])
 
 
-def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model):
+def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model, cache):
     """evaluate() on the smoke test set = parameter_metrics of the same predictions."""
-    cfg = _smoke_cfg(tmp_path)
+    cfg = _smoke_cfg(cache)
     result = evaluate.evaluate(tiny_keras_model, n=8, out_dir=tmp_path / "ev", config=cfg)
     images, true, _ = evaluate.collect_test_set(cfg, 8)
     assert images.shape == (8, E2E_NPIX, E2E_NPIX, 1)
@@ -148,12 +155,12 @@ def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model):
         assert (tmp_path / "ev" / name).is_file()
 
 
-def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_model):
+def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_model, cache):
     """The tiny model's output is a constant vector per image (mean(image) is D4-invariant):
     averaged over D4, theta_E is kept and the lens centre goes to exactly 0."""
     import shutil
 
-    cfg = _smoke_cfg(tmp_path)
+    cfg = _smoke_cfg(cache)
     model = tmp_path / "m" / "tiny.keras"
     model.parent.mkdir()
     shutil.copy(tiny_keras_model, model)
@@ -169,26 +176,26 @@ def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_m
                                    rtol=1e-4)
 
 
-def test_evaluate_symmetrize_refuses_a_gaussian_head(tmp_path):
+def test_evaluate_symmetrize_refuses_a_gaussian_head(tmp_path, cache):
     from ensai_tf.errors import InputError
 
     path = _gaussian_tiny(tmp_path / "g", 10)
     with pytest.raises(InputError, match="point estimates"):
-        evaluate.evaluate(path, n=2, out_dir=tmp_path / "ev", config=_smoke_cfg(tmp_path),
+        evaluate.evaluate(path, n=2, out_dir=tmp_path / "ev", config=_smoke_cfg(cache),
                           symmetrize=True)
 
 
-def test_evaluate_shear_experiment_bins_every_lens(tmp_path, tiny_keras_model):
+def test_evaluate_shear_experiment_bins_every_lens(tmp_path, tiny_keras_model, cache):
     result = evaluate.evaluate(tiny_keras_model, n=8, experiment="shear",
-                               out_dir=tmp_path / "ev", config=_smoke_cfg(tmp_path))
+                               out_dir=tmp_path / "ev", config=_smoke_cfg(cache))
     assert sum(b["n"] for b in result["shear_bins"]) == 8
     assert "bins of external shear" in (tmp_path / "ev" / "table1.md").read_text()
 
 
-def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model):
+def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model, cache):
     with pytest.raises(config.ConfigError, match="exceeds the fixed test set"):
         evaluate.evaluate(tiny_keras_model, n=10_000, out_dir=tmp_path / "ev",
-                          config=_smoke_cfg(tmp_path))
+                          config=_smoke_cfg(cache))
     assert not (tmp_path / "ev").exists()
 
 
@@ -214,12 +221,12 @@ def _gaussian_tiny(folder, width, log_var=-4.0):
     return folder
 
 
-def test_evaluate_reports_coverage_raw_and_with_the_stored_calibration(tmp_path):
+def test_evaluate_reports_coverage_raw_and_with_the_stored_calibration(tmp_path, cache):
     """Coverage in metrics.json = uncertainty.coverage of the same means and stds; a
     calibration fitted on these very lenses gives nominal coverage within 1/n + 1e-9."""
     from ensai_tf import uncertainty
 
-    cfg = _smoke_cfg(tmp_path)
+    cfg = _smoke_cfg(cache)
     model = _gaussian_tiny(tmp_path / "g", 10)
     images, true, _ = evaluate.collect_test_set(cfg, 16)
     mean = np.mean(images, axis=(1, 2, 3), dtype=np.float64)[:, None] * np.arange(1, 6)[None, :]
@@ -239,12 +246,12 @@ def test_evaluate_reports_coverage_raw_and_with_the_stored_calibration(tmp_path)
     assert "## Interval coverage" in (tmp_path / "ev2" / "table1.md").read_text()
 
 
-def test_compare_shear_tables_a_point_and_a_shear_network(tmp_path, tiny_keras_model):
+def test_compare_shear_tables_a_point_and_a_shear_network(tmp_path, tiny_keras_model, cache):
     """Two networks on the same shear lenses; the 7-output one also gets gamma errors that
     equal the error table of its gamma columns."""
     from ensai_tf import metrics
 
-    cfg = _smoke_cfg(tmp_path)
+    cfg = _smoke_cfg(cache)
     shear_model = _gaussian_tiny(tmp_path / "s", 14)
     results = evaluate.compare_shear([tiny_keras_model, str(shear_model)], tmp_path / "cmp", n=8,
                                      config=cfg)
