@@ -271,36 +271,38 @@ def test_cpu_preset_is_mixed_precision_and_validates():
 
 
 def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
-    """Two tiny trained networks -> combiner: 10 trainable scalars, backbones frozen."""
+    """Two tiny trained networks -> combiner (through the console entry point, which calls
+    train.train_combiner): 10 trainable scalars, backbones frozen, folders refused and kept."""
     import keras
 
     cfg = _cfg(cache)
     a, b = trained / "a", trained / "b"
     before = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
                                                            compile=False).get_weights()]
-    model, summary = train.train_combiner([a, b], tmp_path / "c",
-                                          config=cfg, steps=2, verbose=0)
-    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
+    args = ["combine", "--models", str(a), str(b),
+            "--model-dir", str(tmp_path / "c"), "--steps", "2", "--preset", "smoke",
+            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}"]
+    assert cli.main(args) == 0
     for name in ("model.keras", "saved_model/saved_model.pb", "combiner.json", "config.yaml"):
         assert (tmp_path / "c" / name).is_file(), name
+    summary = json.loads((tmp_path / "c" / "combiner.json").read_text())
+    assert summary["steps"] == 2
     assert set(summary) >= {"plain_average_validation", "trained_validation"}
+    from ensai_tf import predict
+
+    predict.register_custom_objects()
+    model = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
     after = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
                                                           compile=False).get_weights()]
     for x, y in zip(before, after):
         np.testing.assert_array_equal(x, y)
+    assert cli.main(args) == 2  # an existing combiner folder is refused and kept
+    assert (tmp_path / "c" / "saved_model" / "saved_model.pb").is_file()
     with pytest.raises(ModelDirError, match="not empty"):
         train.train_combiner([a], tmp_path / "c", config=cfg, steps=1)
     with pytest.raises(ModelDirError, match="has no model.keras"):
         train.train_combiner([tmp_path / "nothing"], tmp_path / "d", config=cfg, steps=1)
-    # the same through the console entry point
-    args = ["combine", "--models", str(a), str(b),
-            "--model-dir", str(tmp_path / "e"), "--steps", "2", "--preset", "smoke",
-            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}"]
-    assert cli.main(args) == 0
-    assert json.loads((tmp_path / "e" / "combiner.json").read_text())["steps"] == 2
-    assert (tmp_path / "e" / "saved_model" / "saved_model.pb").is_file()
-    assert cli.main(args) == 2  # an existing combiner folder is refused and kept
-    assert (tmp_path / "e" / "saved_model" / "saved_model.pb").is_file()
 
 
 # ------------------------------------------------------------------ faults (issue 10)
