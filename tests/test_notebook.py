@@ -7,7 +7,7 @@ first cell that raises (nbclient names the cell and shows its traceback).
 The notebook runs on the shipped AlexNet (``trained_weights/alexnet``, the
 fastest shipped network; the notebook's own default is the combined model)
 on 40 test lenses (``ENSAI_DEMO_N``; the notebook's default is 100), which
-halves the test's time and exercises the same cells. ``ENSAI_WEIGHTS`` set by
+cuts the test's time by about two thirds and exercises the same cells. ``ENSAI_WEIGHTS`` set by
 the caller wins. Without shipped weights a tiny stand-in network (bias
 removal, global average, a dense layer) is written to the temporary folder
 and passed through ``ENSAI_WEIGHTS``, so that the notebook's code is

@@ -275,6 +275,8 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
     train.train_combiner): 10 trainable scalars, backbones frozen, folders refused and kept."""
     import keras
 
+    from ensai_tf import predict
+
     cfg = _cfg(cache)
     a, b = trained / "a", trained / "b"
     before = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
@@ -288,8 +290,6 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
     summary = json.loads((tmp_path / "c" / "combiner.json").read_text())
     assert summary["steps"] == 2
     assert set(summary) >= {"plain_average_validation", "trained_validation"}
-    from ensai_tf import predict
-
     predict.register_custom_objects()
     model = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
