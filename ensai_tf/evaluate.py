@@ -54,6 +54,7 @@ __all__ = [
     "plot_residuals",
     "write_report",
     "collect_test_set",
+    "collect_fixed_split",
     "coverage_report",
     "plot_calibration",
     "evaluate",
@@ -396,15 +397,42 @@ def collect_test_set(cfg, n):
     Raises:
         ConfigError: ``n`` exceeds ``data.test_size``.
     """
+    return collect_fixed_split(cfg, n, "test")
+
+
+def collect_fixed_split(cfg, n, split):
+    """The first ``n`` lenses of the fixed ``"validation"`` or ``"test"`` split.
+
+    :func:`collect_test_set` for either fixed split; the validation split is
+    the one to choose between checkpoints on (``tools/compare_on_validation.py``),
+    never the test split.
+
+    Args:
+        cfg: the resolved config that defines the data (as in :func:`collect_test_set`).
+        n: number of lenses, at most ``data.test_size`` (test) or
+            ``data.val_size`` (validation).
+        split: ``"validation"`` or ``"test"``.
+
+    Returns:
+        tuple ``(images, params, extras)`` as :func:`collect_test_set`.
+
+    Raises:
+        ConfigError: ``n`` exceeds the split's configured size, or an unknown split.
+    """
     from ensai_tf.data import pipeline
 
-    if n > cfg.data.test_size:
-        raise config_lib.ConfigError(f"--n {n} exceeds the fixed test set's size "
-                                     f"data.test_size = {cfg.data.test_size}")
+    sizes = {"validation": "val_size", "test": "test_size"}
+    if split not in sizes:
+        raise config_lib.ConfigError(f"split {split!r} is not a fixed split; use one of "
+                                     f"{', '.join(sizes)}")
+    size_key = sizes[split]
+    if n > getattr(cfg.data, size_key):
+        raise config_lib.ConfigError(f"--n {n} exceeds the fixed {split} set's size "
+                                     f"data.{size_key} = {getattr(cfg.data, size_key)}")
     # example i depends only on its index (stateless seeds), so materialising
     # just the first n gives the same lenses without simulating the rest
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, test_size=n))
-    _, info = pipeline.make_dataset("test", cfg, seed=cfg.data.seed,
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{size_key: n}))
+    _, info = pipeline.make_dataset(split, cfg, seed=cfg.data.seed,
                                     batch_size=cfg.evaluate.batch_size,
                                     cache_dir=cfg.data.cache_dir or None, with_info=True)
     arrays = pipeline.load_cache(info["cache_path"])

@@ -199,6 +199,27 @@ def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model, cach
     assert not (tmp_path / "ev").exists()
 
 
+def test_collect_fixed_split_reads_the_validation_set_not_the_test_set(cache):
+    """The validation lenses tools/compare_on_validation.py chooses checkpoints on are the
+    pipeline's fixed validation split (the first n of it), and none of them is a test lens."""
+    from ensai_tf.data import pipeline
+
+    cfg = _smoke_cfg(cache)
+    images, true, _ = evaluate.collect_fixed_split(cfg, 4, "validation")
+    assert images.shape == (4, E2E_NPIX, E2E_NPIX, 1) and true.shape == (4, 5)
+    x, y = next(iter(pipeline.make_dataset("validation", cfg, batch_size=4,
+                                           cache_dir=str(cache))))
+    np.testing.assert_array_equal(images, x.numpy())
+    np.testing.assert_array_equal(true, y.numpy().astype(np.float64))
+    test_images, test_true, _ = evaluate.collect_test_set(cfg, 4)
+    assert not np.any(np.all(np.isclose(true[:, None, :], test_true[None, :, :]), axis=-1))
+    assert not np.array_equal(images, test_images)
+    with pytest.raises(config.ConfigError, match="exceeds the fixed validation set"):
+        evaluate.collect_fixed_split(cfg, cfg.data.val_size + 1, "validation")
+    with pytest.raises(config.ConfigError, match="'train' is not a fixed split"):
+        evaluate.collect_fixed_split(cfg, 2, "train")
+
+
 # ----------------------------------------------- Gaussian heads and shear (issue 9)
 
 
