@@ -244,6 +244,11 @@ class TrainConfig:
     clipnorm: float = _value(10.0, lo=0.0, lo_open=True, doc="§7.2 [R] safety net")
     warmup_steps: int = _value(0, lo=0, doc="linear warm-up (§7.2 [R], optional)")
     mixed_precision: bool = _value(False, doc="mixed_bfloat16 (output layer stays float32)")
+    freeze_batch_norm: bool = _value(False, doc="fine-tuning: every BatchNormalization layer "
+                                                "keeps the moving statistics and offsets of "
+                                                "train.init_weights and normalises with them in "
+                                                "training too, so training and inference compute "
+                                                "the same function")
     seed: int = _value(0, lo=0, doc="Keras seed for weight initialisation")
     image_summaries: int = _value(4, lo=0, doc="validation images shown in TensorBoard per epoch")
     init_weights: str = _value("", doc="a .keras file of the same architecture whose weights "

@@ -49,6 +49,7 @@ __all__ = [
     "CALIBRATION_NAME",
     "calibrate_on_validation",
     "calibrate",
+    "freeze_batch_norm",
     "prepare_model_dir",
     "completed_epochs",
     "TMP_PREFIX",
@@ -667,6 +668,7 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
             model = build_model(cfg.model.name, input_shape=(cfg.image.npix, cfg.image.npix, 1),
                                 **_model_kwargs(cfg))
             model = _float32_outputs(model)
+            frozen = freeze_batch_norm(model) if t.freeze_batch_norm else []
             compile_model(model, t.learning_rate, t.clipnorm, head=cfg.model.head,
                           n_targets=config_lib.target_count(cfg))
             if t.init_weights and not resume:
@@ -686,6 +688,8 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
         best = model_dir / "best.keras"
         if best.is_file():
             model.load_weights(str(best))  # [R] spec §7.3: keep the best validation loss
+        for layer in frozen:
+            layer.trainable = True
         # saved_model first, model.keras (the "finished" mark) next, the backup last:
         # a kill at any point leaves a folder that --resume completes
         if cfg.model.head != "point":
@@ -695,6 +699,39 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
         save_keras_atomic(model, model_dir / "model.keras")
         _remove_backup(model_dir / "backup")
     return model
+
+
+def freeze_batch_norm(model):
+    """Put every ``BatchNormalization`` layer of ``model`` in inference mode for good.
+
+    A frozen Keras 3 batch-norm layer normalises with its moving mean and
+    variance even when called with ``training=True``, and neither those nor
+    its offset are updated. Fine-tuning a trained network this way
+    (``train.freeze_batch_norm``, with ``train.init_weights``) makes the
+    training loss and the validation loss measure the same function: when
+    Inception-v4's moving statistics were left to follow the changing weights
+    at stop 19, its training loss fell while its validation loss rose 2-3x.
+    Call before ``compile``.
+
+    Args:
+        model: a Keras model; nested models are searched too.
+
+    Returns:
+        list: the layers frozen (set their ``trainable`` back to ``True``
+        before saving, so that the saved network is an ordinary one).
+    """
+    import keras
+
+    def walk(parent):
+        for layer in parent.layers:
+            yield layer
+            if isinstance(layer, keras.Model):
+                yield from walk(layer)
+
+    layers = [layer for layer in walk(model) if isinstance(layer, keras.layers.BatchNormalization)]
+    for layer in layers:
+        layer.trainable = False
+    return layers
 
 
 def _load_init_weights(model, path):

@@ -260,6 +260,48 @@ def test_init_weights_starts_from_a_trained_file(tmp_path, tiny, cache, trained)
         train.train(bad, tmp_path / "c", verbose=0)
 
 
+def tiny_bn_model(name, input_shape=(192, 192, 1), **kwargs):
+    """``tiny_model`` with a batch-norm layer after its convolution (test only)."""
+    import keras
+
+    from ensai_tf.preprocess.bias import BiasRemoval
+
+    inputs = keras.Input(input_shape)
+    x = BiasRemoval()(inputs)
+    x = keras.layers.Conv2D(4, 5, strides=4, use_bias=False, name="conv1")(x)
+    x = keras.layers.BatchNormalization(name="conv1_bn")(x)
+    x = keras.layers.Activation("relu")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    outputs = keras.layers.Dense(kwargs.get("num_outputs", 5), dtype="float32", name="params")(x)
+    return keras.Model(inputs, outputs, name=f"tiny_bn_{name}")
+
+
+@pytest.mark.parametrize("frozen", [True, False])
+def test_freeze_batch_norm_keeps_the_initial_statistics(tmp_path, cache, monkeypatch, frozen):
+    """train.freeze_batch_norm: the batch-norm moving statistics and offset of init_weights
+    survive fine-tuning exactly while the convolution learns; unfrozen, the statistics move."""
+    import keras
+
+    import ensai_tf.models
+
+    monkeypatch.setattr(ensai_tf.models, "build_model", tiny_bn_model)
+    cfg = _cfg(cache, steps=3)
+    train.train(cfg, tmp_path / "first", verbose=0)
+    first = keras.saving.load_model(tmp_path / "first" / "model.keras", compile=False)
+    tuned_cfg = config.apply_overrides(cfg, [
+        f"train.init_weights={tmp_path / 'first' / 'model.keras'}",
+        f"train.freeze_batch_norm={str(frozen).lower()}"])
+    train.train(tuned_cfg, tmp_path / "tuned", verbose=0)
+    tuned = keras.saving.load_model(tmp_path / "tuned" / "model.keras", compile=False)
+    before, after = first.get_layer("conv1_bn"), tuned.get_layer("conv1_bn")
+    stats = ("moving_mean", "moving_variance", "beta")
+    same = [np.array_equal(getattr(before, s), getattr(after, s)) for s in stats]
+    assert same == [frozen] * 3
+    assert not np.array_equal(first.get_layer("conv1").kernel, tuned.get_layer("conv1").kernel)
+    # the shipped file is an ordinary, trainable network again
+    assert after.trainable
+
+
 def test_cpu_preset_is_mixed_precision_and_validates():
     cfg = config.get_preset("cpu")
     assert cfg.train.mixed_precision and cfg.simulate.oversample == 1
