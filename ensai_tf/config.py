@@ -248,7 +248,8 @@ class TrainConfig:
                                                 "keeps the moving statistics and offsets of "
                                                 "train.init_weights and normalises with them in "
                                                 "training too, so training and inference compute "
-                                                "the same function")
+                                                "the same function (model.bn_mode='frozen' instead "
+                                                "builds the release's never-normalising layers)")
     seed: int = _value(0, lo=0, doc="Keras seed for weight initialisation")
     image_summaries: int = _value(4, lo=0, doc="validation images shown in TensorBoard per epoch")
     init_weights: str = _value("", doc="a .keras file of the same architecture whose weights "

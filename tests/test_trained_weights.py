@@ -65,14 +65,7 @@ def test_shipped_metrics_are_reproduced_on_the_check_subset(name, check_set):
                                    rtol=CHECK_RTOL, err_msg=f"{name} {p}")
 
 
-# Known shortfall of the shipped quarter-width Inception-v4 (issue 8, still open):
-# after global average pooling it places the lens only 12-14% better than the
-# prior does (80k training lenses). Strict, so these fail loudly once a
-# retrained network passes and the marks must go.
-_SHORTFALL = pytest.mark.xfail(strict=True, reason="shipped Inception-v4 localises the lens "
-                               "barely better than the prior (issue 8)")
-_PAIRS = [pytest.param(n, p, marks=_SHORTFALL) if n == "inception_v4" and p in ("x_l", "y_l")
-          else (n, p) for n in SHIPPED for p in PARAM_NAMES]
+_PAIRS = [(n, p) for n in SHIPPED for p in PARAM_NAMES]
 
 
 @pytest.fixture(scope="module")
