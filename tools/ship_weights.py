@@ -157,6 +157,7 @@ def ship(runs, check_n, only=None):
         out = DEST / name
         shipped_log = _read_log(out / "log.csv") if (out / "log.csv").is_file() else []
         log = _staged_log(run, name, shipped_log) if name in NETWORKS else None
+        before = {f.relative_to(out) for f in out.rglob("*") if f.is_file()}
         if out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True)
@@ -177,6 +178,9 @@ def ship(runs, check_n, only=None):
             _copy(shear_eval / "metrics.json", out / "metrics_shear.json")
             _copy(shear_eval / "calibration.png", out / "calibration_shear.png")
         _store_check(out, config_lib.get_preset("paper"), check_n, runs)
+        dropped = sorted(str(f) for f in before - {f.relative_to(out) for f in out.rglob("*")})
+        if dropped:
+            print(f"{out}: no longer shipped (still in git history): {', '.join(dropped)}")
 
     print_table()
     sizes = {p: p.stat().st_size / 1e6 for p in DEST.rglob("*") if p.is_file()}
