@@ -16,14 +16,17 @@ from ensai_tf.preprocess.bias import BiasRemoval
 SIDE = 32
 
 
-def tiny_backbone(name, seed=0):
-    """A small stand-in network with the paper networks' interface (test only)."""
+def tiny_backbone(name, seed=0, width=5):
+    """A small stand-in network with the paper networks' interface (test only).
+
+    ``width=14``: a stand-in Gaussian head with the shear (means first).
+    """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((SIDE, SIDE, 1), name="images")
     x = BiasRemoval(name="bias_removal")(inputs)
     x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="conv1")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    return keras.Model(inputs, keras.layers.Dense(5, name="params")(x), name=name)
+    return keras.Model(inputs, keras.layers.Dense(width, name="params")(x), name=name)
 
 
 def _images(batch=2, seed=0):
@@ -81,8 +84,12 @@ def test_keras_file_through_the_same_loader(ensai_net_small, tmp_path):
         predict(np.zeros((1, 16, 16, 1), np.float32))
 
 
-def test_combiner_exports_and_reloads(tmp_path):
-    model = combiner.build_combiner([tiny_backbone(f"net{i}", seed=i) for i in range(4)])
+@pytest.mark.parametrize("gaussian", [False, True])
+def test_combiner_exports_and_reloads(tmp_path, gaussian):
+    nets = [tiny_backbone(f"net{i}", seed=i) for i in range(4)]
+    if gaussian:  # a Gaussian-head network joins through PointEstimate
+        nets.append(combiner.point_estimate_backbone(tiny_backbone("shear", seed=4, width=14)))
+    model = combiner.build_combiner(nets)
     x = _images(seed=1)
     export.export_saved_model(model, tmp_path / "sm")
     model.save(tmp_path / "c.keras")

@@ -16,8 +16,8 @@ from ensai_tf.conventions import NUM_PARAMS
 from ensai_tf.errors import ModelDirError
 from ensai_tf.losses import parity_correct
 
-__all__ = ["COMBINE_MODES", "ParityAlign", "PerParameterWeights", "build_combiner",
-           "load_backbones"]
+__all__ = ["COMBINE_MODES", "ParityAlign", "PerParameterWeights", "PointEstimate",
+           "build_combiner", "load_backbones", "point_estimate_backbone"]
 
 COMBINE_MODES = ("per_parameter", "dense")
 
@@ -126,6 +126,67 @@ class PerParameterWeights(keras.layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class PointEstimate(keras.layers.Layer):
+    """The five lens parameters of a wider network output.
+
+    Every ensai output layout puts ``(theta_E, e_x, e_y, x_L, y_L)`` first: a
+    point estimate with the shear appends ``(gamma_1, gamma_2)``, a Gaussian
+    head appends log-variances (and Cholesky terms) after its means
+    (:mod:`ensai_tf.uncertainty`). Keeping the first five therefore gives the
+    point estimate, or the predictive mean, of any of them.
+
+    Input:
+        ``(B, W)`` network output, W one of the widths
+        :func:`ensai_tf.uncertainty.head_layout` knows (5, 7, 10, 14, 20, 35).
+
+    Output:
+        ``(B, 5)`` arcsec / dimensionless, the input's dtype.
+    """
+
+    def build(self, input_shape):
+        from ensai_tf.uncertainty import head_layout
+
+        if len(input_shape) != 2:
+            raise ValueError(f"PointEstimate takes (batch, width) outputs, got {tuple(input_shape)}")
+        head_layout(input_shape[-1])  # raises, naming the width, for an unknown layout
+        super().build(input_shape)
+
+    def call(self, inputs):
+        return inputs[:, :NUM_PARAMS]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], NUM_PARAMS)
+
+
+def point_estimate_backbone(model):
+    """``model`` if it outputs the five parameters, else it wrapped in :class:`PointEstimate`.
+
+    Deviation from spec §7.4, which merges the four point-estimate networks:
+    a Gaussian-head or shear network (``trained_weights/alexnet_shear``)
+    joins the combination through its predictive means, which are trained on
+    the same five targets in the same units.
+
+    Args:
+        model: Keras model, images ``(B, H, W, 1)`` -> ``(B, W_out)``.
+
+    Returns:
+        A model images -> ``(B, 5)`` named like ``model`` (whose own name
+        gets a ``_full`` suffix when wrapped).
+
+    Raises:
+        ValueError: the output width is no known ensai layout.
+    """
+    width = model.outputs[0].shape[-1]
+    if width == NUM_PARAMS:
+        return model
+    name = model.name
+    model.name = f"{name}_full"
+    inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="images")
+    outputs = PointEstimate(dtype="float32", name="point_estimate")(model(inputs))
+    return keras.Model(inputs, outputs, name=name)
+
+
 def build_combiner(backbones, reference=0, mode="per_parameter", name="combiner"):
     """The combined network of spec §7.4.
 
@@ -179,9 +240,10 @@ def load_backbones(paths):
         paths: list of ``.keras`` file paths.
 
     Returns:
-        List of Keras models, in the given order, computing in float32
-        (:func:`ensai_tf.export.float32_model`) whatever precision they were
-        trained in.
+        List of Keras models images -> ``(B, 5)``, in the given order,
+        computing in float32 (:func:`ensai_tf.export.float32_model`) whatever
+        precision they were trained in; Gaussian-head and shear networks
+        give their first five outputs (:func:`point_estimate_backbone`).
 
     Raises:
         ModelDirError: a path is missing, not a ``.keras`` file, or corrupt
@@ -203,11 +265,10 @@ def load_backbones(paths):
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
             raise ModelDirError(f"cannot load backbone {str(path)!r}: missing parts or "
                                 f"corrupt ({type(err).__name__}: {err})") from None
-        width = models[-1].outputs[0].shape[-1]
-        if width != NUM_PARAMS:
-            raise ModelDirError(f"backbone {str(path)!r} has {width} outputs; the combiner merges "
-                                f"point-estimate networks with {NUM_PARAMS} (theta_e, e_x, e_y, "
-                                "x_l, y_l), not Gaussian or shear heads (spec §7.4)")
+        try:
+            models[-1] = point_estimate_backbone(models[-1])
+        except ValueError as err:
+            raise ModelDirError(f"backbone {str(path)!r} cannot join the combiner: {err}") from None
     # Two networks of one architecture (an ensemble) share a name; the combiner needs distinct ones.
     seen = {}
     for model in models:

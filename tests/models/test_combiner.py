@@ -12,14 +12,17 @@ from ensai_tf.preprocess.bias import BiasRemoval
 SIDE = 75  # the smallest input Inception-v4 takes: keeps the BN backbone cheap
 
 
-def tiny_backbone(name, side=SIDE, seed=0):
-    """A small stand-in network with the paper networks' interface (test only)."""
+def tiny_backbone(name, side=SIDE, seed=0, width=5):
+    """A small stand-in network with the paper networks' interface (test only).
+
+    ``width`` other than 5: a stand-in shear or Gaussian head (means first).
+    """
     keras.utils.set_random_seed(seed)
     inputs = keras.Input((side, side, 1), name="images")
     x = BiasRemoval(name="bias_removal")(inputs)
     x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="conv1")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = keras.layers.Dense(5, name="params")(x)
+    outputs = keras.layers.Dense(width, name="params")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
@@ -140,10 +143,46 @@ def test_load_backbones(tmp_path):
     with pytest.raises(ValueError, match="bad.keras"):
         combiner.load_backbones([tmp_path / "bad.keras"])
     inputs = keras.Input((16, 16, 1))
-    gaussian = keras.Model(inputs, keras.layers.Dense(14)(keras.layers.Flatten()(inputs)))
-    gaussian.save(tmp_path / "gaussian.keras")
-    with pytest.raises(ValueError, match="has 14 outputs; the combiner merges point-estimate"):
-        combiner.load_backbones([tmp_path / "gaussian.keras"])
+    odd = keras.Model(inputs, keras.layers.Dense(6)(keras.layers.Flatten()(inputs)))
+    odd.save(tmp_path / "odd.keras")
+    with pytest.raises(ValueError, match="odd.keras.*cannot join the combiner: output width 6"):
+        combiner.load_backbones([tmp_path / "odd.keras"])
+
+
+@pytest.mark.parametrize("width", [7, 10, 14, 20, 35])
+def test_point_estimate_backbone_keeps_the_first_five_outputs(width):
+    net = tiny_backbone("shear", width=width)
+    x = _images(3)
+    full = net.predict_on_batch(x)
+    wrapped = combiner.point_estimate_backbone(net)
+    assert wrapped.name == "shear" and net.name == "shear_full"
+    assert wrapped.output_shape == (None, 5)
+    np.testing.assert_array_equal(wrapped.predict_on_batch(x), full[:, :5])
+    plain = tiny_backbone("plain")
+    assert combiner.point_estimate_backbone(plain) is plain
+    with pytest.raises(ValueError, match="output width 6"):
+        combiner.point_estimate_backbone(tiny_backbone("odd", width=6))
+
+
+def test_combiner_with_a_gaussian_head_round_trips(tmp_path):
+    """A Gaussian/shear network joins through its means and survives .keras save/load."""
+    a = tiny_backbone("a")
+    net = tiny_backbone("a", width=14, seed=1)  # same name as a: an AlexNet twin
+    net.save(tmp_path / "g.keras")
+    a.save(tmp_path / "a.keras")
+    nets = combiner.load_backbones([tmp_path / "a.keras", tmp_path / "g.keras"])
+    assert [n.name for n in nets] == ["a", "a_1"]
+    model = combiner.build_combiner(nets)
+    x = _images(2, seed=3)
+    means = np.stack([a.predict_on_batch(x), net.predict_on_batch(x)[:, :5]], axis=1)
+    np.testing.assert_allclose(model.predict_on_batch(x),
+                               np.mean(combiner.ParityAlign()(list(means.swapaxes(0, 1))), axis=1),
+                               atol=1e-6, rtol=0)
+    model.save(tmp_path / "c.keras")
+    loaded = keras.saving.load_model(tmp_path / "c.keras", compile=False)
+    np.testing.assert_allclose(loaded.predict_on_batch(x), model.predict_on_batch(x), atol=1e-6,
+                               rtol=0)
+    assert sum(int(np.prod(w.shape)) for w in loaded.trainable_weights) == 2 * 5
 
 
 def test_build_combiner_rejects_bad_arguments():
