@@ -154,7 +154,8 @@ def build_parser():
 
     p = sub.add_parser("combine", help="train the frozen-backbone combiner of trained networks")
     p.add_argument("--models", nargs="+", required=True, metavar="DIR",
-                   help="trained model folders; the first is the parity reference")
+                   help="trained model folders; the first is the parity reference; a "
+                        "Gaussian-head or shear network joins through its five means")
     p.add_argument("--model-dir", required=True, help="output folder")
     p.add_argument("--mode", default="per_parameter", choices=("per_parameter", "dense"),
                    help="20 per-parameter weights (paper) or a full Dense layer")
