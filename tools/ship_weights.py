@@ -156,7 +156,8 @@ def ship(runs, check_n, only=None):
             sys.exit(f"{run}: missing {', '.join(missing)}; run tools/train_shipped_weights.sh")
         out = DEST / name
         shipped_log = _read_log(out / "log.csv") if (out / "log.csv").is_file() else []
-        log = _staged_log(run, name, shipped_log) if name in NETWORKS else None
+        log = (_staged_log(run, name, shipped_log) if name in NETWORKS + UNCERTAINTY_NETWORKS
+               else None)
         before = {f.relative_to(out) for f in out.rglob("*") if f.is_file()}
         if out.exists():
             shutil.rmtree(out)
