@@ -93,7 +93,8 @@ def test_shipped_metrics_are_on_the_full_test_set():
         assert data["experiment"] is None
 
 
-@pytest.mark.parametrize("name", ("alexnet", "ensai_net", "overfeat", "inception_v4"))
+@pytest.mark.parametrize("name", ("alexnet", "ensai_net", "overfeat", "inception_v4",
+                                  "alexnet_shear"))
 def test_shipped_training_log_covers_every_stage(name):
     """log.csv: stages 1, 2, ... in order, each with epochs 0, 1, ... and finite losses."""
     import csv
