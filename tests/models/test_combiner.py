@@ -142,9 +142,7 @@ def test_load_backbones(tmp_path):
     (tmp_path / "bad.keras").write_bytes(b"not a zip")
     with pytest.raises(ValueError, match="bad.keras"):
         combiner.load_backbones([tmp_path / "bad.keras"])
-    inputs = keras.Input((16, 16, 1))
-    odd = keras.Model(inputs, keras.layers.Dense(6)(keras.layers.Flatten()(inputs)))
-    odd.save(tmp_path / "odd.keras")
+    tiny_backbone("odd", width=6).save(tmp_path / "odd.keras")
     with pytest.raises(ValueError, match="odd.keras.*cannot join the combiner: output width 6"):
         combiner.load_backbones([tmp_path / "odd.keras"])
 
