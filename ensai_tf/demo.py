@@ -28,7 +28,10 @@ def default_weights_dir():
 
 
 def _is_model(path):
-    return (path / "saved_model" / "saved_model.pb").is_file() or (path / "model.keras").is_file()
+    from ensai_tf.models import combiner
+
+    return ((path / "saved_model" / "saved_model.pb").is_file()
+            or (path / "model.keras").is_file() or combiner.is_by_reference(path))
 
 
 def _mean_error68(path):

@@ -170,8 +170,10 @@ def load_predictor(path, raw=False):
 
     Args:
         path: a model folder written by ``ensai train``/``ensai combine``
-            (its ``saved_model/`` is used, else its ``model.keras``), a
-            SavedModel folder, or a ``.keras`` file.
+            (its ``saved_model/`` is used, else its ``model.keras``, else a
+            combiner stored by reference in its ``combiner.json``,
+            :func:`ensai_tf.models.combiner.load_combined`), a SavedModel
+            folder, or a ``.keras`` file.
         raw: return the whole head output instead of the five parameters
             (the shear and the Gaussian head's variances too, issue 9;
             :func:`ensai_tf.uncertainty.head_layout` reads its width).
@@ -190,23 +192,26 @@ def load_predictor(path, raw=False):
     if not path.exists():
         raise ModelDirError(f"model {str(path)!r} does not exist; give a folder written by "
                             "'ensai train' or 'ensai combine', a SavedModel folder or a .keras file")
+    from ensai_tf.models import combiner
+
     saved = _saved_model_path(path)
     keras_path = None if saved is not None else _keras_model_path(path)
-    if saved is None and keras_path is None:
-        raise ModelDirError(f"{str(path)!r} is not a model: expected a folder with saved_model/ "
-                            "or model.keras, a SavedModel folder (saved_model.pb) or a .keras file")
+    by_reference = saved is None and keras_path is None and combiner.is_by_reference(path)
+    if saved is None and keras_path is None and not by_reference:
+        raise ModelDirError(f"{str(path)!r} is not a model: expected a folder with saved_model/, "
+                            "model.keras or a combiner.json with its weights, a SavedModel "
+                            "folder (saved_model.pb) or a .keras file")
     import tensorflow as tf
+
+    from ensai_tf import export
 
     try:
         if saved is not None:
-            from ensai_tf import export
-
             holder = export.load_for_inference(str(saved))
             npix = _saved_model_npix(holder.serve if hasattr(holder, "serve") else holder)
         else:
-            from ensai_tf import export
-
-            holder = export.load_keras_model(keras_path)
+            holder = (combiner.load_combined(path) if by_reference
+                      else export.load_keras_model(keras_path))
             npix = holder.input_shape[1]
     except ModelDirError:
         raise

@@ -893,8 +893,11 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
 
     Returns:
         ``(model, summary)``: the trained combiner and the dict written to
-        ``combiner.json`` (validation loss of the plain average of the
-        sign-aligned networks and of the trained combination).
+        ``combiner.json``: :func:`ensai_tf.models.combiner.combiner_record`
+        (the backbone files and the combination weights, from which
+        :func:`~ensai_tf.models.combiner.load_combined` rebuilds the model
+        without ``model.keras``), and the validation loss of the plain
+        average of the sign-aligned networks and of the trained combination.
 
     Raises:
         ModelDirError: a backbone folder lacks ``model.keras``, the output
@@ -945,7 +948,9 @@ def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, ver
                          keras.callbacks.TensorBoard(log_dir=str(model_dir / "tb")),
                          keras.callbacks.CSVLogger(str(model_dir / "log.csv"))])
     trained = model.evaluate(val_ds, verbose=0, return_dict=True)
-    summary = {"backbones": [str(p) for p in paths], "mode": mode, "steps": steps,
+    # the record (backbone files relative to model_dir, their SHA-256, the
+    # combination weights) lets the combiner ship without copying its backbones
+    summary = {**combiner.combiner_record(model, paths, model_dir), "steps": steps,
                "plain_average_validation": {k: float(v) for k, v in plain.items()},
                "trained_validation": {k: float(v) for k, v in trained.items()}}
     for name, value in summary["trained_validation"].items():

@@ -335,6 +335,13 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
     predict.register_custom_objects()
     model = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
+    # combiner.json alone (no model.keras) rebuilds the same network from the backbone files
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "combiner.json").write_bytes((tmp_path / "c" / "combiner.json").read_bytes())
+    x = np.random.default_rng(2).uniform(0, 1, (2, NPIX, NPIX, 1)).astype(np.float32)
+    predict_fn, _ = predict.load_predictor(shipped)
+    np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)
     after = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
                                                           compile=False).get_weights()]
     for x, y in zip(before, after):

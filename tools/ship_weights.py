@@ -8,8 +8,12 @@ For each network folder of ``RUNS`` (``alexnet``, ``ensai_net``, ``overfeat``,
 ``inception_v4``) it copies ``model.keras`` (the best-validation weights, for
 inference and as combiner backbones), ``config.yaml``, ``log.csv`` and the
 test-set ``metrics.json``/``table1.md``/``figure1.png`` written by
-``ensai evaluate``; for ``combined`` it copies ``model.keras`` (inference),
-``combiner.json`` and the same reports. It then evaluates every shipped model
+``ensai evaluate``; for ``combined`` it ships ``combiner.json`` (the
+combination weights and its backbone files, rewritten relative to
+``trained_weights/combined``; each backbone must be a shipped ``model.keras``
+unchanged since ``ensai combine``, so combine after shipping the networks) and
+the same reports, and checks that the record rebuilds the run's
+``model.keras`` predictions. It then evaluates every shipped model
 on the first ``--check-n`` test lenses and stores those metrics as
 ``metrics.json["check"]``, which ``tests/test_trained_weights.py`` reproduces.
 A network's ``log.csv`` gets a ``stage`` column: a run warm-started from the
@@ -36,6 +40,7 @@ comparison with ``alexnet``.
 
 import argparse
 import json
+import os
 import pathlib
 import shutil
 import sys
@@ -48,9 +53,10 @@ ALL_NAMES = NETWORKS + ("combined",) + UNCERTAINTY_NETWORKS
 SINGLE_FILES = ("model.keras", "config.yaml", "log.csv")
 UNCERTAINTY_FILES = SINGLE_FILES + ("calibration.json",)
 COMBINED_FILES = ("config.yaml", "log.csv", "combiner.json")
-# The combined model ships as model.keras: its SavedModel export holds every
-# backbone variable twice (98.7 MB for 12.3 M parameters) and would break the
-# 50 MB per-file limit; `ensai_tf.export.export_saved_model(keras.saving.load_model(...))`
+# The combined model ships by reference to the shipped backbones (combiner.json,
+# ensai_tf.models.combiner.load_combined): a model.keras of five backbones is
+# 54.5 MB, over the 50 MB per-file limit, and would copy 46+ MB that ship beside it;
+# `export_saved_model(combiner.load_combined("trained_weights/combined"), ...)`
 # makes a SavedModel from it on the user's machine.
 REPORTS = ("metrics.json", "table1.md", "figure1.png")
 MAX_FILE_MB = 50.0  # decimal megabytes, as the project's limit
@@ -142,6 +148,38 @@ def _strip(run, out):
         sys.exit(f"{out}: the shipped weights do not reproduce {run}'s predictions")
 
 
+def _ship_combiner(run, out):
+    """Ship the combined network as its ``combiner.json``, by reference to the shipped backbones."""
+    import numpy as np
+
+    from ensai_tf import predict
+    from ensai_tf.models import combiner
+
+    record = json.loads((run / "combiner.json").read_text())
+    if "weights" not in record:
+        sys.exit(f"{run}: its combiner.json has no combination weights; run 'ensai combine' again")
+    backbones = []
+    for rel, sha in zip(record["backbones"], record["backbone_sha256"]):
+        path = pathlib.Path(os.path.normpath(run.resolve() / rel))
+        if path.name != "model.keras" or path.parent.parent != DEST.resolve():
+            sys.exit(f"{run}: backbone {path} is not a shipped network; run 'ensai combine "
+                     "--models trained_weights/NAME ...' after shipping the networks")
+        if combiner.file_sha256(path) != sha:
+            sys.exit(f"{run}: {path} changed since the combiner was trained; ship the networks "
+                     "first, then run 'ensai combine' on trained_weights/NAME")
+        backbones.append(os.path.relpath(path, out.resolve()))
+    (out / "combiner.json").write_text(json.dumps({**record, "backbones": backbones}, indent=1)
+                                       + "\n")
+    images = np.random.default_rng(0).uniform(0, 1, (4, 192, 192, 1)).astype(np.float32)
+    fn, _ = predict.load_predictor(out)
+    reference, _ = predict.load_predictor(run / "model.keras")
+    # the same float32 layers and weights; only the graph's op order may differ
+    diff = float(np.max(np.abs(fn(images) - reference(images))))
+    if diff > 1e-6:
+        sys.exit(f"{out}: the combiner rebuilt from combiner.json differs from {run}'s "
+                 f"model.keras by {diff:.2e}")
+
+
 def ship(runs, check_n, only=None):
     from ensai_tf import config as config_lib
 
@@ -167,7 +205,10 @@ def ship(runs, check_n, only=None):
                 _copy(run / f, out / f)
         if log is not None:
             _write_log(out / "log.csv", log)
-        _strip(run, out)
+        if name == "combined":
+            _ship_combiner(run, out)
+        else:
+            _strip(run, out)
         for f in reports:
             _copy(run / "eval" / f, out / f)
         comparison = runs / "shear_cmp"
@@ -266,7 +307,11 @@ def print_table():
             epochs = len(list(csv.DictReader(log.open())))
             seen = f"{epochs * cfg['steps_per_epoch'] * cfg['batch_size'] / 1e3:.0f}k"
         params = "-"
-        if (DEST / name / "model.keras").is_file():
+        if name == "combined":
+            from ensai_tf.models import combiner
+
+            params = f"{combiner.load_combined(DEST / name).count_params() / 1e6:.2f}"
+        elif (DEST / name / "model.keras").is_file():
             import keras
 
             from ensai_tf import predict

@@ -4,10 +4,21 @@ Order in the paper: [overfeat, ensai_net, alexnet, inception_v4] with
 Overfeat as the parity reference (``models.PAPER_ORDER``); any list works.
 Backbones are frozen and called with ``training=False``, so Inception's BN
 moving statistics stay put (Keras transfer-learning guide).
+
+A combined network is also stored by reference (:func:`combiner_record`,
+:func:`load_combined`): ``combiner.json`` names its backbone files, relative
+to its own folder, with their SHA-256, and holds the combination weights.
+``trained_weights/combined`` ships this way, beside the backbones it merges,
+instead of a ``model.keras`` holding a second copy of every backbone.
 """
 
+import hashlib
+import json
+import os
 import pathlib
 import zipfile
+
+import numpy as np
 
 import keras
 from keras import ops
@@ -16,10 +27,12 @@ from ensai_tf.conventions import NUM_PARAMS
 from ensai_tf.errors import ModelDirError
 from ensai_tf.losses import parity_correct
 
-__all__ = ["COMBINE_MODES", "ParityAlign", "PerParameterWeights", "PointEstimate",
-           "build_combiner", "load_backbones", "point_estimate_backbone"]
+__all__ = ["COMBINE_MODES", "COMBINER_JSON", "ParityAlign", "PerParameterWeights",
+           "PointEstimate", "build_combiner", "combiner_record", "file_sha256", "is_by_reference",
+           "load_backbones", "load_combined", "point_estimate_backbone"]
 
 COMBINE_MODES = ("per_parameter", "dense")
+COMBINER_JSON = "combiner.json"
 
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
@@ -277,3 +290,113 @@ def load_backbones(paths):
         if count:
             model.name = f"{model.name}_{count}"
     return models
+
+
+def file_sha256(path):
+    """Hex SHA-256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def combiner_record(model, backbone_paths, folder):
+    """What ``combiner.json`` needs to rebuild ``model`` from its backbone files.
+
+    Args:
+        model: a combined network from :func:`build_combiner`.
+        backbone_paths: the ``.keras`` files its backbones were loaded from,
+            in order.
+        folder: the folder ``combiner.json`` is written to; the paths are
+            stored relative to it.
+
+    Returns:
+        Dict with ``backbones`` (relative paths), ``backbone_sha256``,
+        ``reference``, ``mode`` and ``weights`` (the combination weights as
+        nested lists; float32 values survive JSON exactly).
+    """
+    folder = pathlib.Path(folder).resolve()
+    align = model.get_layer("parity_align")
+    params = model.get_layer("params")
+    return {"backbones": [os.path.relpath(pathlib.Path(p).resolve(), folder)
+                          for p in backbone_paths],
+            "backbone_sha256": [file_sha256(p) for p in backbone_paths],
+            "reference": int(align.reference), "mode": params.mode,
+            "weights": [w.tolist() for w in params.get_weights()]}
+
+
+def _read_record(folder):
+    path = pathlib.Path(folder) / COMBINER_JSON
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError) as err:
+        raise ModelDirError(f"cannot read {str(path)!r}: {err}") from None
+    except ValueError as err:
+        raise ModelDirError(f"{str(path)!r} is not valid JSON: {err}") from None
+    if not isinstance(record, dict):
+        raise ModelDirError(f"{str(path)!r} is not a combiner record (a JSON object)")
+    return record
+
+
+def is_by_reference(folder):
+    """Whether ``folder`` holds a combined network stored by reference.
+
+    True when it has a ``combiner.json`` with combination weights
+    (:func:`combiner_record`) and no ``model.keras`` or ``saved_model/``
+    (which take precedence when present).
+    """
+    folder = pathlib.Path(folder)
+    if not (folder / COMBINER_JSON).is_file() or (folder / "model.keras").exists() \
+            or (folder / "saved_model").exists():
+        return False
+    try:
+        return "weights" in _read_record(folder)
+    except ModelDirError:
+        return True  # load_combined names what is wrong with it
+
+
+def load_combined(folder):
+    """Rebuild a combined network stored by reference (:func:`combiner_record`).
+
+    Each backbone file must be the one the combiner was trained on: its
+    SHA-256 is checked, so a retrained backbone never silently changes the
+    combination.
+
+    Args:
+        folder: the folder holding ``combiner.json``.
+
+    Returns:
+        The combined Keras model, images ``(B, H, W, 1)`` -> float32
+        ``(B, 5)`` in target units, computing in float32.
+
+    Raises:
+        ModelDirError: ``combiner.json`` is missing, corrupt or incomplete, a
+            backbone is missing, corrupt or changed, or the weights do not
+            fit; the message names the file.
+    """
+    folder = pathlib.Path(folder)
+    record = _read_record(folder)
+    where = str(folder / COMBINER_JSON)
+    missing = [k for k in ("backbones", "backbone_sha256", "reference", "mode", "weights")
+               if k not in record]
+    if missing:
+        raise ModelDirError(f"{where!r} lacks {missing}: it is not a combiner stored by reference")
+    paths = [pathlib.Path(os.path.normpath(folder.resolve() / p)) for p in record["backbones"]]
+    if len(paths) != len(record["backbone_sha256"]):
+        raise ModelDirError(f"{where!r} lists {len(paths)} backbones but "
+                            f"{len(record['backbone_sha256'])} checksums")
+    for path, expected in zip(paths, record["backbone_sha256"]):
+        if path.is_file() and file_sha256(path) != expected:
+            raise ModelDirError(f"backbone {str(path)!r} is not the file the combiner in "
+                                f"{str(folder)!r} was trained on (SHA-256 differs); run "
+                                "'ensai combine' again on the current networks")
+    backbones = load_backbones(paths)
+    try:
+        model = build_combiner(backbones, reference=record["reference"], mode=record["mode"])
+        model.get_layer("params").set_weights(
+            [np.asarray(w, dtype=np.float32) for w in record["weights"]])
+    except (ValueError, TypeError) as err:
+        raise ModelDirError(f"{where!r}: its combination weights do not fit its "
+                            f"{len(paths)} backbones ({err})") from None
+    return model

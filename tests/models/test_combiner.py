@@ -195,3 +195,56 @@ def test_build_combiner_rejects_bad_arguments():
         combiner.build_combiner([a, tiny_backbone("c", side=32)])
     with pytest.raises(ValueError, match="mode"):
         combiner.build_combiner([a, b], mode="mlp")
+
+
+@pytest.mark.parametrize("mode", ["per_parameter", "dense"])
+def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
+    """combiner.json (backbone files relative to its folder, their SHA-256, the combination
+    weights) rebuilds the combiner exactly; a changed, missing or corrupt part is named."""
+    import json
+
+    from ensai_tf import predict
+    from ensai_tf.errors import ModelDirError
+
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    tiny_backbone("a").save(nets / "a.keras")
+    tiny_backbone("g", width=14, seed=1).save(nets / "g.keras")
+    paths = [nets / "a.keras", nets / "g.keras"]
+    model = combiner.build_combiner(combiner.load_backbones(paths), reference=1, mode=mode)
+    params = model.get_layer("params")
+    rng = np.random.default_rng(4)
+    params.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in params.get_weights()])
+    folder = tmp_path / "combined"
+    folder.mkdir()
+    record = combiner.combiner_record(model, paths, folder)
+    assert record["backbones"] == ["../nets/a.keras", "../nets/g.keras"]
+    assert record["reference"] == 1 and record["mode"] == mode
+    (folder / "combiner.json").write_text(json.dumps(record))
+    assert combiner.is_by_reference(folder) and not combiner.is_by_reference(nets)
+
+    x = _images(3, seed=5)
+    rebuilt = combiner.load_combined(folder)
+    np.testing.assert_array_equal(rebuilt.predict_on_batch(x), model.predict_on_batch(x))
+    predict_fn, npix = predict.load_predictor(folder)
+    assert npix == SIDE
+    np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)
+
+    # a retrained backbone must not silently change the combination
+    original = (nets / "a.keras").read_bytes()
+    tiny_backbone("a", seed=7).save(nets / "a.keras")
+    with pytest.raises(ModelDirError, match=r"'\S*/nets/a\.keras'.*SHA-256 differs.*ensai combine"):
+        predict.load_predictor(folder)
+    (nets / "a.keras").unlink()
+    with pytest.raises(ModelDirError, match=r"a\.keras.*does not exist"):
+        combiner.load_combined(folder)
+    (nets / "a.keras").write_bytes(original)
+    (folder / "combiner.json").write_text(json.dumps({**record, "weights": [[1.0, 2.0]]}))
+    with pytest.raises(ModelDirError, match="combination weights do not fit"):
+        combiner.load_combined(folder)
+    (folder / "combiner.json").write_text("{not json")
+    with pytest.raises(ModelDirError, match="combiner.json.*not valid JSON"):
+        predict.load_predictor(folder)
+    (folder / "combiner.json").write_text(json.dumps({"weights": []}))
+    with pytest.raises(ModelDirError, match=r"lacks \['backbones'"):
+        predict.load_predictor(folder)
