@@ -292,7 +292,7 @@ def print_table():
         PAPER_TABLE1["Combined"])))
     print("| network | params (M) | images seen | " + " | ".join(PARAM_NAMES)
           + " | paper | ratio to paper |")
-    print("|---" * 6 + "|---|")
+    print("|---" * 10 + "|")
     for name in NETWORKS + ("combined",):
         if not (DEST / name / "metrics.json").is_file():
             continue
