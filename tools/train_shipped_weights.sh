@@ -3,7 +3,8 @@
 # 2-core CPU: pre-generate noise-free training arcs once (spec §1 step 1, the
 # paper's own set-up), train the four networks one after another with the
 # `cpu` preset and a wall-clock budget each, train the combiner, evaluate
-# everything on the fixed test set and copy the results into trained_weights/.
+# everything on the fixed test set and copy the results into trained_weights/
+# (tools/ship_weights.py).
 #
 # Usage: tools/train_shipped_weights.sh [WORK_DIR] [MINUTES_PER_NETWORK] [N_ARCS] [N_TEST]
 # Defaults: scratch/shipped 25 30000 10000. Each step is skipped when its
@@ -43,17 +44,27 @@ for net in "${NETS[@]}"; do
         --set "data.arcs_dir=$WORK/arcs" --set "train.time_budget_minutes=$MINUTES"
 done
 
-# spec §7.4: the Overfeat network is the parity reference, as in the code
-if [ ! -d "$WORK/runs/combined/saved_model" ]; then
-    echo "== training the combiner"
-    ensai combine --models "$WORK/runs/overfeat" "$WORK/runs/ensai_net" "$WORK/runs/alexnet" \
-        "$WORK/runs/inception_v4" --model-dir "$WORK/runs/combined" --overwrite
-fi
-
-for net in "${NETS[@]}" combined; do
+for net in "${NETS[@]}"; do
     if [ ! -f "$WORK/runs/$net/eval/metrics.json" ]; then
         echo "== evaluating $net on $N_TEST test lenses"
         ensai evaluate "$WORK/runs/$net" --n "$N_TEST"
     fi
 done
-echo "== done; copy with tools/ship_weights.py $WORK/runs"
+
+# The combined network ships by reference to the shipped backbone files
+# (combiner.json with their SHA-256), so the networks are shipped first and the
+# combiner merges those very files. spec §7.4: Overfeat is the parity reference.
+if [ ! -d "$WORK/runs/combined/saved_model" ]; then
+    echo "== shipping the four networks"
+    python tools/ship_weights.py "$WORK/runs" --only "${NETS[@]}"
+    echo "== training the combiner"
+    ensai combine --models trained_weights/overfeat trained_weights/ensai_net \
+        trained_weights/alexnet trained_weights/inception_v4 \
+        --model-dir "$WORK/runs/combined" --overwrite
+fi
+if [ ! -f "$WORK/runs/combined/eval/metrics.json" ]; then
+    echo "== evaluating combined on $N_TEST test lenses"
+    ensai evaluate "$WORK/runs/combined" --n "$N_TEST"
+fi
+python tools/ship_weights.py "$WORK/runs" --only combined
+echo "== done: trained_weights/ holds the new networks and combiner"
