@@ -109,6 +109,32 @@ def test_shipped_training_log_covers_every_stage(name):
     assert all(np.isfinite(float(r["val_loss"])) for r in rows), name
 
 
+def test_shipped_combined_refers_to_the_shipped_networks():
+    """combined/ holds no copy of its backbones: its combiner.json names the shipped model.keras
+    of the four paper networks and the shear network, unchanged since it was trained
+    (SHA-256), and their 5 x 5 combination weights."""
+    from ensai_tf.models import combiner
+
+    folder = WEIGHTS / "combined"
+    assert combiner.is_by_reference(folder)
+    record = json.loads((folder / "combiner.json").read_text())
+    names = ("overfeat", "ensai_net", "alexnet", "inception_v4", "alexnet_shear")
+    assert [(folder / p).resolve() for p in record["backbones"]] == [
+        (WEIGHTS / n / "model.keras").resolve() for n in names]
+    assert [combiner.file_sha256(folder / p) for p in record["backbones"]] == \
+        record["backbone_sha256"]
+    assert record["mode"] == "per_parameter" and record["reference"] == 0
+    assert np.asarray(record["weights"][0]).shape == (len(names), len(PARAM_NAMES))
+
+
+def test_combined_beats_every_network_on_theta_e():
+    """Issue 8's target, on the full test set of each shipped metrics.json."""
+    combined = _metrics("combined")["metrics"]["theta_e"]["error68"]
+    for name in SHIPPED:
+        if name != "combined":
+            assert combined < _metrics(name)["metrics"]["theta_e"]["error68"], name
+
+
 def test_ensai_demo_runs_end_to_end(tmp_path, capsys):
     assert cli.main(["demo", "--n", "20", "--out", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
