@@ -15,6 +15,7 @@ import pathlib
 import numpy as np
 
 from ensai_tf import config as config_lib
+from ensai_tf import predict
 from ensai_tf.errors import ModelDirError
 
 __all__ = ["default_weights_dir", "find_weights", "run_demo"]
@@ -25,13 +26,6 @@ _NETWORK_ORDER = ("overfeat", "ensai_net", "alexnet", "inception_v4")
 def default_weights_dir():
     """The repository's ``trained_weights/`` folder (next to the package)."""
     return pathlib.Path(__file__).resolve().parent.parent / "trained_weights"
-
-
-def _is_model(path):
-    from ensai_tf.models import combiner
-
-    return ((path / "saved_model" / "saved_model.pb").is_file()
-            or (path / "model.keras").is_file() or combiner.is_by_reference(path))
 
 
 def _mean_error68(path):
@@ -61,11 +55,11 @@ def find_weights(weights_dir=None):
            "and run 'ensai demo --weights runs/alexnet', or see trained_weights/README.md")
     if not root.is_dir():
         raise ModelDirError(f"no trained weights are installed: {str(root)!r} does not exist; {how}")
-    if _is_model(root):
+    if predict.is_model(root):
         return root, root.name
-    if _is_model(root / "combined"):
+    if predict.is_model(root / "combined"):
         return root / "combined", "combined"
-    singles = [p for p in sorted(root.iterdir()) if p.is_dir() and _is_model(p)]
+    singles = [p for p in sorted(root.iterdir()) if p.is_dir() and predict.is_model(p)]
     if not singles:
         raise ModelDirError(f"no trained weights are installed in {str(root)!r}; {how}")
 

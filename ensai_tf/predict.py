@@ -121,6 +121,27 @@ def _saved_model_path(path):
     return None
 
 
+def _model_source(path):
+    """``(kind, path)`` that :func:`load_predictor` loads: ``"saved_model"``,
+    ``"keras"`` or ``"combined"`` (stored by reference), or ``(None, None)``."""
+    from ensai_tf.models import combiner
+
+    saved = _saved_model_path(path)
+    if saved is not None:
+        return "saved_model", saved
+    keras_path = _keras_model_path(path)
+    if keras_path is not None:
+        return "keras", keras_path
+    if combiner.is_by_reference(path):
+        return "combined", pathlib.Path(path)
+    return None, None
+
+
+def is_model(path):
+    """Whether ``path`` holds a model :func:`load_predictor` loads (it may still be corrupt)."""
+    return _model_source(path)[0] is not None
+
+
 def _head_array(outputs):
     """(B, width) float64 array of an array output whose width is a known head (issue 9)."""
     from ensai_tf import uncertainty
@@ -194,10 +215,8 @@ def load_predictor(path, raw=False):
                             "'ensai train' or 'ensai combine', a SavedModel folder or a .keras file")
     from ensai_tf.models import combiner
 
-    saved = _saved_model_path(path)
-    keras_path = None if saved is not None else _keras_model_path(path)
-    by_reference = saved is None and keras_path is None and combiner.is_by_reference(path)
-    if saved is None and keras_path is None and not by_reference:
+    kind, source = _model_source(path)
+    if kind is None:
         raise ModelDirError(f"{str(path)!r} is not a model: expected a folder with saved_model/, "
                             "model.keras or a combiner.json with its weights, a SavedModel "
                             "folder (saved_model.pb) or a .keras file")
@@ -206,12 +225,12 @@ def load_predictor(path, raw=False):
     from ensai_tf import export
 
     try:
-        if saved is not None:
-            holder = export.load_for_inference(str(saved))
+        if kind == "saved_model":
+            holder = export.load_for_inference(str(source))
             npix = _saved_model_npix(holder.serve if hasattr(holder, "serve") else holder)
         else:
-            holder = (combiner.load_combined(path) if by_reference
-                      else export.load_keras_model(keras_path))
+            holder = (combiner.load_combined(source) if kind == "combined"
+                      else export.load_keras_model(source))
             npix = holder.input_shape[1]
     except ModelDirError:
         raise

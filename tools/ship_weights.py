@@ -159,8 +159,7 @@ def _ship_combiner(run, out):
     if "weights" not in record:
         sys.exit(f"{run}: its combiner.json has no combination weights; run 'ensai combine' again")
     backbones = []
-    for rel, sha in zip(record["backbones"], record["backbone_sha256"]):
-        path = pathlib.Path(os.path.normpath(run.resolve() / rel))
+    for path, sha in zip(combiner.backbone_files(run, record), record["backbone_sha256"]):
         if path.name != "model.keras" or path.parent.parent != DEST.resolve():
             sys.exit(f"{run}: backbone {path} is not a shipped network; run 'ensai combine "
                      "--models trained_weights/NAME ...' after shipping the networks")

@@ -28,8 +28,8 @@ from ensai_tf.errors import ModelDirError
 from ensai_tf.losses import parity_correct
 
 __all__ = ["COMBINE_MODES", "COMBINER_JSON", "ParityAlign", "PerParameterWeights",
-           "PointEstimate", "build_combiner", "combiner_record", "file_sha256", "is_by_reference",
-           "load_backbones", "load_combined", "point_estimate_backbone"]
+           "PointEstimate", "backbone_files", "build_combiner", "combiner_record", "file_sha256",
+           "is_by_reference", "load_backbones", "load_combined", "point_estimate_backbone"]
 
 COMBINE_MODES = ("per_parameter", "dense")
 COMBINER_JSON = "combiner.json"
@@ -326,6 +326,12 @@ def combiner_record(model, backbone_paths, folder):
             "weights": [w.tolist() for w in params.get_weights()]}
 
 
+def backbone_files(folder, record):
+    """The backbone files of a combiner record, absolute (stored relative to ``folder``)."""
+    folder = pathlib.Path(folder).resolve()
+    return [pathlib.Path(os.path.normpath(folder / p)) for p in record["backbones"]]
+
+
 def _read_record(folder):
     path = pathlib.Path(folder) / COMBINER_JSON
     try:
@@ -382,7 +388,7 @@ def load_combined(folder):
                if k not in record]
     if missing:
         raise ModelDirError(f"{where!r} lacks {missing}: it is not a combiner stored by reference")
-    paths = [pathlib.Path(os.path.normpath(folder.resolve() / p)) for p in record["backbones"]]
+    paths = backbone_files(folder, record)
     if len(paths) != len(record["backbone_sha256"]):
         raise ModelDirError(f"{where!r} lists {len(paths)} backbones but "
                             f"{len(record['backbone_sha256'])} checksums")
