@@ -7,7 +7,7 @@ Build (warnings are errors)::
 
 The package must be importable (it is installed by the command above):
 autodoc imports every module, TensorFlow included, so the reference is built
-from the code that actually runs. Docstrings are Google style (style.md §2.1)
+from the code that actually runs. Docstrings are Google style
 and are read by napoleon.
 """
 

@@ -1,7 +1,7 @@
 """ensai_tf: fast strong-lens parameter estimation with convolutional networks.
 
 A TensorFlow/Keras 3 re-implementation of Hezaveh, Perreault Levasseur &
-Marshall 2017 (Nature 548, 555). Conventions (spec §0) live in
+Marshall 2017 (Nature 548, 555). Conventions (docs/design.md §0) live in
 :mod:`ensai_tf.conventions`; settings in :mod:`ensai_tf.config`.
 
 Heavy submodules (TensorFlow, Keras) are imported on first use of the names

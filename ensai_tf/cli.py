@@ -169,7 +169,7 @@ def build_parser():
     p.add_argument("model_dir", help="model folder written by 'ensai train' (model.head != point)")
     p.add_argument("--n", type=int, default=None, help="validation lenses (default: config)")
     p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light"),
-                   help="validation lenses of a robustness experiment (spec §8.5)")
+                   help="validation lenses of a robustness experiment (docs/design.md §8.5)")
     _add_config_args(p, default_preset=None)
     p.set_defaults(func=_cmd_calibrate)
 
@@ -179,8 +179,8 @@ def build_parser():
                         "--experiment shear --out DIR compare them in bins of shear")
     p.add_argument("--n", type=int, default=None, help="test lenses (default: config)")
     p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light", "ica"),
-                   help="robustness experiment (spec §8.5), or ica: arc recovery and error "
-                        "growth of two-band ICA lens-light removal (spec §8.4)")
+                   help="robustness experiment (docs/design.md §8.5), or ica: arc recovery and error "
+                        "growth of two-band ICA lens-light removal (docs/design.md §8.4)")
     p.add_argument("--out", default=None, help="output folder (default: MODEL/eval[-EXP][-d4])")
     p.add_argument("--symmetrize", action="store_true",
                    help="average each prediction over the 8 flips and rotations of the image "
@@ -198,7 +198,7 @@ def build_parser():
     p.add_argument("--symmetrize", action="store_true",
                    help="average each prediction over the 8 flips and rotations of the image "
                         "(point-estimate models; 8x the time per lens)")
-    g = p.add_argument_group("two-band ICA lens-light removal (spec §8.4)")
+    g = p.add_argument_group("two-band ICA lens-light removal (docs/design.md §8.4)")
     g.add_argument("--bands", nargs=2, metavar=("BLUE.fits", "RED.fits"),
                    help="two aligned filters, bluer first: unmix with ICA and predict")
     g.add_argument("--ica", action="store_true",

@@ -1,6 +1,6 @@
 """Experiment configuration: frozen dataclasses, named presets, YAML and overrides.
 
-Every physical default is the spec's [R] value and cites its section. A config
+Every physical default is the [R] value of docs/design.md and cites its section. A config
 is a tree of frozen dataclasses gathered in :class:`ExperimentConfig`; presets
 are functions returning one; YAML files and ``section.key=value`` overrides
 are applied with :func:`dataclasses.replace`. Unknown keys and invalid values
@@ -76,7 +76,7 @@ def _prob(default, doc=""):
 
 @dataclasses.dataclass(frozen=True)
 class ImageConfig:
-    """Output image geometry (spec §0)."""
+    """Output image geometry (docs/design.md §0)."""
 
     npix: int = _value(conventions.NPIX, lo=8, doc="image side, pixels")
     pixel_scale: float = _value(conventions.PIXEL_SCALE, lo=0.0, lo_open=True,
@@ -85,7 +85,7 @@ class ImageConfig:
 
 @dataclasses.dataclass(frozen=True)
 class LensPrior:
-    """Prior of the SIE lens and the optional external shear (spec §3.1, §2.2)."""
+    """Prior of the SIE lens and the optional external shear (docs/design.md §3.1, §2.2)."""
 
     theta_e: tuple = _range((0.1, 3.0), lo=0.0, doc="Einstein radius, arcsec (§3.1)")
     epsilon: tuple = _range((0.0, 0.9), lo=0.0, hi=1.0, hi_open=True,
@@ -100,7 +100,7 @@ class LensPrior:
 
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
-    """Source families and their placement (spec §3.2, §3.3)."""
+    """Source families and their placement (docs/design.md §3.2, §3.3)."""
 
     family_weights: tuple = _range((1.0, 1.0, 1.0), lo=0.0,
                                    doc="relative weights of (clumpy, stamp, sersic) (§3.7)")
@@ -129,7 +129,7 @@ class SourceConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SimulateConfig:
-    """Ray tracing and acceptance of the noise-free generator (spec §3.4, §3.5, §4)."""
+    """Ray tracing and acceptance of the noise-free generator (docs/design.md §3.4, §3.5, §4)."""
 
     oversample: int = _value(2, lo=1, doc="ray-trace sub-pixels per output pixel per axis (§3.4 [R])")
     field_factor: float = _value(1.6, lo=1.0, doc="ray-traced field / output field (§3.4)")
@@ -154,7 +154,7 @@ class SimulateConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ObserveConfig:
-    """Observational effects applied to the noise-free arcs (spec §5)."""
+    """Observational effects applied to the noise-free arcs (docs/design.md §5)."""
 
     shift_pix: tuple = _range((-7, 6), integer=True, doc="target lens-centre pixel (§5.2)")
     shift_min_flux: float = _value(0.98, lo=0.0, hi=1.0, doc="flux kept by a shift (§5.2)")
@@ -202,7 +202,7 @@ class ObserveConfig:
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Dataset sizes, seeds and caches (spec §3.7)."""
+    """Dataset sizes, seeds and caches (docs/design.md §3.7)."""
 
     seed: int = _value(0, lo=0, doc="user offset added to every split seed")
     val_size: int = _value(1000, lo=1, doc="fixed validation examples (§7.3)")
@@ -214,7 +214,7 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Network choice (spec §6)."""
+    """Network choice (docs/design.md §6)."""
 
     name: str = _value("ensai_net", choices=("inception_v4", "alexnet", "overfeat", "ensai_net"),
                        doc="architecture (§6.5)")
@@ -225,14 +225,14 @@ class ModelConfig:
     head: str = _value("point", choices=("point", "diagonal", "full"),
                        doc="output head: 'point' estimates with the parity-min MSE (§7.1), or "
                            "a Gaussian mean and 'diagonal' or 'full' covariance trained with "
-                           "the parity-aware Gaussian NLL (issue 9)")
+                           "the parity-aware Gaussian NLL")
     shear_outputs: bool = _value(False, doc="also predict the external shear (gamma_1, "
-                                            "gamma_2); needs lens.shear (issue 9)")
+                                            "gamma_2); needs lens.shear")
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Optimiser and schedule (spec §7.2 [R])."""
+    """Optimiser and schedule (docs/design.md §7.2 [R])."""
 
     batch_size: int = _value(50, lo=1, doc="§0")
     learning_rate: float = _value(1e-4, lo=0.0, lo_open=True, doc="§7.2 [R]")
@@ -254,7 +254,7 @@ class TrainConfig:
     image_summaries: int = _value(4, lo=0, doc="validation images shown in TensorBoard per epoch")
     init_weights: str = _value("", doc="a .keras file of the same architecture whose weights "
                                        "start the run (fine-tuning, as the code's RESTORE = True, "
-                                       "spec §7.2 [C]); '' = fresh initialisation")
+                                       "docs/design.md §7.2 [C]); '' = fresh initialisation")
     time_budget_minutes: float = _value(0.0, lo=0.0, doc="stop at the end of the first epoch "
                                                         "past this wall-clock time, then export "
                                                         "as usual; 0 = no limit")
@@ -267,7 +267,7 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """Evaluation settings (spec §8)."""
+    """Evaluation settings (docs/design.md §8)."""
 
     batch_size: int = _value(100, lo=1, doc="examples per forward pass")
     n: int = _value(10000, lo=1, doc="test examples used (§8.3)")
@@ -290,7 +290,7 @@ class ExperimentConfig:
 
 
 def _paper():
-    """Spec values throughout, meant for a GPU (spec §7.2 [R])."""
+    """Spec values throughout, meant for a GPU (docs/design.md §7.2 [R])."""
     return ExperimentConfig()
 
 
@@ -308,14 +308,14 @@ def _smoke():
 
 
 def _cpu():
-    """Most accuracy per CPU-hour on a 2-core CPU (platform-notes.md).
+    """Most accuracy per CPU-hour on a 2-core CPU.
 
     - mixed_bfloat16: training runs 2x faster than float32 on a CPU with
       AVX512_BF16 (13.8 vs 7.0 img/s for the 8-module net); the output layer
       stays float32. On a CPU without it (AVX2 only) bfloat16 is emulated and
       about 2x slower than float32 instead; training then warns, and
       ``--set train.mixed_precision=false`` is the faster choice.
-    - lr 3e-4, 3x the GPU value of spec §7.2 [R]: a CPU budget is some 10^4
+    - lr 3e-4, 3x the GPU value of docs/design.md §7.2 [R]: a CPU budget is some 10^4
       steps, not 10^6, so a faster start matters more than the last digit;
       the plateau decay (x0.1 down to 1e-6) still applies, with patience 4
       epochs of 250 steps (1000 steps instead of 20k).

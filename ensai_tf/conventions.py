@@ -1,4 +1,4 @@
-"""Conventions shared by every part of ensai_tf (spec §0), defined once.
+"""Conventions shared by every part of ensai_tf (docs/design.md §0), defined once.
 
 Images are ``(B, NPIX, NPIX, 1)`` float32 arrays indexed ``img[b, row, col, 0]``.
 The sky frame has x increasing with the column index and y increasing with
@@ -11,7 +11,7 @@ dimensionless, arcsec, arcsec, never rescaled. The ellipticity is
 ``e = eps * (cos phi, sin phi)`` with ``eps = 1 - q`` (q = minor/major axis
 ratio); the mass major axis lies at position angle ``phi + 90 deg`` measured
 from +x towards +y. ``(e_x, e_y)`` and ``(-e_x, -e_y)`` describe the same lens
-(parity, spec §2.3).
+(parity, docs/design.md §2.3).
 
 This module depends on numpy only, so it is cheap to import everywhere.
 """
@@ -42,10 +42,10 @@ __all__ = [
 ]
 
 NPIX = 192
-"""Image side, pixels (spec §0)."""
+"""Image side, pixels (docs/design.md §0)."""
 
 PIXEL_SCALE = 0.04
-"""Pixel side, arcsec (HST WFC3/UVIS; spec §0 [R]: exactly 0.04, not 7.68/191)."""
+"""Pixel side, arcsec (HST WFC3/UVIS; docs/design.md §0 [R]: exactly 0.04, not 7.68/191)."""
 
 IMAGE_SHAPE = (NPIX, NPIX, 1)
 """Shape of one network input, channels-last."""
@@ -78,11 +78,11 @@ class Param(enum.IntEnum):
 
 
 ELLIPTICITY_INDICES = (int(Param.E_X), int(Param.E_Y))
-"""Indices whose sign flips together under parity (spec §2.3)."""
+"""Indices whose sign flips together under parity (docs/design.md §2.3)."""
 
 SHEAR_NAMES = ("gamma_1", "gamma_2")
-"""Optional external-shear targets (issue 9), appended after ``PARAM_NAMES``:
-``gamma (cos 2 phi_g, sin 2 phi_g)``, dimensionless (spec §2.2 [R]). Their sign
+"""Optional external-shear targets, appended after ``PARAM_NAMES``:
+``gamma (cos 2 phi_g, sin 2 phi_g)``, dimensionless (docs/design.md §2.2 [R]). Their sign
 is physical: parity leaves them alone."""
 
 SHEAR_UNITS = ("", "")

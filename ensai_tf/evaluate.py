@@ -1,25 +1,25 @@
 """Evaluation on the fixed test set: Table 1, Figure 1 and the robustness experiments.
 
 ``evaluate`` runs a trained model on the first ``n`` lenses of the fixed
-test split (spec §8.3), corrects the ellipticity parity against the truth
-(spec §8.1) and writes into the output folder:
+test split (docs/design.md §8.3), corrects the ellipticity parity against the truth
+(docs/design.md §8.1) and writes into the output folder:
 
 - ``metrics.json``: per parameter the 68% error (68th percentile of
-  ``|pred - true|``), the rms and the 16-84 half-width (spec §8.2), with the
-  paper's Table 1 numbers (spec §10.1) beside them;
+  ``|pred - true|``), the rms and the 16-84 half-width (docs/design.md §8.2), with the
+  paper's Table 1 numbers (docs/design.md §10.1) beside them;
 - ``table1.md``: the same as a Markdown table;
 - ``figure1.png``: predicted against true theta_E, e_x, e_y with binned 68%
   and 95% bands (the paper's Figure 1 layout);
 - ``residuals.png``: residual histograms of the five parameters.
 
-Experiments (spec §8.5, §4): ``shear`` (test lenses with external shear;
+Experiments (docs/design.md §8.5, §4): ``shear`` (test lenses with external shear;
 rms errors in bins of gamma, to compare with the paper's ellipticity rms of
 0.11 for gamma < 0.01 and 0.23 for gamma > 0.15), ``psf`` (a non-Gaussian
 Airy-plus-halo PSF) and ``lens-light`` (Sersic lens light in the images).
 :func:`compare_shear` puts several networks (trained with and without shear)
 side by side in bins of gamma.
 
-Networks with a Gaussian head (issue 9) are scored on their means, and the
+Networks with a Gaussian head are scored on their means, and the
 report adds, per parameter, the fraction of test lenses whose truth falls in
 the predicted 68% and 95% intervals, raw and after the post-hoc calibration
 that training fitted on the validation set (``calibration.json``), with a
@@ -70,13 +70,13 @@ PAPER_TABLE1 = {
     "Network 4 (own design)": (0.03, 0.05, 0.06, 0.05, 0.05),
     "Combined": (0.02, 0.04, 0.04, 0.04, 0.04),
 }
-"""68% errors on the simulated test set, spec §10.1 [P], ordered as PARAM_NAMES."""
+"""68% errors on the simulated test set, docs/design.md §10.1 [P], ordered as PARAM_NAMES."""
 
 PAPER_SHEAR_RMS = {"gamma < 0.01": 0.11, "gamma > 0.15": 0.23}
-"""Paper's rms ellipticity error without and with strong external shear (spec §8.5)."""
+"""Paper's rms ellipticity error without and with strong external shear (docs/design.md §8.5)."""
 
 SHEAR_BIN_EDGES = (0.0, 0.01, 0.05, 0.10, 0.15, 0.30)
-"""Bins of the shear magnitude gamma for the shear experiment (spec §8.5)."""
+"""Bins of the shear magnitude gamma for the shear experiment (docs/design.md §8.5)."""
 
 _PAPER_ROW_BY_MODEL = {"inception_v4": "Network 1 (Inception-v4)", "alexnet": "Network 2 (AlexNet)",
                        "overfeat": "Network 3 (Overfeat)", "ensai_net": "Network 4 (own design)"}
@@ -87,9 +87,9 @@ def experiment_config(cfg, experiment=None):
 
     Args:
         cfg: the base :class:`~ensai_tf.config.ExperimentConfig`.
-        experiment: None, ``"shear"`` (``lens.shear`` on, spec §8.5),
-            ``"psf"`` (``observe.psf = "airy"``, spec §8.5) or
-            ``"lens-light"`` (``simulate.lens_light`` on, spec §4 [R]).
+        experiment: None, ``"shear"`` (``lens.shear`` on, docs/design.md §8.5),
+            ``"psf"`` (``observe.psf = "airy"``, docs/design.md §8.5) or
+            ``"lens-light"`` (``simulate.lens_light`` on, docs/design.md §4 [R]).
     """
     if experiment is None:
         return cfg
@@ -103,7 +103,7 @@ def experiment_config(cfg, experiment=None):
 
 
 def parameter_metrics(pred, true):
-    """Table 1 metrics per parameter, after parity correction (spec §8.1-8.2).
+    """Table 1 metrics per parameter, after parity correction (docs/design.md §8.1-8.2).
 
     Args:
         pred, true: ``(N, 5)`` arrays (arcsec, -, -, arcsec, arcsec).
@@ -129,7 +129,7 @@ def parameter_metrics(pred, true):
 
 
 def shear_bins(pred, true, gamma, edges=SHEAR_BIN_EDGES):
-    """Parity-corrected rms errors in bins of the external shear (spec §8.5).
+    """Parity-corrected rms errors in bins of the external shear (docs/design.md §8.5).
 
     Args:
         pred, true: ``(N, 5)`` arrays, or ``(N, 7)`` with the shear
@@ -169,7 +169,7 @@ def _fmt(v):
 
 
 def table1_markdown(result, label="this model", paper_rows=None):
-    """Table 1 as Markdown: this model's errors and the paper's (spec §10.1).
+    """Table 1 as Markdown: this model's errors and the paper's (docs/design.md §10.1).
 
     Args:
         result: the result dict of :func:`evaluate`: ``"metrics"``
@@ -192,7 +192,7 @@ def table1_markdown(result, label="this model", paper_rows=None):
              + (f" ({result['experiment']} experiment)" if result.get("experiment") else ""),
              "",
              "68% error = 68th percentile of |predicted - true| after parity correction "
-             "(spec §8.1-8.2).", "",
+             "(docs/design.md §8.1-8.2).", "",
              "| Network | metric | " + " | ".join(names) + " |",
              "|---|---|" + "---|" * len(names)]
     for key, title in (("error68", "68% error"), ("rms", "rms"),
@@ -202,7 +202,7 @@ def table1_markdown(result, label="this model", paper_rows=None):
     for row, vals in (paper_rows or PAPER_TABLE1).items():
         lines.append(f"| paper: {row} | 68% error | " + " | ".join(f"{v:.2f}" for v in vals) + " |")
     if result.get("shear_bins"):
-        lines += ["", "## rms errors in bins of external shear gamma (spec §8.5)", "",
+        lines += ["", "## rms errors in bins of external shear gamma (docs/design.md §8.5)", "",
                   "| gamma | n | " + " | ".join(names) + " | ellipticity |",
                   "|---|---|" + "---|" * (len(names) + 1)]
         for b in result["shear_bins"]:
@@ -214,7 +214,7 @@ def table1_markdown(result, label="this model", paper_rows=None):
             f"{k}: {v:.2f}" for k, v in PAPER_SHEAR_RMS.items()))
     if result.get("shear_metrics"):
         sm = result["shear_metrics"]
-        lines += ["", "## External shear outputs (issue 9)", "",
+        lines += ["", "## External shear outputs", "",
                   "| metric | " + " | ".join(conventions.SHEAR_NAMES) + " |", "|---|---|---|"]
         for key, title in (("error68", "68% error"), ("rms", "rms")):
             lines.append(f"| {title} | " + " | ".join(_fmt(sm[k][key])
@@ -222,7 +222,7 @@ def table1_markdown(result, label="this model", paper_rows=None):
     if result.get("coverage"):
         cov = result["coverage"]
         shown = list(next(iter(cov["raw"].values())))
-        lines += ["", "## Interval coverage (issue 9)", "",
+        lines += ["", "## Interval coverage", "",
                   "Fraction of test lenses whose truth lies in the predicted central interval; "
                   "calibrated = quantile recalibration fitted on the validation set.", "",
                   "| intervals | nominal | " + " | ".join(shown) + " |",
@@ -243,7 +243,7 @@ def plot_figure1(pred, true, path, bins=12):
     """Figure 1: predicted vs true theta_E, e_x, e_y with binned 68%/95% bands.
 
     Bands are the 2.5/16/50/84/97.5 percentiles of the parity-corrected
-    prediction in bins of the true value (spec §8.2).
+    prediction in bins of the true value (docs/design.md §8.2).
 
     Args:
         pred: ``(N, 5)`` predictions (theta_E, x_L, y_L in arcsec; e_x, e_y
@@ -378,7 +378,7 @@ def _default_out_dir(model, experiment, symmetrize=False):
 def collect_test_set(cfg, n):
     """The first ``n`` lenses of the fixed test set: ``(images, params, extras)``.
 
-    The test split is materialised once by the pipeline (spec §3.7 [R]) and
+    The test split is materialised once by the pipeline (docs/design.md §3.7 [R]) and
     read back from its cache, with the per-example quantities stored beside
     the images (``extras``: 1-D arrays such as the external shear).
 
@@ -446,7 +446,7 @@ def collect_fixed_split(cfg, n, split):
 def _shear_gamma(extras):
     """Shear magnitude per example, |(gamma_1, gamma_2)|, from the stored simulator outputs.
 
-    The simulator stores ``gamma (cos 2 phi_g, sin 2 phi_g)`` (spec §2.2 [R]).
+    The simulator stores ``gamma (cos 2 phi_g, sin 2 phi_g)`` (docs/design.md §2.2 [R]).
     """
     if "gamma_1" in extras and "gamma_2" in extras:
         return np.hypot(np.asarray(extras["gamma_1"], np.float64),
@@ -456,11 +456,11 @@ def _shear_gamma(extras):
 
 
 COVERAGE_LEVELS = (0.68, 0.95)
-"""Nominal levels of the reported interval coverage (issue 9)."""
+"""Nominal levels of the reported interval coverage."""
 
 
 def coverage_report(true, mean, std, calibration=None, levels=COVERAGE_LEVELS):
-    """Interval coverage per parameter, raw and calibrated (issue 9).
+    """Interval coverage per parameter, raw and calibrated.
 
     Args:
         true: ``(N, n)`` truths (n = 5, or 7 with the shear).
@@ -552,7 +552,7 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
             with ``-d4`` appended when ``symmetrize``).
         config: the resolved config that defines the test data (default:
             the paper preset, whose test split is the fixed test set of
-            spec §8.3; a model's own training config is deliberately not
+            docs/design.md §8.3; a model's own training config is deliberately not
             used, so every model is scored on the same lenses).
         symmetrize: average each prediction over the eight flips and
             rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
@@ -640,13 +640,13 @@ def _subset_calibration(calibration, n):
 
 
 def compare_shear(models, out_dir, n=None, config=None):
-    """Several networks on the same lenses with external shear, side by side (issue 9).
+    """Several networks on the same lenses with external shear, side by side.
 
     Runs :func:`evaluate` with ``experiment="shear"`` for each model (its
     report goes to ``out_dir/<i>-<label>/``), then writes
     ``out_dir/shear_comparison.md``: the rms ellipticity error and the 68%
     errors of every parameter in bins of gamma, with the paper's figures
-    (spec §8.5).
+    (docs/design.md §8.5).
 
     Args:
         models: model folders, SavedModel folders or ``.keras`` files (for
@@ -666,7 +666,7 @@ def compare_shear(models, out_dir, n=None, config=None):
         sub = out_dir / f"{i + 1}-{_model_label(model)}"
         results.append(evaluate(model, n=n, experiment="shear", out_dir=sub, config=config))
     names = [f"{i + 1}-{_model_label(m)}" for i, m in enumerate(models)]
-    lines = ["# Networks on lenses with external shear (spec §8.5, issue 9)", "",
+    lines = ["# Networks on lenses with external shear (docs/design.md §8.5)", "",
              f"{results[0]['n']} test lenses with gamma ~ U(0, 0.3); rms of the parity-corrected "
              "ellipticity error (both components) in bins of gamma.", "",
              "| gamma | n | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]

@@ -1,4 +1,4 @@
-"""SavedModel export and a uniform inference loader (style.md §2.1 Export).
+"""SavedModel export and a uniform inference loader.
 
 ``export_saved_model`` writes a SavedModel whose ``serve`` endpoint (also the
 ``serving_default`` signature) takes ``images`` ``(None, H, W, 1)`` float32
@@ -7,7 +7,7 @@ with ``tf.saved_model.load`` alone, without ensai_tf. Keep ``.keras`` files
 for anything to be retrained (the combiner loads those).
 
 Networks with the shear outputs add ``gamma_1`` and ``gamma_2``; Gaussian
-heads (issue 9) add ``<name>_std`` per target, ``covariance`` ``(None, n, n)``
+heads add ``<name>_std`` per target, ``covariance`` ``(None, n, n)``
 and the raw head output ``outputs`` ``(None, width)``; the named values are
 then the Gaussian means.
 """

@@ -1,8 +1,8 @@
-"""The parity rule and the parity-min MSE loss (spec §2.3, §7.1, §8.1).
+"""The parity rule and the parity-min MSE loss (docs/design.md §2.3, §7.1, §8.1).
 
 ``(e_x, e_y)`` and ``(-e_x, -e_y)`` describe the same lens. :func:`parity_correct`
 is the single implementation of the choice between the two signs; the loss,
-the metrics, the combiner's sign alignment (spec §7.4) and the evaluation all
+the metrics, the combiner's sign alignment (docs/design.md §7.4) and the evaluation all
 call it.
 """
 
@@ -15,7 +15,7 @@ __all__ = ["PARITY_SIGNS", "parity_signs", "parity_flip", "parity_correct", "par
 
 PARITY_SIGNS = tuple(-1.0 if k in ELLIPTICITY_INDICES else 1.0 for k in range(NUM_PARAMS))
 """Multiplier that maps a parameter vector to its parity twin (e negated).
-Shear targets appended after these (issue 9) keep their sign."""
+Shear targets appended after these keep their sign."""
 
 
 def parity_signs(n=NUM_PARAMS):
@@ -42,7 +42,7 @@ def _check_last_axis(x, what):
 
 
 def parity_flip(params):
-    """Negate the ellipticity of parameter vectors (spec §2.3).
+    """Negate the ellipticity of parameter vectors (docs/design.md §2.3).
 
     Args:
         params: ``(..., 5)`` parameters ``(theta_e, e_x, e_y, x_l, y_l)``,
@@ -57,12 +57,12 @@ def parity_flip(params):
 
 
 def parity_correct(y_true, y_pred):
-    """Per example, the prediction or its parity twin, whichever is closer (spec §8.1).
+    """Per example, the prediction or its parity twin, whichever is closer (docs/design.md §8.1).
 
     Keeps ``y_pred`` when its mean squared error over the 5 parameters is
     <= that of the ellipticity-negated version, otherwise returns the negated
     version. Only ``e_x`` and ``e_y`` can change. Shear targets appended as
-    columns 6-7 (issue 9) never flip, so they do not change the choice.
+    columns 6-7 never flip, so they do not change the choice.
 
     Args:
         y_true: ``(..., 5)`` reference parameters (truth, or the reference
@@ -83,12 +83,12 @@ def parity_correct(y_true, y_pred):
     flipped = y_pred * _signs_like(y_pred)
     mse_kept = ops.mean(ops.square(y_pred - y_true), axis=-1, keepdims=True)
     mse_flipped = ops.mean(ops.square(flipped - y_true), axis=-1, keepdims=True)
-    # spec §8.1: keep A when mse(A) <= mse(B)
+    # docs/design.md §8.1: keep A when mse(A) <= mse(B)
     return ops.where(mse_flipped < mse_kept, flipped, y_pred)
 
 
 def parity_mse(y_true, y_pred):
-    """Per-example parity-min MSE, ``min(mse, mse with e negated)`` (spec §7.1).
+    """Per-example parity-min MSE, ``min(mse, mse with e negated)`` (docs/design.md §7.1).
 
     Args:
         y_true: ``(B, 5)`` true parameters, arcsec / dimensionless.
@@ -96,7 +96,7 @@ def parity_mse(y_true, y_pred):
 
     Returns:
         ``(B,)`` losses in squared parameter units (unweighted mean over the
-        5 parameters, spec §6.2).
+        5 parameters, docs/design.md §6.2).
     """
     y_pred = ops.convert_to_tensor(y_pred)
     y_true = ops.cast(ops.convert_to_tensor(y_true), ops.dtype(y_pred))
@@ -106,11 +106,11 @@ def parity_mse(y_true, y_pred):
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class ParityMSE(keras.losses.Loss):
-    """Mean over the batch of the parity-min MSE (spec §7.1).
+    """Mean over the batch of the parity-min MSE (docs/design.md §7.1).
 
     ``L = mean_b min(mean_k (yhat_k - y_k)^2, mean_k (yhat'_k - y_k)^2)`` with
     ``yhat'`` the prediction with ``e_x``, ``e_y`` negated. No regularisation
-    and no per-parameter weights (spec §6.2, §7.1).
+    and no per-parameter weights (docs/design.md §6.2, §7.1).
 
     Args:
         name: loss name (default ``"parity_mse"``).

@@ -1,4 +1,4 @@
-"""Error metrics, all taken after parity correction (spec §8.1, §8.2).
+"""Error metrics, all taken after parity correction (docs/design.md §8.1, §8.2).
 
 Numpy functions for evaluation (``error68``, ``rms``, ``half_width_16_84``,
 ``binned_bands``, ``error_table``) and Keras metrics (``ParameterRMS``,
@@ -39,7 +39,7 @@ def _as_params(x, what):
 
 
 def parity_correct_np(y_true, y_pred):
-    """Numpy front end of :func:`ensai_tf.losses.parity_correct` (spec §8.1).
+    """Numpy front end of :func:`ensai_tf.losses.parity_correct` (docs/design.md §8.1).
 
     Args:
         y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless.
@@ -72,7 +72,7 @@ def residuals(y_true, y_pred):
 
 
 def error68(y_true, y_pred):
-    """The paper's 68% error per parameter (spec §8.2 [R]).
+    """The paper's 68% error per parameter (docs/design.md §8.2 [R]).
 
     Args:
         y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless.
@@ -85,7 +85,7 @@ def error68(y_true, y_pred):
 
 
 def rms(y_true, y_pred):
-    """Root mean square of the parity-corrected residuals, ``(5,)`` (spec §8.2).
+    """Root mean square of the parity-corrected residuals, ``(5,)`` (docs/design.md §8.2).
 
     Args:
         y_true, y_pred: ``(N, 5)`` arrays, or ``(N, 7)`` with the shear appended;
@@ -102,7 +102,7 @@ def rms(y_true, y_pred):
 
 
 def half_width_16_84(y_true, y_pred):
-    """``(P84 - P16) / 2`` of the parity-corrected residuals, ``(5,)`` (spec §8.2).
+    """``(P84 - P16) / 2`` of the parity-corrected residuals, ``(5,)`` (docs/design.md §8.2).
 
     Args:
         y_true, y_pred: ``(N, 5)`` arrays, or ``(N, 7)`` with the shear appended;
@@ -122,7 +122,7 @@ def half_width_16_84(y_true, y_pred):
 def binned_bands(true, pred, bins=12, min_count=5):
     """68% and 95% bands of one predicted parameter in bins of its true value.
 
-    For the paper's Figure 1 (spec §8.2). Pass one parameter column of the
+    For the paper's Figure 1 (docs/design.md §8.2). Pass one parameter column of the
     parity-corrected predictions (see :func:`parity_correct_np`).
 
     Args:
@@ -169,7 +169,7 @@ def binned_bands(true, pred, bins=12, min_count=5):
 
 
 def error_table(y_true, y_pred):
-    """All error summaries per parameter (spec §8.2).
+    """All error summaries per parameter (docs/design.md §8.2).
 
     Args:
         y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless, or
@@ -195,7 +195,7 @@ def error_table(y_true, y_pred):
 class _ParameterError(keras.metrics.Metric):
     """Running mean of a power of one parameter's parity-corrected residual.
 
-    ``y_pred`` may be wider than ``y_true``: a Gaussian head (issue 9) puts
+    ``y_pred`` may be wider than ``y_true``: a Gaussian head puts
     its means first, so only the first ``y_true.shape[-1]`` columns are read.
     """
 
@@ -237,7 +237,7 @@ class _ParameterError(keras.metrics.Metric):
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class ParameterRMS(_ParameterError):
-    """RMS of one parameter's parity-corrected residual (spec §8.1, §8.2).
+    """RMS of one parameter's parity-corrected residual (docs/design.md §8.1, §8.2).
 
     Args:
         param_index: index into ``target_names(7)`` (use ``conventions.Param``;
@@ -259,7 +259,7 @@ class ParameterRMS(_ParameterError):
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class ParameterMAE(_ParameterError):
-    """Mean absolute parity-corrected residual of one parameter (spec §8.1).
+    """Mean absolute parity-corrected residual of one parameter (docs/design.md §8.1).
 
     Args:
         param_index: index into ``target_names(7)`` (use ``conventions.Param``;

@@ -1,6 +1,6 @@
 """Contact sheets of lens images, with optional curves and masks (matplotlib, Agg).
 
-Images are drawn in the sky frame of spec §0 with ``origin="lower"`` and an
+Images are drawn in the sky frame of docs/design.md §0 with ``origin="lower"`` and an
 extent in arcsec, so **x (column) points right and +y (row) points up** on
 the page; the axis labels say so. Nothing here touches pyplot's global state:
 figures are :class:`matplotlib.figure.Figure` objects rendered with
@@ -37,7 +37,7 @@ def image_extent(npix, pixel_scale=conventions.PIXEL_SCALE):
 
     Returns:
         ``(left, right, bottom, top)``, arcsec: pixel ``j`` spans
-        ``(j - (npix - 1)/2) * pixel_scale +- pixel_scale / 2`` (spec §0).
+        ``(j - (npix - 1)/2) * pixel_scale +- pixel_scale / 2`` (docs/design.md §0).
     """
     half = 0.5 * npix * pixel_scale
     return (-half, half, -half, half)
@@ -75,7 +75,7 @@ def contact_sheet(images, path, params=None, curves=None, titles=None, ncols=8,
 
     Args:
         images: ``(N, n, n)`` or ``(N, n, n, 1)`` array, ``img[row, col]``
-            with x = column and y = row (spec §0); drawn with
+            with x = column and y = row (docs/design.md §0); drawn with
             ``origin="lower"`` so +y is up.
         path: output file path (str or path-like).
         params: optional ``(N, 5)`` labels (theta_E arcsec, e_x, e_y, x_L
@@ -91,7 +91,7 @@ def contact_sheet(images, path, params=None, curves=None, titles=None, ncols=8,
         masks: optional ``(N, n, n)`` (or ``(N, n, n, 1)``) array, non-zero
             or True where a pixel is masked; masked pixels are tinted red.
         curve_units: ``"arcsec"`` (sky frame, x = +column, y = +row) or
-            ``"pixel"`` ((column, row) pixel indices, converted with spec §0's
+            ``"pixel"`` ((column, row) pixel indices, converted with docs/design.md §0's
             centres ``(j - (n - 1)/2) * pixel_scale``).
         panel_inches: size of one panel, inches.
         dpi: output resolution, dots per inch.

@@ -1,7 +1,7 @@
 """Predict lens parameters for user images (.npy and FITS).
 
 The networks take ``(N, N, 1)`` float32 images of 0.04 arcsec pixels with
-masked pixels exactly 0 (spec §0). This module turns user files into that
+masked pixels exactly 0 (docs/design.md §0). This module turns user files into that
 form and runs a trained model on them in batches:
 
 1. read the file: ``.npy`` (an image or a stack of images, assumed to be on
@@ -11,12 +11,12 @@ form and runs a trained model on them in batches:
 2. refuse NaN/Inf, all-masked and constant images, naming the file;
 3. resample to 0.04 arcsec flux-conservingly when the scale differs;
 4. zero-pad (padding is "masked", which the bias-removal layer ignores,
-   spec §6.1) or centrally crop to the network's input size;
+   docs/design.md §6.1) or centrally crop to the network's input size;
 5. normalise to an arc peak of about 1, as the training images are
-   (spec §5.7): divide by the maximum of the 3x3-median-filtered image over
+   (docs/design.md §5.7): divide by the maximum of the 3x3-median-filtered image over
    unmasked pixels, so a single hot pixel or cosmic ray cannot set the scale.
 
-The output table has the five parameters (spec §0), the axis ratio ``q``
+The output table has the five parameters (docs/design.md §0), the axis ratio ``q``
 and the position angle of the mass major axis (east of north when the file
 has a celestial WCS, otherwise in the image frame from +x towards +y; the
 ``pa_frame`` column says which), plus the lens centre in the input file's
@@ -70,7 +70,7 @@ OUTPUT_COLUMNS = ("file", "index", *conventions.PARAM_NAMES, "q", "pa_deg", "pa_
 """Columns of a point-estimate network's table; see :func:`output_columns` for the others."""
 
 INTERVAL_LEVEL = 0.68
-"""Level of the per-parameter intervals in ``ensai predict``'s table (issue 9)."""
+"""Level of the per-parameter intervals in ``ensai predict``'s table."""
 _MIN_SIDE = 8
 _PIXEL_SCALE_RTOL = 1e-6
 
@@ -143,7 +143,7 @@ def is_model(path):
 
 
 def _head_array(outputs):
-    """(B, width) float64 array of an array output whose width is a known head (issue 9)."""
+    """(B, width) float64 array of an array output whose width is a known head."""
     from ensai_tf import uncertainty
 
     out = np.asarray(outputs, dtype=np.float64)
@@ -174,7 +174,7 @@ def _as_param_array(outputs, names=conventions.PARAM_NAMES):
     """(B, 5) float64 array from a model output (array or dict of named params).
 
     Wider array outputs (the shear, or a Gaussian head whose means come first,
-    issue 9) give their first five columns.
+    give their first five columns.
     """
     if isinstance(outputs, dict):
         missing = [n for n in names if n not in outputs]
@@ -196,7 +196,7 @@ def load_predictor(path, raw=False):
             :func:`ensai_tf.models.combiner.load_combined`), a SavedModel
             folder, or a ``.keras`` file.
         raw: return the whole head output instead of the five parameters
-            (the shear and the Gaussian head's variances too, issue 9;
+            (the shear and the Gaussian head's variances too;
             :func:`ensai_tf.uncertainty.head_layout` reads its width).
 
     Returns:
@@ -405,7 +405,7 @@ def read_image_file(path, pixel_scale=None):
             optionally ``.gz``) whose first image HDU is used.
         pixel_scale: pixel side in arcsec, overriding the file's; needed for
             a FITS file without a celestial WCS. ``.npy`` files are assumed
-            to be on the package grid (0.04 arcsec, spec §0) unless given.
+            to be on the package grid (0.04 arcsec, docs/design.md §0) unless given.
 
     Returns:
         ``(images, wcs, scales)``: float64 array ``(N, H, W)``, the celestial
@@ -516,8 +516,8 @@ def resample_flux_conserving(image, scale_in, scale_out=conventions.PIXEL_SCALE)
 def fit_to_grid(image, npix=conventions.NPIX):
     """Zero-pad or centrally crop an image to ``(npix, npix)``.
 
-    Padding is masked data (exact zeros, spec §0), which the bias-removal
-    layer ignores (spec §6.1).
+    Padding is masked data (exact zeros, docs/design.md §0), which the bias-removal
+    layer ignores (docs/design.md §6.1).
 
     Args:
         image: ``(H, W)`` array.
@@ -544,7 +544,7 @@ def fit_to_grid(image, npix=conventions.NPIX):
 
 
 def normalise_peak(image, name="image"):
-    """Scale an image so its arc peak is about 1 (spec §5.7).
+    """Scale an image so its arc peak is about 1 (docs/design.md §5.7).
 
     The peak is the maximum, over unmasked pixels, of the 3x3 median-filtered
     image, so isolated hot pixels and cosmic rays do not set the scale.
@@ -667,7 +667,7 @@ def _position_angle(prepared, params):
 def result_rows(prepared, params):
     """Output rows (dicts keyed by ``OUTPUT_COLUMNS``) for prepared images.
 
-    ``q = 1 - |e|`` (spec §0) and ``pa_deg`` is the mass major-axis position
+    ``q = 1 - |e|`` (docs/design.md §0) and ``pa_deg`` is the mass major-axis position
     angle in [0, 180) degrees, east of north with a celestial WCS, else from
     +x (column) towards +y (row); ``x_pix``/``y_pix`` are the lens centre in
     the input file's 0-based pixel coordinates (column, row).
@@ -697,7 +697,7 @@ def result_rows(prepared, params):
 
 
 def load_calibration(model):
-    """The post-hoc interval calibration stored beside a model, or None (issue 9).
+    """The post-hoc interval calibration stored beside a model, or None.
 
     Args:
         model: model folder, its ``saved_model/`` or a ``.keras`` file in it.
@@ -746,7 +746,7 @@ def output_columns(head="point", n_targets=conventions.NUM_PARAMS):
 
 
 def uncertainty_columns(raw, calibration=None, level=INTERVAL_LEVEL):
-    """Per-row shear values and intervals from raw network outputs (issue 9).
+    """Per-row shear values and intervals from raw network outputs.
 
     Args:
         raw: ``(B, width)`` head outputs (:func:`load_predictor` with ``raw``).

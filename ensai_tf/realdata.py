@@ -1,4 +1,4 @@
-"""Real two-band images: FITS cutouts, masks, PSF matching and ICA (spec §8.4).
+"""Real two-band images: FITS cutouts, masks, PSF matching and ICA (docs/design.md §8.4).
 
 The path from two FITS files of a lens candidate to one network input:
 
@@ -17,16 +17,16 @@ The path from two FITS files of a lens candidate to one network input:
 4. optional cosmic-ray detection (:func:`detect_cosmic_rays`): L.A.Cosmic
    from ``astroscrappy`` when it is installed, else a simple Laplacian
    sigma-clip detector (documented there); each detection becomes a 0.2
-   arcsec disc, like the paper's manual masks (spec §8.4 step 2);
+   arcsec disc, like the paper's manual masks (docs/design.md §8.4 step 2);
 5. the sharper band is convolved with the Gaussian that brings its PSF to
    the broader one's (:func:`match_psfs`), ignoring masked pixels;
 6. the central ``192 x 192`` pixels are kept, user masks (0.2 arcsec discs at
-   listed positions, spec §8.4 step 2, or circles from a DS9 region file) are
+   listed positions, docs/design.md §8.4 step 2, or circles from a DS9 region file) are
    added, and :func:`ensai_tf.preprocess.ica.unmix_two_bands` separates the
    arcs, giving the ``(192, 192, 1)`` "masked = 0" network input.
 
 The output grid has x along the blue file's columns and y along its rows
-(spec §0, no flips); :class:`Frame` maps it back to the file's pixels and,
+(docs/design.md §0, no flips); :class:`Frame` maps it back to the file's pixels and,
 through the WCS Jacobian, turns the predicted ellipticity angle into a
 position angle **east of north** (rotation and flipped axes included).
 """
@@ -70,7 +70,7 @@ __all__ = [
 ]
 
 MASK_RADIUS_ARCSEC = 0.2
-"""Radius of a manual or cosmic-ray mask disc, arcsec (spec §8.4 step 2)."""
+"""Radius of a manual or cosmic-ray mask disc, arcsec (docs/design.md §8.4 step 2)."""
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _ALIGN_RTOL = 0.01
@@ -100,7 +100,7 @@ class Band:
 class Frame:
     """How the 0.04 arcsec output grid maps onto the blue file.
 
-    Grid position ``(x, y)`` arcsec (spec §0: x = column, y = row, origin
+    Grid position ``(x, y)`` arcsec (docs/design.md §0: x = column, y = row, origin
     between pixels 95 and 96) is file pixel
     ``(centre[0] + (x + offset[0]) / scales[0], centre[1] + (y + offset[1]) / scales[1])``
     (0-based column, row).
@@ -231,7 +231,7 @@ def position_angle_east_of_north(e_x, e_y, jacobian, scales):
     """Mass major-axis position angle on the sky, east of north.
 
     The major axis lies at ``phi + 90 deg`` from +x towards +y on the grid
-    (spec §0); a unit step along it is ``(cos a / sx, sin a / sy)`` file
+    (docs/design.md §0); a unit step along it is ``(cos a / sx, sin a / sy)`` file
     pixels, which the Jacobian maps to (east, north).
 
     Args:
@@ -254,7 +254,7 @@ def ellipticity_from_sky(q, pa_deg, jacobian, scales):
     """Ensai ellipticity of a lens given by axis ratio and PA east of north.
 
     The inverse of :func:`position_angle_east_of_north` (up to parity): for
-    converting published values (spec §8.4) into the grid frame.
+    converting published values (docs/design.md §8.4) into the grid frame.
 
     Args:
         q: axis ratio, in (0, 1].
@@ -305,7 +305,7 @@ def circular_mask(npix, centres_arcsec, radius_arcsec=MASK_RADIUS_ARCSEC,
     Args:
         npix: grid side, pixels.
         centres_arcsec: ``(K, 2)`` disc centres ``(x, y)``, arcsec, grid
-            frame (spec §0).
+            frame (docs/design.md §0).
         radius_arcsec: scalar or ``(K,)`` disc radii, arcsec.
         pixel_scale: grid pixel side, arcsec.
 
@@ -576,7 +576,7 @@ def masked_gaussian_blur(image, sigma_pix, keep=None):
 
 
 def match_psfs(blue, red, fwhm_blue, fwhm_red, pixel_scale=conventions.PIXEL_SCALE, keep=None):
-    """Bring two Gaussian-PSF bands to the broader PSF (spec §8.4 [R]).
+    """Bring two Gaussian-PSF bands to the broader PSF (docs/design.md §8.4 [R]).
 
     Args:
         blue, red: ``(H, W)`` images on one grid; exact zeros are masked.
@@ -775,7 +775,7 @@ def cut_two_bands(blue, red, position=None, sky=None, masks=(), psf_fwhm=None,
 
 
 def unmix_cutout(cutout, **kwargs):
-    """ICA of a :class:`TwoBandCutout` (spec §8.4 step 3).
+    """ICA of a :class:`TwoBandCutout` (docs/design.md §8.4 step 3).
 
     Args:
         cutout: :class:`TwoBandCutout`.
@@ -915,7 +915,7 @@ def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=
         ra, dec: ICRS lens position, degrees (needs the blue WCS); or
         x, y: 0-based pixel of the lens in the blue file; default the centre.
         masks: ``"X,Y"`` blue-file pixels or DS9 ``.reg`` files; each point
-            is a 0.2 arcsec disc (spec §8.4 step 2).
+            is a 0.2 arcsec disc (docs/design.md §8.4 step 2).
         sky_masks: ``"RA,DEC"`` degrees, 0.2 arcsec discs.
         psf_fwhm: ``(blue, red)`` PSF FWHM, arcsec, or None (no matching).
         cosmic_rays: None or a :func:`detect_cosmic_rays` method.

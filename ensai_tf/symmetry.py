@@ -1,7 +1,7 @@
 """Symmetry-averaged prediction over the eight flips and rotations of the image (beyond the paper).
 
 The lens problem has the symmetry of the square pixel grid. The origin lies
-midway between pixels 95 and 96 on both axes (spec §0), so flipping the rows,
+midway between pixels 95 and 96 on both axes (docs/design.md §0), so flipping the rows,
 flipping the columns or transposing a ``192 x 192`` image is an exact
 permutation of its pixels, and it maps sky coordinates ``(x, y)`` to
 ``M (x, y)`` with ``M`` one of the eight orthogonal matrices of the dihedral
@@ -14,7 +14,7 @@ group D4. A lens with parameters ``p`` imaged through ``M`` is the lens
   axis direction turned by -90 deg (``e = eps (cos phi, sin phi)`` with the
   axis at ``phi + 90 deg``), so it turns with the axis under a rotation; under
   a reflection ``S`` it becomes ``-S e``, which is the parity twin of ``S e``
-  (spec §2.3);
+  (docs/design.md §2.3);
 * the external shear matrix ``Gamma = [[g1, g2], [g2, -g1]]`` becomes
   ``M Gamma M^T``.
 
@@ -25,7 +25,7 @@ mapped back with ``M^-1``, is another estimate of the same lens.
 the identity's prediction by the one ``parity_correct`` of the losses. The
 average removes the part of the network's error that is not equivariant, at
 eight times the cost of a prediction. The lens-centre prior of the training
-data is not exactly symmetric (integer shifts of -7 to +6 pixels, spec §5.6),
+data is not exactly symmetric (integer shifts of -7 to +6 pixels, docs/design.md §5.6),
 so a lens within a pixel of the training range's edge is mapped just outside
 it by some elements.
 """

@@ -1,8 +1,8 @@
 """Training: one network with ``model.fit`` on the online pipeline, and the combiner.
 
-``train`` follows the Model Garden driver shape (style.md §6 item 12): write
+``train`` follows the Model Garden driver shape: write
 the resolved config into the model folder first, seed Keras, build and
-compile the network (Adam + the parity-min loss, spec §7.1-7.2), fit on the
+compile the network (Adam + the parity-min loss, docs/design.md §7.1-7.2), fit on the
 endless online training stream with the fixed validation set, and finish by
 exporting a SavedModel. A killed run continues with ``resume=True`` from the
 last completed epoch: Keras' ``BackupAndRestore`` restores weights and
@@ -11,11 +11,11 @@ optimiser state, and the training stream restarts at the matching step
 with the same weights as an uninterrupted one.
 
 Files in the model folder: ``config.yaml``, ``tb/`` (TensorBoard),
-``best.keras`` (best validation loss, spec §7.3), ``backup/`` (while
+``best.keras`` (best validation loss, docs/design.md §7.3), ``backup/`` (while
 training), ``log.csv``, and at the end ``model.keras`` and ``saved_model/``
 holding the best-validation weights.
 
-Robustness (issue 10): a run holds an exclusive lock on its folder
+Robustness: a run holds an exclusive lock on its folder
 (:class:`ensai_tf.dirlock.ModelDirLock`), so a second ``ensai train`` or
 ``ensai combine`` on the same folder is refused; ``best.keras``,
 ``model.keras`` and ``saved_model/`` are written under a temporary name in
@@ -62,7 +62,7 @@ __all__ = [
 ]
 
 CALIBRATION_NAME = "calibration.json"
-"""Post-hoc interval calibration of a Gaussian head, fitted on the validation set (issue 9)."""
+"""Post-hoc interval calibration of a Gaussian head, fitted on the validation set."""
 
 ARTEFACTS = ("config.yaml", "tb", "best.keras", "backup", "log.csv", "model.keras",
              "saved_model", "combiner.json", CALIBRATION_NAME)
@@ -378,7 +378,7 @@ def _callback_classes():
         At every epoch end, ``tf.summary.image`` shows the images (scaled to
         [0, 1] per image, origin at the top as TensorBoard draws them) and
         ``tf.summary.text`` a Markdown table of true and parity-corrected
-        predicted parameters (spec §8.1).
+        predicted parameters (docs/design.md §8.1).
         """
 
         def __init__(self, images, params, log_dir):
@@ -410,7 +410,7 @@ def _callback_classes():
             self._writer.close()
 
     class Warmup(keras.callbacks.Callback):
-        """Linear learning-rate warm-up over the first steps (spec §7.2 [R]).
+        """Linear learning-rate warm-up over the first steps (docs/design.md §7.2 [R]).
 
         Uses the optimiser's global step, so it is resume-safe, and stops
         touching the rate after ``steps`` so that plateau decay owns it.
@@ -454,7 +454,7 @@ def _callback_classes():
 
 
 def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
-    """The training callbacks (spec §7.2-7.3 [R]).
+    """The training callbacks (docs/design.md §7.2-7.3 [R]).
 
     Args:
         cfg: the :class:`~ensai_tf.config.ExperimentConfig`.
@@ -478,7 +478,7 @@ def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
     t = cfg.train
     checkpoint = classes["checkpoint"](str(model_dir / "best.keras"), monitor="val_loss",
                                        save_best_only=True)
-    # [R] spec §7.2: divide the lr by 10 on a validation plateau, down to 1e-6
+    # [R] docs/design.md §7.2: divide the lr by 10 on a validation plateau, down to 1e-6
     plateau = keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=t.plateau_factor,
                                                 patience=t.plateau_patience,
                                                 min_lr=t.min_learning_rate)
@@ -513,9 +513,9 @@ def compile_model(model, learning_rate, clipnorm=None, head="point", n_targets=N
     Args:
         model: the network.
         learning_rate: Adam learning rate.
-        clipnorm: global gradient-norm clip (spec §7.2 [R]), or None.
-        head: ``"point"`` (parity-min MSE, spec §7.1) or ``"diagonal"`` /
-            ``"full"`` (parity-aware Gaussian NLL, issue 9; the metrics read
+        clipnorm: global gradient-norm clip (docs/design.md §7.2 [R]), or None.
+        head: ``"point"`` (parity-min MSE, docs/design.md §7.1) or ``"diagonal"`` /
+            ``"full"`` (parity-aware Gaussian NLL; the metrics read
             the means, which come first).
         n_targets: 5, or 7 with the shear (default 5).
 
@@ -527,7 +527,7 @@ def compile_model(model, learning_rate, clipnorm=None, head="point", n_targets=N
     from ensai_tf import losses, metrics, uncertainty
 
     n_targets = conventions.NUM_PARAMS if n_targets is None else int(n_targets)
-    # [R] spec §7.2: Adam, gradient clipping at global norm 10 as a safety net
+    # [R] docs/design.md §7.2: Adam, gradient clipping at global norm 10 as a safety net
     optimizer = keras.optimizers.Adam(learning_rate=learning_rate, global_clipnorm=clipnorm)
     loss = losses.ParityMSE() if head == "point" else uncertainty.GaussianNLL(head)
     model.compile(optimizer=optimizer, loss=loss,
@@ -676,7 +676,7 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
         start_epoch = completed_epochs(model_dir / "backup") if resume else 0
         if resume:
             _trim_log(model_dir / "log.csv", start_epoch)
-        # the stream continues where the interrupted run stopped (style.md §5 rule 4)
+        # the stream continues where the interrupted run stopped (docs/design.md §11 rule 4)
         train_ds = make_dataset("train", cfg, seed=cfg.data.seed, batch_size=t.batch_size,
                                 cache_dir=_cache_dir(cfg), start_step=start_epoch * t.steps_per_epoch)
         val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
@@ -687,7 +687,7 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
                   validation_data=val_ds, callbacks=cbs, shuffle=False, verbose=verbose)
         best = model_dir / "best.keras"
         if best.is_file():
-            model.load_weights(str(best))  # [R] spec §7.3: keep the best validation loss
+            model.load_weights(str(best))  # [R] docs/design.md §7.3: keep the best validation loss
         for layer in frozen:
             layer.trainable = True
         # saved_model first, model.keras (the "finished" mark) next, the backup last:
@@ -710,7 +710,7 @@ def freeze_batch_norm(model):
     (``train.freeze_batch_norm``, with ``train.init_weights``) makes the
     training loss and the validation loss measure the same function: when
     Inception-v4's moving statistics were left to follow the changing weights
-    at stop 19, its training loss fell while its validation loss rose 2-3x.
+    in an earlier run, its training loss fell while its validation loss rose 2-3x.
     Call before ``compile``.
 
     Args:
@@ -738,7 +738,7 @@ def _load_init_weights(model, path):
     """Start from the weights of a trained ``.keras`` file of the same architecture.
 
     Weights are copied layer by layer, matched by name. Only the output layer
-    may differ in shape (a new head: Gaussian outputs or the shear, issue 9);
+    may differ in shape (a new head: Gaussian outputs or the shear);
     it then keeps its fresh initialisation, and the message says so.
     """
     source = pathlib.Path(path).expanduser()
@@ -775,7 +775,7 @@ def calibrate_on_validation(model, cfg):
     """Fit the post-hoc interval calibration of a Gaussian head on the validation set.
 
     Quantile recalibration (:func:`ensai_tf.uncertainty.fit_interval_calibration`)
-    on the fixed validation split, never the test split (issue 9).
+    on the fixed validation split, never the test split.
 
     Args:
         model: a trained Gaussian-head ``keras.Model``.
@@ -820,7 +820,7 @@ def _model_kwargs(cfg):
 
 
 def calibrate(model_dir, config=None, n=None, experiment=None):
-    """Refit a Gaussian head's interval calibration on validation lenses (issue 9).
+    """Refit a Gaussian head's interval calibration on validation lenses.
 
     Writes ``calibration.json`` into the model folder (a previous one is kept
     as ``calibration-previous.json``). Use it to fit on more validation lenses
@@ -874,11 +874,11 @@ def calibrate(model_dir, config=None, n=None, experiment=None):
 
 def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", steps=None,
                    overwrite=False, *, verbose="auto"):
-    """Train the combiner of frozen trained networks (spec §7.4).
+    """Train the combiner of frozen trained networks (docs/design.md §7.4).
 
     The backbones' ``model.keras`` files are loaded and frozen; only the
     combination weights (20 per-parameter weights by default) are trained,
-    with Adam at ``train.combine_learning_rate`` (spec §7.4 [R]: 1e-3), on
+    with Adam at ``train.combine_learning_rate`` (docs/design.md §7.4 [R]: 1e-3), on
     freshly simulated validation-distribution lenses drawn with
     ``train.combine_seed``, never the fixed validation or test sets.
 
@@ -937,7 +937,7 @@ def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, ver
     model = average if mode == "per_parameter" else combiner.build_combiner(
         backbones, reference=0, mode=mode)
     compile_model(model, t.combine_learning_rate)
-    # [R] spec §7.4: an endless stream of fresh validation-distribution lenses
+    # [R] docs/design.md §7.4: an endless stream of fresh validation-distribution lenses
     # (validation source pool, validation-time effects) under a user seed that
     # differs from the fixed validation set's; never the test split
     fresh = pipeline.example_dataset("validation", config, seed=config.data.seed + t.combine_seed,

@@ -1,9 +1,9 @@
-"""Synthetic two-band lenses and the ICA experiment (spec §8.4, project note).
+"""Synthetic two-band lenses and the ICA experiment (docs/design.md §8.4, project note).
 
 MAST data cannot be downloaded here, so the ICA path is tested on mixtures:
 a **red Sersic lens galaxy** plus **blue lensed arcs**, with a range of
-colour ratios and slightly different Gaussian PSFs per band (spec §8.4
-"Project note"). Following the draw-then-apply rule (style.md §5):
+colour ratios and slightly different Gaussian PSFs per band (docs/design.md §8.4
+"Project note"). Following the draw-then-apply rule (docs/design.md §11):
 
 - :func:`sample_two_band` draws, per lens, the lens light (Sersic index,
   effective radius, axis ratio and angle jittered about the mass), the
@@ -119,7 +119,7 @@ def sample_two_band(seed, params, colour_ratio=(1.5, 10.0), lens_blue_red=(0.2, 
 
 
 def _blur(images, fwhm_arcsec, pixel_scale):
-    """Gaussian PSF per image (scipy, reflect boundary as spec §5.3 [C]); flux-conserving."""
+    """Gaussian PSF per image (scipy, reflect boundary as docs/design.md §5.3 [C]); flux-conserving."""
     from scipy import ndimage
 
     return np.stack([ndimage.gaussian_filter(im, f / realdata.FWHM_PER_SIGMA / pixel_scale,
@@ -189,7 +189,7 @@ def recover_arcs(blue, red, fwhm_blue, fwhm_red, core_mask_arcsec=None, centre=(
         blue, red: ``(n, n)`` bands on one grid.
         fwhm_blue, fwhm_red: PSF FWHMs, arcsec (None: no matching).
         core_mask_arcsec: radius of a disc masking the brightest lens-light
-            region (spec §8.4 step 2), arcsec, centred on ``centre``; None
+            region (docs/design.md §8.4 step 2), arcsec, centred on ``centre``; None
             for no mask.
         centre: ``(x, y)`` lens centre, arcsec, grid frame.
         pixel_scale: pixel side, arcsec.
@@ -247,13 +247,13 @@ def ica_experiment(n=16, seed=0, colour_ratios=COLOUR_RATIOS, config=None, model
                    draw_kwargs=None):
     """Arc recovery (and parameter-error growth) of ICA on synthetic two-band lenses.
 
-    For each colour ratio the same ``n`` test lenses (spec §8.3 split) are
+    For each colour ratio the same ``n`` test lenses (docs/design.md §8.3 split) are
     mixed with lens light, unmixed (:func:`recover_arcs`) and compared with
     the true arcs at the matched PSF: Pearson correlation over unmasked
     pixels. Noise alone limits that correlation (faint arcs cover few of the
     36,864 pixels), so the same statistic is given for the **arcs alone**:
     the true arcs plus the blue band's noise, the ceiling that a perfect
-    separation would reach. With a ``model``, the 68% errors (spec §8.2,
+    separation would reach. With a ``model``, the 68% errors (docs/design.md §8.2,
     after parity correction) on the ICA arcs are compared with those on the
     arcs alone.
 
@@ -356,7 +356,7 @@ def summary_markdown(summary):
     Returns:
         str: the Markdown text, ending in a newline.
     """
-    lines = ["ICA arc recovery on synthetic two-band lenses (spec §8.4): Pearson correlation "
+    lines = ["ICA arc recovery on synthetic two-band lenses (docs/design.md §8.4): Pearson correlation "
              "of the recovered arc component with the true arcs (PSF-matched), "
              f"{summary['n_per_ratio']} lenses per colour ratio.", "",
              "| colour ratio | median | 5th percentile | min |", "|---|---|---|---|"]
@@ -368,7 +368,7 @@ def summary_markdown(summary):
     errors = summary.get("errors")
     if errors:
         names = conventions.PARAM_NAMES
-        lines += ["", "68% errors (spec §8.2):", "",
+        lines += ["", "68% errors (docs/design.md §8.2):", "",
                   "| input | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         rows = [("arcs alone", errors["arcs_alone"])] + [
             (f"ICA, colour ratio {k}", v) for k, v in errors["ica"].items()]

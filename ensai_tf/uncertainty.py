@@ -1,4 +1,4 @@
-"""Per-lens uncertainties beyond the paper (issue 9).
+"""Per-lens uncertainties beyond the paper.
 
 Three pieces:
 
@@ -13,7 +13,7 @@ Three pieces:
 * :func:`coverage`, :func:`fit_calibration`, :func:`apply_calibration` —
   check and fix the calibration of predicted standard deviations.
 
-Output layouts (last axis, ``n`` targets in ``target_names(n)`` order, spec
+Output layouts (last axis, ``n`` targets in ``target_names(n)`` order, docs/design.md
 §0; ``n = 5``, or 7 with the shear ``(gamma_1, gamma_2)`` appended):
 
 * ``"diagonal"``: ``[mu (n), log sigma^2 (n)]`` — 10 numbers (14 with shear).
@@ -26,7 +26,7 @@ Output layouts (last axis, ``n`` targets in ``target_names(n)`` order, spec
 The four widths 10, 20, 14 and 35 are distinct, so an output's width tells its
 layout (:func:`layout_from_width`).
 
-Parity (spec §2.3): ``(e_x, e_y)`` and ``(-e_x, -e_y)`` are the same lens. With
+Parity (docs/design.md §2.3): ``(e_x, e_y)`` and ``(-e_x, -e_y)`` are the same lens. With
 ``S = diag(PARITY_SIGNS)`` the twin of a prediction ``(mu, Sigma)`` is
 ``(S mu, S Sigma S)``. For the Cholesky factor that is ``S L S``: still lower
 triangular with a positive diagonal (unchanged), and off-diagonal entry
@@ -274,7 +274,7 @@ def gaussian_nll(y_true, y_pred, covariance="diagonal"):
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class GaussianNLL(keras.losses.Loss):
-    """Batch mean of the parity-min Gaussian NLL (issue 9; parity as spec §7.1).
+    """Batch mean of the parity-min Gaussian NLL (parity as docs/design.md §7.1).
 
     Args:
         covariance: ``"diagonal"`` (10 outputs) or ``"full"`` (20 outputs).
@@ -388,7 +388,7 @@ def mc_dropout_predict(model, images, samples=20):
     """Mean and spread over repeated stochastic forward passes.
 
     Each pass is parity-aligned to the first pass (:func:`parity_correct`, as
-    the combiner aligns signs, spec §7.4) so that sign flips of ``e`` do not
+    the combiner aligns signs, docs/design.md §7.4) so that sign flips of ``e`` do not
     inflate the spread.
 
     Args:
@@ -413,10 +413,10 @@ def mc_dropout_predict(model, images, samples=20):
 
 
 def ensemble_predict(predictions):
-    """Deep-ensemble mean and spread of independently trained networks (issue 9).
+    """Deep-ensemble mean and spread of independently trained networks.
 
     Each member's predictions are parity-aligned to the first member's (as
-    the combiner aligns signs, spec §7.4) before the mean and the standard
+    the combiner aligns signs, docs/design.md §7.4) before the mean and the standard
     deviation over members are taken. The spread alone is rarely calibrated;
     pass it through :func:`fit_interval_calibration` on validation lenses.
 
@@ -467,7 +467,7 @@ def coverage(y_true, mean, std, levels=(0.68, 0.95), calibration=None):
     The interval at level ``p`` is ``mean -+ m_p std`` with ``m_p =
     Phi^-1((1 + p) / 2)`` (1.0 sigma ~ 68.27%, 1.96 sigma = 95%), or the
     fitted multipliers of ``calibration`` (:func:`interval_multipliers`). The
-    mean is parity-corrected against the truth first (spec §8.1).
+    mean is parity-corrected against the truth first (docs/design.md §8.1).
 
     Args:
         y_true: ``(N, n)`` true parameters, arcsec / dimensionless (n = 5, or
@@ -532,7 +532,7 @@ def fit_interval_calibration(y_true, mean, std, levels=CALIBRATION_LEVELS):
     residuals ``r``). The interval ``mean -+ m_p std`` then holds a fraction
     ``p`` of that set whatever the error distribution's shape, and the same
     fraction of any set drawn like it. Fit it on the validation set, never the
-    test set (issue 9).
+    test set.
 
     Args:
         y_true: ``(N, n)`` validation truths, arcsec / dimensionless.
@@ -590,7 +590,7 @@ def interval_multipliers(level, calibration=None, n=NUM_PARAMS):
 
 
 def shear_targets(gamma_1, gamma_2):
-    """Extra regression targets for external shear (issue 9, not wired in).
+    """Extra regression targets for external shear (not wired in).
 
     A 7-output model would predict ``(theta_e, e_x, e_y, x_l, y_l, gamma_1,
     gamma_2)`` with the 5 lens targets as now and these two appended: build it

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures (style.md §4.4)."""
+"""Shared pytest fixtures."""
 
 import os
 

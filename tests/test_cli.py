@@ -1,6 +1,6 @@
 """The ``ensai`` command: every bad input gets its message and a non-zero exit.
 
-Issue 6 item 6: NaN/Inf image (names the file), wrong shape (says the
+NaN/Inf image (names the file), wrong shape (says the
 expected one), all-masked image, missing or corrupt model folder, existing
 model folder without --resume/--overwrite, unknown --set key (lists the
 valid ones), unwritable output path; and nothing existing is overwritten.

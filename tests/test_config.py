@@ -75,10 +75,10 @@ def test_configs_are_frozen():
 
 def test_paper_defaults_follow_the_spec():
     cfg = config.get_preset("paper")
-    assert cfg.lens.theta_e == (0.1, 3.0)          # spec §3.1
+    assert cfg.lens.theta_e == (0.1, 3.0)          # docs/design.md §3.1
     assert cfg.lens.epsilon == (0.0, 0.9)
-    assert cfg.observe.psf_sigma_pix == (0.1, 2.5)  # spec §9 #1
+    assert cfg.observe.psf_sigma_pix == (0.1, 2.5)  # docs/design.md §9 #1
     assert cfg.observe.poisson_counts == (100.0, 1000.0)
     assert cfg.observe.norm_jitter_rms == 0.05
-    assert cfg.train.batch_size == 50               # spec §0
-    assert cfg.data.test_size == 10000              # spec §8.3
+    assert cfg.train.batch_size == 50               # docs/design.md §0
+    assert cfg.data.test_size == 10000              # docs/design.md §8.3

@@ -1,4 +1,4 @@
-"""Tests of the spec §0 conventions."""
+"""Tests of the docs/design.md §0 conventions."""
 
 import numpy as np
 

@@ -1,4 +1,4 @@
-"""The API reference builds without a single warning (issue 11).
+"""The API reference builds without a single warning.
 
 ``python -m sphinx -W -b html docs OUT`` is run into pytest's tmp_path, so the
 test never writes into the checkout. The build imports every module (autodoc),

@@ -19,7 +19,7 @@ def _synthetic(flip_half=True, seed=0):
     rms = s sqrt(mean(j^2, j=1..101)) = s sqrt(3451); signed errors sorted
     are -100s, -98s, ..., -2s, 1s, 3s, ..., 101s, so P16 = -68s, P84 = 69s and
     the 16-84 half-width is 68.5 s. Every other example has its predicted
-    ellipticity negated (the same lens, spec §2.3); parity correction must
+    ellipticity negated (the same lens, docs/design.md §2.3); parity correction must
     undo it because errors (<= 0.07) are far below 2|e| >= 1.
     """
     rng = np.random.default_rng(seed)
@@ -220,7 +220,7 @@ def test_collect_fixed_split_reads_the_validation_set_not_the_test_set(cache):
         evaluate.collect_fixed_split(cfg, 2, "train")
 
 
-# ----------------------------------------------- Gaussian heads and shear (issue 9)
+# ----------------------------------------------- Gaussian heads and shear
 
 
 def _gaussian_tiny(folder, width, log_var=-4.0):

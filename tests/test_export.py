@@ -1,4 +1,4 @@
-"""SavedModel export and the inference loader (style.md §2.1, §4.4)."""
+"""SavedModel export and the inference loader."""
 
 import json
 import subprocess
@@ -148,7 +148,7 @@ def test_export_rejects_a_model_without_five_outputs(tmp_path):
 
 @pytest.mark.parametrize("head,width", [("point", 7), ("diagonal", 14), ("full", 35)])
 def test_shear_and_gaussian_heads_export_and_reload(tmp_path, head, width):
-    """Shear outputs (issue 9) come back named gamma_1/gamma_2; a Gaussian head's serve also
+    """Shear outputs come back named gamma_1/gamma_2; a Gaussian head's serve also
     gives per-target std and the covariance L L^T, equal to the Keras model's up to 1e-6."""
     from ensai_tf import predict as predict_lib
     from ensai_tf import uncertainty

@@ -1,4 +1,4 @@
-"""Parity rule and parity-min MSE (spec §2.3, §7.1, §8.1)."""
+"""Parity rule and parity-min MSE (docs/design.md §2.3, §7.1, §8.1)."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""Error metrics after parity correction (spec §8.1, §8.2)."""
+"""Error metrics after parity correction (docs/design.md §8.1, §8.2)."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""The quick-start notebook runs top to bottom (issue 11).
+"""The quick-start notebook runs top to bottom.
 
 ``examples/quick_demo.ipynb`` is executed with nbclient in a fresh kernel of
 this interpreter, in a temporary working directory, and the test fails on the

@@ -302,7 +302,7 @@ def test_missing_and_corrupt_models(tmp_path):
         predict.load_predictor(str(tmp_path / "broken.keras"))
 
 
-# ------------------------------------------------------------------ streaming (issue 10)
+# ------------------------------------------------------------------ streaming
 
 
 def _fake_predictor(monkeypatch, npix=32, on_call=None):

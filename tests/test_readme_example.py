@@ -1,4 +1,4 @@
-"""The README's worked real-data example runs as written (issue 7).
+"""The README's worked real-data example runs as written.
 
 ``tools/make_two_band_example.py`` writes two FITS bands of a simulated lens
 with a red lens galaxy; the ``ensai predict --bands`` command it prints is

@@ -1,4 +1,4 @@
-"""Real two-band data (spec §8.4): WCS geometry, cutouts, resampling, PSF
+"""Real two-band data (docs/design.md §8.4): WCS geometry, cutouts, resampling, PSF
 matching, masks, cosmic rays, the --bands prediction path and bad input.
 
 FITS files are written into pytest's tmp_path; images are small (a 120- or
@@ -66,7 +66,7 @@ def test_position_angle_east_of_north_closed_form(theta, flip, dec):
     jac = realdata.pixel_to_sky_jacobian(wcs, 49.0, 49.0)  # the reference pixel (1-based 50)
     for phi_deg in (0.0, 25.0, 110.0, 260.0):
         e_x, e_y = conventions.ellipticity_from_q_phi(0.7, math.radians(phi_deg))
-        a = phi_deg + 90.0  # grid angle of the mass major axis (spec §0)
+        a = phi_deg + 90.0  # grid angle of the mass major axis (docs/design.md §0)
         # CD maps grid direction a to (east, north) = s(-cos(t+a), sin(t+a)) -> PA = t+a-90;
         # a flipped x axis sends a to 180-a
         expected = (theta + (180.0 - a if flip else a) - 90.0) % 180.0
@@ -320,7 +320,7 @@ def test_two_band_cutout_unmixes_to_the_arcs(tmp_path):
     truth, _ = predict.fit_to_grid(arcs[:, :], 192)
     assert image.shape == (192, 192, 1) and image.dtype == np.float32
     # the file (220 px) is larger than the grid: nothing masked, arcs recovered
-    # to the acceptance level of issue 7 (0.95)
+    # to the acceptance level of the two-band ICA test (0.95)
     assert ica.arc_correlation(res.arc, truth) >= 0.95
 
 

@@ -131,7 +131,7 @@ def test_train_then_predict_with_the_saved_model(trained):
 
 def test_interrupted_then_resumed_equals_uninterrupted(tmp_path, tiny, cache):
     """Same step count, same weights, same logged losses, and the plateau state kept
-    (spec §7.3, style.md §5 rule 4)."""
+    (docs/design.md §7.3, docs/design.md §11 rule 4)."""
     import keras
 
     cfg = _cfg(cache, epochs=3, steps=2)
@@ -354,7 +354,7 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
         train.train_combiner([tmp_path / "nothing"], tmp_path / "d", config=cfg, steps=1)
 
 
-# ------------------------------------------------------------------ faults (issue 10)
+# ------------------------------------------------------------------ faults
 
 
 def _leftovers(folder):

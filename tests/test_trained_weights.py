@@ -1,10 +1,10 @@
-"""The weights shipped in ``trained_weights/`` (issue 8).
+"""The weights shipped in ``trained_weights/``.
 
 Every shipped model loads and gives finite ``(B, 5)`` predictions; each one
 reproduces the check metrics stored in its ``metrics.json`` (written by
 ``tools/ship_weights.py`` on the first lenses of the fixed test set); each
 beats the trivial prior-mean predictor by a wide margin; ``ensai demo`` runs
-end to end. The uncertainty-aware shear network (issue 9) also reproduces its
+end to end. The uncertainty-aware shear network also reproduces its
 stored interval coverage and its calibrated coverage on the full test set is
 within 2 percentage points of nominal.
 """
@@ -24,7 +24,7 @@ UNCERTAINTY = "alexnet_shear"
 # Relative tolerance of the reproduced 68% errors: the same weights on the
 # same (stateless-seeded) lenses, predicted in float32 (export.float32_model),
 # so only float rounding differs between CPUs. tools/float32_stability.py
-# (stop 17, 200 check lenses, oneDNN on with batch 50 against off with batch
+# (200 check lenses, oneDNN on with batch 50 against off with batch
 # 7): predictions moved by at most 6e-7 and the 68% errors by at most 2e-6
 # relative. 0.5% is far above that and below what a change of the weights or
 # of the inference precision does (bfloat16 inference moved them by up to 4%).
@@ -128,7 +128,7 @@ def test_shipped_combined_refers_to_the_shipped_networks():
 
 
 def test_combined_beats_every_network_on_theta_e():
-    """Issue 8's target, on the full test set of each shipped metrics.json."""
+    """The accuracy targets, on the full test set of each shipped metrics.json."""
     combined = _metrics("combined")["metrics"]["theta_e"]["error68"]
     for name in SHIPPED:
         if name != "combined":
@@ -169,7 +169,7 @@ def test_shear_network_reproduces_its_stored_coverage(check_set):
 
 
 def test_shear_network_calibrated_coverage_is_nominal_on_the_shear_test_set():
-    """Issue 9's target, as measured by ensai evaluate --experiment shear on the 10,000 test
+    """The shear network's targets, as measured by ensai evaluate --experiment shear on the 10,000 test
     lenses simulated like its training data (with shear): the validation-fitted calibration
     puts 68% and 95% of the truths inside, within 2 percentage points."""
     data = json.loads((WEIGHTS / UNCERTAINTY / "metrics_shear.json").read_text())

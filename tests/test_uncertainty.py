@@ -1,4 +1,4 @@
-"""Tests of ensai_tf.uncertainty (issue 9): Gaussian NLL, heads, MC dropout, coverage."""
+"""Tests of ensai_tf.uncertainty: Gaussian NLL, heads, MC dropout, coverage."""
 
 import numpy as np
 import pytest
@@ -201,7 +201,7 @@ def test_shear_targets():
         U.shear_targets([1.2], [0.0])
 
 
-# ------------------------------------------------------- shear targets (issue 9)
+# ------------------------------------------------------- shear targets
 
 SIGNS7 = np.array(list(PARITY_SIGNS) + [1.0, 1.0])
 

@@ -8,13 +8,13 @@ Prints, measured in one run on this machine:
    times one untrained network instead);
 2. when lenstronomy is installed, the wall time of a particle-swarm fit
    (FittingSequence, PSO) of the same simulated lens with an SIE and an
-   elliptical Sersic source, and the ratio of the two (spec §10.2: the paper
+   elliptical Sersic source, and the ratio of the two (docs/design.md §10.2: the paper
    claims ~10^7 against maximum-likelihood modelling; the goal here is
    >= 10^6).
 
 The lens is rendered once with lenstronomy (SIE + elliptical Sersic source,
 Gaussian PSF, noise) on the package's 192 x 192, 0.04" grid (x = column,
-y = row, spec §0), normalised to peak 1, and fed to both methods.
+y = row, docs/design.md §0), normalised to peak 1, and fed to both methods.
 
 Usage:
     python tools/benchmark_inference.py [--model DIR] [--network NAME]
@@ -40,7 +40,7 @@ TRUE_SOURCE = {"amp": 20.0, "R_sersic": 0.15, "n_sersic": 1.5, "e1": 0.1, "e2": 
 
 
 def _lenstronomy_lens_kwargs(theta_e, e_x, e_y, x_l, y_l):
-    """lenstronomy SIE kwargs of an Ensai lens (spec §2.1: major axis at phi + 90 deg)."""
+    """lenstronomy SIE kwargs of an Ensai lens (docs/design.md §2.1: major axis at phi + 90 deg)."""
     eps = np.hypot(e_x, e_y)
     q = 1.0 - eps
     phi = np.arctan2(e_y, e_x)

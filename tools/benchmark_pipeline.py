@@ -1,11 +1,11 @@
-"""Benchmark the input pipeline (style.md §5 rule 5: measure before optimising).
+"""Benchmark the input pipeline (docs/design.md §11 rule 5: measure before optimising).
 
 Measures, on this machine:
 
 1. observed images/s of ``make_dataset("train")`` (online simulation +
-   observation, spec §11 "augmentation throughput"; target >= 500/s);
+   observation, docs/design.md §11 "augmentation throughput"; target >= 500/s);
 2. observed images/s with pre-generated arcs (``data.arcs_dir``: observation
-   only, spec §1 steps 1-2);
+   only, docs/design.md §1 steps 1-2);
 3. with ``--fit`` and when :mod:`ensai_tf.models` is available: the ratio of
    ``model.fit`` step time on the online pipeline (and, unless
    ``--skip-arcs``, on stored arcs + observe) to step time on cached

@@ -1,4 +1,4 @@
-"""Benchmark the noise-free generator and compare with lenstronomy (spec §3, §10.2).
+"""Benchmark the noise-free generator and compare with lenstronomy (docs/design.md §3, §10.2).
 
 Prints a table of:
 
@@ -102,7 +102,7 @@ def bench_ours(n, npix, oversample, repeats):
 
 
 def _lenstronomy_kwargs(p, s):
-    """Ensai (theta_E, e_x, e_y, x_L, y_L) and our Sersic -> lenstronomy kwargs (spec §2.1)."""
+    """Ensai (theta_E, e_x, e_y, x_L, y_L) and our Sersic -> lenstronomy kwargs (docs/design.md §2.1)."""
     theta_e, e_x, e_y, x_l, y_l = (float(v) for v in p)
     q = 1.0 - np.hypot(e_x, e_y)
     phi = np.arctan2(e_y, e_x)
@@ -126,7 +126,7 @@ def bench_lenstronomy(n, npix, oversample, repeats):
     from lenstronomy.LightModel.light_model import LightModel
     from lenstronomy.Util import simulation_util
 
-    # inverse=False: x = +column, y = +row, pixel centres (j - (n-1)/2) * 0.04 (spec §0).
+    # inverse=False: x = +column, y = +row, pixel centres (j - (n-1)/2) * 0.04 (docs/design.md §0).
     kwargs_data = simulation_util.data_configure_simple(num_pix=npix,
                                                         delta_pix=conventions.PIXEL_SCALE,
                                                         inverse=False)

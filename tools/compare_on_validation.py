@@ -2,11 +2,11 @@
 
 A training run selects its best epoch on ``data.val_size`` validation lenses
 (300 in the ``cpu`` preset), whose loss scatters by several percent from epoch
-to epoch. Before a retrained network replaces a shipped one (issue 8), this
+to epoch. Before a retrained network replaces a shipped one, this
 script scores both on the first ``--n`` lenses of the fixed validation split
-of the ``paper`` preset (simulated like the test set, spec §8.3, but disjoint
+of the ``paper`` preset (simulated like the test set, docs/design.md §8.3, but disjoint
 from it) and prints, per model, the mean parity-min MSE (the training loss,
-spec §7.1) and the 68% error of every parameter, with the relative change of
+docs/design.md §7.1) and the 68% error of every parameter, with the relative change of
 each model against the first.
 
 Usage::

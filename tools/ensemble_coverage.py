@@ -1,4 +1,4 @@
-"""Interval coverage of the four shipped networks used as a deep ensemble (issue 9).
+"""Interval coverage of the four shipped networks used as a deep ensemble.
 
 The mean and spread of the four independently trained point-estimate networks
 (:func:`ensai_tf.uncertainty.ensemble_predict`, parity-aligned) give a

@@ -1,4 +1,4 @@
-"""How much the shipped models' check metrics depend on the CPU kernels (stop 17).
+"""How much the shipped models' check metrics depend on the CPU kernels.
 
 Usage::
 

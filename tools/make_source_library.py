@@ -1,10 +1,10 @@
 """Cut a library of real-galaxy source stamps out of the Hubble eXtreme Deep Field.
 
-Spec §11 [R]: Galaxy Zoo and GREAT3 cannot be downloaded here, so the real-galaxy
+docs/design.md §11 [R]: Galaxy Zoo and GREAT3 cannot be downloaded here, so the real-galaxy
 source family uses galaxies segmented out of scikit-image's
 ``data.hubble_deep_field()`` (872 x 1000 RGB JPEG, NASA/ESA, public domain),
 converted to grayscale by averaging the RGB channels as the paper does for
-Galaxy Zoo (spec §3.2).
+Galaxy Zoo (docs/design.md §3.2).
 
 Steps:
 1. grayscale = mean over RGB, in [0, 1];
@@ -18,7 +18,7 @@ Steps:
    than ``--max-neighbour-flux`` of the galaxy's flux);
 5. square cut-out centred on the flux-weighted centroid, side = ``--margin``
    times the larger segment extent (so the galaxy sits well inside the taper
-   applied at load time, spec §3.2 step 3); the cut-out is multiplied by a
+   applied at load time, docs/design.md §3.2 step 3); the cut-out is multiplied by a
    soft support (the galaxy's own segment grown by 3 px and blurred by
    1.5 px) and pixels of other segments are set to 0, so background noise is
    not lensed and no galaxy appears in two stamps;
@@ -172,7 +172,7 @@ def _write_preview(stamps, split_names, path):
         ax.axis("off")
     for i, (stamp, name) in enumerate(zip(stamps, split_names)):
         ax = np.ravel(axes)[i]
-        # origin="lower": rows = +y drawn upwards (spec §0).
+        # origin="lower": rows = +y drawn upwards (docs/design.md §0).
         ax.imshow(stamp, cmap="gray", origin="lower", vmin=0, vmax=1)
         ax.set_title(f"{i} {name[:3]}", fontsize=7)
     fig.tight_layout()
@@ -209,7 +209,7 @@ def main(argv=None):
     np.savez_compressed(args.out_dir / sources.LIBRARY_FILE,
                         stamps=stamps.astype(np.float16), ids=ids)
     table = {
-        "description": "HDF/XDF galaxy stamps for ensai_tf (spec §3.2, §11 [R]); made by "
+        "description": "HDF/XDF galaxy stamps for ensai_tf (docs/design.md §3.2, §11 [R]); made by "
                        "tools/make_source_library.py",
         "image": "skimage.data.hubble_deep_field() (NASA/ESA, public domain), grayscale = RGB "
                  "mean, background = sigma-clipped median",

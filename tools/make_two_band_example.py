@@ -6,7 +6,7 @@ Usage::
 
 It simulates one noise-free lens of the test split (``ensai_tf.simulate``),
 renders a blue and a red band with a red Sersic lens galaxy, slightly
-different Gaussian PSFs and noise (``ensai_tf.twoband``, spec §8.4 project
+different Gaussian PSFs and noise (``ensai_tf.twoband``, docs/design.md §8.4 project
 note), pads them to a 240x240 field and writes ``blue.fits`` and ``red.fits``
 with a TAN WCS (0.04 arcsec pixels, image +y at 25 deg east of north), plus
 ``truth.json`` with the true parameters, the lens pixel and the PSF FWHMs.
@@ -96,7 +96,7 @@ def predict_command(truth, model="trained_weights/combined", output="params.json
     blue, red = truth["files"]
     x, y = (f"{v:.2f}" for v in truth["lens_pixel"])
     fb, fr = (f"{v:.3f}" for v in truth["psf_fwhm_arcsec"])
-    # spec §8.4: a 0.2 arcsec mask on the brightest region of the lens galaxy
+    # docs/design.md §8.4: a 0.2 arcsec mask on the brightest region of the lens galaxy
     return ["predict", model, "--bands", blue, red, "--x", x, "--y", y, "--mask", f"{x},{y}",
             "--psf-fwhm", fb, fr, "--output", output, "--plot", plot]
 

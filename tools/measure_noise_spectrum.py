@@ -5,7 +5,7 @@ Usage::
     python tools/measure_noise_spectrum.py blank.fits spectrum.npy [--npix 192]
         [--sigma 3] [--dilate 3] [--fill zero|median] [--dc-offset-rms X]
 
-Steps (spec §5.4, project decision): read the first image HDU (astropy);
+Steps (docs/design.md §5.4, project decision): read the first image HDU (astropy);
 mask sources by sigma clipping (``astropy.stats.sigma_clip``), keeping
 groups of at least ``--min-area`` connected pixels, dilated by a few pixels; subtract the clipped median (sky) and fill masked pixels with
 0 (``zero``: noise-free zeros) or with the clipped median before the

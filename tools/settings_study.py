@@ -1,9 +1,9 @@
-"""Accuracy per CPU-hour of the `cpu` preset's training settings (issue 8).
+"""Accuracy per CPU-hour of the `cpu` preset's training settings.
 
 Trains one network once per variant, each from scratch with the same
 wall-clock budget, arcs and seeds, one after another so they never share the
 cores, and prints a table of what each reached on the fixed validation set:
-the best validation loss (parity-min MSE summed over the five targets, spec
+the best validation loss (parity-min MSE summed over the five targets, docs/design.md
 §7.1), the validation rms of every target at that epoch, the images seen and
 the CPU time the run used.
 

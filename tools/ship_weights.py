@@ -1,4 +1,4 @@
-"""Copy trained runs into ``trained_weights/`` and check the size limits (issue 8).
+"""Copy trained runs into ``trained_weights/`` and check the size limits.
 
 Usage::
 
@@ -22,7 +22,7 @@ the next stage, so the log (and the images-seen count) covers all its training.
 Existing files in ``trained_weights/<name>/`` are replaced (the old versions
 stay in git history). Fails if a file exceeds 50 MB or the folder 150 MB.
 
-``alexnet_shear`` (issue 9: AlexNet with a diagonal Gaussian head and the
+``alexnet_shear`` (AlexNet with a diagonal Gaussian head and the
 shear outputs, trained on lenses with shear) also ships its
 ``calibration.json`` and ``calibration.png``, and from ``RUNS/shear_cmp`` (the
 shear comparison, ``ensai evaluate trained_weights/alexnet RUNS/alexnet_shear
@@ -31,7 +31,7 @@ network's shear-lens report as ``metrics_shear.json`` and
 ``calibration_shear.png``. ``--only`` ships just the named folders and leaves the others.
 
 ``--reevaluate`` re-measures the folders already in ``trained_weights/`` in
-place, with the package's current inference (float32 since stop 17): with
+place, with the package's current inference (float32): with
 ``--check-only`` just ``metrics.json["check"]``; otherwise also the full
 test-set reports and, for ``alexnet_shear``, its calibration (``ensai
 calibrate --preset paper --experiment shear --n 3000``) and the shear

@@ -21,7 +21,7 @@ or ``kill_and_resume``) how many cases ran and how many failed, and the first
 line of each distinct failure.
 
 The default test suite runs the same tests with a handful of examples; this
-tool is the longer setting asked for by issue 10.
+tool is the longer setting.
 
 Usage:
     python tools/stress.py [--minutes 5] [--examples 200] [--seed 0]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# How the weights in trained_weights/ were made (issue 8), on the project's
-# 2-core CPU: pre-generate noise-free training arcs once (spec §1 step 1, the
+# How the weights in trained_weights/ were made, on the project's
+# 2-core CPU: pre-generate noise-free training arcs once (docs/design.md §1 step 1, the
 # paper's own set-up), train the four networks one after another with the
 # `cpu` preset and a wall-clock budget each, train the combiner, evaluate
 # everything on the fixed test set and copy the results into trained_weights/
@@ -53,7 +53,7 @@ done
 
 # The combined network ships by reference to the shipped backbone files
 # (combiner.json with their SHA-256), so the networks are shipped first and the
-# combiner merges those very files. spec §7.4: Overfeat is the parity reference.
+# combiner merges those very files. docs/design.md §7.4: Overfeat is the parity reference.
 if [ ! -d "$WORK/runs/combined/saved_model" ]; then
     echo "== shipping the four networks"
     python tools/ship_weights.py "$WORK/runs" --only "${NETS[@]}"

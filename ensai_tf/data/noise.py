@@ -4,11 +4,11 @@ Two generators used by :mod:`ensai_tf.data.observe`, both pure TF and
 vectorised over a batch with one stateless seed per example, so example
 ``i`` gets the same field whatever batch it sits in:
 
-- coloured noise (spec §5.4): each Fourier mode is drawn with a standard
+- coloured noise (docs/design.md §5.4): each Fourier mode is drawn with a standard
   deviation equal to a spectrum amplitude, inverse-FFT'd, the real part kept
   and divided by its standard deviation. The DC term is kept, so each map
-  carries a random constant offset (spec §5.4, §9 #26).
-- cosmic rays and hot pixels (spec §5.5 [R]): friends-of-friends random-walk
+  carries a random constant offset (docs/design.md §5.4, §9 #26).
+- cosmic rays and hot pixels (docs/design.md §5.5 [R]): friends-of-friends random-walk
   rays plus single hot pixels, as sparse events ``(rows, cols, values)`` that
   :func:`render_events` rasterises.
 
@@ -40,7 +40,7 @@ __all__ = [
     "render_events",
 ]
 
-# [R] spec §5.4 PROJECT DECISION: parameters of the default drizzled-noise model,
+# [R] docs/design.md §5.4 PROJECT DECISION: parameters of the default drizzled-noise model,
 # calibrated to lag-1 = 0.28, lag-2 = 0.038, lag-3 = 0.034 (see default_noise_spectrum).
 DRIZZLE_PIXFRAC = 1.0
 """Drizzle drop side, output pixels: the footprint is box(1) * box(pixfrac)."""
@@ -52,7 +52,7 @@ BROAD_LENGTH_PIX = 5.0
 """Gaussian correlation length of the broad component, pixels."""
 
 DC_OFFSET_RMS = 1.1
-"""rms of the per-map constant offset, in units of the map rms (spec §5.4: 1.1)."""
+"""rms of the per-map constant offset, in units of the map rms (docs/design.md §5.4: 1.1)."""
 
 
 def drizzle_correlation_1d(pixfrac=DRIZZLE_PIXFRAC, max_lag=3, samples=4001):
@@ -92,7 +92,7 @@ def default_noise_spectrum(npix=conventions.NPIX, pixfrac=DRIZZLE_PIXFRAC,
                            dc_offset_rms=DC_OFFSET_RMS):
     """Default Fourier amplitude spectrum: a model of drizzled HST noise.
 
-    [R] spec §5.4 PROJECT DECISION (the authors' measured spectrum is not
+    [R] docs/design.md §5.4 PROJECT DECISION (the authors' measured spectrum is not
     redistributable). The model's pixel correlation function on the periodic
     ``npix`` grid is::
 
@@ -104,12 +104,12 @@ def default_noise_spectrum(npix=conventions.NPIX, pixfrac=DRIZZLE_PIXFRAC,
     (low-k excess power of real blank fields: sky and flat-field residuals).
     The power spectrum is ``P = Re FFT2(c)`` (clipped at 0) and the amplitude
     is ``sqrt(P)``. With the defaults the synthesised maps have lag-1
-    correlation 0.280 in x and y, lag 2 0.038 and lag 3 0.034 (spec §5.4:
+    correlation 0.280 in x and y, lag 2 0.038 and lag 3 0.034 (docs/design.md §5.4:
     0.28, 0.03-0.04), and the power falls about 5x from low to high k.
 
     The DC amplitude is then set to ``dc_offset_rms * sqrt(2 * sum of the
     other P)``, so that :func:`coloured_noise` maps carry a random constant
-    offset of rms ``dc_offset_rms`` map-rms (spec §5.4, §9 #26: about 1.1).
+    offset of rms ``dc_offset_rms`` map-rms (docs/design.md §5.4, §9 #26: about 1.1).
 
     Args:
         npix: map side, pixels.
@@ -187,9 +187,9 @@ def noise_fields(seeds, spectrum):
     values, reshaped, are the white map. All of them make the half-plane
     Fourier modes ``A * (z0 + i z1)`` (``A`` the amplitude spectrum) of a
     real field synthesised with ``irfft2d``, i.e. a Hermitian completion as
-    in the original's ``make_real_noise`` (spec §5.4, the variant preferred
+    in the original's ``make_real_noise`` (docs/design.md §5.4, the variant preferred
     for fidelity); the field is divided by its own standard deviation, so the
-    DC term survives as a constant offset (spec §5.4, §9 #26). For a spectrum
+    DC term survives as a constant offset (docs/design.md §5.4, §9 #26). For a spectrum
     whose DC amplitude is ``A0``, the offset has rms
     ``A0 / sqrt(2 * sum_{k != 0} A_k^2)`` map-rms.
 
@@ -214,7 +214,7 @@ def noise_fields(seeds, spectrum):
 
 
 def coloured_noise(seeds, spectrum):
-    """Coloured Gaussian noise maps with unit rms (spec §5.4).
+    """Coloured Gaussian noise maps with unit rms (docs/design.md §5.4).
 
     Args:
         seeds: ``(B, 2)`` int32/int64 per-example stateless seeds.
@@ -255,9 +255,9 @@ def lag_correlations(maps, max_lag=3):
 
 def cosmic_ray_events(seeds, npix=conventions.NPIX, ray_count=(0, 20), ray_length=(1, 20),
                       ray_value=(0.3, 1.0), hot_count=(0, 100), hot_value=(0.1, 1.0)):
-    """Cosmic rays and hot pixels as sparse pixel events (spec §5.5 [R]).
+    """Cosmic rays and hot pixels as sparse pixel events (docs/design.md §5.5 [R]).
 
-    [R] spec §5.5 (invented numbers): per map ``U{ray_count}`` rays, each of
+    [R] docs/design.md §5.5 (invented numbers): per map ``U{ray_count}`` rays, each of
     ``U{ray_length}`` pixels grown friends-of-friends: pixel ``t`` is a random
     8-neighbour of a uniformly chosen earlier pixel of the same ray (it may
     fall on an already selected pixel). The start pixel is uniform over the

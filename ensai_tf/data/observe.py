@@ -1,6 +1,6 @@
-"""Observational effects of spec §5 as batched, graph-safe TF ops.
+"""Observational effects of docs/design.md §5 as batched, graph-safe TF ops.
 
-Each effect is a pair (style.md §5 rule 3, the Keras ``RandomGaussianBlur``
+Each effect is a pair (docs/design.md §11 rule 3, the Keras ``RandomGaussianBlur``
 split):
 
 - ``sample_<effect>(seeds, ..., cfg) -> draws``: a dict of ``(B, ...)``
@@ -20,11 +20,11 @@ per-example seed (``poisson_seed``, ``noise_seed``), so the draws stay small
 enough to store beside frozen validation/test images and still fix the
 result exactly.
 
-:func:`observe` chains them in the code order of spec §5.3: shift (+labels),
+:func:`observe` chains them in the code order of docs/design.md §5.3: shift (+labels),
 lens light, PSF, Poisson, cosmic rays, Gaussian noise, normalisation, zero
-bias, masks; then redraws non-finite examples (spec §9 #23). Images are
+bias, masks; then redraws non-finite examples (docs/design.md §9 #23). Images are
 ``(B, 192, 192, 1)`` float32 ``[b, row, col, 0]`` with x = column, y = row
-(spec §0); labels ``(B, 5)`` in :data:`ensai_tf.conventions.PARAM_NAMES`
+(docs/design.md §0); labels ``(B, 5)`` in :data:`ensai_tf.conventions.PARAM_NAMES`
 order, and only :func:`shift_params` changes them.
 """
 
@@ -175,9 +175,9 @@ def kept_flux_fraction(arcs, shift_x_pix, shift_y_pix):
 
 
 def sample_shift(seeds, arcs, params, cfg, pixel_scale=conventions.PIXEL_SCALE):
-    """Draw the integer re-centring shift of spec §5.2.
+    """Draw the integer re-centring shift of docs/design.md §5.2.
 
-    [R] spec §5.2: target pixel ``x_new, y_new ~ U{shift_pix}``; shift
+    [R] docs/design.md §5.2: target pixel ``x_new, y_new ~ U{shift_pix}``; shift
     ``m = x_new - floor(x_L / pixel_scale)`` columns and
     ``n = y_new - floor(y_L / pixel_scale)`` rows; keep the shift only if the
     arcs keep ``>= shift_min_flux`` of their flux. The rejection loop is
@@ -217,7 +217,7 @@ def sample_shift(seeds, arcs, params, cfg, pixel_scale=conventions.PIXEL_SCALE):
 
 
 def apply_shift(images, draws):
-    """Shift each image by whole pixels, filling with zeros (spec §5.2).
+    """Shift each image by whole pixels, filling with zeros (docs/design.md §5.2).
 
     ``out[b, r, c] = in[b, r - n_b, c - m_b]`` where in range, else 0: +m
     moves content to higher column (+x), +n to higher row (+y).
@@ -246,7 +246,7 @@ def apply_shift(images, draws):
 def shift_params(params, draws, pixel_scale=conventions.PIXEL_SCALE):
     """Move the lens-centre labels with the shift: the package's ONLY label change.
 
-    spec §5.2: ``x_L += pixel_scale * m``, ``y_L += pixel_scale * n``.
+    docs/design.md §5.2: ``x_L += pixel_scale * m``, ``y_L += pixel_scale * n``.
 
     Args:
         params: ``(B, 5)`` labels (arcsec for x_L, y_L), any float dtype.
@@ -268,7 +268,7 @@ def shift_params(params, draws, pixel_scale=conventions.PIXEL_SCALE):
 # --------------------------------------------------------------------- PSF --
 
 def sample_psf(seeds, cfg):
-    """Draw the PSF decision and Gaussian width (spec §5.3 step 1, §9 #1).
+    """Draw the PSF decision and Gaussian width (docs/design.md §5.3 step 1, §9 #1).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -328,10 +328,10 @@ def apply_psf(images, draws, kernel=None, max_sigma_pix=2.5):
     ``sigma = draws["psf_sigma_pix"]`` pixels, sampled at integer taps,
     truncated at ``ceil(4 * max_sigma_pix)`` pixels and normalised to unit sum,
     applied as two batched matrix products ``W @ X @ W^T`` (rows, then
-    columns) with scipy's "reflect" boundary (spec §5.3 [C]), which conserves
+    columns) with scipy's "reflect" boundary (docs/design.md §5.3 [C]), which conserves
     flux. A fixed 2-D ``kernel`` (``psf = "file"`` or ``"airy"``) is applied by
     FFT, with the same reflect boundary. Then each blurred image is divided
-    by its maximum (spec §5.3 step 1).
+    by its maximum (docs/design.md §5.3 step 1).
 
     Args:
         images: ``(B, n, n, 1)`` float32.
@@ -416,7 +416,7 @@ def load_psf(path, npix=conventions.NPIX):
 
 def airy_halo_psf(fwhm_arcsec=0.07, halo_fraction=0.1, halo_fwhm_arcsec=0.3,
                   pixel_scale=conventions.PIXEL_SCALE, half_size_pix=25, oversample=5):
-    """Analytic Airy-core-plus-Moffat-halo PSF (spec §8.5 [R], invented numbers).
+    """Analytic Airy-core-plus-Moffat-halo PSF (docs/design.md §8.5 [R], invented numbers).
 
     ``PSF = (1 - f) * Airy / sum(Airy) + f * Moffat / sum(Moffat)`` on a
     ``(2 h + 1)^2`` pixel grid, each pixel averaged over ``oversample^2``
@@ -492,7 +492,7 @@ def psf_kernel(cfg, npix=conventions.NPIX, pixel_scale=conventions.PIXEL_SCALE):
 # ----------------------------------------------------------------- Poisson --
 
 def sample_poisson(seeds, cfg):
-    """Draw the Poisson decision, counts scale and seed (spec §5.3 step 2, §9 #2).
+    """Draw the Poisson decision, counts scale and seed (docs/design.md §5.3 step 2, §9 #2).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -557,7 +557,7 @@ def apply_poisson(images, draws, exact_below=1e6):
 # ------------------------------------------------------------- cosmic rays --
 
 def sample_cosmic_rays(seeds, cfg, npix=conventions.NPIX):
-    """Draw a cosmic-ray/hot-pixel map per example (spec §5.3 step 3, §5.5 [R]).
+    """Draw a cosmic-ray/hot-pixel map per example (docs/design.md §5.3 step 3, §5.5 [R]).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -603,7 +603,7 @@ def apply_cosmic_rays(images, draws):
 # ------------------------------------------------------------------- noise --
 
 def noise_spectrum(cfg, npix=conventions.NPIX):
-    """The amplitude spectrum of ``cfg.noise_spectrum``, or the default model (spec §5.4).
+    """The amplitude spectrum of ``cfg.noise_spectrum``, or the default model (docs/design.md §5.4).
 
     Args:
         cfg: :class:`ensai_tf.config.ObserveConfig`; an empty
@@ -623,7 +623,7 @@ def noise_spectrum(cfg, npix=conventions.NPIX):
 
 
 def sample_noise(seeds, cfg):
-    """Draw the Gaussian-noise level and colour (spec §5.3 step 4).
+    """Draw the Gaussian-noise level and colour (docs/design.md §5.3 step 4).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -644,7 +644,7 @@ def sample_noise(seeds, cfg):
 def apply_noise(images, draws, spectrum=None):
     """Add white or coloured Gaussian noise of rms ``noise_rms * max(image)``.
 
-    The white field and the coloured field (spec §5.4, unit rms, with its DC
+    The white field and the coloured field (docs/design.md §5.4, unit rms, with its DC
     offset) both come from :func:`ensai_tf.data.noise.noise_fields` with
     ``noise_seed``; ``coloured_noise`` picks one per example.
 
@@ -670,7 +670,7 @@ def apply_noise(images, draws, spectrum=None):
 # --------------------------------------------------- normalise, zero bias --
 
 def sample_normalise(seeds, cfg):
-    """Draw the normalisation jitter (spec §5.3 step 6, §9 #5).
+    """Draw the normalisation jitter (docs/design.md §5.3 step 6, §9 #5).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -684,7 +684,7 @@ def sample_normalise(seeds, cfg):
 
 
 def apply_normalise(images, draws, reference, threshold=0.4):
-    """Divide by the image max over bright arc pixels, times the jitter (spec §5.7).
+    """Divide by the image max over bright arc pixels, times the jitter (docs/design.md §5.7).
 
     The normalising maximum is taken over pixels where ``reference`` (the
     noise-free, unblurred, shifted arcs) exceeds ``threshold``. If there is
@@ -709,7 +709,7 @@ def apply_normalise(images, draws, reference, threshold=0.4):
 
 
 def sample_zero_bias(seeds, cfg):
-    """Draw the constant zero-level offset (spec §5.3 step 7).
+    """Draw the constant zero-level offset (docs/design.md §5.3 step 7).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -823,7 +823,7 @@ def _mask_tries(sub, start, size, n_max, cfg, field):
 
 
 def sample_masks(seeds, arcs, cfg, training=True, pixel_scale=conventions.PIXEL_SCALE):
-    """Draw mask discs under the flux rule of spec §5.6 [R].
+    """Draw mask discs under the flux rule of docs/design.md §5.6 [R].
 
     Attempted only when the noise-free shifted arcs have min < 0.1 and
     max > 0.9, then with p = ``cfg.mask_prob``. A try draws
@@ -928,7 +928,7 @@ def mask_from_draws(draws, npix=conventions.NPIX, radius_arcsec=0.2,
 
 
 def apply_masks(images, draws, radius_arcsec=0.2, pixel_scale=conventions.PIXEL_SCALE):
-    """Set masked pixels to exactly 0 (spec §5.3 step 8, §5.6).
+    """Set masked pixels to exactly 0 (docs/design.md §5.3 step 8, §5.6).
 
     Args:
         images: ``(B, n, n, 1)`` float32.
@@ -970,13 +970,13 @@ def _check_inputs(arcs, params, seeds, lens_light):
 
 
 def _chain(arcs, params, seeds, cfg, training, lens_light, kernel, spectrum):
-    """One pass of the effect chain of spec §5.3 (code order)."""
+    """One pass of the effect chain of docs/design.md §5.3 (code order)."""
     draws = dict(sample_shift(seeds, arcs, params, cfg))
     shifted = apply_shift(arcs, draws)
     labels = shift_params(params, draws)
     image = shifted
     if lens_light is not None:
-        image = image + apply_shift(lens_light, draws)  # [R] spec §4: before the PSF
+        image = image + apply_shift(lens_light, draws)  # [R] docs/design.md §4: before the PSF
     for sample in (sample_psf, sample_poisson, sample_noise, sample_normalise,
                    sample_zero_bias):
         draws.update(sample(seeds, cfg))
@@ -999,22 +999,22 @@ def _finite(out):
 
 
 def observe(arcs, params, seeds, cfg, training=True, lens_light=None):
-    """Apply the observational effects of spec §5 to a batch of noise-free arcs.
+    """Apply the observational effects of docs/design.md §5 to a batch of noise-free arcs.
 
     Pure TF, graph-safe (works eagerly, in ``tf.function`` and in
     ``tf.data.Dataset.map``). Example ``i`` depends only on its own row of
     ``arcs``, ``params``, ``lens_light`` and ``seeds``.
 
-    Order (spec §5.3, code order): shift (labels too) -> lens light (shifted
-    identically, added before the PSF, spec §4 [R]) -> PSF -> Poisson ->
+    Order (docs/design.md §5.3, code order): shift (labels too) -> lens light (shifted
+    identically, added before the PSF, docs/design.md §4 [R]) -> PSF -> Poisson ->
     cosmic rays -> Gaussian noise -> normalisation over arc pixels > 0.4
-    (spec §5.7) -> zero bias -> masks (exact zeros, last). Examples whose
+    (docs/design.md §5.7) -> zero bias -> masks (exact zeros, last). Examples whose
     image or labels come out non-finite are redrawn from
     ``fold_in(fold_in(seed_i, Effect.REDRAW), attempt)`` up to
-    ``cfg.max_redraws`` times, never zeroed (spec §9 #23 [R]).
+    ``cfg.max_redraws`` times, never zeroed (docs/design.md §9 #23 [R]).
 
     Args:
-        arcs: ``(B, n, n, 1)`` float32 noise-free arcs, peak 1 (spec §3.5).
+        arcs: ``(B, n, n, 1)`` float32 noise-free arcs, peak 1 (docs/design.md §3.5).
         params: ``(B, 5)`` labels (theta_E, e_x, e_y, x_L, y_L); arcsec,
             -, -, arcsec, arcsec.
         seeds: ``(B, 2)`` int32/int64 per-example stateless seeds.

@@ -1,6 +1,6 @@
 """The tf.data pipeline: online training stream and frozen validation/test sets.
 
-One canonical example dict flows through every stage (style.md §5 rule 1);
+One canonical example dict flows through every stage (docs/design.md §11 rule 1);
 its keys are :data:`EXAMPLE_KEYS`. Each stage takes the dict of a batch and
 returns it with keys added or replaced; only the last step,
 :func:`to_supervised`, turns it into ``(images, params)`` for ``model.fit``::
@@ -10,21 +10,21 @@ returns it with keys added or replaced; only the last step,
                     magnification..)  shifted, mask,
                                       draws)
 
-- ``"train"`` (spec §1 step 2, §7.2): an endless stream of batches; batch
+- ``"train"`` (docs/design.md §1 step 2, §7.2): an endless stream of batches; batch
   ``step`` holds examples ``step * B ... step * B + B - 1`` of the split's
   seed stream (:func:`ensai_tf.data.simulate.example_seeds`), so a resumed
   run continues with ``start_step``. With ``data.arcs_dir`` the noise-free
   arcs are read from :func:`pregenerate_arcs` output (shuffled per epoch,
   repeated) and only :func:`ensai_tf.data.observe.observe` runs online, as
-  the paper did (spec §1 steps 1-2).
-- ``"validation"`` and ``"test"`` (spec §3.7 [R], §7.3, §8.3): fixed seeds,
+  the paper did (docs/design.md §1 steps 1-2).
+- ``"validation"`` and ``"test"`` (docs/design.md §3.7 [R], §7.3, §8.3): fixed seeds,
   disjoint source pools, ``observe(training=False)`` (f_min 0.98), simulated
   once and materialised to an on-disk cache keyed by everything that
-  affects the data; the per-example draws are stored too (style.md §5
+  affects the data; the per-example draws are stored too (docs/design.md §11
   rule 3), so any example can be re-created (:func:`recreate_examples`) and
   inspected.
 
-Randomness is stateless throughout (style.md §5 rule 4): example ``i`` of a
+Randomness is stateless throughout (docs/design.md §11 rule 4): example ``i`` of a
 split depends only on ``example_seeds(seed, split, i, 1)``, never on the
 batch it sits in. Observation effects use ``fold_in(seed_i,
 OBSERVE_STREAM)``, a stream disjoint from the simulator's.
@@ -81,26 +81,26 @@ __all__ = [
 ]
 
 SPLITS = ("train", "validation", "test")
-"""Split names; their seed streams and source pools are disjoint (spec §3.7 [R])."""
+"""Split names; their seed streams and source pools are disjoint (docs/design.md §3.7 [R])."""
 
 EXAMPLE_KEYS = {
     "index": "(B,) int64: position of the example in its split's seed stream",
     "seed": "(B, 2) int64: per-example seed, simulate.example_seeds(seed, split, index, 1)",
-    "arcs": "(B, n, n, 1) float32: noise-free arcs, peak 1 (spec §3.5)",
+    "arcs": "(B, n, n, 1) float32: noise-free arcs, peak 1 (docs/design.md §3.5)",
     "params": "(B, 5) float32: labels in PARAM_NAMES order; shifted after observe_stage",
-    "clean_params": "(B, 5) float32: the simulator's labels before the shift (spec §5.2)",
-    "magnification": "(B,) float32: total magnification (spec §3.5)",
+    "clean_params": "(B, 5) float32: the simulator's labels before the shift (docs/design.md §5.2)",
+    "magnification": "(B,) float32: total magnification (docs/design.md §3.5)",
     "source_family": "(B,) int: index into sources.SOURCE_FAMILIES",
     "source_index": "(B,) int: stamp index for the stamp family",
     "source_position": "(B, 2) float32: source centre (x_s, y_s), arcsec",
-    "attempts": "(B,) int: candidates drawn before acceptance (spec §3.5)",
-    "placement_rule": "(B,) int: source placement rule, 0 = A, 1 = B (spec §3.3)",
-    "lens_light": "(B, n, n, 1) float32: optional lens light (spec §4 [R])",
+    "attempts": "(B,) int: candidates drawn before acceptance (docs/design.md §3.5)",
+    "placement_rule": "(B,) int: source placement rule, 0 = A, 1 = B (docs/design.md §3.3)",
+    "lens_light": "(B, n, n, 1) float32: optional lens light (docs/design.md §4 [R])",
     "image": "(B, n, n, 1) float32: observed image, masked pixels exactly 0",
     "mask": "(B, n, n, 1) float32: 1 = kept, 0 = masked",
-    "draws": "dict of (B, ...) tensors: the observation draws (style.md §5 rule 3)",
+    "draws": "dict of (B, ...) tensors: the observation draws (docs/design.md §11 rule 3)",
 }
-"""Keys of the canonical example dict (style.md §5 rule 1), with shapes and units.
+"""Keys of the canonical example dict (docs/design.md §11 rule 1), with shapes and units.
 
 Simulator outputs other than those listed are carried under their own names.
 """
@@ -217,7 +217,7 @@ def observe_seeds(seeds):
         derives from the same example seed.
     """
     seeds = tf.cast(seeds, tf.int64)
-    # style.md §5 rule 4: observe folds small effect indices into its seeds, as the
+    # docs/design.md §11 rule 4: observe folds small effect indices into its seeds, as the
     # simulator does into the example seed; a distinct stream keeps them independent.
     return tf.map_fn(
         lambda s: tf.random.fold_in(s, tf.constant(OBSERVE_STREAM, tf.int64)), seeds,
@@ -245,7 +245,7 @@ def seed_stage(start, count, seed, split):
 
 
 def simulate_stage(example, config, stamps):
-    """Add the noise-free simulation of every example (spec §3).
+    """Add the noise-free simulation of every example (docs/design.md §3).
 
     Args:
         example: dict with ``"seed"`` ``(B, 2)``.
@@ -262,10 +262,10 @@ def simulate_stage(example, config, stamps):
 
 
 def observe_stage(example, config, training):
-    """Add the observed image, shifted labels, mask and draws (spec §5).
+    """Add the observed image, shifted labels, mask and draws (docs/design.md §5).
 
     The simulator's labels are kept as ``"clean_params"``; ``"params"`` is
-    replaced by the shifted labels (the only label change, style.md §5
+    replaced by the shifted labels (the only label change, docs/design.md §11
     rule 2, made inside :func:`ensai_tf.data.observe.observe`).
 
     Args:
@@ -273,7 +273,7 @@ def observe_stage(example, config, training):
             optionally ``"lens_light"``.
         config: :class:`ensai_tf.config.ExperimentConfig`.
         training: True for training-time effects (mask f_min 0.75), False
-            for validation/test (f_min 0.98, spec §5.6).
+            for validation/test (f_min 0.98, docs/design.md §5.6).
 
     Returns:
         the dict with ``"image"``, ``"params"``, ``"clean_params"``,
@@ -310,7 +310,7 @@ def to_supervised(example, n_targets=NUM_PARAMS):
     """The final step: ``(images (B, n, n, 1) float32, params (B, 5) float32)``.
 
     With ``n_targets = 7`` the shear ``(gamma_1, gamma_2)`` is appended to
-    ``params`` (issue 9; an integer shift leaves the shear unchanged).
+    ``params`` (an integer shift leaves the shear unchanged).
 
     Args:
         example: dict with ``"image"``, ``"params"`` (arcsec for ``theta_E``,
@@ -329,7 +329,7 @@ def to_supervised(example, n_targets=NUM_PARAMS):
 
 
 def load_stamps(split, config):
-    """The split's source stamps (disjoint pools, spec §3.7 [R]), as numpy.
+    """The split's source stamps (disjoint pools, docs/design.md §3.7 [R]), as numpy.
 
     Args:
         split: ``"train"``, ``"validation"`` or ``"test"``.
@@ -351,7 +351,7 @@ def _map(ds, fn):
 
     The simulator and the observation effects have no Python control flow on
     tensor values (every loop is an explicit ``tf.while_loop``/``tf.map_fn``,
-    every branch a ``tf.where``; style.md), so autograph's source conversion
+    every branch a ``tf.where``), so autograph's source conversion
     only costs time: without it a pipeline traces about 2.5x faster and its
     examples are bit-identical (``ensai train`` and ``ensai evaluate`` start
     sooner; most of the test suite's time was this tracing).
@@ -677,7 +677,7 @@ def materialise_split(split, config=None, seed=None, size=None, cache_dir=None, 
     tmp = parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        # [R] spec §5.6, §8.3: evaluation effects (mask f_min 0.98), fixed seeds
+        # [R] docs/design.md §5.6, §8.3: evaluation effects (mask f_min 0.98), fixed seeds
         ds = example_dataset(split, cfg, seed, count=size, training=False, stamps=stamps)
         arrays = _materialise(ds, tmp, size, size >= PROGRESS_MIN_EXAMPLES
                               if progress is None else progress, f"{split} cache", _BULKY_KEYS)
@@ -726,7 +726,7 @@ def pregenerate_arcs(out_dir, n, seed=None, config=None, split="train", batch_si
                      overwrite=False, progress=True):
     """Simulate ``n`` noise-free arcs once and store them for online observation.
 
-    spec §1 steps 1-2: the paper generated arcs offline and applied the
+    docs/design.md §1 steps 1-2: the paper generated arcs offline and applied the
     observational effects per training step; ``data.arcs_dir`` pointing at
     this folder makes :func:`make_dataset` ("train") do the same. The folder
     holds ``arcs.npy`` ``(n, 192, 192, 1)`` float32, ``params.npy`` and the
@@ -856,8 +856,8 @@ def make_dataset(split, config=None, seed=None, batch_size=None, cache_dir=None,
     """A ``tf.data.Dataset`` of ``(images, params)`` batches ready for ``model.fit``.
 
     Args:
-        split: ``"train"`` (endless, online, spec §7.2) or ``"validation"`` /
-            ``"test"`` (fixed, cached on disk; spec §3.7 [R]).
+        split: ``"train"`` (endless, online, docs/design.md §7.2) or ``"validation"`` /
+            ``"test"`` (fixed, cached on disk; docs/design.md §3.7 [R]).
         config: :class:`ensai_tf.config.ExperimentConfig` (default: paper).
         seed: user seed (default ``config.data.seed``).
         batch_size: examples per batch (default ``train.batch_size`` for
@@ -871,8 +871,8 @@ def make_dataset(split, config=None, seed=None, batch_size=None, cache_dir=None,
 
     Returns:
         The dataset of ``(images (B, 192, 192, 1) float32, params (B, 5)
-        float32)``, labels in arcsec/dimensionless (spec §0); ``(B, 7)``
-        with the shear appended when ``model.shear_outputs`` (issue 9); with
+        float32)``, labels in arcsec/dimensionless (docs/design.md §0); ``(B, 7)``
+        with the shear appended when ``model.shear_outputs``; with
         ``with_info``, ``(dataset, info)``.
 
     Raises:
@@ -911,7 +911,7 @@ def make_dataset(split, config=None, seed=None, batch_size=None, cache_dir=None,
 
 
 def recreate_examples(split, indices, config=None, seed=None, observed=True, training=None):
-    """Re-simulate given examples of a split from their seeds (style.md §5 rule 3).
+    """Re-simulate given examples of a split from their seeds (docs/design.md §11 rule 3).
 
     Args:
         split: split name.

@@ -1,17 +1,17 @@
-"""Noise-free lensed-image generator (spec §3.1, §3.3-§3.5, §4).
+"""Noise-free lensed-image generator (docs/design.md §3.1, §3.3-§3.5, §4).
 
 One example is drawn, placed, ray-traced and tested like this:
 
-1. **Seeds** (style.md §5 rule 4). Example ``i`` of a split has the seed
+1. **Seeds** (docs/design.md §11 rule 4). Example ``i`` of a split has the seed
    ``fold_in([seed, SPLIT_IDS[split]], i)`` (:func:`example_seeds`); its
    candidate ``k`` uses ``fold_in(seed_i, k)``, and each candidate splits
    into the streams :data:`LENS_STREAM`, :data:`SOURCE_STREAM`,
    :data:`PLACEMENT_STREAM` and :data:`LENS_LIGHT_STREAM`. An example's image
    therefore depends on its seed only, never on the batch it sits in.
-2. **Draws** (spec §3.1): SIE parameters (:func:`sample_lens_params`), a
+2. **Draws** (docs/design.md §3.1): SIE parameters (:func:`sample_lens_params`), a
    source (:func:`ensai_tf.data.sources.sample_sources`) and its position
-   relative to the caustics (:func:`place_sources`, spec §3.3).
-3. **Ray tracing** (spec §3.4 [R]): the lens equation on a grid oversampled
+   relative to the caustics (:func:`place_sources`, docs/design.md §3.3).
+3. **Ray tracing** (docs/design.md §3.4 [R]): the lens equation on a grid oversampled
    ``simulate.oversample`` times inside the output field, bilinear sampling
    of the source image, block averaging to the output pixels.
    [R] The ring between the output field and the ``field_factor`` (1.6x)
@@ -19,15 +19,15 @@ One example is drawn, placed, ray-traced and tested like this:
    per output pixel; each region's flux is its point-sampled sum times its
    own sample area, so the total (and the containment fraction) stays a
    flux-conserving estimate.
-4. **Acceptance** (spec §3.5 with the [R] flux-conserving estimate):
+4. **Acceptance** (docs/design.md §3.5 with the [R] flux-conserving estimate):
    magnification ``mu = lensed flux on the extended field / unlensed flux
    >= simulate.min_magnification``, containment ``flux inside the output
    field / flux on the extended field >= simulate.min_containment``, a
-   positive maximum, and (spec §9 #23 [R]) finite values. A rejected
+   positive maximum, and (docs/design.md §9 #23 [R]) finite values. A rejected
    example is redrawn entirely with its next candidate seed; only the
    still-pending examples are re-rendered. The arcs are then normalised to
    peak 1.
-5. **Lens light** (spec §4 [R], only with ``simulate.lens_light``): a
+5. **Lens light** (docs/design.md §4 [R], only with ``simulate.lens_light``): a
    separate ``"lens_light"`` image, added by the observation step before
    the PSF.
 
@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
-"""Second word of every split's base seed (style.md §5 rule 4)."""
+"""Second word of every split's base seed (docs/design.md §11 rule 4)."""
 
 LENS_STREAM = 0
 """Sub-stream of a candidate seed for the lens parameters."""
@@ -88,21 +88,21 @@ LENS_LIGHT_STREAM = 3
 """Sub-stream of the accepted candidate seed for the lens light."""
 
 CURVE_SAMPLES = 200
-"""Vertices of the caustic and cut polygons (spec §2.5: 200 samples of theta)."""
+"""Vertices of the caustic and cut polygons (docs/design.md §2.5: 200 samples of theta)."""
 
 MAX_PLAUSIBLE_MAGNIFICATION = 1.0e4
 """``simulate.min_magnification`` above this is refused up front (:func:`check_feasible`).
 
 Accepted systems have a median magnification of about 7.5 and a 95th
-percentile of about 20 (spec §2.6); a magnification of 1e4 would need a
+percentile of about 20 (docs/design.md §2.6); a magnification of 1e4 would need a
 source some 1e4 times smaller in area than its lensed image, far below the
 smallest source of any family here.
 """
 
 RULE_A = 0
-"""``placement_rule`` value: inside the expanded tangential caustic (spec §3.3)."""
+"""``placement_rule`` value: inside the expanded tangential caustic (docs/design.md §3.3)."""
 RULE_B = 1
-"""``placement_rule`` value: inside the shrunk cut (spec §3.3)."""
+"""``placement_rule`` value: inside the shrunk cut (docs/design.md §3.3)."""
 
 OUTPUT_KEYS = ("arcs", "params", "magnification", "containment", "source_family",
                "source_index", "source_position", "source_scale", "placement_rule", "attempts")
@@ -140,7 +140,7 @@ def _between(u, bounds):
 
 
 def example_seeds(seed, split, start, count):
-    """Per-example seeds of a split (style.md §5 rule 4).
+    """Per-example seeds of a split (docs/design.md §11 rule 4).
 
     Args:
         seed: user seed (Python int, >= 0; ``data.seed`` is added by callers).
@@ -185,7 +185,7 @@ def candidate_seeds(seeds, attempt):
 # ---------------------------------------------------------------------------
 
 def sample_lens_params(seeds, cfg):
-    """Draw SIE (and optional shear) parameters (spec §3.1, §2.2 [R]).
+    """Draw SIE (and optional shear) parameters (docs/design.md §3.1, §2.2 [R]).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -198,7 +198,7 @@ def sample_lens_params(seeds, cfg):
         U(cfg.center) arcsec each. With ``cfg.shear`` also ``"gamma_1"`` and
         ``"gamma_2"`` ``(B,)``: ``gamma (cos 2 phi_g, sin 2 phi_g)`` with
         gamma ~ U(cfg.shear_gamma), phi_g ~ U(cfg.shear_angle_deg) degrees,
-        the standard convention (spec §2.2 [R]).
+        the standard convention (docs/design.md §2.2 [R]).
     """
     u = _uniforms(tf.cast(seeds, tf.int64), 7)
     theta_e = _between(u[:, 0], cfg.theta_e)
@@ -222,7 +222,7 @@ def _lens_curves(params):
 
 
 def placement_polygons(params, cfg):
-    """The two placement regions of spec §3.3.
+    """The two placement regions of docs/design.md §3.3.
 
     Args:
         params: ``(B, 5)`` lens parameters.
@@ -236,7 +236,7 @@ def placement_polygons(params, cfg):
           tangential caustic; ``"expanded_caustic"`` ``(B, N, 2)``: every
           vertex pushed ``caustic_pad`` further from c (rule A). A vertex at
           c (the SIS point caustic) stays there, so rule A also accepts the
-          disc of radius ``caustic_pad`` about c (spec §3.3 step 5).
+          disc of radius ``caustic_pad`` about c (docs/design.md §3.3 step 5).
         * ``"cut_centre"`` ``(B, 2)`` and ``"shrunk_cut"`` ``(B, N, 2)``: the
           cut shrunk by ``cut_shrink`` about its vertex centroid (rule B).
     """
@@ -278,7 +278,7 @@ def in_placement_region(px, py, rule, regions, pad):
 
 
 def place_sources(seeds, params, cfg, candidates=16):
-    """Source-centre positions relative to the caustics (spec §3.3).
+    """Source-centre positions relative to the caustics (docs/design.md §3.3).
 
     Rule A (probability ``cfg.rule_a_prob``): ``candidates`` points uniform
     in the square of side D (the larger extent of the expanded caustic, at
@@ -328,7 +328,7 @@ def place_sources(seeds, params, cfg, candidates=16):
 # ---------------------------------------------------------------------------
 
 def ray_geometry(image_cfg, sim_cfg):
-    """Constant ray-tracing grids (spec §3.4 [R]).
+    """Constant ray-tracing grids (docs/design.md §3.4 [R]).
 
     Args:
         image_cfg: :class:`ensai_tf.config.ImageConfig`.
@@ -363,7 +363,7 @@ def _image_sum(images):
 
 
 def render_arcs(params, gamma_1, gamma_2, images, half, position, geo):
-    """Lensed image of each example's source and its flux bookkeeping (spec §3.4, §3.5).
+    """Lensed image of each example's source and its flux bookkeeping (docs/design.md §3.4, §3.5).
 
     Args:
         params: ``(B, 5)`` lens parameters.
@@ -418,7 +418,7 @@ def _candidate(seeds, config, stamps, num_stamps, geo):
     containment = tf.cast(tf.math.divide_no_nan(flux_field, flux_ext), tf.float32)
     peak = tf.reduce_max(arcs, axis=(1, 2))
     finite = tf.reduce_all(tf.math.is_finite(arcs), axis=(1, 2)) & tf.math.is_finite(mu)
-    # Spec §3.5 (flux-conserving [R]) and §9 #23 [R]: redraw non-finite examples.
+    # docs/design.md §3.5 (flux-conserving [R]) and §9 #23 [R]: redraw non-finite examples.
     accepted = (finite & (mu >= float(sim.min_magnification))
                 & (containment >= float(sim.min_containment)) & (peak > 0.0))
     safe_peak = tf.where(peak > 0.0, peak, 1.0)
@@ -447,7 +447,7 @@ def _candidate(seeds, config, stamps, num_stamps, geo):
 # ---------------------------------------------------------------------------
 
 def sample_lens_light(seeds, params, cfg):
-    """Draw the lens-light Sersic of each example (spec §4 [R], invented values).
+    """Draw the lens-light Sersic of each example (docs/design.md §4 [R], invented values).
 
     Args:
         seeds: ``(B, 2)`` int per-example seeds.
@@ -482,7 +482,7 @@ def sample_lens_light(seeds, params, cfg):
 
 
 def render_lens_light(draws, geo):
-    """Lens-light images ``(B, npix, npix)`` with peak ``draws["amplitude"]`` (spec §4 [R]).
+    """Lens-light images ``(B, npix, npix)`` with peak ``draws["amplitude"]`` (docs/design.md §4 [R]).
 
     The elliptical Sersic is evaluated on the oversampled output grid (with a
     half-sub-pixel core) and block-averaged to output pixels, then scaled to
@@ -569,11 +569,11 @@ def check_feasible(config):
     if sim.min_magnification > MAX_PLAUSIBLE_MAGNIFICATION:
         raise SimulationError(
             f"simulate.min_magnification = {sim.min_magnification:g} cannot be met: accepted "
-            f"lenses have magnifications of a few to a few tens (spec §2.6), and none of the "
+            f"lenses have magnifications of a few to a few tens (docs/design.md §2.6), and none of the "
             f"source families can exceed {MAX_PLAUSIBLE_MAGNIFICATION:g}; lower "
-            "simulate.min_magnification (spec §3.5: 2)")
+            "simulate.min_magnification (docs/design.md §3.5: 2)")
     # The tangential critical curve's semi-minor axis is theta_E sqrt(q) >= theta_E
-    # sqrt(1 - eps_max) (spec §0). The magnified images lie along it, so when even that
+    # sqrt(1 - eps_max) (docs/design.md §0). The magnified images lie along it, so when even that
     # lies beyond the output field's half-diagonal, most of the flux is outside the field.
     half_diag = math.sqrt(0.5) * config.image.npix * config.image.pixel_scale
     nearest = config.lens.theta_e[0] * math.sqrt(1.0 - config.lens.epsilon[1])
@@ -587,7 +587,7 @@ def check_feasible(config):
 def _failure_message(failed, total, config):
     sim = config.simulate
     return (f"{failed} of {total} examples found no acceptable lens in simulate.max_attempts = "
-            f"{sim.max_attempts} candidates (spec §3.5: magnification >= "
+            f"{sim.max_attempts} candidates (docs/design.md §3.5: magnification >= "
             f"simulate.min_magnification = {sim.min_magnification:g}, containment >= "
             f"simulate.min_containment = {sim.min_containment:g}); relax those keys, widen "
             "the priors (lens.theta_e, source.stamp_scale) or raise simulate.max_attempts")
@@ -663,7 +663,7 @@ def _simulate(seeds, config, stamps):
 
 
 def simulate_batch(seeds, config, stamps):
-    """Simulate one noise-free lens per seed (spec §3).
+    """Simulate one noise-free lens per seed (docs/design.md §3).
 
     Graph-friendly: call it eagerly, inside ``tf.function`` or in
     ``Dataset.map``; the batch size may be unknown.
@@ -679,7 +679,7 @@ def simulate_batch(seeds, config, stamps):
         dict of tensors, leading dimension B:
 
         * ``"arcs"`` ``(B, npix, npix, 1)`` float32, finite, >= 0, peak
-          exactly 1 (spec §3.5); ``img[b, row, col, 0]``, x = col, y = row.
+          exactly 1 (docs/design.md §3.5); ``img[b, row, col, 0]``, x = col, y = row.
         * ``"params"`` ``(B, 5)`` float32: theta_E (arcsec), e_x, e_y, x_L,
           y_L (arcsec).
         * ``"magnification"`` ``(B,)``: lensed flux on the extended field /
@@ -694,7 +694,7 @@ def simulate_batch(seeds, config, stamps):
           :data:`RULE_B`; ``"attempts"`` ``(B,)`` int32, candidates drawn.
         * with ``lens.shear``: ``"gamma_1"``, ``"gamma_2"`` ``(B,)``.
         * with ``simulate.lens_light``: ``"lens_light"`` ``(B, npix, npix,
-          1)``, peak relative to the arc peak (spec §4 [R]).
+          1)``, peak relative to the arc peak (docs/design.md §4 [R]).
 
     Raises:
         SimulationError: eagerly, when some example exhausts
@@ -727,7 +727,7 @@ def simulate(n, seed=0, config=None, split="train", batch_size=None, progress=Fa
         config: :class:`ensai_tf.config.ExperimentConfig` (default: the
             paper preset).
         split: ``"train"``, ``"validation"`` or ``"test"``: the seed stream
-            and the disjoint stamp pool (spec §3.7 [R]).
+            and the disjoint stamp pool (docs/design.md §3.7 [R]).
         batch_size: examples per graph call (default ``data.sim_batch_size``).
         progress: show a tqdm progress bar.
 

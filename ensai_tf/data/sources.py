@@ -1,21 +1,21 @@
-"""Source-galaxy light for the noise-free generator (spec §3.2, §11 [R]).
+"""Source-galaxy light for the noise-free generator (docs/design.md §3.2, §11 [R]).
 
-Three families (spec §11 [R], replacing Galaxy Zoo / GREAT3, which cannot be
+Three families (docs/design.md §11 [R], replacing Galaxy Zoo / GREAT3, which cannot be
 downloaded here):
 
 * ``"clumpy"``: 1-5 Sersic or Gaussian clumps whose centres follow a
-  correlated 2-D Gaussian (spec §3.2 [R]), rendered analytically in arcsec.
+  correlated 2-D Gaussian (docs/design.md §3.2 [R]), rendered analytically in arcsec.
 * ``"stamp"``: real galaxies cut out of the Hubble eXtreme Deep Field
   (``tools/make_source_library.py``) plus optional user stamps, processed as
-  the original processes GREAT3 stamps (spec §3.2 steps 1-5).
+  the original processes GREAT3 stamps (docs/design.md §3.2 steps 1-5).
 * ``"sersic"``: one elliptical Sersic profile (parameters invented, see
   :class:`ensai_tf.config.SourceConfig`).
 
-Draw, then apply (style.md §5): :func:`sample_sources` returns a dict of
+Draw, then apply (docs/design.md §11): :func:`sample_sources` returns a dict of
 per-example draws and :func:`render_sources` turns it into peak-1 images.
 
 Source-plane images from :func:`render_sources` are square, centred on the
-source centre, with rows along +y and columns along +x (spec §3.2 step 5).
+source centre, with rows along +y and columns along +x (docs/design.md §3.2 step 5).
 Pixel ``j`` of an image of side ``size`` and half-side ``h`` arcsec has its
 centre at ``(j - (size - 1) / 2) * 2h / size`` arcsec from the source centre,
 so the centres span ``+-h * (1 - 1/size)``; the unlensed flux is
@@ -65,7 +65,7 @@ RENDER_SIZE = 128
 """Default side of rendered source-plane images, pixels."""
 
 TAPER_RADIUS = 0.6
-"""Taper radius in stamp units, the stamp spanning [-1, 1] (spec §3.2 step 3)."""
+"""Taper radius in stamp units, the stamp spanning [-1, 1] (docs/design.md §3.2 step 3)."""
 
 SERSIC_TAPER_REFF = 5.0
 """[R] Parametric Sersic: taper half-power radius = this x semi-major r_eff.
@@ -98,7 +98,7 @@ _REQUIRED_KEYS = frozenset((
 
 # Layout of each example's uniform draws (one stateless_uniform call per example).
 _U_FAMILY, _U_SCALE, _U_STAMP, _U_COUNT = 0, 1, 2, 3
-_U_MATRIX = 4          # 4 entries of A (spec §3.2 [R])
+_U_MATRIX = 4          # 4 entries of A (docs/design.md §3.2 [R])
 _U_SERSIC = 8          # n, r_eff, eps, angle
 _U_CLUMPS = 12         # then per clump: kind, n, r_eff, eps, angle, sigma, amp, z1, z2
 _PER_CLUMP = 9
@@ -113,7 +113,7 @@ def stamp_taper(size, taper_radius=TAPER_RADIUS):
 
     Args:
         size: stamp side, pixels.
-        taper_radius: taper radius in stamp units (spec §3.2 step 3).
+        taper_radius: taper radius in stamp units (docs/design.md §3.2 step 3).
 
     Returns:
         float32 ``(size, size)`` array, renormalised to peak 1, with ``r``
@@ -127,7 +127,7 @@ def stamp_taper(size, taper_radius=TAPER_RADIUS):
 
 
 def _resize(image, size):
-    """Bicubic, anti-aliased resize of a 2-D array to ``(size, size)`` (spec §3.2 step 1)."""
+    """Bicubic, anti-aliased resize of a 2-D array to ``(size, size)`` (docs/design.md §3.2 step 1)."""
     if image.shape == (size, size):
         return image.astype(np.float32)
     out = tf.image.resize(image[..., None].astype(np.float32), (size, size), method="bicubic",
@@ -136,7 +136,7 @@ def _resize(image, size):
 
 
 def _finish_stamp(image, size, taper_radius, name):
-    """Resize, clip, peak-normalise, taper and renormalise one stamp (spec §3.2 steps 1-3)."""
+    """Resize, clip, peak-normalise, taper and renormalise one stamp (docs/design.md §3.2 steps 1-3)."""
     image = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
     side = max(image.shape)
     if image.shape[0] != image.shape[1]:
@@ -157,7 +157,7 @@ def read_stamp_file(path):
 
     FITS: the first HDU holding 2-D data (length-1 axes are dropped).
     PNG/JPEG: read with Pillow; colour channels are averaged to grayscale as
-    the paper does for Galaxy Zoo (spec §3.2); an alpha channel is ignored.
+    the paper does for Galaxy Zoo (docs/design.md §3.2); an alpha channel is ignored.
 
     Args:
         path: file path.
@@ -253,13 +253,13 @@ def load_stamp_library(split, stamp_dirs=(), size=STAMP_SIZE, taper_radius=TAPER
 
     Every stamp is resized to ``size`` (bicubic, anti-aliased), clipped at 0,
     normalised to peak 1, multiplied by :func:`stamp_taper` and renormalised
-    to peak 1 (spec §3.2 steps 1-3). The train, validation and test pools are
+    to peak 1 (docs/design.md §3.2 steps 1-3). The train, validation and test pools are
     disjoint: packaged stamps by ``source_splits.json``, user stamps by
     :func:`user_stamp_split`. Every user file is read and checked, whatever
     its split. NaN pixels of user stamps become 0; negative pixels
     (background noise) are clipped to 0; non-square stamps are zero-padded
     to a square. No background subtraction, recentring or rotation
-    (spec §3.2 step 5).
+    (docs/design.md §3.2 step 5).
 
     Args:
         split: ``"train"``, ``"validation"`` or ``"test"``.
@@ -270,7 +270,7 @@ def load_stamp_library(split, stamp_dirs=(), size=STAMP_SIZE, taper_radius=TAPER
 
     Returns:
         float32 ``(N, size, size)`` array; a stamp spans ``+-s`` arcsec once
-        placed (spec §3.2 step 4), rows along +y and columns along +x.
+        placed (docs/design.md §3.2 step 4), rows along +y and columns along +x.
 
     Raises:
         InputError: unknown split, missing folder, folder without stamps,
@@ -331,7 +331,7 @@ def _uniform(u, bounds):
 
 
 def sample_sources(seed, batch_size, cfg, num_stamps):
-    """Draw the source of each example (spec §3.1, §3.2).
+    """Draw the source of each example (docs/design.md §3.1, §3.2).
 
     Every example's draws depend only on its own seed, so an example gets the
     same source whatever batch it is drawn in.
@@ -353,13 +353,13 @@ def sample_sources(seed, batch_size, cfg, num_stamps):
         * ``family`` (B,) int32: index into :data:`SOURCE_FAMILIES`, drawn
           with ``cfg.family_weights``.
         * ``scale`` (B,) float32: stamp half-side ``s`` ~ U(cfg.stamp_scale),
-          arcsec (spec §3.1); for clumpy sources the galaxy radius is
+          arcsec (docs/design.md §3.1); for clumpy sources the galaxy radius is
           ``R = 0.5 s``.
         * ``stamp_index`` (B,) int32: uniform over the library (0 if empty).
         * ``clump_count`` (B,) int32 ~ U{cfg.clump_count}.
         * ``clump_cov`` (B, 2, 2) float32: covariance of the clump centres,
           arcsec**2: ``C = A^T A`` with A ~ U(0, 1) entries, scaled so its
-          largest eigenvalue is ``(R/2)**2`` (spec §3.2 [R]).
+          largest eigenvalue is ``(R/2)**2`` (docs/design.md §3.2 [R]).
         * ``clump_x``, ``clump_y`` (B, M) float32: clump centres ~ N(0, C),
           arcsec from the source centre (x = +column, y = +row).
         * ``clump_sersic`` (B, M) bool: Sersic (prob. cfg.clump_sersic_prob)
@@ -405,7 +405,7 @@ def sample_sources(seed, batch_size, cfg, num_stamps):
     lo, hi = int(cfg.clump_count[0]), int(cfg.clump_count[1])
     count = tf.minimum(lo + tf.cast(tf.floor(u[:, _U_COUNT] * (hi - lo + 1)), tf.int32), hi)
 
-    # [R] spec §3.2: C = A^T A scaled so that its largest eigenvalue is (R/2)^2, R = 0.5 s.
+    # [R] docs/design.md §3.2: C = A^T A scaled so that its largest eigenvalue is (R/2)^2, R = 0.5 s.
     # Elementwise 2x2 algebra (no matmul), so no kernel choice depends on the batch size.
     a11, a12, a21, a22 = (u[:, _U_MATRIX + k] for k in range(4))
     c11 = a11 * a11 + a21 * a21
@@ -439,7 +439,7 @@ def sample_sources(seed, batch_size, cfg, num_stamps):
         "clump_q": 1.0 - _uniform(clumps[..., 3], cfg.clump_epsilon),
         "clump_angle": math.pi * clumps[..., 4],
         "clump_sigma": _uniform(clumps[..., 5], cfg.clump_gauss_sigma),
-        # [R] spec §3.2: amplitudes U(0, 1), drawn as 1 - u in (0, 1] so no source is empty.
+        # [R] docs/design.md §3.2: amplitudes U(0, 1), drawn as 1 - u in (0, 1] so no source is empty.
         "clump_amplitude": tf.where(active, 1.0 - clumps[..., 6], 0.0),
         "sersic_n": _uniform(u[:, _U_SERSIC], cfg.sersic_n),
         "sersic_r_eff": _uniform(u[:, _U_SERSIC + 1], cfg.sersic_r_eff),
@@ -466,7 +466,7 @@ def _taper_and_normalise(images, size, taper_radius):
 
 
 def _render_clumpy(d, size, taper_radius):
-    # [R] spec §3.2: clumps rendered directly in arcsec; the half-side puts the
+    # [R] docs/design.md §3.2: clumps rendered directly in arcsec; the half-side puts the
     # taper's half-power radius (taper_radius * h) at the farthest clump's reach,
     # |centre| + 2 semi-major r_eff (Sersic) or 3 sigma (Gaussian).
     sersic = d["clump_sersic"]
@@ -502,7 +502,7 @@ def _render_sersic(d, size, taper_radius):
 
 
 def _render_stamps(scale, index, stamps, size):
-    # Spec §3.2 step 4: the stamp spans +-s arcsec; it was tapered at load time.
+    # docs/design.md §3.2 step 4: the stamp spans +-s arcsec; it was tapered at load time.
     num = tf.shape(stamps)[0]
     tf.debugging.assert_less(index, num,
                              message="stamp_index out of range of the stamp library "
@@ -531,7 +531,7 @@ def render_sources(draws, stamps=None, size=RENDER_SIZE, taper_radius=TAPER_RADI
         and columns along +x; float32 ``(B,)`` half-sides ``h``, arcsec (pixel
         centres span ``+-h * (1 - 1/size)``):
 
-        * stamp: ``h = s`` (spec §3.2 step 4);
+        * stamp: ``h = s`` (docs/design.md §3.2 step 4);
         * clumpy: ``h = max_k(|c_k| + e_k) / taper_radius`` with ``e_k`` = 2
           semi-major r_eff (Sersic clump) or 3 sigma (Gaussian clump), so the
           taper is at half power where the farthest clump fades;
@@ -540,7 +540,7 @@ def render_sources(draws, stamps=None, size=RENDER_SIZE, taper_radius=TAPER_RADI
 
         Analytic profiles are point-sampled at pixel centres with a core of
         half a pixel (``h / size``) that tames high-n cusps. The taper of
-        spec §3.2 step 3 is applied to every family; for clumpy sources it
+        docs/design.md §3.2 step 3 is applied to every family; for clumpy sources it
         keeps a median 84% (5th percentile 73%) of the clumps' analytic
         total flux, the loss being the far wings of high-n Sersic clumps.
 

@@ -33,7 +33,7 @@ __all__ = ["CSV_COLUMNS", "CONTACT_SHEET_MAX", "write_observed_dataset", "lens_c
 
 CSV_COLUMNS = conventions.PARAM_NAMES + ("q", "major_axis_pa_deg", "magnification",
                                          "source_family")
-"""Header of ``params.csv``: the targets (spec §0), then q = 1 - ``|e|``, the mass
+"""Header of ``params.csv``: the targets (docs/design.md §0), then q = 1 - ``|e|``, the mass
 major-axis angle phi + 90 deg mod 180 (degrees, from +x towards +y), the
 magnification and the source family name."""
 
@@ -66,7 +66,7 @@ def _csv_rows(batch):
 
 
 def lens_curves(params):
-    """Tangential critical curve and caustic of each lens (spec §2.5).
+    """Tangential critical curve and caustic of each lens (docs/design.md §2.5).
 
     Args:
         params: ``(N, 5)`` labels (theta_E, e_x, e_y, x_L, y_L); arcsec, -, -,
@@ -99,10 +99,10 @@ def write_observed_dataset(out, n, seed=0, config=None, split="test", overwrite=
             equal examples ``0 ... n-1`` of the pipeline's split.
         config: :class:`ensai_tf.config.ExperimentConfig` (default: paper).
         split: ``"train"`` (training-time effects, f_min 0.75),
-            ``"validation"`` or ``"test"`` (f_min 0.98, spec §5.6); also picks
+            ``"validation"`` or ``"test"`` (f_min 0.98, docs/design.md §5.6); also picks
             the source pool and seed stream.
         overwrite: replace the contents of a non-empty ``out``.
-        clean: write the noise-free arcs (spec §3) instead of observed images.
+        clean: write the noise-free arcs (docs/design.md §3) instead of observed images.
         curves: overlay the critical curve and caustic on the contact sheet.
         progress: show a progress bar.
 

@@ -1,4 +1,4 @@
-"""Pure TensorFlow lensing functions; units and frames in every docstring (spec §2-§4).
+"""Pure TensorFlow lensing functions; units and frames in every docstring (docs/design.md §2-§4).
 
 Modules: :mod:`geometry` (frames, ellipticity to (q, phi)), :mod:`sie`
 (deflection, convergence), :mod:`shear` (external shear), :mod:`caustics`

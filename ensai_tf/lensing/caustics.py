@@ -1,4 +1,4 @@
-"""Tangential critical curve, tangential caustic and cut of the SIE (spec §2.5).
+"""Tangential critical curve, tangential caustic and cut of the SIE (docs/design.md §2.5).
 
 In the lens frame and in units of theta_E, with ``f = q`` and
 ``Delta = sqrt(cos^2 t + f^2 sin^2 t)``:
@@ -52,7 +52,7 @@ def _curve(theta_e, e_x, e_y, x_l, y_l, num, kind):
     eps, cos_phi, sin_phi = geometry.ellipticity_angle(e_x[:, None], e_y[:, None])
     cos_t, sin_t = tf.cos(t), tf.sin(t)
     f = 1.0 - eps
-    # Delta >= f >= 0.1 over the prior, so the division is safe (spec §2.5).
+    # Delta >= f >= 0.1 over the prior, so the division is safe (docs/design.md §2.5).
     radius = tf.sqrt(f) / tf.sqrt(cos_t * cos_t + f * f * sin_t * sin_t)
     critical_x, critical_y = radius * cos_t, radius * sin_t
     a_x, a_y = sie.sie_angular_deflection(cos_t, sin_t, eps)
@@ -115,7 +115,7 @@ def cut_curve(theta_e, e_x, e_y, x_l, y_l, num=200):
 
 
 def polygon_centroid(poly):
-    """Vertex centroid of polygons (spec §3.3 uses the vertex mean).
+    """Vertex centroid of polygons (docs/design.md §3.3 uses the vertex mean).
 
     Args:
         poly: (B, V, 2) vertices, arcsec.

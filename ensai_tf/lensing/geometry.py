@@ -1,6 +1,6 @@
-"""Frame changes between the sky frame and an SIE's lens frame (spec §2.1).
+"""Frame changes between the sky frame and an SIE's lens frame (docs/design.md §2.1).
 
-The sky frame has x along image columns and y along image rows (spec §0).
+The sky frame has x along image columns and y along image rows (docs/design.md §0).
 The lens frame is the sky frame translated to the lens centre and rotated by
 ``-phi``, where ``e = eps (cos phi, sin phi)``; the mass major axis lies along
 the lens-frame y' axis, at sky position angle ``phi + 90 deg``.
@@ -81,7 +81,7 @@ def ellipticity_angle(e_x, e_y):
 
 
 def ellipticity_to_q_phi(e_x, e_y):
-    """Axis ratio and ellipticity angle from the Ensai ellipticity (spec §0, §2.3).
+    """Axis ratio and ellipticity angle from the Ensai ellipticity (docs/design.md §0, §2.3).
 
     Args:
         e_x, e_y: ellipticity components ``eps (cos phi, sin phi)``, dimensionless.

@@ -1,13 +1,13 @@
-"""Analytic surface-brightness profiles: elliptical Sersic and Gaussian (spec §3.2, §4).
+"""Analytic surface-brightness profiles: elliptical Sersic and Gaussian (docs/design.md §3.2, §4).
 
 Pure TensorFlow functions of tensors, used for clumpy and parametric sources
-(spec §3.2 [R]) and for the optional lens light (spec §4 [R]).
+(docs/design.md §3.2 [R]) and for the optional lens light (docs/design.md §4 [R]).
 
 Conventions shared by every profile here:
 
 * Positions ``x, y`` and centres ``x0, y0`` are in arcsec in one frame (the
   sky frame for lens light, the source plane for sources), x along columns
-  and y along rows (spec §0).
+  and y along rows (docs/design.md §0).
 * ``angle`` is the position angle of the **major axis**, radians, measured
   from +x towards +y.
 * ``q`` is the minor/major axis ratio in (0, 1]. The elliptical radius is the
@@ -17,7 +17,7 @@ Conventions shared by every profile here:
   with semi-axes ``r / sqrt(q)`` (major) and ``r * sqrt(q)`` (minor), whose
   area is ``pi * r**2`` whatever ``q``; so ``r_eff`` is the circularised
   half-light radius and the total flux does not depend on ``q``. This is the
-  same convention as the SIE's area-equivalent Einstein radius (spec §0) and
+  same convention as the SIE's area-equivalent Einstein radius (docs/design.md §0) and
   as lenstronomy's ``SERSIC_ELLIPSE``.
 * Parameters broadcast against the grid: ``(B, 1, 1)`` parameters with
   ``(B, H, W)`` or ``(1, H, W)`` grids give ``(B, H, W)`` images. Every
@@ -50,9 +50,9 @@ def _safe_sqrt(value):
 
 
 def sersic_b(n):
-    """Sersic ``b_n``, so that ``r_eff`` encloses half the light (spec §3.2).
+    """Sersic ``b_n``, so that ``r_eff`` encloses half the light (docs/design.md §3.2).
 
-    Uses the Ciotti & Bertin (1999) expansion quoted by the spec,
+    Uses the Ciotti & Bertin (1999) expansion quoted in docs/design.md §2,
     ``b_n ~= 2n - 1/3 + 4/(405 n) + 46/(25515 n**2)``; it agrees with the exact
     root of ``gamma(2n, b_n) = Gamma(2n) / 2`` to better than 1e-3 relative
     for ``n >= 0.5``.
@@ -136,7 +136,7 @@ def elliptical_sersic(x, y, amplitude, n, r_eff, q, angle, x0, y0, core=0.0):
     scaled = r / r_eff
     # Double where: r**(1/n) is exactly 0 at the centre with a finite gradient.
     positive = scaled > 0
-    # exp(log(s) / n) rather than tf.pow: the same value, ~3x faster on this CPU (platform notes).
+    # exp(log(s) / n) rather than tf.pow: the same value, ~3x faster on this CPU.
     log_scaled = tf.math.log(tf.where(positive, scaled, tf.ones_like(scaled)))
     power = tf.where(positive, tf.exp(log_scaled / n), tf.zeros_like(scaled))
     return amplitude * tf.exp(-sersic_b(n) * (power - 1.0))

@@ -1,8 +1,8 @@
-"""Ray tracing on an oversampled, extended grid (spec §3.4 [R]).
+"""Ray tracing on an oversampled, extended grid (docs/design.md §3.4 [R]).
 
 The image plane is sampled with ``oversample`` sub-pixels per output pixel
 and per axis, over a field wider than the output by ``pad_pix`` whole output
-pixels on every side (``field_factor`` 1.6 by default, spec §3.4). Sub-pixel
+pixels on every side (``field_factor`` 1.6 by default, docs/design.md §3.4). Sub-pixel
 values are point samples of the surface brightness, so block-averaging gives
 the mean brightness of each output pixel and sums are flux-conserving.
 """
@@ -44,7 +44,7 @@ def extended_grid(npix=conventions.NPIX, pixel_scale=conventions.PIXEL_SCALE, ov
         raise ValueError(f"pixel_scale must be > 0 arcsec, got {pixel_scale}")
     if not field_factor >= 1:
         raise ValueError(f"field_factor must be >= 1, got {field_factor}")
-    # [R] spec §3.4: pad by whole output pixels so the crop is exact; 1e-9 absorbs float round-off.
+    # [R] docs/design.md §3.4: pad by whole output pixels so the crop is exact; 1e-9 absorbs float round-off.
     pad = int(math.ceil(int(npix) * (field_factor - 1.0) / 2.0 - 1e-9))
     coords = conventions.pixel_coordinates(int(npix) + 2 * pad, pixel_scale, int(oversample))
     x, y = np.meshgrid(coords, coords, indexing="xy")
@@ -59,7 +59,7 @@ def lens_equation(x, y, params, gamma_1=None, gamma_2=None):
         params: (B, 5) lens parameters in ``conventions.PARAM_NAMES`` order
             (arcsec, -, -, arcsec, arcsec).
         gamma_1, gamma_2: optional (B,) external shear components about the
-            lens centre, dimensionless (spec §2.2 [R] standard sign).
+            lens centre, dimensionless (docs/design.md §2.2 [R] standard sign).
 
     Per-example parameters are broadcast as (B, 1, 1) against the grid.
 
@@ -90,7 +90,7 @@ def sample_source_image(source_images, half_size, centre_x, centre_y, beta_x, be
 
     Args:
         source_images: (B, S, S) surface brightness; rows run along +y and
-            columns along +x (spec §3.2 step 5).
+            columns along +x (docs/design.md §3.2 step 5).
         half_size: (B,) half-side of each source image, arcsec; pixel ``k``
             has its centre at ``centre - half_size + (k + 0.5) 2 half_size / S``,
             so the centres span ``centre +- half_size (1 - 1/S)``.

@@ -1,4 +1,4 @@
-"""External shear in the standard convention (spec §2.2 [R]).
+"""External shear in the standard convention (docs/design.md §2.2 [R]).
 
 The lens equation with shear is ``beta = theta - alpha_SIE - Gamma theta`` with
 ``Gamma = [[g1, g2], [g2, -g1]]`` about the lens centre, so the shear

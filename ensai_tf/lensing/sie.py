@@ -1,6 +1,6 @@
 """Singular isothermal ellipsoid in the Kormann, Schneider & Bartelmann (1994) form.
 
-Spec §2.1: with ``f = q = 1 - eps`` and ``f' = sqrt(1 - f^2)``, the lens-frame
+docs/design.md §2.1: with ``f = q = 1 - eps`` and ``f' = sqrt(1 - f^2)``, the lens-frame
 deflection depends only on the polar angle ``theta`` of the image-plane point,
 
     alpha_x' = theta_E sqrt(f)/f' asinh(f'/f cos theta),
@@ -22,7 +22,7 @@ __all__ = ["SIS_THRESHOLD", "sie_shape", "sie_angular_deflection", "sie_deflecti
            "sie_convergence"]
 
 SIS_THRESHOLD = 1e-4
-"""[R] spec §2.1: the SIS limit is used when f' = sqrt(1 - q^2) < 1e-4."""
+"""[R] docs/design.md §2.1: the SIS limit is used when f' = sqrt(1 - q^2) < 1e-4."""
 
 
 def sie_shape(eps):
@@ -40,7 +40,7 @@ def sie_shape(eps):
     """
     f = 1.0 - eps
     fp2 = eps * (2.0 - eps)
-    # [R] spec §2.1: SIS limit when f' < 1e-4 (double tf.where below keeps gradients finite).
+    # [R] docs/design.md §2.1: SIS limit when f' < 1e-4 (double tf.where below keeps gradients finite).
     sis = fp2 < SIS_THRESHOLD**2
     fp_safe = tf.sqrt(tf.where(sis, 0.25 * tf.ones_like(fp2), fp2))
     return f, fp_safe, sis
@@ -61,7 +61,7 @@ def sie_angular_deflection(cos_t, sin_t, eps):
 
     Returns:
         ``(a_x', a_y')`` in units of theta_E, lens frame; ``(cos_t, sin_t)``
-        in the SIS limit (spec §2.1 [R]).
+        in the SIS limit (docs/design.md §2.1 [R]).
     """
     f, fp, sis = sie_shape(eps)
     scale = tf.sqrt(f) / fp

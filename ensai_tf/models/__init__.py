@@ -1,8 +1,8 @@
-"""The four paper networks and their registry (spec §6.4, §6.5).
+"""The four paper networks and their registry (docs/design.md §6.4, §6.5).
 
 ``build_model(name, input_shape, **kwargs)`` builds one of ``MODEL_BUILDERS``;
 ``min_input_side(name)`` is the smallest square input it accepts. The
-combiner (spec §7.4) lives in :mod:`ensai_tf.models.combiner`.
+combiner (docs/design.md §7.4) lives in :mod:`ensai_tf.models.combiner`.
 """
 
 import types
@@ -68,7 +68,7 @@ def min_input_side(name):
 
 
 def build_model(name, input_shape=IMAGE_SHAPE, **kwargs):
-    """Build a paper network by name (spec §6.5).
+    """Build a paper network by name (docs/design.md §6.5).
 
     Args:
         name: one of ``MODEL_BUILDERS`` (``"inception_v4"``, ``"alexnet"``,

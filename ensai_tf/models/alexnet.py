@@ -1,9 +1,9 @@
-"""Network 2: AlexNet (code model 9; slim ``alexnet_v2`` without its arg scope, spec §6.5.2).
+"""Network 2: AlexNet (code model 9; slim ``alexnet_v2`` without its arg scope, docs/design.md §6.5.2).
 
 conv1 64 11x11/4 VALID -> pool1 -> conv2 192 5x5 -> pool2 -> conv3-5
 (384, 384, 256 3x3) -> pool5 (4x4x256 at 192^2) -> fc6 4096 4x4 VALID
 (conv-as-FC) -> fc7 4096 1x1 -> fc8 5 1x1 linear -> ``params`` (reshape to 5).
-No dropout (spec §6.3).
+No dropout (docs/design.md §6.3).
 """
 
 import keras
@@ -16,11 +16,11 @@ __all__ = ["ARCH", "accepts_side", "build_alexnet"]
 ARCH = "alexnet"
 
 FC6_KERNEL = 4
-"""fc6 kernel side, pixels: 4 to fit the 192^2 input (stock alexnet_v2: 5; spec §6.5.2)."""
+"""fc6 kernel side, pixels: 4 to fit the 192^2 input (stock alexnet_v2: 5; docs/design.md §6.5.2)."""
 
 
 def accepts_side(side):
-    """Whether one input side, pixels, gives the 4x4 pool5 that fc6 needs (spec §6.5.2).
+    """Whether one input side, pixels, gives the 4x4 pool5 that fc6 needs (docs/design.md §6.5.2).
 
     fc8's output is squeezed to 5 numbers (slim ``spatial_squeeze``), so
     pool5 must be exactly ``FC6_KERNEL`` pixels: sides 163 to 194.
@@ -38,7 +38,7 @@ def accepts_side(side):
 
 
 def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, width=1.0):
-    """AlexNet regressor (spec §6.5.2), about 36.8 M trainable parameters.
+    """AlexNet regressor (docs/design.md §6.5.2), about 36.8 M trainable parameters.
 
     Args:
         input_shape: ``(H, W, 1)``, pixels; each side must be in 163..194.
@@ -66,7 +66,7 @@ def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, wi
     x = blocks.max_pool(x, 3, "pool5")
     x = blocks.fc_conv(x, 4096, FC6_KERNEL, "fc6", width=width)
     x = blocks.fc_conv(x, 4096, 1, "fc7", width=width)
-    # spec §6.5.2: fc8 linear, trunc-normal 0.005, bias 0; float32 for mixed precision
+    # docs/design.md §6.5.2: fc8 linear, trunc-normal 0.005, bias 0; float32 for mixed precision
     x = blocks.fc_conv(x, num_outputs, 1, "fc8", activation=None, bias=0.0, dtype="float32")
     outputs = keras.layers.Reshape((num_outputs,), dtype="float32", name="params")(x)
     return keras.Model(inputs, outputs, name=name)

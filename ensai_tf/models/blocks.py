@@ -1,10 +1,10 @@
-"""Building blocks shared by the four networks (spec §6.1, §6.3, §6.5.1).
+"""Building blocks shared by the four networks (docs/design.md §6.1, §6.3, §6.5.1).
 
-TF-slim defaults reproduced in Keras (spec §6.3): convolutions SAME, stride 1,
+TF-slim defaults reproduced in Keras (docs/design.md §6.3): convolutions SAME, stride 1,
 ReLU, Glorot-uniform weights, zero biases; max pools VALID; the conv-as-FC
 layers of AlexNet and Overfeat use truncated-normal(0.005) weights and bias
 0.1. Inception-v4's unit is ``conv_bn`` (no-bias conv, BN without scale,
-ReLU), or a biased conv with ``bn_mode="frozen"`` (spec §6.5.1 [R]).
+ReLU), or a biased conv with ``bn_mode="frozen"`` (docs/design.md §6.5.1 [R]).
 """
 
 import keras
@@ -29,7 +29,7 @@ __all__ = [
 ]
 
 BN_MODES = ("train", "frozen")
-"""Inception batch-norm modes (spec §6.5.1 [R])."""
+"""Inception batch-norm modes (docs/design.md §6.5.1 [R])."""
 
 MAX_SEARCH_SIDE = 2048
 """Largest input side, pixels, searched when reporting accepted sizes."""
@@ -111,9 +111,9 @@ def check_input_shape(input_shape, arch, accepts):
 
 
 def model_input(input_shape, arch, accepts):
-    """Checked ``keras.Input`` and its bias-removed version (spec §6.1).
+    """Checked ``keras.Input`` and its bias-removed version (docs/design.md §6.1).
 
-    The bias-removal layer is the first layer of every network (spec §6.1
+    The bias-removal layer is the first layer of every network (docs/design.md §6.1
     [R], Inception included) and always computes in float32: its
     subtraction of a nearly equal offset would lose most digits in bfloat16.
 
@@ -135,7 +135,7 @@ def model_input(input_shape, arch, accepts):
 def scaled(filters, width=1.0):
     """Filter or unit count ``filters`` times the width multiplier, at least 1.
 
-    ``width = 1`` is the paper's network (spec §6.5); the ``cpu`` preset uses
+    ``width = 1`` is the paper's network (docs/design.md §6.5); the ``cpu`` preset uses
     narrower networks (``model.width``) that train faster on a CPU and fit
     the size limit of ``trained_weights/``.
 
@@ -150,7 +150,7 @@ def scaled(filters, width=1.0):
 
 
 def conv(x, filters, kernel, name, strides=1, padding="same", activation="relu", width=1.0):
-    """``slim.conv2d`` with its defaults: Glorot-uniform, zero bias (spec §6.3).
+    """``slim.conv2d`` with its defaults: Glorot-uniform, zero bias (docs/design.md §6.3).
 
     ``width`` multiplies ``filters`` (see :func:`scaled`).
 
@@ -174,7 +174,7 @@ def conv(x, filters, kernel, name, strides=1, padding="same", activation="relu",
 
 def fc_conv(x, filters, kernel, name, activation="relu", bias=0.1, padding="valid", dtype=None,
             width=1.0):
-    """Conv-as-FC layer: truncated-normal(0.005) weights, constant bias (spec §6.5.2-3).
+    """Conv-as-FC layer: truncated-normal(0.005) weights, constant bias (docs/design.md §6.5.2-3).
 
     ``width`` multiplies ``filters`` (see :func:`scaled`).
 
@@ -200,7 +200,7 @@ def fc_conv(x, filters, kernel, name, activation="relu", bias=0.1, padding="vali
 
 
 def max_pool(x, size, name, strides=2, padding="valid"):
-    """``slim.max_pool2d``: stride 2, VALID by default (spec §6.3).
+    """``slim.max_pool2d``: stride 2, VALID by default (docs/design.md §6.3).
 
     Args:
         x: input tensor ``(B, H, W, C)``.
@@ -216,7 +216,7 @@ def max_pool(x, size, name, strides=2, padding="valid"):
 
 
 def conv_bn(x, filters, kernel, name, strides=1, padding="same", bn_mode="train", width=1.0):
-    """Inception-v4 unit (spec §6.5.1).
+    """Inception-v4 unit (docs/design.md §6.5.1).
 
     ``bn_mode="train"``: Conv2D without bias (He truncated-normal), then
     BatchNormalization(center=True, scale=False, epsilon=1e-3, momentum=0.99)
@@ -249,14 +249,14 @@ def conv_bn(x, filters, kernel, name, strides=1, padding="same", bn_mode="train"
                             kernel_initializer=keras.initializers.HeNormal(), name=name)(x)
     if frozen:
         return x
-    # [R] spec §6.5.1: proper BN, momentum 0.99 (slim: decay 0.9997)
+    # [R] docs/design.md §6.5.1: proper BN, momentum 0.99 (slim: decay 0.9997)
     x = keras.layers.BatchNormalization(center=True, scale=False, epsilon=1e-3, momentum=0.99,
                                         name=f"{name}_bn")(x)
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
 def params_output(x, name="params", num_outputs=NUM_PARAMS, kernel_initializer="glorot_uniform"):
-    """The linear output layer in float32 (spec §6.2), also under mixed precision.
+    """The linear output layer in float32 (docs/design.md §6.2), also under mixed precision.
 
     Args:
         x: the final features ``(B, F)``.

@@ -1,4 +1,4 @@
-"""The combined network: frozen backbones, sign alignment, 20 weights (spec §7.4).
+"""The combined network: frozen backbones, sign alignment, 20 weights (docs/design.md §7.4).
 
 Order in the paper: [overfeat, ensai_net, alexnet, inception_v4] with
 Overfeat as the parity reference (``models.PAPER_ORDER``); any list works.
@@ -37,7 +37,7 @@ COMBINER_JSON = "combiner.json"
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class ParityAlign(keras.layers.Layer):
-    """Sign-aligns each network's ellipticity to the reference network's (spec §7.4 step 2).
+    """Sign-aligns each network's ellipticity to the reference network's (docs/design.md §7.4 step 2).
 
     Per example and network m, ``(e_x, e_y)`` of m is negated when
     ``mean((e_ref + e_m)^2) < mean((e_ref - e_m)^2)``. This is
@@ -87,7 +87,7 @@ class ParityAlign(keras.layers.Layer):
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class PerParameterWeights(keras.layers.Layer):
-    """Linear combination of M networks' aligned predictions (spec §7.4 step 4).
+    """Linear combination of M networks' aligned predictions (docs/design.md §7.4 step 4).
 
     ``mode="per_parameter"`` (paper): ``y_j = sum_m w[m, j] * x[:, m, j]``,
     M x 5 scalars initialised to 1/M, no bias, no cross-parameter terms.
@@ -175,7 +175,7 @@ class PointEstimate(keras.layers.Layer):
 def point_estimate_backbone(model):
     """``model`` if it outputs the five parameters, else it wrapped in :class:`PointEstimate`.
 
-    Deviation from spec §7.4, which merges the four point-estimate networks:
+    Deviation from docs/design.md §7.4, which merges the four point-estimate networks:
     a Gaussian-head or shear network (``trained_weights/alexnet_shear``)
     joins the combination through its predictive means, which are trained on
     the same five targets in the same units.
@@ -201,7 +201,7 @@ def point_estimate_backbone(model):
 
 
 def build_combiner(backbones, reference=0, mode="per_parameter", name="combiner"):
-    """The combined network of spec §7.4.
+    """The combined network of docs/design.md §7.4.
 
     Args:
         backbones: list of Keras models, each images ``(B, H, W, 1)`` ->
@@ -239,7 +239,7 @@ def build_combiner(backbones, reference=0, mode="per_parameter", name="combiner"
     preds = []
     for backbone in backbones:
         backbone.trainable = False
-        # training=False keeps BN in inference mode with frozen statistics (style.md §6.9)
+        # training=False keeps BN in inference mode with frozen statistics
         preds.append(backbone(inputs, training=False))
     aligned = ParityAlign(reference=reference, dtype="float32", name="parity_align")(preds)
     outputs = PerParameterWeights(mode=mode, dtype="float32", name="params")(aligned)

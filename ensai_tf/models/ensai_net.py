@@ -1,9 +1,9 @@
-"""Network 4: the authors' own 8-module design (code model 8, spec §6.5.4).
+"""Network 4: the authors' own 8-module design (code model 8, docs/design.md §6.5.4).
 
 Each module is a primary SAME convolution then a 1x1 convolution of the same
 depth (Glorot weights, zero bias). Kernels 3, 5, 10, 10, 10, 10, 10, 3 and
 strides 2 at modules 3, 5, 7 follow the code; the first three convolutions
-are linear (spec §6.5.4 [R], §9 items 10-11). Then flatten -> fc1 512 ReLU ->
+are linear (docs/design.md §6.5.4 [R], §9 items 10-11). Then flatten -> fc1 512 ReLU ->
 ``params`` 5 linear.
 """
 
@@ -27,7 +27,7 @@ MODULES = (
     (128, 10, 2, "relu", "relu"),
     (256, 3, 1, "relu", "relu"),
 )
-"""The eight modules of spec §6.5.4, as the code has them."""
+"""The eight modules of docs/design.md §6.5.4, as the code has them."""
 
 
 def accepts_side(side):
@@ -46,7 +46,7 @@ def accepts_side(side):
 
 def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, fc_units=512,
                     width=1.0):
-    """The 8-module network (spec §6.5.4), about 77.6 M trainable parameters at 192^2.
+    """The 8-module network (docs/design.md §6.5.4), about 77.6 M trainable parameters at 192^2.
 
     Layers are named ``conv{i}`` (primary) and ``conv{i}_1x1`` for module
     ``i`` = 1..8, then ``flatten``, ``fc1`` and ``params``.
@@ -55,7 +55,7 @@ def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, 
         input_shape: ``(H, W, 1)``, pixels; sides >= 4.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
-        fc_units: width of the hidden FC layer (512, spec §6.5.4).
+        fc_units: width of the hidden FC layer (512, docs/design.md §6.5.4).
         width: multiplier of every hidden layer's filters and units (1 = the
             paper's network; the ``cpu`` preset uses a narrower one).
 

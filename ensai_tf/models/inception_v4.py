@@ -1,4 +1,4 @@
-"""Network 1: Inception-v4 (code model 11; slim ``inception_v4``, spec §6.5.1).
+"""Network 1: Inception-v4 (code model 11; slim ``inception_v4``, docs/design.md §6.5.1).
 
 Stem (Conv2d_1a..2b, Mixed_3a, Mixed_4a, Mixed_5a: 21x21x384 at 192^2) ->
 4x Inception-A (Mixed_5b..5e) -> Reduction-A (Mixed_6a, 10x10x1024) ->
@@ -6,7 +6,7 @@ Stem (Conv2d_1a..2b, Mixed_3a, Mixed_4a, Mixed_5a: 21x21x384 at 192^2) ->
 3x Inception-C (Mixed_7b..7d) -> global average pool -> ``params`` (slim's
 ``Logits``: linear FC, Glorot, bias 0). No aux logits, no dropout.
 
-Deviations from the release, per spec §6.5.1 [R]: the bias-removal layer
+Deviations from the release, per docs/design.md §6.5.1 [R]: the bias-removal layer
 comes first, the input has a single channel (not tiled to 3), and BN is
 proper by default (``bn_mode="frozen"`` emulates the release). Layer names
 are the slim scopes with ``/`` replaced by ``_`` (Keras forbids ``/``), e.g.
@@ -137,13 +137,13 @@ def _inception_c(x, s, unit):
 
 def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH,
                        bn_mode="train", width=1.0):
-    """Inception-v4 regressor (spec §6.5.1), about 41 M trainable parameters.
+    """Inception-v4 regressor (docs/design.md §6.5.1), about 41 M trainable parameters.
 
     Args:
         input_shape: ``(H, W, 1)``, pixels; sides >= 75.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
-        bn_mode: ``"train"`` (default, spec §6.5.1 [R]): every conv is
+        bn_mode: ``"train"`` (default, docs/design.md §6.5.1 [R]): every conv is
             no-bias + BatchNormalization(center, no scale, eps 1e-3,
             momentum 0.99) + ReLU, moving statistics updated in training;
             ``"frozen"``: conv with bias + ReLU and no BN, which is what the

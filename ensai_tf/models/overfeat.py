@@ -1,9 +1,9 @@
-"""Network 3: Overfeat (code model 5; slim ``overfeat``, modified, spec §6.5.3).
+"""Network 3: Overfeat (code model 5; slim ``overfeat``, modified, docs/design.md §6.5.3).
 
 conv1 64 11x11/4 VALID -> pool1 2/2 -> conv2 256 5x5 VALID -> pool2 ->
 conv3-5 (512, 1024, 1024 3x3) -> pool5 (4x4x1024 at 192^2) -> fc6 3072 2x2
 VALID -> fc7 4096 1x1 -> fc8 5 1x1 linear (3x3x5) -> flatten (45) ->
-``params`` (the code's extra linear FC1 45 -> 5). No dropout (spec §6.3).
+``params`` (the code's extra linear FC1 45 -> 5). No dropout (docs/design.md §6.3).
 """
 
 import keras
@@ -34,7 +34,7 @@ def accepts_side(side):
 
 
 def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, width=1.0):
-    """Overfeat regressor (spec §6.5.3), about 41.0 M trainable parameters.
+    """Overfeat regressor (docs/design.md §6.5.3), about 41.0 M trainable parameters.
 
     The layer ``params`` is the code's final linear FC1 (Glorot, bias 0)
     from the flattened fc8 map; ``fc8`` keeps the slim name.
@@ -62,7 +62,7 @@ def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, w
     x = blocks.conv(x, 1024, 3, "conv4", width=width)
     x = blocks.conv(x, 1024, 3, "conv5", width=width)
     x = blocks.max_pool(x, 2, "pool5")
-    # spec §6.5.3: fc6 is 2x2 (stock Overfeat: 6x6)
+    # docs/design.md §6.5.3: fc6 is 2x2 (stock Overfeat: 6x6)
     x = blocks.fc_conv(x, 3072, 2, "fc6", width=width)
     x = blocks.fc_conv(x, 4096, 1, "fc7", width=width)
     # float32 like every output layer; also, oneDNN's bfloat16 backward of this

@@ -1,4 +1,4 @@
-"""Preprocessing: the model's bias-removal layer (spec §6.1) and, separately,
+"""Preprocessing: the model's bias-removal layer (docs/design.md §6.1) and, separately,
 the numpy-only steps for real data.
 
 ``BiasRemoval`` is imported on first use so that numpy-only submodules do not

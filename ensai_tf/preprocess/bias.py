@@ -1,7 +1,7 @@
-"""The bias-removal input layer shared by every network (spec §6.1).
+"""The bias-removal input layer shared by every network (docs/design.md §6.1).
 
 The layer subtracts, per image, the minimum of a 4x4 box-filtered copy of the
-image in which masked pixels (exactly 0.0, spec §0) are pushed out of the
+image in which masked pixels (exactly 0.0, docs/design.md §0) are pushed out of the
 minimum, and leaves masked pixels at exactly 0. It is parameter-free and uses
 ``keras.ops`` only, so it runs on any Keras backend.
 """
@@ -12,17 +12,17 @@ from keras import ops
 __all__ = ["BiasRemoval", "MASKED_OFFSET", "WINDOW"]
 
 WINDOW = 4
-"""Side of the box filter, pixels (spec §6.1)."""
+"""Side of the box filter, pixels (docs/design.md §6.1)."""
 
 MASKED_OFFSET = 1000.0
-"""Value added to masked pixels before box filtering (spec §6.1): any window
+"""Value added to masked pixels before box filtering (docs/design.md §6.1): any window
 touching a masked pixel is inflated by at least 1000/16 = 62.5 and so drops
 out of the minimum."""
 
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class BiasRemoval(keras.layers.Layer):
-    """Removes the per-image intensity bias, ignoring masked pixels (spec §6.1).
+    """Removes the per-image intensity bias, ignoring masked pixels (docs/design.md §6.1).
 
     With ``M = (x != 0)``, ``S = boxmean_4x4(x + 1000 * (1 - M))`` (VALID,
     stride 1) and ``b = min(S)`` per image, the output is ``x - b * M``:
@@ -33,9 +33,9 @@ class BiasRemoval(keras.layers.Layer):
     subtraction of a near-equal offset loses most digits in bfloat16.
 
     Args:
-        window: box side, pixels (default 4, spec §6.1).
+        window: box side, pixels (default 4, docs/design.md §6.1).
         masked_offset: value added to masked pixels before filtering, in
-            image units (default 1000, spec §6.1).
+            image units (default 1000, docs/design.md §6.1).
         **kwargs: standard layer arguments (``name``, ``dtype``).
 
     Input shape:
@@ -74,7 +74,7 @@ class BiasRemoval(keras.layers.Layer):
         filled = inputs + self.masked_offset * (1.0 - unmasked)
         smoothed = ops.average_pool(filled, pool_size=self.window, strides=1, padding="valid")
         bias = ops.min(smoothed, axis=(1, 2, 3), keepdims=True)
-        # masked pixels: 0 - b * 0 = 0 exactly (spec §6.1 step 5)
+        # masked pixels: 0 - b * 0 = 0 exactly (docs/design.md §6.1 step 5)
         return inputs - bias * unmasked
 
     def compute_output_shape(self, input_shape):

@@ -1,8 +1,8 @@
-"""Lens-light removal by independent component analysis of two bands (spec §8.4).
+"""Lens-light removal by independent component analysis of two bands (docs/design.md §8.4).
 
 The paper unmixes two HST filters (F475X and F600LP) into two independent
-components and feeds the arc component to the networks (spec §8.4 [P]). The
-details are our decisions (spec §8.4 [R]):
+components and feeds the arc component to the networks (docs/design.md §8.4 [P]). The
+details are our decisions (docs/design.md §8.4 [R]):
 
 1. the data matrix is ``(N_unmasked, 2)``, one column per band, built from
    the unmasked pixels only (exact zeros in either band, or ``mask``), so
@@ -18,9 +18,9 @@ details are our decisions (spec §8.4 [R]):
 4. the arc sign makes ``A[blue, k]`` positive (arcs add blue flux), the
    component's median over unmasked pixels (the sky, since arcs cover few
    pixels) is subtracted, and the result is scaled so that the arc peak, the
-   maximum of the 3x3 median-filtered map, is 1 (spec §5.7);
+   maximum of the 3x3 median-filtered map, is 1 (docs/design.md §5.7);
 5. masked pixels are set to exactly 0 and the map is padded or cropped about
-   its centre to the network's ``(192, 192, 1)`` float32 contract (spec §0).
+   its centre to the network's ``(192, 192, 1)`` float32 contract (docs/design.md §0).
 
 This module is numpy + scikit-learn + scipy only: it does not import Keras,
 TensorFlow or ``ensai_tf.data``.
@@ -147,7 +147,7 @@ def _finish(component, keep, sign):
     out = sign * component
     out = out - np.median(out[keep])
     out = _peak_normalise(out, keep)
-    # masked = exactly 0 (spec §0); an unmasked pixel that happens to be 0
+    # masked = exactly 0 (docs/design.md §0); an unmasked pixel that happens to be 0
     # would read as masked to the bias-removal layer, so nudge it off zero
     out = np.where(keep & (out == 0), _TINY, out)
     return np.where(keep, out, 0.0).astype(np.float32)
@@ -163,7 +163,7 @@ def unmix_two_bands(blue, red, mask=None, centre_pix=None, colour_margin=1.2,
             same pixel grid and PSF as ``red``; exact zeros are masked.
         red: ``(H, W)`` image in the redder filter; exact zeros are masked.
         mask: optional ``(H, W)`` bool, True where masked (cosmic rays, the
-            lens core, spec §8.4 step 2); combined with the zeros of either
+            lens core, docs/design.md §8.4 step 2); combined with the zeros of either
             band.
         centre_pix: ``(col, row)`` of the lens, pixels, for the concentration
             rule; default the image centre.
@@ -172,7 +172,7 @@ def unmix_two_bands(blue, red, mask=None, centre_pix=None, colour_margin=1.2,
             (> 1); otherwise the concentration rule decides.
         centre_radius_pix: radius of the central disc of the concentration
             rule, pixels.
-        random_state: FastICA seed (spec §8.4 [R]: 0).
+        random_state: FastICA seed (docs/design.md §8.4 [R]: 0).
         max_iter, tol: FastICA iteration cap and tolerance.
         name: what to call the input in error messages (e.g. the file names).
 
@@ -206,7 +206,7 @@ def unmix_two_bands(blue, red, mask=None, centre_pix=None, colour_margin=1.2,
     if abs(np.corrcoef(scaled.T)[0, 1]) > 1.0 - 1e-9:
         raise InputError(f"{name}: the two bands are proportional to each other, so they hold "
                          "one component only and ICA cannot separate arcs from lens light")
-    # [R] spec §8.4: FastICA(n_components=2, whiten="unit-variance", random_state=0)
+    # [R] docs/design.md §8.4: FastICA(n_components=2, whiten="unit-variance", random_state=0)
     ica = FastICA(n_components=2, whiten="unit-variance", random_state=random_state,
                   max_iter=max_iter, tol=tol)
     with warnings.catch_warnings():
@@ -245,7 +245,7 @@ def to_network_input(arc, npix=conventions.NPIX):
         npix: network input side, pixels.
 
     Returns:
-        ``(npix, npix, 1)`` float32; padding is masked (exactly 0, spec §0).
+        ``(npix, npix, 1)`` float32; padding is masked (exactly 0, docs/design.md §0).
         With ``H - npix`` odd the extra row is cut from (or added at) the
         top, as :func:`ensai_tf.predict.fit_to_grid` does.
     """

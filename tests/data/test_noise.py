@@ -1,4 +1,4 @@
-"""Tests of ensai_tf.data.noise (spec §5.4, §5.5) and tools/measure_noise_spectrum.py."""
+"""Tests of ensai_tf.data.noise (docs/design.md §5.4, §5.5) and tools/measure_noise_spectrum.py."""
 
 import importlib.util
 import pathlib
@@ -37,7 +37,7 @@ def test_coloured_noise_has_the_drizzled_hst_correlations(coloured_maps):
     for axis in ("x", "y"):
         assert abs(corr[axis][0] - 0.28) <= 0.03, corr
         assert np.all(np.abs(corr[axis][1:]) <= 0.06), corr
-        assert np.all(corr[axis][1:] >= 0.02), corr  # spec §5.4: lags 2-3 ~ 0.03-0.04
+        assert np.all(corr[axis][1:] >= 0.02), corr  # docs/design.md §5.4: lags 2-3 ~ 0.03-0.04
 
 
 def test_coloured_noise_has_unit_rms_and_a_random_constant_offset():
@@ -53,7 +53,7 @@ def test_default_spectrum_power_falls_about_5x_from_low_to_high_k():
     k = np.fft.fftfreq(N) * N
     kk = np.hypot(*np.meshgrid(k, k))
     ratio = power[(kk > 2) & (kk < 20)].mean() / power[kk > 80].mean()
-    assert 3.0 < ratio < 10.0, ratio  # spec §5.4: "about 5x"
+    assert 3.0 < ratio < 10.0, ratio  # docs/design.md §5.4: "about 5x"
 
 
 def test_white_field_is_uncorrelated_unit_normal():

@@ -1,4 +1,4 @@
-"""Tests of ensai_tf.data.observe (spec §5): exact pixels from hand-written draws,
+"""Tests of ensai_tf.data.observe (docs/design.md §5): exact pixels from hand-written draws,
 flux/label bookkeeping, statistics with stated tolerances, and graph use."""
 
 import dataclasses

@@ -130,7 +130,7 @@ def test_validation_cache_is_bitwise_identical_across_builds(val_cache, tmp_path
 
 def test_test_cache_is_bitwise_identical_across_builds_and_differs_from_validation(
         fake_simulator, tmp_path):
-    """spec §3.7 [R]: the test split is the same bits on every build, and not the validation data."""
+    """docs/design.md §3.7 [R]: the test split is the same bits on every build, and not the validation data."""
     paths = [pipeline.materialise_split("test", _small_config(tmp_path / d)) for d in ("a", "b")]
     assert paths[0].name == paths[1].name
     hashes = _cache_hashes(paths[0])
@@ -155,7 +155,7 @@ def test_cached_split_reads_back_every_example_in_order(val_cache):
 
 
 def test_labels_change_only_by_the_recorded_shift(val_cache):
-    """spec §5.2: params = clean params + 0.04 * (m, n) on x_L, y_L; nothing else moves."""
+    """docs/design.md §5.2: params = clean params + 0.04 * (m, n) on x_L, y_L; nothing else moves."""
     stored = pipeline.load_cache(val_cache[1])
     expected = stored["clean_params"].astype(np.float64)
     expected[:, conventions.Param.X_L] += 0.04 * stored["draws.shift_x_pix"]
@@ -164,7 +164,7 @@ def test_labels_change_only_by_the_recorded_shift(val_cache):
 
 
 def test_stored_seeds_recreate_examples_in_any_batching(val_cache):
-    """style.md §5 rules 3-4: examples 5 and 1, re-made one per batch (the cache used
+    """docs/design.md §11 rules 3-4: examples 5 and 1, re-made one per batch (the cache used
     batches of 4 and 2), have the same seeds, draws and labels, and the same image
     up to float32 rounding of batched maths."""
     cfg, path = val_cache

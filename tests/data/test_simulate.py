@@ -1,4 +1,4 @@
-"""Tests of the noise-free generator (spec §3.1, §3.3-§3.5, §4) and the contact sheet."""
+"""Tests of the noise-free generator (docs/design.md §3.1, §3.3-§3.5, §4) and the contact sheet."""
 
 import dataclasses
 import math
@@ -80,7 +80,7 @@ def test_accepted_examples_satisfy_the_acceptance_rules(batch, cfg):
     arcs = batch["arcs"]
     assert arcs.shape == (6, cfg.image.npix, cfg.image.npix, 1) and arcs.dtype == np.float32
     assert np.all(np.isfinite(arcs)) and np.all(arcs >= 0.0)
-    # Spec §3.5: normalised to peak 1, exactly (x / max(x) == 1 at the maximum).
+    # docs/design.md §3.5: normalised to peak 1, exactly (x / max(x) == 1 at the maximum).
     np.testing.assert_array_equal(arcs.max(axis=(1, 2, 3)), np.ones(6, np.float32))
     assert np.all(batch["magnification"] >= cfg.simulate.min_magnification)
     assert np.all(batch["containment"] >= cfg.simulate.min_containment)
@@ -237,7 +237,7 @@ def test_placed_sources_lie_in_their_rule_region():
             off = caustic[i] - c
             norm = np.linalg.norm(off, axis=1, keepdims=True)
             poly = caustic[i] + pad * np.divide(off, norm, out=np.zeros_like(off), where=norm > 0)
-            # spec §3.3 step 5: a point-like caustic leaves the disc of radius pad.
+            # docs/design.md §3.3 step 5: a point-like caustic leaves the disc of radius pad.
             inside = (matplotlib.path.Path(poly).contains_point(pos[i], radius=1e-6)
                       or np.hypot(*(pos[i] - c)) <= pad + 1e-6)
         else:
@@ -322,7 +322,7 @@ def test_lens_light_is_centred_on_the_lens(cfg, stamps):
     x, y = conventions.pixel_grid(on.image.npix)
     for image, p in zip(light_images, out["params"]):
         peak = image.max()
-        assert 0.3 * (1 - 1e-5) <= peak <= 10.0 * (1 + 1e-5)  # spec §4 [R] amplitude range
+        assert 0.3 * (1 - 1e-5) <= peak <= 10.0 * (1 + 1e-5)  # docs/design.md §4 [R] amplitude range
         # Centroid of the bright core (> half the peak, symmetric about the centre):
         # within one pixel of (x_L, y_L).
         core = np.where(image > 0.5 * peak, image, 0.0)

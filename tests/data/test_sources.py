@@ -1,4 +1,4 @@
-"""Tests of the source families, the stamp library and source rendering (spec §3.2)."""
+"""Tests of the source families, the stamp library and source rendering (docs/design.md §3.2)."""
 
 import hashlib
 import importlib.resources
@@ -130,7 +130,7 @@ def test_user_stamp_folder_with_fits_png_and_jpeg_loads(tmp_path):
 
 def test_user_fits_stamp_keeps_orientation(tmp_path):
     # Blob at x = +0.3 (columns), y = -0.2 (rows) in stamp units stays there:
-    # no flips (spec §3.2 step 5). Tolerance 0.05 stamp units: taper pull.
+    # no flips (docs/design.md §3.2 step 5). Tolerance 0.05 stamp units: taper pull.
     from astropy.io import fits
 
     fits.PrimaryHDU(_blob(40, 0.3, -0.2, sigma=0.1)).writeto(tmp_path / "one.fits")
@@ -256,7 +256,7 @@ def test_clump_covariance_largest_eigenvalue_is_half_radius_squared():
     n = 2000
     d = {k: v.numpy() for k, v in sources.sample_sources(tf.constant([5, 6]), n, cfg,
                                                          0).items()}
-    half_radius = 0.25 * d["scale"]  # R/2 with R = 0.5 s (spec §3.2 [R])
+    half_radius = 0.25 * d["scale"]  # R/2 with R = 0.5 s (docs/design.md §3.2 [R])
     eig, vec = np.linalg.eigh(d["clump_cov"].astype(np.float64))
     np.testing.assert_allclose(eig[:, 1], half_radius**2, rtol=1e-4)
     # Statistically: centres projected on the major eigenvector, in units of

@@ -129,7 +129,7 @@ def test_interrupted_run_leaves_nothing(fake_simulator, cfg, tmp_path, monkeypat
 
 
 def test_curves_enclose_pi_theta_e_squared(fake_simulator, cfg, tmp_path):
-    """spec §0: the tangential critical curve encloses pi theta_E^2 (200-gon: rtol 1e-3)."""
+    """docs/design.md §0: the tangential critical curve encloses pi theta_E^2 (200-gon: rtol 1e-3)."""
     pytest.importorskip("ensai_tf.lensing.caustics")
     params = np.array([[1.2, 0.3, -0.2, 0.1, -0.05], [0.7, 0.0, 0.05, 0.0, 0.0]])
     curves = writer.lens_curves(params)

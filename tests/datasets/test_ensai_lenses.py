@@ -1,4 +1,4 @@
-"""Tests of the TFDS builder ``ensai_lenses`` (style.md §2.3, §6 item 10).
+"""Tests of the TFDS builder ``ensai_lenses``.
 
 The default tests build the ``*_tiny`` configs (8/4/4 examples) with the
 ray-tracing simulator replaced by a cheap stateless ring generator, so the
@@ -51,7 +51,7 @@ def test_configs_are_registered_with_the_documented_sizes():
     assert set(names) == {"clean_tiny", "observed_tiny", "clean_small", "observed_small",
                           "clean", "observed"}
     paper = names["observed"]
-    assert (paper.validation_size, paper.test_size) == (1000, 10_000)  # spec §7.3, §8.3
+    assert (paper.validation_size, paper.test_size) == (1000, 10_000)  # docs/design.md §7.3, §8.3
     assert ensai_lenses.make_config("observed", train_size=50_000).train_size == 50_000
     with pytest.raises(ValueError, match="unknown ensai_lenses kind"):
         ensai_lenses.make_config("noisy")
@@ -84,7 +84,7 @@ def test_clean_tiny_holds_peak_one_arcs(fake_simulator, offline, tmp_path):
     builder.download_and_prepare()
     images = np.stack([e["image"] for e in builder.as_dataset(split="validation")
                        .as_numpy_iterator()])
-    np.testing.assert_array_equal(images.max(axis=(1, 2, 3)), 1.0)  # spec §3.5: peak exactly 1
+    np.testing.assert_array_equal(images.max(axis=(1, 2, 3)), 1.0)  # docs/design.md §3.5: peak exactly 1
     assert images.min() >= 0.0
 
 

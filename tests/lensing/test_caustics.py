@@ -1,4 +1,4 @@
-"""Tests of critical curves, caustics, cuts and polygon helpers (spec §2.5)."""
+"""Tests of critical curves, caustics, cuts and polygon helpers (docs/design.md §2.5)."""
 
 import numpy as np
 import pytest
@@ -35,7 +35,7 @@ def _area_second_moments(poly):
 
 
 def test_critical_curve_major_axis_at_phi_plus_ninety():
-    # phi = 30 deg, q = 0.5: major axis at 120 deg, axis ratio 0.5 (spec §2.1 [V]).
+    # phi = 30 deg, q = 0.5: major axis at 120 deg, axis ratio 0.5 (docs/design.md §2.1 [V]).
     curve = caustics.tangential_critical_curve(*_params(1.0, 0.5, 30.0, 0.2, -0.1), num=2000)
     moments = _area_second_moments(curve.numpy()[0].astype(np.float64))
     eigvals, eigvecs = np.linalg.eigh(moments)
@@ -59,7 +59,7 @@ def test_critical_curve_maps_onto_the_tangential_caustic(eps, phi_deg):
                                     params)
     mapped = np.stack([bx.numpy().ravel(), by.numpy().ravel()], axis=1)
     dist = np.min(np.linalg.norm(mapped[:, None, :] - caustic[None, :, :], axis=-1), axis=1)
-    # Spec §2.5 [V]: median distance 0.004"; here with a finely sampled caustic.
+    # docs/design.md §2.5 [V]: median distance 0.004"; here with a finely sampled caustic.
     assert np.median(dist) < 0.005
 
 

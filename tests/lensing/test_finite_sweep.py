@@ -1,7 +1,7 @@
-"""Finite-output sweep of the lensing functions over every edge of the priors (issue 10).
+"""Finite-output sweep of the lensing functions over every edge of the priors.
 
 ``lens_sweep(n)`` builds ``n`` draws: first every combination of the edges of
-each prior range (spec §3.1, §2.2: theta_E, epsilon including 0, the SIS
+each prior range (docs/design.md §3.1, §2.2: theta_E, epsilon including 0, the SIS
 threshold and the maximum, phi, the lens centre, shear off and at its
 maximum), each at several image-plane points (the exact lens centre, a point
 1e-7 arcsec from it, a corner of the ray-traced field, a random point); then
@@ -29,7 +29,7 @@ from ensai_tf import config as config_lib
 from ensai_tf.lensing import caustics, raytrace, shear, sie
 
 N_DRAWS = int(os.environ.get("ENSAI_SWEEP_DRAWS", "100000"))
-"""Draws of the sweep; 10^5 by default (issue 10)."""
+"""Draws of the sweep; 10^5 by default."""
 
 PRIOR = config_lib.LensPrior()
 CONFIG_EPS_MAX = 0.99

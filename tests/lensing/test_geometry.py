@@ -1,4 +1,4 @@
-"""Tests of the sky/lens frame changes and the ellipticity angle (spec §0, §2.1)."""
+"""Tests of the sky/lens frame changes and the ellipticity angle (docs/design.md §0, §2.1)."""
 
 import numpy as np
 import pytest

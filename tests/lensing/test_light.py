@@ -1,4 +1,4 @@
-"""Tests of the analytic light profiles (spec §3.2, §4)."""
+"""Tests of the analytic light profiles (docs/design.md §3.2, §4)."""
 
 import numpy as np
 import pytest
@@ -18,7 +18,7 @@ def _grid(half, npix):
 
 @pytest.mark.parametrize("n", [0.5, 1.0, 2.0, 4.0, 8.0])
 def test_sersic_b_matches_exact_half_light_root(n):
-    # Ciotti & Bertin expansion: relative error < 1e-3 for n >= 0.5 (spec §3.2).
+    # Ciotti & Bertin expansion: relative error < 1e-3 for n >= 0.5 (docs/design.md §3.2).
     exact = special.gammaincinv(2.0 * n, 0.5)
     approx = float(light.sersic_b(tf.constant(n, tf.float64)))
     np.testing.assert_allclose(approx, exact, rtol=1e-3)

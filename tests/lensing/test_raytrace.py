@@ -1,4 +1,4 @@
-"""Tests of the ray-tracing grid, source sampling and block averaging (spec §3.4)."""
+"""Tests of the ray-tracing grid, source sampling and block averaging (docs/design.md §3.4)."""
 
 import numpy as np
 import pytest
@@ -87,7 +87,7 @@ def test_bad_shapes_give_clear_errors():
 
 def test_shear_in_the_lens_equation_is_the_closed_form_pure_shear_field():
     """beta(with shear) - beta(without) = -Gamma (theta - theta_L), Gamma = [[g1, g2], [g2, -g1]]
-    (spec §2.2 [R]); float32 arithmetic, tolerance 1e-6 arcsec on a 2" field."""
+    (docs/design.md §2.2 [R]); float32 arithmetic, tolerance 1e-6 arcsec on a 2" field."""
     x, y = (np.asarray(a, np.float32) for a in conventions.pixel_grid(npix=32))
     params = np.array([[1.2, 0.1, -0.2, 0.03, -0.02], [0.7, 0.0, 0.3, -0.04, 0.01]], np.float32)
     g1 = np.array([0.05, -0.2], np.float32)

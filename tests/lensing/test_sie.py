@@ -1,4 +1,4 @@
-"""Tests of the SIE deflection and convergence (spec §2.1) against closed forms and lenstronomy."""
+"""Tests of the SIE deflection and convergence (docs/design.md §2.1) against closed forms and lenstronomy."""
 
 import numpy as np
 import pytest
@@ -46,7 +46,7 @@ def test_no_nan_values_or_gradients_at_sis_limit_and_centre(e_x):
 
 
 def test_mass_major_axis_is_at_phi_plus_ninety():
-    # phi = 30 deg, q = 0.5 -> major axis at 120 deg (spec §2.1 [V]).
+    # phi = 30 deg, q = 0.5 -> major axis at 120 deg (docs/design.md §2.1 [V]).
     phi = np.radians(30.0)
     e_x, e_y = 0.5 * np.cos(phi), 0.5 * np.sin(phi)
     angles = np.radians(np.arange(0.0, 180.0, 0.25))
@@ -133,7 +133,7 @@ def test_no_nan_or_inf_anywhere_in_the_prior(theta_e, eps, phi, x, y, centre):
 
 
 def to_lenstronomy_kwargs(theta_e, e_x, e_y, x_l, y_l):
-    """The ONE place where Ensai's convention maps to lenstronomy's SIE (spec §2.1).
+    """The ONE place where Ensai's convention maps to lenstronomy's SIE (docs/design.md §2.1).
 
     Ensai: q = 1 - eps, major axis at phi + 90 deg. lenstronomy: e1 + i e2 =
     (1 - q)/(1 + q) exp(2 i angle) with ``angle`` the major-axis angle, so
@@ -159,7 +159,7 @@ def test_deflection_matches_lenstronomy(q, phi_deg, theta_e):
     model = lens_model.LensModel(["SIE"])
     ref_x, ref_y = model.alpha(x.ravel(), y.ravel(), [to_lenstronomy_kwargs(theta_e, e_x, e_y, x_l, y_l)])
     ax, ay = sie.sie_deflection(x.ravel(), y.ravel(), theta_e, e_x, e_y, x_l, y_l)
-    # float32 vs float64 oracle (style.md §4.4).
+    # float32 vs float64 oracle.
     np.testing.assert_allclose(ax.numpy(), ref_x, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(ay.numpy(), ref_y, rtol=1e-4, atol=1e-5)
 

@@ -1,4 +1,4 @@
-"""The four paper networks: shapes, sizes, defaults and serialisation (spec §6.3-§6.5)."""
+"""The four paper networks: shapes, sizes, defaults and serialisation (docs/design.md §6.3-§6.5)."""
 
 import keras
 import numpy as np
@@ -9,10 +9,10 @@ from ensai_tf.losses import ParityMSE
 from ensai_tf.models import MODEL_BUILDERS, accepted_sides, build_model, min_input_side
 from ensai_tf.preprocess.bias import BiasRemoval
 
-# spec §6.4 trainable parameter counts, millions
+# docs/design.md §6.4 trainable parameter counts, millions
 SPEC_PARAMS = {"alexnet": 36.8, "overfeat": 41.0, "ensai_net": 77.6, "inception_v4": 41.0}
 
-# spec §6.4/§6.5 intermediate output shapes at 192^2
+# docs/design.md §6.4/§6.5 intermediate output shapes at 192^2
 SPEC_SHAPES = {
     "alexnet": {"conv1": (46, 46, 64), "pool1": (22, 22, 64), "pool2": (10, 10, 192),
                 "pool5": (4, 4, 256), "fc6": (1, 1, 4096), "fc8": (1, 1, 5)},
@@ -49,7 +49,7 @@ def full_model(request):
 
 def test_trainable_parameter_count_matches_spec(full_model):
     name, model = full_model
-    # spec §6.4 rounds to 0.1 M; 2% leaves room for that rounding only
+    # docs/design.md §6.4 rounds to 0.1 M; 2% leaves room for that rounding only
     assert _count(model.trainable_weights) / 1e6 == pytest.approx(SPEC_PARAMS[name], rel=0.02)
 
 
@@ -76,7 +76,7 @@ def test_slim_initialisers(full_model):
     name, model = full_model
     if name in ("alexnet", "overfeat"):
         fc6 = model.get_layer("fc6")
-        np.testing.assert_array_equal(fc6.bias.numpy(), np.float32(0.1))  # spec §6.5.2-3
+        np.testing.assert_array_equal(fc6.bias.numpy(), np.float32(0.1))  # docs/design.md §6.5.2-3
         # truncated normal 0.005: |w| <= 2 sigma and std ~ 0.88 sigma
         w = fc6.kernel.numpy()
         assert np.abs(w).max() <= 0.01 + 1e-7 and 0.0035 < w.std() < 0.0055
@@ -85,7 +85,7 @@ def test_slim_initialisers(full_model):
     if name == "ensai_net":
         acts = [model.get_layer(n).activation.__name__ for n in
                 ("conv1", "conv1_1x1", "conv2", "conv2_1x1", "conv3")]
-        assert acts == ["linear", "linear", "linear", "relu", "relu"]  # spec §6.5.4 [R]
+        assert acts == ["linear", "linear", "linear", "relu", "relu"]  # docs/design.md §6.5.4 [R]
         kernels = [model.get_layer(f"conv{i}").kernel.shape[0] for i in range(1, 9)]
         assert kernels == [3, 5, 10, 10, 10, 10, 10, 3]
     if name == "inception_v4":

@@ -1,4 +1,4 @@
-"""The combined network (spec §7.4): alignment, 20 weights, frozen backbones."""
+"""The combined network (docs/design.md §7.4): alignment, 20 weights, frozen backbones."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""BiasRemoval (spec §6.1): closed-form properties and serialisation."""
+"""BiasRemoval (docs/design.md §6.1): closed-form properties and serialisation."""
 
 import keras
 import numpy as np

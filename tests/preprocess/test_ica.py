@@ -1,4 +1,4 @@
-"""ICA lens-light removal (spec §8.4 [R]) on closed-form two-band mixtures.
+"""ICA lens-light removal (docs/design.md §8.4 [R]) on closed-form two-band mixtures.
 
 The mixtures are built here in numpy on a 96-pixel grid (the property does
 not depend on the grid size) so the whole file runs in a few seconds.
@@ -49,7 +49,7 @@ def test_arc_scale_sign_and_contract():
 
     blue, red, _, _ = _scene()
     res = ica.unmix_two_bands(blue, red)
-    # peak of the 3x3 median-filtered map is exactly 1 by construction (spec §5.7)
+    # peak of the 3x3 median-filtered map is exactly 1 by construction (docs/design.md §5.7)
     np.testing.assert_allclose(ndimage.median_filter(res.arc, 3, mode="nearest").max(), 1.0,
                                rtol=1e-6)
     # sky near 0: the median of the arc map is subtracted (arcs cover few pixels)

@@ -1,19 +1,19 @@
 """TFDS builder ``ensai_lenses``: simulated strong lenses, clean or observed.
 
-Built fully offline from :mod:`ensai_tf.data` (style.md §2.3, §6 item 10):
+Built fully offline from :mod:`ensai_tf.data`:
 every example is simulated from ``simulate.example_seeds(seed, split, key)``,
 so example ``key`` of a split is the same on every build and equals example
 ``key`` of :func:`ensai_tf.data.pipeline.make_dataset` for the same config
 and seed. Train, validation and test use disjoint seed streams and source
-pools (spec §3.7 [R]); validation and test are observed with the evaluation
-rules (f_min 0.98, spec §5.6), train with the training rules.
+pools (docs/design.md §3.7 [R]); validation and test are observed with the evaluation
+rules (f_min 0.98, docs/design.md §5.6), train with the training rules.
 
 Configs (``tfds.builder("ensai_lenses/<name>")``):
 
 - ``clean_tiny`` / ``observed_tiny``: 8/4/4 examples, smoke preset (tests).
 - ``clean_small`` / ``observed_small``: 300/200/200 examples, paper physics.
 - ``clean`` / ``observed``: paper sizes, 10,000 train (configurable, see
-  :func:`make_config`), 1000 validation (spec §7.3), 10,000 test (spec §8.3).
+  :func:`make_config`), 1000 validation (docs/design.md §7.3), 10,000 test (docs/design.md §8.3).
 
 User source stamps (FITS/PNG/JPEG) placed in ``manual_dir`` join the
 packaged stamp pools, split by file name (``sources.user_stamp_split``).
@@ -46,8 +46,8 @@ class EnsaiLensesConfig(tfds.core.BuilderConfig):
     """A variant of ``ensai_lenses``.
 
     Attributes:
-        kind: ``"clean"`` (noise-free arcs, peak 1, spec §3) or
-            ``"observed"`` (the effect chain of spec §5).
+        kind: ``"clean"`` (noise-free arcs, peak 1, docs/design.md §3) or
+            ``"observed"`` (the effect chain of docs/design.md §5).
         preset: :data:`ensai_tf.config.PRESETS` name defining the physics.
         overrides: ``section.key=value`` strings applied to the preset.
         seed: user seed of the example seed streams.
@@ -140,7 +140,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                                               "masked pixels exactly 0; x = column, y = row"),
             "params": tfds.features.Tensor(
                 shape=(conventions.NUM_PARAMS,), dtype=np.float32,
-                doc=f"labels {conventions.PARAM_NAMES} in {conventions.PARAM_UNITS} (spec §0)"),
+                doc=f"labels {conventions.PARAM_NAMES} in {conventions.PARAM_UNITS} (docs/design.md §0)"),
         }
         for key, s in spec.items():
             if key in ("image", "params", "arcs", "mask", "lens_light"):
