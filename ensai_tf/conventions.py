@@ -39,7 +39,12 @@ __all__ = [
     "ellipticity_from_q_phi",
     "q_phi_from_ellipticity",
     "mass_major_axis_angle",
+    "NETWORK_NAMES",
 ]
+
+NETWORK_NAMES = ("inception_v4", "alexnet", "overfeat", "ensai_net")
+"""The four paper networks, by the names ``build_model``, configs and ``ensai train --model``
+use (docs/design.md §6.5); their combiner order is ``models.PAPER_ORDER``."""
 
 NPIX = 192
 """Image side, pixels (docs/design.md §0)."""
