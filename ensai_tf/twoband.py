@@ -29,14 +29,24 @@ the arcs alone (``ensai evaluate --experiment ica``).
 
 import json
 import pathlib
+import sys
 
 import numpy as np
+import tensorflow as tf
+from scipy import ndimage
 
-from ensai_tf import atomic
-from ensai_tf import conventions
-from ensai_tf import realdata
+from ensai_tf import atomic, conventions
+from ensai_tf import config as config_lib
+from ensai_tf.data import simulate
+from ensai_tf.data.draws import lerp
 from ensai_tf.errors import InputError
+from ensai_tf.inference import load_predictor, predict_images
+from ensai_tf.lensing import light
+from ensai_tf.metrics import error_table
 from ensai_tf.preprocess import ica
+from ensai_tf.preprocess.images import normalise_peak
+from ensai_tf.realdata.masks import circular_mask
+from ensai_tf.realdata.psf import FWHM_PER_SIGMA, match_psfs
 
 __all__ = [
     "COLOUR_RATIOS",
@@ -54,10 +64,6 @@ COLOUR_RATIOS = (1.5, 2.0, 3.0, 5.0, 10.0)
 
 _DRAW_KEYS = ("colour_ratio", "lens_blue_red", "lens_to_arc", "lens_n", "lens_r_eff",
               "lens_q", "lens_angle", "fwhm_blue", "fwhm_red", "noise_rms", "noise_seed")
-
-
-def _lerp(u, bounds):
-    return bounds[0] + (bounds[1] - bounds[0]) * u
 
 
 def sample_two_band(seed, params, colour_ratio=(1.5, 10.0), lens_blue_red=(0.2, 0.5),
@@ -86,8 +92,6 @@ def sample_two_band(seed, params, colour_ratio=(1.5, 10.0), lens_blue_red=(0.2, 
         dict of ``(B,)`` float64 arrays (``noise_seed``: ``(B, 2)`` int64):
         the keys of ``_DRAW_KEYS``; angles in radians from +x towards +y.
     """
-    import tensorflow as tf
-
     params = np.asarray(params, dtype=np.float64).reshape(-1, conventions.NUM_PARAMS)
     n = len(params)
     seed = tf.convert_to_tensor(seed, tf.int64)
@@ -102,27 +106,25 @@ def sample_two_band(seed, params, colour_ratio=(1.5, 10.0), lens_blue_red=(0.2, 
         (0, 2), np.int64)
     P = conventions.Param
     q_mass, phi = conventions.q_phi_from_ellipticity(params[:, P.E_X], params[:, P.E_Y])
-    blue_fwhm = _lerp(u[:, 6], fwhm_blue)
+    blue_fwhm = lerp(u[:, 6], fwhm_blue)
     return {
-        "colour_ratio": np.exp(_lerp(u[:, 0], np.log(colour_ratio))),
-        "lens_blue_red": _lerp(u[:, 1], lens_blue_red),
-        "lens_to_arc": _lerp(u[:, 2], lens_to_arc),
-        "lens_n": _lerp(u[:, 3], lens_n),
-        "lens_r_eff": _lerp(u[:, 4], lens_r_eff),
-        "lens_q": np.clip(q_mass + _lerp(u[:, 5], (-lens_q_jitter, lens_q_jitter)), 0.2, 1.0),
+        "colour_ratio": np.exp(lerp(u[:, 0], np.log(colour_ratio))),
+        "lens_blue_red": lerp(u[:, 1], lens_blue_red),
+        "lens_to_arc": lerp(u[:, 2], lens_to_arc),
+        "lens_n": lerp(u[:, 3], lens_n),
+        "lens_r_eff": lerp(u[:, 4], lens_r_eff),
+        "lens_q": np.clip(q_mass + lerp(u[:, 5], (-lens_q_jitter, lens_q_jitter)), 0.2, 1.0),
         "lens_angle": phi + np.pi / 2.0 + np.radians(lens_pa_sigma_deg) * g[:, 0],
         "fwhm_blue": blue_fwhm,
-        "fwhm_red": blue_fwhm * _lerp(u[:, 7], red_fwhm_factor),
-        "noise_rms": _lerp(u[:, 8], noise_rms),
+        "fwhm_red": blue_fwhm * lerp(u[:, 7], red_fwhm_factor),
+        "noise_rms": lerp(u[:, 8], noise_rms),
         "noise_seed": noise_seed.astype(np.int64),
     }
 
 
 def _blur(images, fwhm_arcsec, pixel_scale):
     """Gaussian PSF per image (scipy, reflect boundary as docs/design.md §5.3 [C]); flux-conserving."""
-    from scipy import ndimage
-
-    return np.stack([ndimage.gaussian_filter(im, f / realdata.FWHM_PER_SIGMA / pixel_scale,
+    return np.stack([ndimage.gaussian_filter(im, f / FWHM_PER_SIGMA / pixel_scale,
                                              mode="reflect")
                      for im, f in zip(images, fwhm_arcsec)])
 
@@ -143,10 +145,6 @@ def apply_two_band(arcs, params, draws, pixel_scale=conventions.PIXEL_SCALE):
         bands), ``arcs_blue`` and ``arcs_red`` (the noise-free arc part of
         each band) and ``lens_red`` (the noise-free lens light in red).
     """
-    import tensorflow as tf
-
-    from ensai_tf.lensing import light
-
     arcs = np.asarray(arcs, dtype=np.float64)
     arcs = arcs[..., 0] if arcs.ndim == 4 else arcs
     params = np.asarray(params, dtype=np.float64).reshape(-1, conventions.NUM_PARAMS)
@@ -200,11 +198,11 @@ def recover_arcs(blue, red, fwhm_blue, fwhm_red, core_mask_arcsec=None, centre=(
     blue = np.asarray(blue, np.float64)
     red = np.asarray(red, np.float64)
     if fwhm_blue is not None:
-        blue, red = realdata.match_psfs(blue, red, fwhm_blue, fwhm_red, pixel_scale,
-                                        keep=np.ones(blue.shape, bool))
+        blue, red = match_psfs(blue, red, fwhm_blue, fwhm_red, pixel_scale,
+                               keep=np.ones(blue.shape, bool))
     mask = None
     if core_mask_arcsec is not None:
-        mask = realdata.circular_mask(blue.shape[0], [centre], core_mask_arcsec, pixel_scale)
+        mask = circular_mask(blue.shape[0], [centre], core_mask_arcsec, pixel_scale)
     centre_pix = (centre[0] / pixel_scale + (blue.shape[1] - 1) / 2.0,
                   centre[1] / pixel_scale + (blue.shape[0] - 1) / 2.0)
     return ica.unmix_two_bands(blue, red, mask=mask, centre_pix=centre_pix,
@@ -234,8 +232,6 @@ def _truth(arcs, draws, pixel_scale):
 
 def _arcs_alone(truth, draws):
     """The true arcs plus the blue band's own noise: the no-lens-light reference."""
-    import tensorflow as tf
-
     n = truth.shape[1]
     noise = np.stack([tf.random.stateless_normal([2, n, n], s, dtype=tf.float64).numpy()[0]
                       for s in draws["noise_seed"]])
@@ -276,17 +272,11 @@ def ica_experiment(n=16, seed=0, colour_ratios=COLOUR_RATIOS, config=None, model
         dict: ``{"colour_ratios": {kappa: summary}, "all": summary,
         "arcs_alone": summary, "rule_counts": ..., "errors": {...}}`` where a
         summary is :func:`correlation_summary`'s and ``errors`` (with a
-        model) holds :func:`ensai_tf.evaluate.parameter_metrics` for the
+        model) holds :func:`ensai_tf.metrics.error_table` for the
         arcs alone and per colour ratio.
     """
-    from ensai_tf import config as config_lib
-
     if arcs is None:
-        from ensai_tf.data import simulate
-
-        cfg = config if config is not None else config_lib.get_preset("paper")
-        sim = simulate.simulate(int(n), seed=int(seed), config=cfg, split="test")
-        arcs, params = sim["arcs"], sim["params"]
+        arcs, params = _simulated_test_arcs(n, seed, config)
     arcs = np.asarray(arcs, np.float64)
     arcs = arcs[..., 0] if arcs.ndim == 4 else arcs
     params = np.asarray(params, np.float64)
@@ -301,17 +291,12 @@ def ica_experiment(n=16, seed=0, colour_ratios=COLOUR_RATIOS, config=None, model
                "rule_counts": {"colour": 0, "concentration": 0}}
     all_corr, inputs, ratio_of = [], [], []
     for kappa in colour_ratios:
-        d = dict(draws, colour_ratio=np.full(len(arcs), float(kappa)))
-        bands = apply_two_band(arcs, params, d, pixel_scale)
-        corr = []
-        for i in range(len(arcs)):
-            centre = (params[i, conventions.Param.X_L], params[i, conventions.Param.Y_L])
-            res = recover_arcs(bands["blue"][i], bands["red"][i], d["fwhm_blue"][i],
-                               d["fwhm_red"][i], core_mask_arcsec, centre, pixel_scale)
-            corr.append(ica.arc_correlation(res.arc, truth[i], res.mask))
-            summary["rule_counts"][res.rule] += 1
-            inputs.append(ica.to_network_input(res.arc))
-            ratio_of.append(kappa)
+        corr, rules, ratio_inputs = _unmix_at_ratio(arcs, params, draws, kappa, truth,
+                                                    core_mask_arcsec, pixel_scale)
+        for rule in rules:
+            summary["rule_counts"][rule] += 1
+        inputs.extend(ratio_inputs)
+        ratio_of.extend([kappa] * len(ratio_inputs))
         summary["colour_ratios"][str(kappa)] = correlation_summary(corr)
         all_corr.extend(corr)
     summary["all"] = correlation_summary(all_corr)
@@ -325,21 +310,40 @@ def ica_experiment(n=16, seed=0, colour_ratios=COLOUR_RATIOS, config=None, model
     return summary
 
 
+def _simulated_test_arcs(n, seed, config):
+    """Noise-free arcs ``(n, npix, npix, 1)`` and parameters of ``n`` test-split lenses."""
+    cfg = config if config is not None else config_lib.get_preset("paper")
+    sim = simulate.simulate(int(n), seed=int(seed), config=cfg, split="test")
+    return sim["arcs"], sim["params"]
+
+
+def _unmix_at_ratio(arcs, params, draws, kappa, truth, core_mask_arcsec, pixel_scale):
+    """Correlations with the truth, ICA rules and network inputs at colour ratio ``kappa``."""
+    d = dict(draws, colour_ratio=np.full(len(arcs), float(kappa)))
+    bands = apply_two_band(arcs, params, d, pixel_scale)
+    corr, rules, inputs = [], [], []
+    for i in range(len(arcs)):
+        centre = (params[i, conventions.Param.X_L], params[i, conventions.Param.Y_L])
+        res = recover_arcs(bands["blue"][i], bands["red"][i], d["fwhm_blue"][i],
+                           d["fwhm_red"][i], core_mask_arcsec, centre, pixel_scale)
+        corr.append(ica.arc_correlation(res.arc, truth[i], res.mask))
+        rules.append(res.rule)
+        inputs.append(ica.to_network_input(res.arc))
+    return corr, rules, inputs
+
+
 def _parameter_errors(model, alone, params, ica_inputs, ratio_of, colour_ratios):
     """68% errors of ICA arcs vs arcs alone (same PSF and noise), per colour ratio."""
-    from ensai_tf import evaluate, predict
-
-    predict_fn, npix = predict.load_predictor(model)
+    predict_fn, npix = load_predictor(model)
     if npix != alone.shape[1]:
         raise InputError(f"model {model!r} takes {npix}-pixel images; the experiment makes "
                          f"{alone.shape[1]}")
-    alone_in = np.stack([predict.normalise_peak(a)[..., None] for a in alone]).astype(np.float32)
-    out = {"arcs_alone": evaluate.parameter_metrics(predict.predict_images(predict_fn, alone_in),
-                                                    params), "ica": {}}
-    pred = predict.predict_images(predict_fn, ica_inputs)
+    alone_in = np.stack([normalise_peak(a)[..., None] for a in alone]).astype(np.float32)
+    out = {"arcs_alone": error_table(params, predict_images(predict_fn, alone_in)), "ica": {}}
+    pred = predict_images(predict_fn, ica_inputs)
     for kappa in colour_ratios:
         sel = ratio_of == kappa
-        out["ica"][str(kappa)] = evaluate.parameter_metrics(pred[sel], params)
+        out["ica"][str(kappa)] = error_table(params, pred[sel])
     return out
 
 
@@ -351,7 +355,7 @@ def summary_markdown(summary):
             ``"colour_ratios"`` (``{ratio: correlation_summary}``), ``"all"``,
             ``"arcs_alone"`` (:func:`correlation_summary` dicts) and optionally
             ``"errors"`` (``{"arcs_alone": metrics, "ica": {ratio: metrics}}``
-            of :func:`ensai_tf.evaluate.parameter_metrics`, in parameter units).
+            of :func:`ensai_tf.metrics.error_table`, in parameter units).
 
     Returns:
         str: the Markdown text, ending in a newline.
@@ -392,10 +396,6 @@ def evaluate_ica(model, n=None, out_dir=None, config=None, seed=0):
     Returns:
         The summary dict, also written to ``ica.json`` and ``ica.md``.
     """
-    import sys
-
-    from ensai_tf import config as config_lib
-
     cfg = config if config is not None else config_lib.get_preset("paper")
     n = min(int(cfg.evaluate.n), 200) if n is None else int(n)
     if n < 1:

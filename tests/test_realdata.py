@@ -5,16 +5,22 @@ FITS files are written into pytest's tmp_path; images are small (a 120- or
 260-pixel field) except where the 192-pixel network grid is the point.
 """
 
+import csv
+import json
 import math
 import pathlib
 
+import keras
 import numpy as np
 import pytest
 from astropy.io import fits
 from astropy.wcs import WCS
+from scipy import ndimage
 
-from ensai_tf import conventions, predict, realdata
+from ensai_tf import cli, conventions, realdata, twoband
 from ensai_tf.errors import InputError
+from ensai_tf.preprocess import ica
+from ensai_tf.preprocess.images import fit_to_grid, resample_flux_conserving
 
 S = conventions.PIXEL_SCALE
 
@@ -133,7 +139,7 @@ def test_red_band_on_a_shifted_grid_is_aligned_on_the_sky(tmp_path):
 def test_resampling_to_the_network_grid_keeps_total_flux(tmp_path):
     rng = np.random.default_rng(0)
     image = rng.uniform(0.5, 1.5, size=(60, 64))  # 3.0" x 3.2": whole 0.04" pixels
-    out, _ = predict.resample_flux_conserving(image, (0.05, 0.05))
+    out, _ = resample_flux_conserving(image, (0.05, 0.05))
     # exact area weighting: float64 round-off only
     np.testing.assert_allclose(out.sum(), image.sum(), rtol=1e-10)
     # and through the cutout path: a compact source well inside the 0.05" file
@@ -260,8 +266,6 @@ def test_user_masks_land_at_their_file_pixels(tmp_path):
 
 
 def _arc_with_hits(seed=0):
-    from scipy import ndimage
-
     rng = np.random.default_rng(seed)
     x, y = conventions.pixel_grid(120, S)
     arc = np.exp(-0.5 * ((np.hypot(x, y) - 1.2) / 0.05) ** 2)
@@ -291,8 +295,6 @@ def test_cosmic_rays_found_and_arcs_spared(method):
 
 def _lens_fits(tmp_path, kappa=4.0, theta=25.0):
     """Blue and red FITS files of a ring lens with a red Sersic-like galaxy."""
-    from scipy import ndimage
-
     shape = (220, 220)
     wcs = _wcs(shape, theta_deg=theta)
     rows, cols = np.mgrid[0:shape[0], 0:shape[1]]
@@ -311,13 +313,11 @@ def _lens_fits(tmp_path, kappa=4.0, theta=25.0):
 
 
 def test_two_band_cutout_unmixes_to_the_arcs(tmp_path):
-    from ensai_tf.preprocess import ica
-
     b, r, arcs, _ = _lens_fits(tmp_path)
     cut = realdata.cut_two_bands(realdata.read_band(b), realdata.read_band(r),
                                  position=(109.5, 109.5), psf_fwhm=(0.07, 0.07))
     image, res = realdata.unmix_cutout(cut)
-    truth, _ = predict.fit_to_grid(arcs[:, :], 192)
+    truth, _ = fit_to_grid(arcs[:, :], 192)
     assert image.shape == (192, 192, 1) and image.dtype == np.float32
     # the file (220 px) is larger than the grid: nothing masked, arcs recovered
     # to the acceptance level of the two-band ICA test (0.95)
@@ -325,8 +325,6 @@ def test_two_band_cutout_unmixes_to_the_arcs(tmp_path):
 
 
 def _tiny_model(path):
-    import keras
-
     inp = keras.Input((192, 192, 1))
     out = keras.layers.Dense(5, kernel_initializer="zeros",
                              bias_initializer=keras.initializers.Constant(
@@ -337,8 +335,6 @@ def _tiny_model(path):
 
 
 def test_predict_two_band_writes_sky_pa_and_diagnostic(tmp_path):
-    import csv
-
     b, r, _, wcs = _lens_fits(tmp_path, theta=25.0)
     model = _tiny_model(tmp_path / "m.keras")
     out = tmp_path / "p.csv"
@@ -448,8 +444,6 @@ def test_named_hdu_by_index_string(tmp_path):
 
 
 def test_cli_predict_bands(tmp_path, capsys):
-    from ensai_tf import cli
-
     b, r, _, _ = _lens_fits(tmp_path)
     model = _tiny_model(tmp_path / "m.keras")
     out, png = tmp_path / "p.json", tmp_path / "d.png"
@@ -457,8 +451,6 @@ def test_cli_predict_bands(tmp_path, capsys):
                    "--mask", "30,40", "--psf-fwhm", "0.07", "0.07", "--output", str(out),
                    "--plot", str(png)])
     assert rc == 0 and png.is_file()
-    import json
-
     rows = json.loads(out.read_text())
     assert rows[0]["pa_frame"] == "east_of_north" and rows[0]["q"] == pytest.approx(0.8)
     # --ica with the positional files is the same path
@@ -467,8 +459,6 @@ def test_cli_predict_bands(tmp_path, capsys):
 
 
 def test_cli_bad_two_band_input(tmp_path, capsys):
-    from ensai_tf import cli
-
     b, r, _, _ = _lens_fits(tmp_path)
     model = _tiny_model(tmp_path / "m.keras")
     assert cli.main(["predict", model, b, "--ica"]) == 2
@@ -502,8 +492,6 @@ def _ring_arcs(count):
 
 
 def test_two_band_draws_are_reproducible_and_colours_exact():
-    from ensai_tf import twoband
-
     arcs, params = _ring_arcs(2)
     d1 = twoband.sample_two_band(np.array([3, 4]), params)
     d2 = twoband.sample_two_band(np.array([3, 4]), params)
@@ -519,8 +507,6 @@ def test_two_band_draws_are_reproducible_and_colours_exact():
 
 
 def test_ica_experiment_on_ring_lenses(tmp_path):
-    from ensai_tf import twoband
-
     arcs, params = _ring_arcs(2)
     summary = twoband.ica_experiment(arcs=arcs, params=params, colour_ratios=(3.0, 10.0),
                                      out_dir=tmp_path)
@@ -534,10 +520,6 @@ def test_ica_experiment_on_ring_lenses(tmp_path):
 
 
 def test_cli_evaluate_ica_experiment(tmp_path):
-    import json
-
-    from ensai_tf import cli
-
     model = _tiny_model(tmp_path / "m.keras")
     rc = cli.main(["evaluate", model, "--experiment", "ica", "--n", "1", "--preset", "smoke",
                    "--out", str(tmp_path / "ev")])

@@ -1,0 +1,201 @@
+"""Two FITS bands to one prediction: ``ensai predict --bands`` (docs/design.md §8.4).
+
+:func:`predict_two_band` reads both bands, cuts and masks them
+(:func:`~ensai_tf.realdata.cutout.cut_two_bands`), separates the arcs with
+ICA (:func:`unmix_cutout`), runs the network, and writes one row with q, the
+position angle east of north and the lens centre in file pixels and RA/Dec;
+:func:`plot_diagnostic` draws the optional diagnostic figure.
+"""
+
+import pathlib
+import sys
+import time
+
+import numpy as np
+
+from ensai_tf import conventions, plotting
+from ensai_tf.errors import InputError
+from ensai_tf.inference import load_predictor, predict_images
+from ensai_tf.lensing import caustics
+from ensai_tf.preprocess import ica
+from ensai_tf.realdata.cutout import cut_two_bands
+from ensai_tf.realdata.masks import parse_mask_specs
+from ensai_tf.realdata.sky import pixel_to_sky_jacobian, position_angle_east_of_north, read_band
+from ensai_tf.tables import (PA_FRAME_IMAGE, PA_FRAME_SKY, check_writable, output_format,
+                             write_table)
+
+__all__ = ["unmix_cutout", "plot_diagnostic", "band_files", "predict_two_band"]
+
+
+def unmix_cutout(cutout, **kwargs):
+    """ICA of a :class:`~ensai_tf.realdata.cutout.TwoBandCutout` (docs/design.md §8.4 step 3).
+
+    Args:
+        cutout: :class:`~ensai_tf.realdata.cutout.TwoBandCutout`.
+        **kwargs: passed to :func:`ensai_tf.preprocess.ica.unmix_two_bands`.
+
+    Returns:
+        ``(image, result)``: the ``(npix, npix, 1)`` float32 network input
+        and the :class:`~ensai_tf.preprocess.ica.IcaResult`.
+    """
+    result = ica.unmix_two_bands(cutout.blue, cutout.red, mask=cutout.mask, name=cutout.name,
+                                 **kwargs)
+    return ica.to_network_input(result.arc, cutout.blue.shape[0]), result
+
+
+def plot_diagnostic(cutout, result, params, path, dpi=100):
+    """Diagnostic PNG: both bands, both ICA components, the masks, and the
+    predicted critical curve on the arc component.
+
+    Args:
+        cutout: :class:`~ensai_tf.realdata.cutout.TwoBandCutout`.
+        result: :class:`~ensai_tf.preprocess.ica.IcaResult`.
+        params: ``(5,)`` predicted parameters (arcsec, -, -, arcsec,
+            arcsec), or None for no curve.
+        path: output PNG path.
+        dpi: resolution, dots per inch.
+
+    Returns:
+        The path written, as a str.
+    """
+    panels = [cutout.blue, cutout.red, result.arc, result.other, cutout.mask.astype(float),
+              result.arc]
+    titles = ["blue band", "red band", "ICA arc component", "ICA other component",
+              "masks (red: cosmic rays + user)", "arcs + predicted critical curve"]
+    curves = [None] * 6
+    if params is not None:
+        curves[5] = {"critical": _critical_curve(params)}
+    masks = [np.zeros_like(cutout.mask)] * 4 + [cutout.mask, cutout.mask]
+    return plotting.contact_sheet(np.stack(panels), path, titles=titles, curves=curves, ncols=3,
+                                  masks=np.stack(masks), panel_inches=3.0, dpi=dpi)
+
+
+def _critical_curve(params):
+    """(K, 2) arcsec tangential critical curve of predicted parameters."""
+    p = np.asarray(params, dtype=np.float32).reshape(-1)
+    curve = caustics.tangential_critical_curve(p[0:1], p[1:2], p[2:3], p[3:4], p[4:5], num=200)
+    return np.asarray(curve)[0]
+
+
+def _row(cutout, params, label):
+    """One output row (:data:`ensai_tf.tables.OUTPUT_COLUMNS`) with q and PA east of north."""
+    P = conventions.Param
+    p = np.asarray(params, dtype=np.float64)
+    q, _ = conventions.q_phi_from_ellipticity(p[P.E_X], p[P.E_Y])
+    frame = cutout.frame
+    col, row = frame.to_file_pixel(p[P.X_L], p[P.Y_L])
+    row_out = {"file": label, "index": 0}
+    row_out.update({n: float(v) for n, v in zip(conventions.PARAM_NAMES, p)})
+    if frame.wcs is None:
+        pa = float(conventions.mass_major_axis_angle(p[P.E_X], p[P.E_Y]))
+        pa_frame, ra, dec = PA_FRAME_IMAGE, None, None
+    else:
+        jac = pixel_to_sky_jacobian(frame.wcs, float(col), float(row))
+        pa = float(position_angle_east_of_north(p[P.E_X], p[P.E_Y], jac, frame.scales))
+        pa_frame = PA_FRAME_SKY
+        sky = frame.wcs.pixel_to_world(float(col), float(row))
+        ra, dec = float(sky.icrs.ra.deg), float(sky.icrs.dec.deg)
+    row_out.update({"q": float(q), "pa_deg": pa, "pa_frame": pa_frame, "x_pix": float(col),
+                    "y_pix": float(row), "ra_deg": ra, "dec_deg": dec})
+    return row_out
+
+
+def band_files(bands=None, files=(), ica_flag=False):
+    """The (blue, red) pair of ``ensai predict --bands BLUE RED`` or ``--ica FILES``.
+
+    Args:
+        bands: ``[blue, red]`` from ``--bands``, or None.
+        files: the positional image files.
+        ica_flag: whether ``--ica`` was given (the positional files are then
+            the two bands, bluer first).
+
+    Returns:
+        ``(blue, red)`` paths, or None when neither option asks for ICA.
+
+    Raises:
+        InputError: ``--ica`` without exactly two files, or ``--bands`` with
+            positional files as well.
+
+    Example:
+        >>> band_files(files=["g.fits", "i.fits"], ica_flag=True)
+        ('g.fits', 'i.fits')
+    """
+    files = list(files or ())
+    if bands:
+        if files:
+            raise InputError(f"--bands takes the two band files itself; also got {files}")
+        return str(bands[0]), str(bands[1])
+    if not ica_flag:
+        return None
+    if len(files) != 2:
+        raise InputError(f"--ica needs two bands (BLUE.fits RED.fits, bluer first); got "
+                         f"{len(files)} file{'s' if len(files) != 1 else ''}: "
+                         f"{', '.join(files) or 'none'}")
+    return files[0], files[1]
+
+
+def _check_request(ra, dec, x, y, output, plot):
+    """Refuse a half-given or doubly-given lens position and unwritable outputs, before any work."""
+    if (ra is None) != (dec is None) or (x is None) != (y is None):
+        raise InputError("give both --ra and --dec, or both --x and --y")
+    if ra is not None and x is not None:
+        raise InputError("give the lens position as --ra/--dec or as --x/--y, not both")
+    check_writable(output)
+    output_format(output)
+    if plot is not None and not pathlib.Path(plot).parent.is_dir():
+        raise InputError(f"plot {str(plot)!r}: folder {str(pathlib.Path(plot).parent)!r} "
+                         "does not exist")
+
+
+def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=None,
+                     masks=(), sky_masks=(), psf_fwhm=None, cosmic_rays=None, hdu=None,
+                     pixel_scale=None, plot=None):
+    """Lens parameters from two FITS bands via ICA (``ensai predict --bands``).
+
+    Args:
+        model: model folder, SavedModel folder or ``.keras`` file.
+        blue, red: FITS files of the bluer and the redder filter.
+        output: ``.csv``/``.json`` path or ``'-'`` (see
+            :func:`ensai_tf.tables.write_table`).
+        ra, dec: ICRS lens position, degrees (needs the blue WCS); or
+        x, y: 0-based pixel of the lens in the blue file; default the centre.
+        masks: ``"X,Y"`` blue-file pixels or DS9 ``.reg`` files; each point
+            is a 0.2 arcsec disc (docs/design.md §8.4 step 2).
+        sky_masks: ``"RA,DEC"`` degrees, 0.2 arcsec discs.
+        psf_fwhm: ``(blue, red)`` PSF FWHM, arcsec, or None (no matching).
+        cosmic_rays: None or a
+            :func:`~ensai_tf.realdata.cosmics.detect_cosmic_rays` method.
+        hdu: HDU index or EXTNAME used in both files; None = first image.
+        pixel_scale: arcsec per pixel for files without a WCS.
+        plot: optional path of the diagnostic PNG (:func:`plot_diagnostic`).
+
+    Returns:
+        list with one row dict (:data:`ensai_tf.tables.OUTPUT_COLUMNS`): the
+        five parameters, ``q = 1 - |e|``, ``pa_deg`` east of north when the
+        blue file has a WCS (``pa_frame`` says which), the lens centre in
+        blue-file pixels and RA/Dec.
+
+    Raises:
+        InputError: bad files, positions, masks or output (naming them).
+        ModelDirError: a missing or corrupt model.
+    """
+    _check_request(ra, dec, x, y, output, plot)
+    bands = [read_band(p, hdu, pixel_scale) for p in (blue, red)]
+    mask_items = parse_mask_specs(masks, pixel=True) + parse_mask_specs(sky_masks, pixel=False)
+    predict_fn, npix = load_predictor(model)
+    cutout = cut_two_bands(bands[0], bands[1], position=None if x is None else (x, y),
+                           sky=None if ra is None else (ra, dec), masks=mask_items,
+                           psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix)
+    image, result = unmix_cutout(cutout)
+    start = time.perf_counter()
+    params = predict_images(predict_fn, image[None])[0]
+    elapsed = time.perf_counter() - start
+    rows = [_row(cutout, params, cutout.name)]
+    write_table(rows, output)
+    if plot is not None:
+        plot_diagnostic(cutout, result, params, plot)
+    print(f"ensai predict --bands: arc component chosen by {result.rule} "
+          f"(blue/red weights {np.round(result.colour, 3).tolist()}); "
+          f"{int(cutout.mask.sum())} pixels masked; network {1e3 * elapsed:.1f} ms",
+          file=sys.stderr)
+    return rows
