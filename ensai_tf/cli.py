@@ -1,15 +1,24 @@
 """The ``ensai`` command: parses arguments and calls library functions.
 
-Subcommands: ``simulate``, ``train``, ``combine``, ``evaluate``, ``predict``
-and ``demo``. No logic lives here, so notebooks and tests call the same
+Subcommands: ``simulate``, ``train``, ``combine``, ``calibrate``, ``evaluate``,
+``predict``, ``export`` and ``demo``. No logic lives here, so notebooks and tests call the same
 library functions. Errors meant for the user (:class:`ensai_tf.errors.EnsaiError`,
 configuration errors, unreadable files) are printed as one line naming the
 problem, with exit status 2; ``--debug`` shows the traceback instead.
+
+Each command imports its workflow module when it runs, so ``ensai --help``
+and a mistyped option do not wait for the data pipeline, astropy or the
+training code to load.
 """
 
 import argparse
+import importlib
 import os
 import sys
+
+from ensai_tf import config as config_lib
+from ensai_tf.conventions import NETWORK_NAMES
+from ensai_tf.errors import EnsaiError, InputError
 
 __all__ = ["main", "build_parser"]
 
@@ -24,54 +33,43 @@ def _add_config_args(parser, default_preset="paper"):
 
 
 def _resolve_config(args):
-    from ensai_tf import config
+    return config_lib.load_config(args.config, preset=args.preset, overrides=args.overrides)
 
-    return config.load_config(args.config, preset=args.preset, overrides=args.overrides)
+
+def _workflow(name):
+    """The workflow module ``ensai_tf.<name>``, imported when its command runs."""
+    return importlib.import_module(f"ensai_tf.{name}")
 
 
 def _cmd_simulate(args):
-    from ensai_tf.data import writer
-
-    writer.write_observed_dataset(
+    _workflow("data.writer").write_observed_dataset(
         args.out, n=args.n, seed=args.seed, config=_resolve_config(args), split=args.split,
         overwrite=args.overwrite, clean=args.clean, curves=args.curves, progress=not args.quiet)
 
 
 def _cmd_train(args):
-    from ensai_tf import train
-
     cfg = _resolve_config(args)
     if args.model:
-        from ensai_tf import config
-
-        cfg = config.apply_overrides(cfg, [f"model.name={args.model}"])
-    train.train(cfg, args.model_dir, resume=args.resume, overwrite=args.overwrite,
+        cfg = config_lib.apply_overrides(cfg, [f"model.name={args.model}"])
+    _workflow("train").train(cfg, args.model_dir, resume=args.resume, overwrite=args.overwrite,
                 distribute=args.distribute)
 
 
 def _cmd_combine(args):
-    from ensai_tf import train
-
-    train.train_combiner(args.models, args.model_dir, config=_resolve_config(args),
+    _workflow("combine").train_combiner(args.models, args.model_dir, config=_resolve_config(args),
                          mode=args.mode, steps=args.steps, overwrite=args.overwrite)
 
 
 def _cmd_calibrate(args):
-    from ensai_tf import train
-
     config = None  # the model's own config.yaml
     if args.preset or args.config or args.overrides:
-        from ensai_tf import config as config_lib
-
         config = config_lib.load_config(args.config, preset=args.preset or "paper",
                                         overrides=args.overrides)
-    train.calibrate(args.model_dir, config=config, n=args.n, experiment=args.experiment)
+    _workflow("calibrate").calibrate(args.model_dir, config=config, n=args.n, experiment=args.experiment)
 
 
 def _cmd_evaluate(args):
-    from ensai_tf import evaluate
-    from ensai_tf.errors import InputError
-
+    evaluate = _workflow("evaluate")
     if args.symmetrize and (len(args.model) > 1 or args.experiment == "ica"):
         raise InputError("--symmetrize evaluates one model on the test set; it is not available "
                          "with several models or --experiment ica")
@@ -83,21 +81,17 @@ def _cmd_evaluate(args):
         return
     model = args.model[0]
     if args.experiment == "ica":
-        from ensai_tf import twoband
-
-        twoband.evaluate_ica(model, n=args.n, out_dir=args.out, config=_resolve_config(args))
+        _workflow("twoband").evaluate_ica(model, n=args.n, out_dir=args.out, config=_resolve_config(args))
         return
     evaluate.evaluate(model, n=args.n, experiment=args.experiment, out_dir=args.out,
-                      config=_resolve_config(args), symmetrize=args.symmetrize)
+                      config=_resolve_config(args), symmetrize=args.symmetrize,
+                      trust_savedmodel=args.trust_savedmodel)
 
 
 def _cmd_predict(args):
-    from ensai_tf import predict, realdata
-
+    realdata = _workflow("realdata")
     pair = realdata.band_files(args.bands, args.files, args.ica)
     if pair is not None and args.symmetrize:
-        from ensai_tf.errors import InputError
-
         raise InputError("--symmetrize is not available with two-band ICA input (--bands/--ica)")
     if pair is not None:
         realdata.predict_two_band(
@@ -106,15 +100,28 @@ def _cmd_predict(args):
             cosmic_rays=args.cosmic_rays, hdu=args.hdu, pixel_scale=args.pixel_scale,
             plot=args.plot)
         return
-    predict.predict_files(args.model, args.files, output=args.output,
-                          pixel_scale=args.pixel_scale, batch_size=args.batch_size,
-                          return_rows=False, symmetrize=args.symmetrize)
+    _workflow("prediction").predict_files(
+        args.model, args.files, output=args.output, pixel_scale=args.pixel_scale,
+        batch_size=args.batch_size, return_rows=False, symmetrize=args.symmetrize,
+        trust_savedmodel=args.trust_savedmodel)
+
+
+def _cmd_export(args):
+    out = _workflow("export").export_model(args.model, args.out, export_format=args.format,
+                                           overwrite=args.overwrite,
+                                           trust_savedmodel=args.trust_savedmodel)
+    print(f"ensai export: wrote {args.format} to {out}", file=sys.stderr)
 
 
 def _cmd_demo(args):
-    from ensai_tf import demo
+    _workflow("demo").run_demo(weights_dir=args.weights, n=args.n, out_dir=args.out)
 
-    demo.run_demo(weights_dir=args.weights, n=args.n, out_dir=args.out)
+
+def _add_trust_arg(parser):
+    parser.add_argument("--trust-savedmodel", action="store_true",
+                        help="load a folder's saved_model/ even where model.keras or "
+                             "combiner.json is beside it (a SavedModel is a program: it runs "
+                             "code its author wrote; trust only your own)")
 
 
 def build_parser():
@@ -142,7 +149,7 @@ def build_parser():
     p.set_defaults(func=_cmd_simulate)
 
     p = sub.add_parser("train", help="train one network with model.fit on the online pipeline")
-    p.add_argument("--model", choices=("inception_v4", "alexnet", "overfeat", "ensai_net"),
+    p.add_argument("--model", choices=NETWORK_NAMES,
                    help="architecture (default: the config's model.name)")
     p.add_argument("--model-dir", required=True, help="folder for config, checkpoints, logs")
     p.add_argument("--resume", action="store_true", help="continue a run in an existing folder")
@@ -168,7 +175,7 @@ def build_parser():
                                          "validation lenses")
     p.add_argument("model_dir", help="model folder written by 'ensai train' (model.head != point)")
     p.add_argument("--n", type=int, default=None, help="validation lenses (default: config)")
-    p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light"),
+    p.add_argument("--experiment", default=None, choices=config_lib.EXPERIMENTS,
                    help="validation lenses of a robustness experiment (docs/design.md §8.5)")
     _add_config_args(p, default_preset=None)
     p.set_defaults(func=_cmd_calibrate)
@@ -178,13 +185,14 @@ def build_parser():
                    help="model folder, SavedModel folder or .keras file; several with "
                         "--experiment shear --out DIR compare them in bins of shear")
     p.add_argument("--n", type=int, default=None, help="test lenses (default: config)")
-    p.add_argument("--experiment", default=None, choices=("shear", "psf", "lens-light", "ica"),
+    p.add_argument("--experiment", default=None, choices=(*config_lib.EXPERIMENTS, "ica"),
                    help="robustness experiment (docs/design.md §8.5), or ica: arc recovery and error "
                         "growth of two-band ICA lens-light removal (docs/design.md §8.4)")
     p.add_argument("--out", default=None, help="output folder (default: MODEL/eval[-EXP][-d4])")
     p.add_argument("--symmetrize", action="store_true",
                    help="average each prediction over the 8 flips and rotations of the image "
                         "(point-estimate models; 8x the time per lens)")
+    _add_trust_arg(p)
     _add_config_args(p, default_preset="paper")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -220,7 +228,20 @@ def build_parser():
                    help="HDU index or EXTNAME to read (default: the first image)")
     g.add_argument("--plot", default=None, metavar="FILE.png",
                    help="diagnostic PNG: bands, ICA components, masks, critical curve")
+    _add_trust_arg(p)
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export", help="export a model folder (the combined one included) as a "
+                                      "SavedModel for TensorFlow Serving or TFSMLayer, or as "
+                                      "one .keras file")
+    p.add_argument("model", help="model folder or .keras file")
+    p.add_argument("out", help="output folder (must be new or empty)")
+    p.add_argument("--format", default="savedmodel", choices=("savedmodel", "keras"),
+                   help="savedmodel: OUT/saved_model.pb with a 'serve' endpoint (default); "
+                        "keras: OUT/model.keras")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in OUT")
+    _add_trust_arg(p)
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("demo", help="predict simulated test lenses with the shipped weights")
     p.add_argument("--weights", default=None, help="weights folder (default: trained_weights/)")
@@ -243,8 +264,6 @@ def main(argv=None):
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
-    from ensai_tf.errors import EnsaiError
-
     try:
         args.func(args)
     except KeyboardInterrupt:

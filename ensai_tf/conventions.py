@@ -40,11 +40,16 @@ __all__ = [
     "q_phi_from_ellipticity",
     "mass_major_axis_angle",
     "NETWORK_NAMES",
+    "PAPER_ORDER",
 ]
 
 NETWORK_NAMES = ("inception_v4", "alexnet", "overfeat", "ensai_net")
 """The four paper networks, by the names ``build_model``, configs and ``ensai train --model``
-use (docs/design.md §6.5); their combiner order is ``models.PAPER_ORDER``."""
+use (docs/design.md §6.5); their combiner order is :data:`PAPER_ORDER`."""
+
+PAPER_ORDER = ("overfeat", "ensai_net", "alexnet", "inception_v4")
+"""Combiner order of the paper's code, models [5, 8, 9, 11]; the first is the parity
+reference (docs/design.md §7.4)."""
 
 NPIX = 192
 """Image side, pixels (docs/design.md §0)."""

@@ -1,97 +1,49 @@
-"""SavedModel export and a uniform inference loader.
+"""Export any model folder for TensorFlow Serving, ``keras.layers.TFSMLayer`` or plain Keras.
 
 ``export_saved_model`` writes a SavedModel whose ``serve`` endpoint (also the
 ``serving_default`` signature) takes ``images`` ``(None, H, W, 1)`` float32
 and returns a dict of the five named parameters, each ``(None,)``. It loads
-with ``tf.saved_model.load`` alone, without ensai_tf. Keep ``.keras`` files
-for anything to be retrained (the combiner loads those).
+with ``tf.saved_model.load`` alone, in a process that never imports ensai_tf.
+Keep ``.keras`` files for anything to be retrained (the combiner loads those).
 
 Networks with the shear outputs add ``gamma_1`` and ``gamma_2``; Gaussian
 heads add ``<name>_std`` per target, ``covariance`` ``(None, n, n)``
 and the raw head output ``outputs`` ``(None, width)``; the named values are
 then the Gaussian means.
+
+:func:`export_model` (``ensai export MODEL OUT``) does it for a model folder,
+the combined network stored by reference included: its backbones and
+combination weights become one self-contained SavedModel or ``.keras`` file.
+
+Example:
+    >>> export_model("trained_weights/combined", "/tmp/combined_sm")  # doctest: +SKIP
+    >>> import tensorflow as tf  # in any process, without ensai_tf
+    >>> serve = tf.saved_model.load("/tmp/combined_sm").serve  # doctest: +SKIP
 """
 
 import pathlib
-import zipfile
+import shutil
 
-import numpy as np
+import keras
+import tensorflow as tf
 
-from ensai_tf.conventions import PARAM_NAMES, target_names
-from ensai_tf.errors import ModelDirError
+from ensai_tf import atomic, model_dir, uncertainty
+from ensai_tf.conventions import target_names
+from ensai_tf.errors import InputError
+from ensai_tf.inference import ENDPOINT, load_predictor
+from ensai_tf.models.loading import float32_model
 
-__all__ = ["ENDPOINT", "INPUT_NAME", "export_saved_model", "InferenceModel", "load_for_inference",
-           "float32_model", "load_keras_model"]
-
-ENDPOINT = "serve"
-"""Name of the SavedModel endpoint."""
+__all__ = ["ENDPOINT", "EXPORT_FORMATS", "INPUT_NAME", "export_model", "export_saved_model"]
 
 INPUT_NAME = "images"
 """Name of the endpoint's input tensor."""
 
+EXPORT_FORMATS = ("savedmodel", "keras")
+"""What :func:`export_model` writes: a SavedModel folder, or a folder with one ``model.keras``."""
 
-def _float32_policies(obj):
-    """``obj`` (a serialised Keras config) with every mixed dtype policy made float32."""
-    if isinstance(obj, dict):
-        if obj.get("class_name") == "DTypePolicy" and \
-                str(obj.get("config", {}).get("name", "")).startswith("mixed_"):
-            return {**obj, "config": {**obj["config"], "name": "float32"}}
-        return {key: _float32_policies(value) for key, value in obj.items()}
-    if isinstance(obj, list):
-        return [_float32_policies(value) for value in obj]
-    return obj
-
-
-def float32_model(model):
-    """``model`` with every layer computing in float32, for inference.
-
-    ``train.mixed_precision`` trains in ``mixed_bfloat16`` for speed; the
-    variables are float32 either way. Predicting in bfloat16 rounds every
-    activation to 8 bits of mantissa, and how (oneDNN's native AVX512_BF16
-    kernels or the AVX2 emulation) depends on the CPU: on the 200 check
-    lenses the shipped Inception-v4 moved by a median 0.006 arcsec (at most
-    0.22 arcsec) between bfloat16 and float32, and its 68% errors by 2% between
-    two CPUs. In float32 the same weights give the same predictions on every
-    machine to float rounding. A float32 model is returned unchanged.
-
-    Args:
-        model: a Keras model (any dtype policy).
-
-    Returns:
-        A Keras model with the same architecture, names and weights (copied)
-        whose layers all use the ``float32`` policy.
-    """
-    import keras
-
-    serialised = keras.saving.serialize_keras_object(model)
-    converted = _float32_policies(serialised)
-    if converted == serialised:
-        return model
-    copy = keras.saving.deserialize_keras_object(converted)
-    copy.set_weights(model.get_weights())
-    return copy
-
-
-def load_keras_model(path):
-    """Load a ``.keras`` file for inference: no optimizer, float32 throughout.
-
-    Args:
-        path: a ``.keras`` file written by ``ensai train`` or ``ensai combine``.
-
-    Returns:
-        The Keras model, every layer computing in float32
-        (:func:`float32_model`).
-
-    Raises:
-        OSError, ValueError, zipfile.BadZipFile: as ``keras.saving.load_model``
-            (callers turn them into a ``ModelDirError`` naming the file).
-    """
-    import keras
-
-    from ensai_tf import predict
-
-    predict.register_custom_objects()
-    return float32_model(keras.saving.load_model(str(path), compile=False))
+_EXPORTED = frozenset({model_dir.SAVED_MODEL_PB, "fingerprint.pb", "variables", "assets",
+                       model_dir.MODEL_KERAS, model_dir.CALIBRATION_JSON, model_dir.CONFIG_YAML})
+"""Names an export writes; ``--overwrite`` replaces a folder holding nothing else."""
 
 
 def export_saved_model(model, path, verbose=False):
@@ -111,9 +63,6 @@ def export_saved_model(model, path, verbose=False):
         ValueError: the model does not take ``(B, H, W, 1)`` images or does not
             return 5 parameters.
     """
-    import keras
-    import tensorflow as tf
-
     # the endpoint serves in float32 whatever the training precision was
     model = float32_model(model)
     in_shape = tuple(model.input_shape)
@@ -121,8 +70,6 @@ def export_saved_model(model, path, verbose=False):
     if len(in_shape) != 4 or in_shape[-1] != 1:
         raise ValueError(f"export_saved_model needs a model taking (B, H, W, 1) images, "
                          f"got input shape {in_shape}")
-    from ensai_tf import uncertainty
-
     try:
         if len(out_shape) != 2:
             raise ValueError("not (B, width)")
@@ -154,127 +101,76 @@ def export_saved_model(model, path, verbose=False):
     return path
 
 
-class InferenceModel:
-    """Callable images -> ``(N, 5)`` numpy parameters, from either file format.
-
-    Attributes:
-        path: the loaded file or folder.
-        input_shape: ``(H, W, 1)`` the model takes, pixels (None where unknown).
-        kind: ``"saved_model"`` or ``"keras"``.
-        serve: SavedModels only, the raw ``serve`` endpoint (images tensor ->
-            dict of the five named ``(N,)`` parameters); absent for ``.keras``
-            files, so ``hasattr(model, "serve")`` tells the two apart.
-    """
-
-    def __init__(self, path, fn, input_shape, kind):
-        self.path = path
-        self.input_shape = input_shape
-        self.kind = kind
-        self._fn = fn
-
-    def __call__(self, images):
-        """Predict lens parameters.
-
-        Args:
-            images: ``(N, H, W, 1)`` (or ``(N, H, W)``) array, image units,
-                masked pixels exactly 0.
-
-        Returns:
-            ``(N, 5)`` float32 numpy array in the order ``PARAM_NAMES``,
-            arcsec / dimensionless.
-        """
-        images = np.asarray(images, dtype=np.float32)
-        if images.ndim == 3:
-            images = images[..., None]
-        if images.ndim != 4 or images.shape[-1] != 1:
-            raise ValueError(f"images must have shape (N, H, W, 1), got {images.shape}")
-        expected = tuple(s for s in self.input_shape[:2]) if self.input_shape else None
-        if expected and None not in expected and images.shape[1:3] != expected:
-            raise ValueError(f"the model at {str(self.path)!r} takes {expected[0]}x{expected[1]} "
-                             f"images, got {images.shape[1]}x{images.shape[2]}")
-        return np.asarray(self._fn(images), dtype=np.float32)
+def _check_out(out, overwrite):
+    out = pathlib.Path(out)
+    if not out.exists():
+        if not out.parent.is_dir():
+            raise InputError(f"output {str(out)!r}: folder {str(out.parent)!r} does not exist")
+        return out
+    if not out.is_dir():
+        raise InputError(f"output {str(out)!r} exists and is not a folder")
+    names = {p.name for p in out.iterdir()}
+    if names and not overwrite:
+        raise InputError(f"output {str(out)!r} exists and is not empty; give --overwrite to "
+                         "replace an earlier export there")
+    foreign = sorted(names - _EXPORTED)
+    if foreign:
+        raise InputError(f"output {str(out)!r} holds files an export does not write "
+                         f"({', '.join(foreign[:5])}); choose another folder")
+    return out
 
 
-def _load_saved_model(path):
-    import tensorflow as tf
+def export_model(model, out, export_format="savedmodel", overwrite=False,
+                 trust_savedmodel=False):
+    """Export a model folder as a self-contained SavedModel or ``.keras`` model folder.
 
-    loaded = tf.saved_model.load(str(path))
-    if not hasattr(loaded, ENDPOINT):
-        raise ModelDirError(f"SavedModel {str(path)!r} has no {ENDPOINT!r} endpoint; "
-                            "export it with ensai_tf.export.export_saved_model")
-    endpoint = getattr(loaded, ENDPOINT)
-    concrete = endpoint.concrete_functions[0] if getattr(endpoint, "concrete_functions", None) \
-        else None
-    input_shape = None
-    if concrete is not None:
-        specs = tf.nest.flatten(concrete.structured_input_signature)
-        if specs and len(specs[0].shape) == 4:
-            input_shape = tuple(specs[0].shape[1:])
-
-    def fn(images):
-        out = endpoint(tf.constant(images))
-        if isinstance(out, dict):
-            return np.stack([np.asarray(out[name]) for name in PARAM_NAMES], axis=-1)
-        return np.asarray(out)
-
-    # the closure holds `loaded`, which keeps the variables alive
-    fn.loaded = loaded
-    model = InferenceModel(path, fn, input_shape, "saved_model")
-    model.serve = endpoint
-    return model
-
-
-def _load_keras(path):
-    import keras
-
-    model = load_keras_model(path)
-
-    def fn(images):
-        # the lens parameters (or a Gaussian head's means) come first
-        return keras.ops.convert_to_numpy(model(images, training=False))[:, :len(PARAM_NAMES)]
-
-    fn.model = model
-    return InferenceModel(path, fn, tuple(model.input_shape[1:]), "keras")
-
-
-def load_for_inference(path):
-    """Load a SavedModel folder or a ``.keras`` file for prediction.
+    The model is loaded exactly as ``ensai predict`` loads it
+    (:func:`ensai_tf.inference.load_predictor`), so the export's ``serve``
+    endpoint reproduces ``ensai predict``'s numbers on the same prepared
+    images. The folder's ``calibration.json`` and ``config.yaml`` are copied
+    beside the export, so ``ensai predict OUT`` gives the same intervals.
 
     Args:
-        path: a SavedModel folder (holding ``saved_model.pb``) written by
-            :func:`export_saved_model`, or a ``.keras`` file.
+        model: model folder, ``.keras`` file or SavedModel folder.
+        out: the output folder (created; written complete, then renamed into place).
+        export_format: ``"savedmodel"`` (``OUT/saved_model.pb``, loads with
+            ``tf.saved_model.load`` or ``keras.layers.TFSMLayer``) or
+            ``"keras"`` (``OUT/model.keras``).
+        overwrite: replace an earlier export in ``out``; a folder holding
+            anything an export does not write is always refused.
+        trust_savedmodel: as :func:`ensai_tf.inference.load_predictor`.
 
     Returns:
-        An :class:`InferenceModel`: call it on ``(N, H, W, 1)`` images to get
-        ``(N, 5)`` numpy parameters.
+        ``out`` as a ``pathlib.Path``.
 
     Raises:
-        ModelDirError (a ValueError): the path is missing, empty, of another
-            kind, or corrupt; the message names it.
+        InputError: an unknown format, or an output that exists.
+        ModelDirError: a missing or corrupt model.
     """
-    import tensorflow as tf
-
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise ModelDirError(f"model path {str(path)!r} does not exist")
-    if path.is_dir():
-        if not any(path.iterdir()):
-            raise ModelDirError(f"model folder {str(path)!r} is empty")
-        if not (path / "saved_model.pb").is_file():
-            raise ModelDirError(f"{str(path)!r} is not a SavedModel folder (no saved_model.pb)")
-        loader = _load_saved_model
-    elif path.suffix == ".keras":
-        if path.stat().st_size == 0:
-            raise ModelDirError(f"model file {str(path)!r} is empty")
-        loader = _load_keras
-    else:
-        raise ModelDirError(f"{str(path)!r} is neither a SavedModel folder nor a .keras file")
+    if export_format not in EXPORT_FORMATS:
+        raise InputError(f"export format {export_format!r}: choose one of "
+                         f"{', '.join(EXPORT_FORMATS)}")
+    out = _check_out(out, overwrite)
+    predict_fn, _ = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel)
+    holder = predict_fn.holder
+    if not isinstance(holder, keras.Model):
+        raise InputError(f"{str(model)!r} is a SavedModel; it is already exported")
+    tmp = atomic.temp_path(out)
     try:
-        return loader(path)
-    except ModelDirError:
-        raise
-    except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
-            zipfile.BadZipFile, tf.errors.OpError) as err:
-        # IndexError: a truncated variables.data file; one line for the CLI
-        raise ModelDirError(f"cannot load the model at {str(path)!r}: missing parts or corrupt "
-                            f"({type(err).__name__}: {' '.join(str(err).split())})") from None
+        tmp.mkdir()
+        if export_format == "savedmodel":
+            export_saved_model(holder, tmp)
+        else:
+            holder.save(tmp / model_dir.MODEL_KERAS)
+        folder = pathlib.Path(model)
+        folder = folder if folder.is_dir() else folder.parent
+        for name in (model_dir.CALIBRATION_JSON, model_dir.CONFIG_YAML):
+            if (folder / name).is_file():
+                shutil.copyfile(folder / name, tmp / name)
+        atomic.replace_folder(tmp, out)
+    except OSError as err:
+        raise InputError(f"cannot write {str(out)!r}: {err}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out

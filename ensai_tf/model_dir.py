@@ -12,7 +12,8 @@ owns its file names, so no other module spells them, and the loading rule
    when it is the only model in the folder, or when the caller trusts it.
    SavedModels are programs: loading one runs the graph its author wrote.
 
-Nothing here imports TensorFlow or Keras.
+It also finds the shipped networks (:func:`shipped_weights_dir`,
+:func:`find_weights`). Nothing here imports TensorFlow or Keras.
 
 Example:
     >>> import pathlib, tempfile
@@ -24,7 +25,12 @@ Example:
 """
 
 import hashlib
+import json
+import math
 import pathlib
+
+from ensai_tf.conventions import PAPER_ORDER
+from ensai_tf.errors import ModelDirError
 
 __all__ = [
     "BACKUP_DIR",
@@ -43,6 +49,10 @@ __all__ = [
     "TABLE1_MD",
     "TENSORBOARD_DIR",
     "file_sha256",
+    "find_weights",
+    "has_combiner_record",
+    "mean_error68",
+    "shipped_weights_dir",
     "is_model",
     "keras_model_path",
     "model_source",
@@ -177,3 +187,53 @@ def file_sha256(path, chunk_bytes=1 << 22):
         for block in iter(lambda: f.read(chunk_bytes), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def shipped_weights_dir():
+    """The repository's ``trained_weights/`` folder (next to the package in a source checkout)."""
+    return pathlib.Path(__file__).resolve().parent.parent / "trained_weights"
+
+
+def mean_error68(folder):
+    """Mean 68% test error of a model folder's ``metrics.json``, or infinity when unreadable."""
+    try:
+        data = json.loads((pathlib.Path(folder) / METRICS_JSON).read_text())
+        values = [float(v["error68"]) for k, v in data["metrics"].items() if k != "n"]
+        return sum(values) / len(values) if values else math.inf
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return math.inf
+
+
+def find_weights(weights_dir=None):
+    """The model folder ``ensai demo`` uses.
+
+    Args:
+        weights_dir: folder of trained networks (default
+            :func:`shipped_weights_dir`), or a single model folder.
+
+    Returns:
+        ``(path, label)``: the combined model if present, else the network
+        with the smallest mean 68% error in its ``metrics.json`` (ties: paper order).
+
+    Raises:
+        ModelDirError: no trained model is installed, with instructions.
+    """
+    root = pathlib.Path(weights_dir) if weights_dir is not None else shipped_weights_dir()
+    how = ("train one with 'ensai train --model alexnet --preset cpu --model-dir runs/alexnet' "
+           "and run 'ensai demo --weights runs/alexnet', or see trained_weights/README.md")
+    if not root.is_dir():
+        raise ModelDirError(f"no trained weights are installed: {str(root)!r} does not exist; {how}")
+    if is_model(root):
+        return root, root.name
+    if is_model(root / "combined"):
+        return root / "combined", "combined"
+    singles = [p for p in sorted(root.iterdir()) if p.is_dir() and is_model(p)]
+    if not singles:
+        raise ModelDirError(f"no trained weights are installed in {str(root)!r}; {how}")
+
+    def rank(p):
+        order = PAPER_ORDER.index(p.name) if p.name in PAPER_ORDER else len(PAPER_ORDER)
+        return (mean_error68(p), order, p.name)
+
+    best = min(singles, key=rank)
+    return best, best.name

@@ -163,7 +163,7 @@ def symmetrize(predict_fn, elements=DIHEDRAL_GROUP):
     Args:
         predict_fn: maps a ``(B, npix, npix, 1)`` float32 array to a
             ``(B, 5)`` or ``(B, 7)`` array of point estimates (the function
-            of :func:`ensai_tf.predict.load_predictor`).
+            of :func:`ensai_tf.inference.load_predictor`).
         elements: the group elements to average over (default all eight of
             :data:`DIHEDRAL_GROUP`); the first is the parity reference.
 

@@ -38,3 +38,51 @@ def smoke_config():
     from ensai_tf import config
 
     return config.get_preset("smoke")
+
+
+@pytest.fixture
+def arc_image():
+    """``arc_image(npix=192, scale=0.04, peak=1.0)``: a ring of radius 1 arcsec plus 0.01, float64."""
+    import numpy as np
+
+    from ensai_tf import conventions
+
+    def make(npix=192, scale=0.04, peak=1.0):
+        x, y = conventions.pixel_grid(npix, scale)
+        r = np.hypot(x, y)
+        return (peak * np.exp(-0.5 * ((r - 1.0) / 0.08) ** 2) + 0.01).astype(np.float64)
+
+    return make
+
+
+@pytest.fixture
+def celestial_wcs():
+    """``celestial_wcs(scale_arcsec, npix, rotation_deg=0)``: a north-up, east-left TAN WCS."""
+    import numpy as np
+    from astropy.wcs import WCS
+
+    def make(scale_arcsec, npix, rotation_deg=0.0):
+        w = WCS(naxis=2)
+        w.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+        w.wcs.crval = [150.0, 2.0]
+        w.wcs.crpix = [(npix + 1) / 2.0, (npix + 1) / 2.0]
+        w.wcs.cdelt = [-scale_arcsec / 3600.0, scale_arcsec / 3600.0]
+        c, s = np.cos(np.radians(rotation_deg)), np.sin(np.radians(rotation_deg))
+        w.wcs.pc = [[c, -s], [s, c]]
+        return w
+
+    return make
+
+
+@pytest.fixture
+def write_fits():
+    """``write_fits(path, data, wcs=None)``: a float32 primary-HDU FITS file; returns its path."""
+    import numpy as np
+    from astropy.io import fits
+
+    def write(path, data, wcs=None):
+        header = wcs.to_header() if wcs is not None else None
+        fits.PrimaryHDU(data=data.astype(np.float32), header=header).writeto(path)
+        return str(path)
+
+    return write

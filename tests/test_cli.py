@@ -160,9 +160,9 @@ def test_demo_without_weights_says_so(capsys, tmp_path):
 
 
 def test_demo_default_weights_folder_without_weights(capsys, tmp_path):
-    from ensai_tf import demo, predict
+    from ensai_tf import model_dir
 
-    if any(predict.is_model(p) for p in demo.default_weights_dir().glob("*")):
+    if any(model_dir.is_model(p) for p in model_dir.shipped_weights_dir().glob("*")):
         pytest.skip("weights are installed")
     code, _, err = _run(capsys, "demo", "--out", str(tmp_path / "o"))
     assert code == 2 and "no trained weights are installed" in err

@@ -8,9 +8,9 @@ import keras
 import numpy as np
 import pytest
 
-from ensai_tf import export
+from ensai_tf import export, inference
 from ensai_tf.conventions import PARAM_NAMES
-from ensai_tf.models import build_model, combiner
+from ensai_tf.models import build_model, combiner, loading
 from ensai_tf.preprocess.bias import BiasRemoval
 
 SIDE = 32
@@ -50,7 +50,7 @@ def exported(ensai_net_small, tmp_path_factory):
 
 def test_saved_model_reload_gives_identical_predictions(ensai_net_small, exported):
     x = _images()
-    predict = export.load_for_inference(exported)
+    predict = inference.load_for_inference(exported)
     assert predict.kind == "saved_model" and predict.input_shape == (SIDE, SIDE, 1)
     # same float32 graph and device: identical up to atol 1e-6
     np.testing.assert_allclose(predict(x), ensai_net_small.predict_on_batch(x), atol=1e-6, rtol=0)
@@ -77,7 +77,7 @@ def test_serving_signature_has_images_in_and_five_named_outputs(exported):
 def test_keras_file_through_the_same_loader(ensai_net_small, tmp_path):
     x = _images()
     ensai_net_small.save(tmp_path / "m.keras")
-    predict = export.load_for_inference(tmp_path / "m.keras")
+    predict = inference.load_for_inference(tmp_path / "m.keras")
     assert predict.kind == "keras" and not hasattr(predict, "serve")
     np.testing.assert_allclose(predict(x), ensai_net_small.predict_on_batch(x), atol=1e-6, rtol=0)
     with pytest.raises(ValueError, match="32x32"):
@@ -95,7 +95,7 @@ def test_combiner_exports_and_reloads(tmp_path, gaussian):
     model.save(tmp_path / "c.keras")
     expected = model.predict_on_batch(x)
     for path in (tmp_path / "sm", tmp_path / "c.keras"):
-        np.testing.assert_allclose(export.load_for_inference(path)(x), expected, atol=1e-6, rtol=0)
+        np.testing.assert_allclose(inference.load_for_inference(path)(x), expected, atol=1e-6, rtol=0)
 
 
 def test_saved_model_loads_in_a_process_without_ensai_tf(ensai_net_small, exported):
@@ -119,24 +119,24 @@ print(json.dumps({{k: np.asarray(v).tolist() for k, v in out.items()}}))
 
 def test_clear_errors_for_bad_paths(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
-        export.load_for_inference(tmp_path / "nowhere")
+        inference.load_for_inference(tmp_path / "nowhere")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="empty"):
-        export.load_for_inference(tmp_path / "empty")
+        inference.load_for_inference(tmp_path / "empty")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "readme.txt").write_text("x")
     with pytest.raises(ValueError, match="no saved_model.pb"):
-        export.load_for_inference(tmp_path / "other")
+        inference.load_for_inference(tmp_path / "other")
     (tmp_path / "corrupt").mkdir()
     (tmp_path / "corrupt" / "saved_model.pb").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="corrupt"):
-        export.load_for_inference(tmp_path / "corrupt")
+        inference.load_for_inference(tmp_path / "corrupt")
     (tmp_path / "bad.keras").write_bytes(b"garbage")
     with pytest.raises(ValueError, match="bad.keras"):
-        export.load_for_inference(tmp_path / "bad.keras")
+        inference.load_for_inference(tmp_path / "bad.keras")
     (tmp_path / "zero.keras").write_bytes(b"")
     with pytest.raises(ValueError, match="empty"):
-        export.load_for_inference(tmp_path / "zero.keras")
+        inference.load_for_inference(tmp_path / "zero.keras")
 
 
 def test_export_rejects_a_model_without_five_outputs(tmp_path):
@@ -150,7 +150,6 @@ def test_export_rejects_a_model_without_five_outputs(tmp_path):
 def test_shear_and_gaussian_heads_export_and_reload(tmp_path, head, width):
     """Shear outputs come back named gamma_1/gamma_2; a Gaussian head's serve also
     gives per-target std and the covariance L L^T, equal to the Keras model's up to 1e-6."""
-    from ensai_tf import predict as predict_lib
     from ensai_tf import uncertainty
     from ensai_tf.conventions import target_names
 
@@ -161,11 +160,11 @@ def test_shear_and_gaussian_heads_export_and_reload(tmp_path, head, width):
     export.export_saved_model(model, tmp_path / "sm")
     x = _images(3)
     raw = np.asarray(model.predict_on_batch(x), np.float64)
-    loaded = export.load_for_inference(tmp_path / "sm")  # keep it: it owns the variables
+    loaded = inference.load_for_inference(tmp_path / "sm")  # keep it: it owns the variables
     out = loaded.serve(x)
     names = target_names(7)
     assert set(names) <= set(out)
-    fn, _ = predict_lib.load_predictor(tmp_path / "sm", raw=True)
+    fn, _ = inference.load_predictor(tmp_path / "sm", raw=True)
     np.testing.assert_allclose(fn(x), raw, atol=1e-6)
     if head == "point":
         np.testing.assert_allclose(np.stack([out[n] for n in names], -1), raw, atol=1e-6)
@@ -186,9 +185,9 @@ def _policies(model):
 def ensai_net_bf16():
     """The same network and initial weights as ``ensai_net_small``, built as training
     builds it with ``train.mixed_precision`` on."""
-    from ensai_tf.train import _dtype_policy
+    from ensai_tf.train import dtype_policy
 
-    with _dtype_policy("mixed_bfloat16"):
+    with dtype_policy("mixed_bfloat16"):
         keras.utils.set_random_seed(0)
         return build_model("ensai_net", input_shape=(SIDE, SIDE, 1))
 
@@ -196,7 +195,7 @@ def ensai_net_bf16():
 def test_float32_model_computes_a_mixed_precision_network_in_float32(ensai_net_small,
                                                                      ensai_net_bf16):
     assert "mixed_bfloat16" in _policies(ensai_net_bf16)
-    model = export.float32_model(ensai_net_bf16)
+    model = loading.float32_model(ensai_net_bf16)
     assert _policies(model) == {"float32"}
     assert [layer.name for layer in model.layers] == [layer.name for layer in ensai_net_bf16.layers]
     for got, want in zip(model.get_weights(), ensai_net_bf16.get_weights()):
@@ -210,7 +209,7 @@ def test_float32_model_computes_a_mixed_precision_network_in_float32(ensai_net_s
 
 
 def test_float32_model_returns_a_float32_network_unchanged(ensai_net_small):
-    assert export.float32_model(ensai_net_small) is ensai_net_small
+    assert loading.float32_model(ensai_net_small) is ensai_net_small
 
 
 def test_mixed_precision_files_load_and_export_in_float32(ensai_net_small, ensai_net_bf16,
@@ -220,16 +219,16 @@ def test_mixed_precision_files_load_and_export_in_float32(ensai_net_small, ensai
     x = _images(3, seed=6)
     want = ensai_net_small.predict_on_batch(x)
     ensai_net_bf16.save(tmp_path / "bf16.keras")
-    assert _policies(export.load_keras_model(tmp_path / "bf16.keras")) == {"float32"}
+    assert _policies(loading.load_keras_model(tmp_path / "bf16.keras")) == {"float32"}
     export.export_saved_model(ensai_net_bf16, tmp_path / "sm")
     for path in (tmp_path / "bf16.keras", tmp_path / "sm"):
-        np.testing.assert_allclose(export.load_for_inference(path)(x), want, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(inference.load_for_inference(path)(x), want, atol=1e-5, rtol=0)
 
 
 def test_combiner_on_mixed_precision_backbones_runs_in_float32(tmp_path):
-    from ensai_tf.train import _dtype_policy
+    from ensai_tf.train import dtype_policy
 
-    with _dtype_policy("mixed_bfloat16"):
+    with dtype_policy("mixed_bfloat16"):
         nets = [tiny_backbone(f"net{i}", seed=i) for i in range(4)]
     for i, net in enumerate(nets):
         net.save(tmp_path / f"net{i}.keras")
@@ -237,4 +236,4 @@ def test_combiner_on_mixed_precision_backbones_runs_in_float32(tmp_path):
     assert all(_policies(b) == {"float32"} for b in backbones)
     model = combiner.build_combiner(backbones)
     model.save(tmp_path / "c.keras")
-    assert _policies(export.load_keras_model(tmp_path / "c.keras")) == {"float32"}
+    assert _policies(loading.load_keras_model(tmp_path / "c.keras")) == {"float32"}

@@ -17,7 +17,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ensai_tf import cli, conventions, predict
+from ensai_tf import cli, conventions
+from ensai_tf.preprocess import images as prep
+from ensai_tf import inference
 from ensai_tf.config import load_config
 from ensai_tf.errors import EnsaiError
 
@@ -57,7 +59,7 @@ def _good_fits_bytes(tmp_path):
 def _expect_named_error(path, **kwargs):
     """The library refuses `path` with an EnsaiError naming it."""
     with pytest.raises(EnsaiError) as info:
-        predict.prepare_images(str(path), NPIX, **kwargs)
+        prep.prepare_images(str(path), NPIX, **kwargs)
     assert os.path.basename(str(path)) in str(info.value), str(info.value)
     assert "\n" not in str(info.value), "the CLI prints errors on one line"
     return str(info.value)
@@ -154,12 +156,12 @@ def test_truncated_fits_is_refused_or_read_in_full(tmp_path_factory, cut):
     path = tmp / "cut.fits"
     path.write_bytes(good[: int(cut * len(good))])
     try:
-        got = predict.prepare_images(str(path), NPIX)[0].image
+        got = prep.prepare_images(str(path), NPIX)[0].image
     except EnsaiError as err:
         assert "cut.fits" in str(err), str(err)
     else:  # only the final block padding was cut: the image must be whole (exact)
         (tmp / "good.fits").write_bytes(good)
-        want = predict.prepare_images(str(tmp / "good.fits"), NPIX)[0].image
+        want = prep.prepare_images(str(tmp / "good.fits"), NPIX)[0].image
         np.testing.assert_array_equal(got, want)
 
 
@@ -192,7 +194,7 @@ def test_random_bytes_fits_never_trace(tmp_path_factory, data, prefix):
     head = _good_fits_bytes(tmp)[:2880] if prefix else b""
     path.write_bytes(head + data)
     try:
-        out = predict.prepare_images(str(path), NPIX, pixel_scale=SCALE)
+        out = prep.prepare_images(str(path), NPIX, pixel_scale=SCALE)
     except EnsaiError as err:
         assert "random.fits" in str(err) and "\n" not in str(err), str(err)
     else:  # a valid header + random data that happens to be a usable image
@@ -224,8 +226,8 @@ def test_odd_but_valid_fits_give_the_float_answer(tmp_path, variant):
         fits.PrimaryHDU(expect.astype(np.float32), header=_celestial_header()).writeto(
             ref, overwrite=True)
     hdu.writeto(path)
-    got = predict.prepare_images(str(path), NPIX)[0].image
-    want = predict.prepare_images(str(ref), NPIX)[0].image
+    got = prep.prepare_images(str(path), NPIX)[0].image
+    want = prep.prepare_images(str(ref), NPIX)[0].image
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -301,7 +303,7 @@ def test_random_shape_and_dtype_npy(tmp_path_factory, shape, dtype, fill):
         np.zeros(shape, dtype=dtype)
     np.save(path, arr)
     try:
-        out = predict.prepare_images(str(path), NPIX, pixel_scale=SCALE)
+        out = prep.prepare_images(str(path), NPIX, pixel_scale=SCALE)
     except EnsaiError as err:
         assert "arr.npy" in str(err), str(err)
     else:
@@ -340,7 +342,7 @@ def test_odd_but_valid_npy_give_the_float_answer(tmp_path):
     for name, arr in [("f", counts), ("i", counts.astype(np.int16)), ("b", counts.astype(">f4"))]:
         path = tmp_path / f"{name}.npy"
         np.save(path, arr)
-        results.append(predict.prepare_images(str(path), NPIX, pixel_scale=SCALE)[0].image)
+        results.append(prep.prepare_images(str(path), NPIX, pixel_scale=SCALE)[0].image)
     for got in results[1:]:
         np.testing.assert_allclose(got, results[0], rtol=1e-5, atol=1e-6)
 
@@ -459,7 +461,7 @@ BAD_MODELS = {
 def test_bad_model_path_is_refused_naming_it(tmp_path, case):
     path = BAD_MODELS[case](tmp_path)
     with pytest.raises(EnsaiError) as info:
-        predict.load_predictor(str(path))
+        inference.load_predictor(str(path))
     assert path.name in str(info.value), str(info.value)
     assert "\n" not in str(info.value), "the CLI prints errors on one line"
 
@@ -471,7 +473,7 @@ def test_truncated_keras_is_refused(tmp_path_factory, tiny_model, cut):
     path = tmp_path_factory.mktemp("k") / "cut.keras"
     path.write_bytes(good[: int(cut * len(good))])
     with pytest.raises(EnsaiError) as info:
-        predict.load_predictor(str(path))
+        inference.load_predictor(str(path))
     assert "cut.keras" in str(info.value)
 
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from ensai_tf import cli, train
+from ensai_tf import cli, inference, run_dir
 from ensai_tf.config import load_config
 from ensai_tf.errors import EnsaiError, ModelDirError
 
@@ -37,7 +37,7 @@ def test_resume_with_corrupt_config_yaml(tmp_path, cfg):
     d.mkdir()
     (d / "config.yaml").write_text("train: [1\n")
     with pytest.raises(ModelDirError, match="config.yaml"):
-        train.prepare_model_dir(d, cfg, resume=True)
+        run_dir.prepare_model_dir(d, cfg, resume=True)
 
 
 @pytest.mark.parametrize("content", [
@@ -50,7 +50,7 @@ def test_resume_with_foreign_config_yaml(tmp_path, cfg, content):
     d.mkdir()
     (d / "config.yaml").write_bytes(content)
     with pytest.raises(EnsaiError, match="config.yaml"):
-        train.prepare_model_dir(d, cfg, resume=True)
+        run_dir.prepare_model_dir(d, cfg, resume=True)
 
 
 def test_resume_with_corrupt_backup_metadata(tmp_path):
@@ -58,7 +58,7 @@ def test_resume_with_corrupt_backup_metadata(tmp_path):
     backup.mkdir()
     (backup / "training_metadata.json").write_text('{"epoch": ')
     with pytest.raises(ModelDirError, match="training_metadata.json"):
-        train.completed_epochs(backup)
+        run_dir.completed_epochs(backup)
 
 
 @pytest.mark.parametrize("meta", [{"epoch": "x"}, {"no_epoch": 1}, [1, 2]])
@@ -67,21 +67,21 @@ def test_backup_metadata_of_wrong_shape(tmp_path, meta):
     backup.mkdir()
     (backup / "training_metadata.json").write_text(json.dumps(meta))
     with pytest.raises(ModelDirError, match="training_metadata.json"):
-        train.completed_epochs(backup)
+        run_dir.completed_epochs(backup)
 
 
 def test_model_dir_that_is_a_file_or_foreign_folder(tmp_path, cfg):
     f = tmp_path / "afile"
     f.write_text("x")
     with pytest.raises(ModelDirError, match="afile"):
-        train.prepare_model_dir(f, cfg)
+        run_dir.prepare_model_dir(f, cfg)
     other = tmp_path / "other_program"
     other.mkdir()
     (other / "weights.pt").write_bytes(b"\x80")
     with pytest.raises(ModelDirError, match="other_program"):
-        train.prepare_model_dir(other, cfg)
+        run_dir.prepare_model_dir(other, cfg)
     with pytest.raises(ModelDirError, match="other_program"):
-        train.prepare_model_dir(other, cfg, resume=True)
+        run_dir.prepare_model_dir(other, cfg, resume=True)
 
 
 def test_overwrite_leaves_foreign_files(tmp_path, cfg):
@@ -90,7 +90,7 @@ def test_overwrite_leaves_foreign_files(tmp_path, cfg):
     d.mkdir()
     (d / "notes.txt").write_text("mine")
     (d / "config.yaml").write_text("old")
-    train.prepare_model_dir(d, cfg, overwrite=True)
+    run_dir.prepare_model_dir(d, cfg, overwrite=True)
     assert (d / "notes.txt").read_text() == "mine"
     assert not (d / "config.yaml").exists()
 
@@ -169,11 +169,9 @@ def _damage(root, how):
 @pytest.mark.parametrize("how", ["no_variables", "variables_data_truncated",
                                  "variables_index_garbage", "pb_truncated", "pb_empty"])
 def test_damaged_saved_model_is_refused(saved_model, how, capsys):
-    from ensai_tf import export
-
     path = _damage(saved_model, how)
     with pytest.raises(ModelDirError) as info:
-        export.load_for_inference(str(path))(np.zeros((1, NPIX, NPIX, 1), np.float32))
+        inference.load_for_inference(str(path))(np.zeros((1, NPIX, NPIX, 1), np.float32))
     assert path.name in str(info.value)
     img = path.parent / "img.npy"
     image = np.exp(-np.linspace(-2, 2, NPIX)[:, None] ** 2 - np.linspace(-2, 2, NPIX) ** 2)
@@ -183,7 +181,5 @@ def test_damaged_saved_model_is_refused(saved_model, how, capsys):
 
 def test_undamaged_saved_model_predicts(saved_model):
     """Control: the fixture itself loads (so the damage, not the fixture, is refused)."""
-    from ensai_tf import export
-
-    out = export.load_for_inference(str(saved_model))(np.zeros((2, NPIX, NPIX, 1), np.float32))
+    out = inference.load_for_inference(str(saved_model))(np.zeros((2, NPIX, NPIX, 1), np.float32))
     assert np.asarray(out).shape == (2, 5)

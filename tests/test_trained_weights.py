@@ -14,15 +14,15 @@ import json
 import numpy as np
 import pytest
 
-from ensai_tf import cli, config, demo, evaluate, predict, uncertainty
+from ensai_tf import cli, config, evaluate, inference, metrics, model_dir, reports, uncertainty
 from ensai_tf.conventions import PARAM_NAMES
 
-WEIGHTS = demo.default_weights_dir()
+WEIGHTS = model_dir.shipped_weights_dir()
 SHIPPED = ("alexnet", "ensai_net", "overfeat", "inception_v4", "combined", "alexnet_shear")
 UNCERTAINTY = "alexnet_shear"
 
 # Relative tolerance of the reproduced 68% errors: the same weights on the
-# same (stateless-seeded) lenses, predicted in float32 (export.float32_model),
+# same (stateless-seeded) lenses, predicted in float32 (loading.float32_model),
 # so only float rounding differs between CPUs. tools/float32_stability.py
 # (200 check lenses, oneDNN on with batch 50 against off with batch
 # 7): predictions moved by at most 6e-7 and the 68% errors by at most 2e-6
@@ -47,9 +47,9 @@ def check_set():
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_loads_and_predicts_finite_values(name, check_set):
-    predict_fn, npix = predict.load_predictor(WEIGHTS / name)
+    predict_fn, npix = inference.load_predictor(WEIGHTS / name)
     assert npix == 192
-    pred = predict.predict_images(predict_fn, check_set[0][:7], 4)
+    pred = inference.predict_images(predict_fn, check_set[0][:7], 4)
     assert pred.shape == (7, 5) and np.all(np.isfinite(pred))
 
 
@@ -57,9 +57,9 @@ def test_shipped_model_loads_and_predicts_finite_values(name, check_set):
 def test_shipped_metrics_are_reproduced_on_the_check_subset(name, check_set):
     stored = _metrics(name)["check"]
     n = stored["n"]
-    predict_fn, _ = predict.load_predictor(WEIGHTS / name)
-    pred = predict.predict_images(predict_fn, check_set[0][:n], 50)
-    got = evaluate.parameter_metrics(pred, check_set[1][:n])
+    predict_fn, _ = inference.load_predictor(WEIGHTS / name)
+    pred = inference.predict_images(predict_fn, check_set[0][:n], 50)
+    got = metrics.error_table(check_set[1][:n], pred)
     for p in PARAM_NAMES:
         np.testing.assert_allclose(got[p]["error68"], stored["metrics"][p]["error68"],
                                    rtol=CHECK_RTOL, err_msg=f"{name} {p}")
@@ -74,7 +74,7 @@ def prior_mean_errors(check_set):
     # the prior mean: theta_E at the middle of its range, no ellipticity, centred lens
     trivial = np.zeros_like(true)
     trivial[:, 0] = np.mean(config.get_preset("paper").lens.theta_e)
-    return {n: evaluate.parameter_metrics(trivial[:n], true[:n])
+    return {n: metrics.error_table(true[:n], trivial[:n])
             for n in {_metrics(name)["check"]["n"] for name in SHIPPED}}
 
 
@@ -121,7 +121,7 @@ def test_shipped_combined_refers_to_the_shipped_networks():
     names = ("overfeat", "ensai_net", "alexnet", "inception_v4", "alexnet_shear")
     assert [(folder / p).resolve() for p in record["backbones"]] == [
         (WEIGHTS / n / "model.keras").resolve() for n in names]
-    assert [combiner.file_sha256(folder / p) for p in record["backbones"]] == \
+    assert [model_dir.file_sha256(folder / p) for p in record["backbones"]] == \
         record["backbone_sha256"]
     assert record["mode"] == "per_parameter" and record["reference"] == 0
     assert np.asarray(record["weights"][0]).shape == (len(names), len(PARAM_NAMES))
@@ -144,11 +144,11 @@ def test_ensai_demo_runs_end_to_end(tmp_path, capsys):
 
 
 def test_shear_network_is_a_gaussian_head_with_shear_and_a_calibration(check_set):
-    raw_fn, _ = predict.load_predictor(WEIGHTS / UNCERTAINTY, raw=True)
-    raw = predict.predict_images(raw_fn, check_set[0][:3], 3)
+    raw_fn, _ = inference.load_predictor(WEIGHTS / UNCERTAINTY, raw=True)
+    raw = inference.predict_images(raw_fn, check_set[0][:3], 3)
     assert uncertainty.head_layout(raw.shape[1]) == ("diagonal", 7)
     assert np.all(np.isfinite(uncertainty.gaussian_summary(raw)["std"]))
-    cal = predict.load_calibration(WEIGHTS / UNCERTAINTY)
+    cal = inference.load_calibration(WEIGHTS / UNCERTAINTY)
     assert cal is not None and "validation" in cal["fitted_on"]
 
 
@@ -156,12 +156,12 @@ def test_shear_network_reproduces_its_stored_coverage(check_set):
     """Same weights and lenses: each coverage fraction within 2 lenses of the stored one."""
     stored = _metrics(UNCERTAINTY)["check"]
     n = stored["n"]
-    raw_fn, _ = predict.load_predictor(WEIGHTS / UNCERTAINTY, raw=True)
-    summary = uncertainty.gaussian_summary(predict.predict_images(raw_fn, check_set[0][:n], 50))
-    cal = predict.load_calibration(WEIGHTS / UNCERTAINTY)
+    raw_fn, _ = inference.load_predictor(WEIGHTS / UNCERTAINTY, raw=True)
+    summary = uncertainty.gaussian_summary(inference.predict_images(raw_fn, check_set[0][:n], 50))
+    cal = inference.load_calibration(WEIGHTS / UNCERTAINTY)
     cal5 = dict(cal, multipliers=np.asarray(cal["multipliers"])[:, :5].tolist())
-    got = evaluate.coverage_report(check_set[1][:n], summary["mean"][:, :5],
-                                   summary["std"][:, :5], cal5)
+    got = reports.coverage_report(check_set[1][:n], summary["mean"][:, :5],
+                                  summary["std"][:, :5], cal5)
     for kind in ("raw", "calibrated"):
         for level, row in stored["coverage"][kind].items():
             for p in PARAM_NAMES:

@@ -95,10 +95,10 @@ def time_network(model_path, network, image, batch=100, repeats=3):
     """Seconds per lens at ``batch`` (best of ``repeats``, after one warm-up)."""
     import tensorflow as tf
 
-    from ensai_tf import predict
+    from ensai_tf import inference
 
     if model_path:
-        fn, _ = predict.load_predictor(model_path)
+        fn, _ = inference.load_predictor(model_path)
         label = model_path
     else:
         model = _untrained_model(network)

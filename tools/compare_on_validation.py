@@ -22,10 +22,10 @@ import numpy as np
 
 def score(model, images, true, batch_size):
     """Mean parity-min MSE and the error table of one model on the given lenses."""
-    from ensai_tf import metrics, predict
+    from ensai_tf import inference, metrics
 
-    fn, _ = predict.load_predictor(model)
-    pred = predict.predict_images(fn, images, batch_size)
+    fn, _ = inference.load_predictor(model)
+    pred = inference.predict_images(fn, images, batch_size)
     corrected = metrics.parity_correct_np(true, pred)
     loss = float(np.mean(np.square(corrected - true)))
     return loss, metrics.error_table(true, pred)
@@ -39,8 +39,7 @@ def main():
                         help="validation lenses (default: 2000)")
     args = parser.parse_args()
 
-    from ensai_tf import config as config_lib
-    from ensai_tf import evaluate
+    from ensai_tf import config as config_lib, evaluate
     from ensai_tf.conventions import PARAM_NAMES
 
     cfg = config_lib.get_preset("paper")

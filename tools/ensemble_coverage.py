@@ -27,7 +27,7 @@ def main(argv=None):
     parser.add_argument("--n", type=int, default=10000, help="test lenses")
     args = parser.parse_args(argv)
 
-    from ensai_tf import config, evaluate, predict, uncertainty
+    from ensai_tf import calibration, config, evaluate, inference, metrics, reports, uncertainty
     from ensai_tf.conventions import PARAM_NAMES
     from ensai_tf.data import pipeline
 
@@ -38,16 +38,16 @@ def main(argv=None):
     test_images, test_true, _ = evaluate.collect_test_set(cfg, args.n)
     members_val, members_test = [], []
     for name in NETWORKS:
-        fn, _ = predict.load_predictor(args.weights / name)
-        members_val.append(predict.predict_images(fn, val_images, 100))
-        members_test.append(predict.predict_images(fn, test_images, 100))
+        fn, _ = inference.load_predictor(args.weights / name)
+        members_val.append(inference.predict_images(fn, val_images, 100))
+        members_test.append(inference.predict_images(fn, test_images, 100))
         print(f"predicted with {name}", flush=True)
     val_mean, val_std = uncertainty.ensemble_predict(members_val)
     mean, std = uncertainty.ensemble_predict(members_test)
     val_std, std = np.maximum(val_std, 1e-6), np.maximum(std, 1e-6)
-    cal = uncertainty.fit_interval_calibration(val_true, val_mean, val_std)
-    report = evaluate.coverage_report(test_true, mean, std, cal)
-    errors = evaluate.parameter_metrics(mean, test_true)
+    cal = calibration.fit_interval_calibration(val_true, val_mean, val_std)
+    report = reports.coverage_report(test_true, mean, std, cal)
+    errors = metrics.error_table(test_true, mean)
     print(f"\nfour-network deep ensemble on {args.n} test lenses; calibration fitted on "
           f"{len(val_true)} validation lenses\n")
     print("| | " + " | ".join(PARAM_NAMES) + " |")

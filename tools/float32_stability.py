@@ -24,13 +24,13 @@ NAMES = ("alexnet", "ensai_net", "overfeat", "inception_v4", "combined")
 def _predict(out, n, batch):
     import numpy as np
 
-    from ensai_tf import config, demo, evaluate, predict
+    from ensai_tf import config, evaluate, inference, model_dir
 
     images, params, _ = evaluate.collect_test_set(config.get_preset("paper"), n)
     preds = {}
     for name in NAMES:
-        fn, _ = predict.load_predictor(demo.default_weights_dir() / name)
-        preds[name] = predict.predict_images(fn, images, batch)
+        fn, _ = inference.load_predictor(model_dir.shipped_weights_dir() / name)
+        preds[name] = inference.predict_images(fn, images, batch)
     np.savez(out, true=params, **preds)
 
 
@@ -45,7 +45,7 @@ def main():
 
     import numpy as np
 
-    from ensai_tf import evaluate
+    from ensai_tf import metrics
     from ensai_tf.conventions import PARAM_NAMES
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,8 +60,8 @@ def main():
     a, b = results
     print(f"{'model':14s} {'max |d pred|':>14s} {'max rel d error68':>18s}")
     for name in NAMES:
-        ma = evaluate.parameter_metrics(a[name], a["true"])
-        mb = evaluate.parameter_metrics(b[name], b["true"])
+        ma = metrics.error_table(a["true"], a[name])
+        mb = metrics.error_table(b["true"], b[name])
         rel = max(abs(ma[p]["error68"] / mb[p]["error68"] - 1) for p in PARAM_NAMES)
         print(f"{name:14s} {np.abs(a[name] - b[name]).max():14.2e} {rel:18.2e}")
 

@@ -135,15 +135,15 @@ def _strip(run, out):
     import keras
     import numpy as np
 
-    from ensai_tf import predict
+    import ensai_tf  # noqa: F401  (registers the custom Keras objects)
+    from ensai_tf import inference
 
-    predict.register_custom_objects()
     model = keras.saving.load_model(run / "model.keras", compile=False)
     model.save(out / "model.keras")
     _deflate(out / "model.keras")
     images = np.random.default_rng(0).uniform(0, 1, (4, 192, 192, 1)).astype(np.float32)
-    fn, _ = predict.load_predictor(out)
-    reference, _ = predict.load_predictor(run / "model.keras")
+    fn, _ = inference.load_predictor(out)
+    reference, _ = inference.load_predictor(run / "model.keras")
     if not np.array_equal(fn(images), reference(images)):
         sys.exit(f"{out}: the shipped weights do not reproduce {run}'s predictions")
 
@@ -152,7 +152,7 @@ def _ship_combiner(run, out):
     """Ship the combined network as its ``combiner.json``, by reference to the shipped backbones."""
     import numpy as np
 
-    from ensai_tf import predict
+    from ensai_tf import inference, model_dir
     from ensai_tf.models import combiner
 
     record = json.loads((run / "combiner.json").read_text())
@@ -163,15 +163,15 @@ def _ship_combiner(run, out):
         if path.name != "model.keras" or path.parent.parent != DEST.resolve():
             sys.exit(f"{run}: backbone {path} is not a shipped network; run 'ensai combine "
                      "--models trained_weights/NAME ...' after shipping the networks")
-        if combiner.file_sha256(path) != sha:
+        if model_dir.file_sha256(path) != sha:
             sys.exit(f"{run}: {path} changed since the combiner was trained; ship the networks "
                      "first, then run 'ensai combine' on trained_weights/NAME")
         backbones.append(os.path.relpath(path, out.resolve()))
     (out / "combiner.json").write_text(json.dumps({**record, "backbones": backbones}, indent=1)
                                        + "\n")
     images = np.random.default_rng(0).uniform(0, 1, (4, 192, 192, 1)).astype(np.float32)
-    fn, _ = predict.load_predictor(out)
-    reference, _ = predict.load_predictor(run / "model.keras")
+    fn, _ = inference.load_predictor(out)
+    reference, _ = inference.load_predictor(run / "model.keras")
     # the same float32 layers and weights; only the graph's op order may differ
     diff = float(np.max(np.abs(fn(images) - reference(images))))
     if diff > 1e-6:
@@ -252,14 +252,14 @@ def _store_check(out, cfg, check_n, work):
 def reevaluate(work, check_n, only=None, check_only=False):
     """Re-measure the shipped folders in place (see the module docstring)."""
     from ensai_tf import config as config_lib
-    from ensai_tf import evaluate, train
+    from ensai_tf import calibrate, evaluate
 
     cfg = config_lib.get_preset("paper")
     for name in only or ALL_NAMES:
         out = DEST / name
         if not check_only:
             if name in UNCERTAINTY_NETWORKS:
-                train.calibrate(out, config=cfg, n=3000, experiment="shear")
+                calibrate.calibrate(out, config=cfg, n=3000, experiment="shear")
                 (out / "calibration-previous.json").unlink()
             reports = REPORTS + (("calibration.png",) if name in UNCERTAINTY_NETWORKS else ())
             evaluate.evaluate(str(out), n=cfg.data.test_size, out_dir=str(work / name), config=cfg)
@@ -283,7 +283,7 @@ def print_table():
     import csv
 
     from ensai_tf.conventions import PARAM_NAMES
-    from ensai_tf.evaluate import PAPER_TABLE1
+    from ensai_tf.reports import PAPER_TABLE1
 
     paper = dict(zip(NETWORKS + ("combined",), (
         PAPER_TABLE1["Network 2 (AlexNet)"], PAPER_TABLE1["Network 4 (own design)"],
@@ -313,9 +313,8 @@ def print_table():
         elif (DEST / name / "model.keras").is_file():
             import keras
 
-            from ensai_tf import predict
+            import ensai_tf  # noqa: F401  (registers the custom Keras objects)
 
-            predict.register_custom_objects()
             params = f"{keras.saving.load_model(DEST / name / 'model.keras', compile=False).count_params() / 1e6:.2f}"
         ratio = " / ".join(f"{o / q:.1f}" for o, q in zip(ours, paper[name]))
         print(f"| {name} | {params} | {seen} | " + " | ".join(f"{v:.3f}" for v in ours)

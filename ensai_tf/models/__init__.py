@@ -7,7 +7,7 @@ combiner (docs/design.md §7.4) lives in :mod:`ensai_tf.models.combiner`.
 
 import types
 
-from ensai_tf.conventions import IMAGE_SHAPE
+from ensai_tf.conventions import IMAGE_SHAPE, PAPER_ORDER
 from ensai_tf.models import alexnet, blocks, ensai_net, inception_v4, overfeat
 
 __all__ = ["MODEL_BUILDERS", "PAPER_ORDER", "build_model", "accepted_sides", "min_input_side"]
@@ -20,8 +20,6 @@ MODEL_BUILDERS = types.MappingProxyType({
 })
 """Architecture name -> builder ``(input_shape, num_outputs, name, ...) -> keras.Model``."""
 
-PAPER_ORDER = ("overfeat", "ensai_net", "alexnet", "inception_v4")
-"""Combiner order of the code, models [5, 8, 9, 11]; the first is the parity reference (§7.4)."""
 
 _ACCEPTS = types.MappingProxyType({
     "inception_v4": inception_v4.accepts_side,

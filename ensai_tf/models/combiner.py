@@ -12,7 +12,6 @@ to its own folder, with their SHA-256, and holds the combination weights.
 instead of a ``model.keras`` holding a second copy of every backbone.
 """
 
-import hashlib
 import json
 import os
 import pathlib
@@ -23,16 +22,18 @@ import numpy as np
 import keras
 from keras import ops
 
+from ensai_tf import model_dir
 from ensai_tf.conventions import NUM_PARAMS
 from ensai_tf.errors import ModelDirError
 from ensai_tf.losses import parity_correct
+from ensai_tf.models.loading import load_keras_model
+from ensai_tf.uncertainty import head_layout
 
-__all__ = ["COMBINE_MODES", "COMBINER_JSON", "ParityAlign", "PerParameterWeights",
-           "PointEstimate", "backbone_files", "build_combiner", "combiner_record", "file_sha256",
+__all__ = ["COMBINE_MODES", "ParityAlign", "PerParameterWeights",
+           "PointEstimate", "backbone_files", "build_combiner", "combiner_record",
            "is_by_reference", "load_backbones", "load_combined", "point_estimate_backbone"]
 
 COMBINE_MODES = ("per_parameter", "dense")
-COMBINER_JSON = "combiner.json"
 
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
@@ -158,8 +159,6 @@ class PointEstimate(keras.layers.Layer):
     """
 
     def build(self, input_shape):
-        from ensai_tf.uncertainty import head_layout
-
         if len(input_shape) != 2:
             raise ValueError(f"PointEstimate takes (batch, width) outputs, got {tuple(input_shape)}")
         head_layout(input_shape[-1])  # raises, naming the width, for an unknown layout
@@ -254,7 +253,7 @@ def load_backbones(paths):
 
     Returns:
         List of Keras models images -> ``(B, 5)``, in the given order,
-        computing in float32 (:func:`ensai_tf.export.float32_model`) whatever
+        computing in float32 (:func:`ensai_tf.models.loading.float32_model`) whatever
         precision they were trained in; Gaussian-head and shear networks
         give their first five outputs (:func:`point_estimate_backbone`).
 
@@ -262,8 +261,6 @@ def load_backbones(paths):
         ModelDirError: a path is missing, not a ``.keras`` file, or corrupt
             (the message names it).
     """
-    from ensai_tf import export
-
     models = []
     for path in paths:
         path = pathlib.Path(path)
@@ -274,7 +271,7 @@ def load_backbones(paths):
             raise ModelDirError(f"backbone {str(path)!r} is not a .keras file")
         try:
             # frozen backbones feed the combiner what inference will see: float32
-            models.append(export.load_keras_model(path))
+            models.append(load_keras_model(path))
         except (OSError, ValueError, TypeError, KeyError, zipfile.BadZipFile) as err:
             raise ModelDirError(f"cannot load backbone {str(path)!r}: missing parts or "
                                 f"corrupt ({type(err).__name__}: {err})") from None
@@ -290,15 +287,6 @@ def load_backbones(paths):
         if count:
             model.name = f"{model.name}_{count}"
     return models
-
-
-def file_sha256(path):
-    """Hex SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def combiner_record(model, backbone_paths, folder):
@@ -321,7 +309,7 @@ def combiner_record(model, backbone_paths, folder):
     params = model.get_layer("params")
     return {"backbones": [os.path.relpath(pathlib.Path(p).resolve(), folder)
                           for p in backbone_paths],
-            "backbone_sha256": [file_sha256(p) for p in backbone_paths],
+            "backbone_sha256": [model_dir.file_sha256(p) for p in backbone_paths],
             "reference": int(align.reference), "mode": params.mode,
             "weights": [w.tolist() for w in params.get_weights()]}
 
@@ -333,7 +321,7 @@ def backbone_files(folder, record):
 
 
 def _read_record(folder):
-    path = pathlib.Path(folder) / COMBINER_JSON
+    path = pathlib.Path(folder) / model_dir.COMBINER_JSON
     try:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
@@ -353,8 +341,8 @@ def is_by_reference(folder):
     (which take precedence when present).
     """
     folder = pathlib.Path(folder)
-    if not (folder / COMBINER_JSON).is_file() or (folder / "model.keras").exists() \
-            or (folder / "saved_model").exists():
+    if not (folder / model_dir.COMBINER_JSON).is_file() or (folder / model_dir.MODEL_KERAS).exists() \
+            or (folder / model_dir.SAVED_MODEL_DIR).exists():
         return False
     try:
         return "weights" in _read_record(folder)
@@ -383,7 +371,7 @@ def load_combined(folder):
     """
     folder = pathlib.Path(folder)
     record = _read_record(folder)
-    where = str(folder / COMBINER_JSON)
+    where = str(folder / model_dir.COMBINER_JSON)
     missing = [k for k in ("backbones", "backbone_sha256", "reference", "mode", "weights")
                if k not in record]
     if missing:
@@ -393,7 +381,7 @@ def load_combined(folder):
         raise ModelDirError(f"{where!r} lists {len(paths)} backbones but "
                             f"{len(record['backbone_sha256'])} checksums")
     for path, expected in zip(paths, record["backbone_sha256"]):
-        if path.is_file() and file_sha256(path) != expected:
+        if path.is_file() and model_dir.file_sha256(path) != expected:
             raise ModelDirError(f"backbone {str(path)!r} is not the file the combiner in "
                                 f"{str(folder)!r} was trained on (SHA-256 differs); run "
                                 "'ensai combine' again on the current networks")

@@ -30,9 +30,13 @@ import dataclasses
 import warnings
 
 import numpy as np
+from scipy import ndimage
+from sklearn.decomposition import FastICA
+from sklearn.exceptions import ConvergenceWarning
 
 from ensai_tf import conventions
 from ensai_tf.errors import InputError
+from ensai_tf.preprocess.images import fit_to_grid
 
 __all__ = [
     "IcaResult",
@@ -133,8 +137,6 @@ def component_concentration(component, masked, centre_pix=None, radius_pix=7.5):
 
 def _peak_normalise(image, keep):
     """Scale so the 3x3-median-filtered maximum over unmasked pixels is 1."""
-    from scipy import ndimage
-
     peak = np.max(ndimage.median_filter(np.where(keep, image, 0.0), size=3,
                                         mode="nearest")[keep])
     if not peak > 0:
@@ -185,9 +187,6 @@ def unmix_two_bands(blue, red, mask=None, centre_pix=None, colour_margin=1.2,
             the unmasked pixels, or bands that are exact multiples of each
             other (one component only).
     """
-    from sklearn.decomposition import FastICA
-    from sklearn.exceptions import ConvergenceWarning
-
     blue, red, masked = _check_bands(blue, red, mask, name)
     keep = ~masked
     n_keep = int(keep.sum())
@@ -247,10 +246,8 @@ def to_network_input(arc, npix=conventions.NPIX):
     Returns:
         ``(npix, npix, 1)`` float32; padding is masked (exactly 0, docs/design.md §0).
         With ``H - npix`` odd the extra row is cut from (or added at) the
-        top, as :func:`ensai_tf.predict.fit_to_grid` does.
+        top, as :func:`ensai_tf.preprocess.images.fit_to_grid` does.
     """
-    from ensai_tf.predict import fit_to_grid
-
     arc = np.asarray(arc, dtype=np.float32)
     if arc.ndim != 2:
         raise InputError(f"the arc map must be 2-D, got shape {arc.shape}")

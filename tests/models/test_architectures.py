@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from ensai_tf import export
+from ensai_tf import export, inference
 from ensai_tf.losses import ParityMSE
 from ensai_tf.models import MODEL_BUILDERS, accepted_sides, build_model, min_input_side
 from ensai_tf.preprocess.bias import BiasRemoval
@@ -187,7 +187,7 @@ def test_full_size_saved_model_round_trip(full_model, tmp_path):
         pytest.skip("tracing Inception-v4 for export takes ~30 s: see the slow test below")
     images = _images(2, 192, seed=2)
     export.export_saved_model(model, tmp_path / "sm")
-    predict = export.load_for_inference(tmp_path / "sm")
+    predict = inference.load_for_inference(tmp_path / "sm")
     np.testing.assert_allclose(predict(images), model.predict_on_batch(images), atol=1e-6, rtol=0)
 
 
@@ -196,7 +196,7 @@ def test_inception_saved_model_round_trip_full_size(tmp_path):
     model = build_model("inception_v4")
     images = _images(2, 192, seed=3)
     export.export_saved_model(model, tmp_path / "sm")
-    predict = export.load_for_inference(tmp_path / "sm")
+    predict = inference.load_for_inference(tmp_path / "sm")
     np.testing.assert_allclose(predict(images), model.predict_on_batch(images), atol=1e-6, rtol=0)
 
 

@@ -203,7 +203,7 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
     weights) rebuilds the combiner exactly; a changed, missing or corrupt part is named."""
     import json
 
-    from ensai_tf import predict
+    from ensai_tf import inference
     from ensai_tf.errors import ModelDirError
 
     nets = tmp_path / "nets"
@@ -226,7 +226,7 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
     x = _images(3, seed=5)
     rebuilt = combiner.load_combined(folder)
     np.testing.assert_array_equal(rebuilt.predict_on_batch(x), model.predict_on_batch(x))
-    predict_fn, npix = predict.load_predictor(folder)
+    predict_fn, npix = inference.load_predictor(folder)
     assert npix == SIDE
     np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)
 
@@ -234,7 +234,7 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
     original = (nets / "a.keras").read_bytes()
     tiny_backbone("a", seed=7).save(nets / "a.keras")
     with pytest.raises(ModelDirError, match=r"'\S*/nets/a\.keras'.*SHA-256 differs.*ensai combine"):
-        predict.load_predictor(folder)
+        inference.load_predictor(folder)
     (nets / "a.keras").unlink()
     with pytest.raises(ModelDirError, match=r"a\.keras.*does not exist"):
         combiner.load_combined(folder)
@@ -244,7 +244,7 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
         combiner.load_combined(folder)
     (folder / "combiner.json").write_text("{not json")
     with pytest.raises(ModelDirError, match="combiner.json.*not valid JSON"):
-        predict.load_predictor(folder)
+        inference.load_predictor(folder)
     (folder / "combiner.json").write_text(json.dumps({"weights": []}))
     with pytest.raises(ModelDirError, match=r"lacks \['backbones'"):
-        predict.load_predictor(folder)
+        inference.load_predictor(folder)

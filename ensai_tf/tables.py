@@ -1,0 +1,238 @@
+"""Prediction tables: their columns, and CSV/JSON files written whole or streamed.
+
+A table is published only when complete: it is written under a temporary name
+in the destination folder and renamed, so an error or Ctrl-C never leaves half
+a file and never clobbers an existing one. ``'-'`` writes CSV to stdout.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "t.csv"
+    >>> write_table([{"file": "a.npy", "index": 0, "theta_e": 1.2}], str(out),
+    ...             columns=("file", "index", "theta_e"))
+    >>> out.read_text().splitlines()[1]
+    'a.npy,0,1.2'
+"""
+
+import csv
+import io
+import json
+import os
+import pathlib
+import shutil
+import sys
+import tempfile
+import uuid
+
+from ensai_tf import conventions
+from ensai_tf.errors import InputError
+
+__all__ = [
+    "INTERVAL_LEVEL",
+    "OUTPUT_COLUMNS",
+    "PA_FRAME_IMAGE",
+    "PA_FRAME_SKY",
+    "TableStream",
+    "check_writable",
+    "output_columns",
+    "output_format",
+    "write_table",
+]
+
+PA_FRAME_SKY = "east_of_north"
+"""``pa_frame`` of a position angle measured east of north (the file has a celestial WCS)."""
+PA_FRAME_IMAGE = "image_x_towards_y"
+"""``pa_frame`` of a position angle measured from +x (column) towards +y (row)."""
+OUTPUT_COLUMNS = ("file", "index", *conventions.PARAM_NAMES, "q", "pa_deg", "pa_frame",
+                  "x_pix", "y_pix", "ra_deg", "dec_deg")
+"""Columns of a point-estimate network's table; see :func:`output_columns` for the others."""
+
+INTERVAL_LEVEL = 0.68
+"""Level of the per-parameter intervals in ``ensai predict``'s table."""
+
+
+def output_columns(head="point", n_targets=conventions.NUM_PARAMS):
+    """Columns of ``ensai predict``'s table for a network's outputs.
+
+    Args:
+        head: ``"point"``, ``"diagonal"`` or ``"full"``.
+        n_targets: 5, or 7 with the shear.
+
+    Returns:
+        ``OUTPUT_COLUMNS``, then ``gamma_1``, ``gamma_2`` for shear outputs,
+        then for Gaussian heads ``<name>_std``, ``<name>_lo68`` and
+        ``<name>_hi68`` per target (JSON rows also carry ``covariance``).
+    """
+    names = conventions.target_names(n_targets)
+    cols = list(OUTPUT_COLUMNS) + list(names[conventions.NUM_PARAMS:])
+    if head != "point":
+        for suffix in ("std", "lo68", "hi68"):
+            cols += [f"{name}_{suffix}" for name in names]
+    return tuple(cols)
+
+
+def output_format(output):
+    """The table format an output name asks for.
+
+    Args:
+        output: a ``.csv`` or ``.json`` path, or ``'-'`` for CSV on stdout.
+
+    Returns:
+        ``"csv"`` or ``"json"``.
+
+    Raises:
+        InputError: any other extension.
+    """
+    if output == "-":
+        return "csv"
+    suffix = pathlib.Path(output).suffix.lower()
+    if suffix not in (".csv", ".json"):
+        raise InputError(f"output {output!r}: unknown format {suffix or '(none)'}; "
+                         "use a .csv or .json file, or '-' for CSV on stdout")
+    return suffix[1:]
+
+
+def check_writable(output):
+    """Refuse an output file that cannot be written, before any work is done.
+
+    Args:
+        output: file path, or ``'-'`` (always writable).
+
+    Raises:
+        InputError: the path is a folder, its folder does not exist, or it is
+            not writable; the message names it.
+    """
+    if output == "-":
+        return
+    path = pathlib.Path(output)
+    parent = path.parent if str(path.parent) else pathlib.Path(".")
+    if path.is_dir():
+        raise InputError(f"output {output!r} is a folder; give a .csv or .json file name")
+    if not parent.is_dir():
+        raise InputError(f"output {output!r}: folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"output {output!r} is not writable")
+
+
+def write_table(rows, output, columns=OUTPUT_COLUMNS):
+    """Write rows as CSV or JSON (by extension); ``'-'`` writes CSV to stdout.
+
+    The file is written under a temporary name and renamed, so a failure
+    never leaves half a file or clobbers an existing one. CSV has the given
+    ``columns`` (other keys, such as ``covariance``, are JSON-only).
+
+    Args:
+        rows: list of dicts (as from :func:`result_rows`); None values become
+            empty CSV cells.
+        output: ``.csv`` or ``.json`` file path, or ``'-'`` for stdout.
+        columns: CSV column names, in order (see :func:`output_columns`).
+
+    Returns:
+        None.
+
+    Raises:
+        InputError: unknown file extension, or the file cannot be written.
+    """
+    fmt = output_format(output)
+    buf = io.StringIO()
+    if fmt == "json":
+        json.dump(rows, buf, indent=1)
+        buf.write("\n")
+    else:
+        writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n",
+                                extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+    if output == "-":
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+        return
+    path = pathlib.Path(output)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(buf.getvalue())
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise InputError(f"cannot write {output!r}: {err}") from None
+
+
+class TableStream:
+    """Rows written one batch at a time to a temporary file, published only when complete.
+
+    A file ``output`` is written as ``.NAME.tmp-PID-XXXX`` in its own folder
+    and renamed onto ``output`` by :meth:`commit`; ``'-'`` is spooled to an
+    anonymous temporary file and copied to stdout by :meth:`commit`. Until
+    then nothing is visible, so an error or Ctrl-C (:meth:`discard`) leaves
+    no partial table and an existing ``output`` untouched. Memory does not
+    grow with the number of rows.
+
+    Args:
+        output: ``.csv`` or ``.json`` path, or ``'-'``.
+        columns: CSV columns (keys outside them are written to JSON only).
+    """
+
+    def __init__(self, output, columns=OUTPUT_COLUMNS):
+        self.output = output
+        self.format = output_format(output)
+        self.count = 0
+        self._tmp = None
+        try:
+            if output == "-":
+                self._file = tempfile.TemporaryFile("w+", newline="")
+            else:
+                path = pathlib.Path(output)
+                self._tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-"
+                                           f"{uuid.uuid4().hex[:8]}")
+                self._file = open(self._tmp, "w", newline="")
+            if self.format == "csv":
+                self._csv = csv.DictWriter(self._file, fieldnames=columns,
+                                           lineterminator="\n", extrasaction="ignore")
+                self._csv.writeheader()
+            else:
+                self._file.write("[")
+        except OSError as err:
+            self.discard()
+            raise InputError(f"cannot write {output!r}: {err}") from None
+
+    def write(self, rows):
+        """Append row dicts (see :func:`result_rows`)."""
+        try:
+            for row in rows:
+                if self.format == "csv":
+                    self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
+                else:
+                    # the layout of json.dump(rows, f, indent=1), one row at a time
+                    text = json.dumps(row, indent=1).replace("\n", "\n ")
+                    self._file.write(("," if self.count else "") + "\n " + text)
+                self.count += 1
+        except OSError as err:
+            self.discard()
+            raise InputError(f"cannot write {self.output!r}: {err}") from None
+
+    def commit(self):
+        """Finish the table and publish it (rename, or copy to stdout)."""
+        try:
+            if self.format == "json":
+                self._file.write("\n]\n" if self.count else "]\n")
+            if self.output == "-":
+                self._file.seek(0)
+                shutil.copyfileobj(self._file, sys.stdout)
+                sys.stdout.flush()
+                self._file.close()
+            else:
+                self._file.close()
+                os.replace(self._tmp, self.output)
+                self._tmp = None
+        except OSError as err:
+            self.discard()
+            raise InputError(f"cannot write {self.output!r}: {err}") from None
+
+    def discard(self):
+        """Drop the partial table (idempotent)."""
+        file = getattr(self, "_file", None)
+        if file is not None and not file.closed:
+            file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+            self._tmp = None
