@@ -4,7 +4,7 @@ import dataclasses
 
 import pytest
 
-from ensai_tf import config
+from ensai_tf import config, conventions
 
 
 @pytest.mark.parametrize("name", sorted(config.PRESETS))
@@ -82,3 +82,30 @@ def test_paper_defaults_follow_the_spec():
     assert cfg.observe.norm_jitter_rms == 0.05
     assert cfg.train.batch_size == 50               # docs/design.md §0
     assert cfg.data.test_size == 10000              # docs/design.md §8.3
+
+
+def test_model_names_are_the_network_names():
+    for name in conventions.NETWORK_NAMES:
+        assert config.apply_overrides(config.get_preset("paper"), [f"model.name={name}"]
+                                      ).model.name == name
+
+
+@pytest.mark.parametrize("experiment, check", [
+    ("shear", lambda c: c.lens.shear is True),
+    ("psf", lambda c: c.observe.psf == "airy"),
+    ("lens-light", lambda c: c.simulate.lens_light is True),
+])
+def test_experiment_config_changes_only_its_section(experiment, check):
+    base = config.get_preset("smoke")
+    changed = config.experiment_config(base, experiment)
+    assert check(changed)
+    assert experiment in config.EXPERIMENTS
+    same = [f.name for f in dataclasses.fields(base)
+            if getattr(base, f.name) == getattr(changed, f.name)]
+    assert len(same) == len(dataclasses.fields(base)) - 1
+    assert config.experiment_config(base) is base
+
+
+def test_unknown_experiment_lists_the_valid_ones():
+    with pytest.raises(config.ConfigError, match="unknown experiment 'fog'.*shear, psf, lens-light"):
+        config.experiment_config(config.get_preset("paper"), "fog")

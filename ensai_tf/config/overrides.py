@@ -1,0 +1,227 @@
+"""Building configs from dicts, YAML files and ``section.key=value`` overrides.
+
+YAML files and ``--set`` overrides are applied on top of a preset with
+:func:`dataclasses.replace`. Unknown keys and invalid values raise
+:class:`~ensai_tf.config.ConfigError`, whose message names the key, the
+value and what is allowed.
+"""
+
+import dataclasses
+import pathlib
+
+import yaml
+
+from ensai_tf import atomic
+from ensai_tf.config.presets import get_preset
+from ensai_tf.config.schema import ConfigError, ExperimentConfig
+from ensai_tf.config.validation import validate_config
+from ensai_tf.model_dir import CONFIG_YAML
+
+__all__ = [
+    "config_to_dict",
+    "valid_keys",
+    "config_from_dict",
+    "apply_overrides",
+    "load_config",
+    "save_config",
+]
+
+
+def config_to_dict(cfg):
+    """Nested plain dict of a config (tuples become lists, ready for YAML).
+
+    Args:
+        cfg: an :class:`ExperimentConfig`, or one of its section dataclasses.
+
+    Returns:
+        dict: ``{section: {key: value}}`` (one level for a section).
+    """
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = config_to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def valid_keys(cfg=None):
+    """All ``section.key`` names of a config, sorted.
+
+    Args:
+        cfg: an :class:`ExperimentConfig`; ``None`` uses the defaults.
+
+    Returns:
+        list[str]: names such as ``"train.learning_rate"``.
+    """
+    cfg = cfg if cfg is not None else ExperimentConfig()
+    return sorted(f"{s.name}.{f.name}" for s in dataclasses.fields(cfg)
+                  for f in dataclasses.fields(getattr(cfg, s.name)))
+
+
+def _coerce(key, value, default):
+    """Convert a parsed override to the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str) and value.lower() in ("true", "false"):
+                return value.lower() == "true"
+            if not isinstance(value, bool):
+                raise TypeError
+            return value
+        if isinstance(default, int):
+            if isinstance(value, bool) or float(value) != int(float(value)):
+                raise TypeError
+            return int(float(value))
+        if isinstance(default, float):
+            if isinstance(value, bool):
+                raise TypeError
+            return float(value)
+        if isinstance(default, str):
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise TypeError
+            return str(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                value = yaml.safe_load(value)
+            if not isinstance(value, (list, tuple)):
+                raise TypeError
+            if default and all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                               for v in default):
+                kind = int if all(isinstance(v, int) for v in default) else float
+                return tuple(_coerce(key, v, kind()) for v in value)
+            return tuple(value)
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{key}: {value!r} is not a valid {type(default).__name__} "
+                      f"(default {default!r})")
+
+
+def config_from_dict(data, base=None):
+    """Build a config from a nested dict, starting from ``base``.
+
+    Args:
+        data: ``{section: {key: value}}`` mapping (as loaded from YAML), giving
+            only the fields to change; ``None`` returns ``base`` unchanged.
+        base: the starting :class:`ExperimentConfig`; ``None`` uses the defaults.
+
+    Returns:
+        A new, validated :class:`ExperimentConfig`.
+
+    Raises:
+        ConfigError: for an unknown section or key, naming it and listing the
+            valid ones, or for a value of the wrong type or out of range.
+    """
+    cfg = base if base is not None else ExperimentConfig()
+    if data is None:
+        return cfg
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of sections, got {type(data).__name__}")
+    sections = {f.name for f in dataclasses.fields(cfg)}
+    updates = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise ConfigError(f"unknown config section {section!r}; valid sections: "
+                              f"{', '.join(sorted(sections))}")
+        sub = getattr(cfg, section)
+        if not isinstance(values, dict):
+            raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+        fields = {f.name: f for f in dataclasses.fields(sub)}
+        changes = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ConfigError(
+                    # escaped: a key holding a newline must not break the one-line message
+                    f"unknown config key {section}.{str(key).encode('unicode_escape').decode()}; "
+                    f"valid keys in {section!r}: "
+                    f"{', '.join(sorted(fields))}")
+            changes[key] = _coerce(f"{section}.{key}", value, getattr(sub, key))
+        updates[section] = dataclasses.replace(sub, **changes)
+    cfg = dataclasses.replace(cfg, **updates)
+    validate_config(cfg)
+    return cfg
+
+
+def apply_overrides(cfg, overrides):
+    """Apply ``section.key=value`` strings (values parsed as YAML).
+
+    Args:
+        cfg: the starting :class:`ExperimentConfig`.
+        overrides: iterable of strings such as ``"train.learning_rate=3e-4"``
+            or ``"lens.theta_e=[0.5, 2.0]"``.
+
+    Raises:
+        ConfigError: for a malformed override, an unknown key (the message
+            lists the valid keys) or an invalid value.
+    """
+    nested = {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        if key.count(".") != 1:
+            raise ConfigError(f"override key {key!r} must be section.key; valid keys: "
+                              f"{', '.join(valid_keys(cfg))}")
+        section, name = key.split(".")
+        if f"{section}.{name}" not in valid_keys(cfg):
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{key}: cannot parse value {raw!r}: {err}") from None
+        nested.setdefault(section, {})[name] = value
+    return config_from_dict(nested, base=cfg)
+
+
+def load_config(path=None, preset="paper", overrides=()):
+    """Resolve a config: preset, then a YAML file, then ``--set`` overrides.
+
+    Args:
+        path: optional YAML file (a nested mapping of sections).
+        preset: name of the starting preset.
+        overrides: ``section.key=value`` strings, applied last.
+
+    Raises:
+        ConfigError: for a missing or unparsable file, an unknown key or an
+            invalid value.
+    """
+    cfg = get_preset(preset)
+    if path is not None:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {str(path)!r} is not valid YAML: "
+                              f"{' '.join(str(err).split())}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"config file {str(path)!r} is not a text file") from None
+        try:
+            cfg = config_from_dict(data, base=cfg)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
+    cfg = apply_overrides(cfg, overrides)
+    return validate_config(cfg)
+
+
+def save_config(cfg, path):
+    """Write ``cfg`` as YAML to ``path`` (a file, or a folder -> ``config.yaml``).
+
+    The file is written under a temporary name and renamed, so a reader never
+    sees half a file. Returns the path written.
+
+    Args:
+        cfg: the :class:`ExperimentConfig` to write.
+        path: destination file, or an existing folder to write ``config.yaml`` into.
+
+    Returns:
+        ``pathlib.Path`` of the file written.
+    """
+    path = pathlib.Path(path)
+    if path.is_dir():
+        path = path / CONFIG_YAML
+    return atomic.write_text(path, yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
