@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from ensai_tf import conventions
+from ensai_tf.data.draws import lerp, uniforms
 from ensai_tf.errors import InputError
 
 __all__ = [
@@ -284,10 +285,7 @@ def cosmic_ray_events(seeds, npix=conventions.NPIX, ray_count=(0, 20), ray_lengt
     seeds = tf.cast(seeds, tf.int64)
     n_u = 2 + max_rays * (3 + 3 * max_len) + 3 * max_hot
 
-    def draw(seed):
-        return tf.random.stateless_uniform([n_u], seed)
-
-    u = tf.map_fn(draw, seeds, fn_output_signature=tf.TensorSpec([n_u], tf.float32))
+    u = uniforms(seeds, n_u)
     batch = tf.shape(seeds)[0]
 
     def take(start, size):
@@ -305,31 +303,18 @@ def cosmic_ray_events(seeds, npix=conventions.NPIX, ray_count=(0, 20), ray_lengt
     uu, pos = take(pos, max_rays)
     lengths = uniform_int(uu, *ray_length)
     uu, pos = take(pos, max_rays * max_len)
-    values_ray = ray_value[0] + (ray_value[1] - ray_value[0]) * tf.reshape(
-        uu, [batch, max_rays, max_len])
+    values_ray = lerp(tf.reshape(uu, [batch, max_rays, max_len]), ray_value)
     uu, pos = take(pos, max_rays * max_len)
     parent_u = tf.reshape(uu, [batch, max_rays, max_len])
     uu, pos = take(pos, max_rays * max_len)
-    # 8 neighbours: index 0..7 -> (dr, dc) skipping (0, 0).
-    neighbour = tf.minimum(tf.cast(tf.floor(tf.reshape(uu, [batch, max_rays, max_len]) * 8.0),
-                                   tf.int32), 7)
-    neighbour = tf.where(neighbour >= 4, neighbour + 1, neighbour)
-    d_row, d_col = neighbour // 3 - 1, neighbour % 3 - 1
-
-    rows, cols = [start[..., 0]], [start[..., 1]]
-    for t in range(1, max_len):
-        parent = tf.minimum(tf.cast(tf.floor(parent_u[:, :, t] * t), tf.int32), t - 1)
-        prev_rows, prev_cols = tf.stack(rows, axis=-1), tf.stack(cols, axis=-1)
-        rows.append(tf.gather(prev_rows, parent, batch_dims=2) + d_row[:, :, t])
-        cols.append(tf.gather(prev_cols, parent, batch_dims=2) + d_col[:, :, t])
-    rows, cols = tf.stack(rows, axis=-1), tf.stack(cols, axis=-1)
+    rows, cols = _walk(start, parent_u, tf.reshape(uu, [batch, max_rays, max_len]), max_len)
     active = ((tf.range(max_len)[None, None, :] < lengths[:, :, None])
               & (tf.range(max_rays)[None, :, None] < n_rays[:, None, None]))
 
     uu, pos = take(pos, 3 * max_hot)
     hot = tf.reshape(uu, [batch, max_hot, 3])
     hot_rows, hot_cols = uniform_int(hot[..., 0], 0, npix - 1), uniform_int(hot[..., 1], 0, npix - 1)
-    hot_values = hot_value[0] + (hot_value[1] - hot_value[0]) * hot[..., 2]
+    hot_values = lerp(hot[..., 2], hot_value)
     hot_active = tf.range(max_hot)[None, :] < n_hot[:, None]
 
     rows = tf.concat([tf.reshape(rows, [batch, -1]), hot_rows], axis=1)
@@ -344,6 +329,31 @@ def cosmic_ray_events(seeds, npix=conventions.NPIX, ray_count=(0, 20), ray_lengt
         "cols": tf.clip_by_value(cols, 0, npix - 1),
         "values": tf.math.divide_no_nan(values, peak),
     }
+
+
+def _walk(start, parent_u, neighbour_u, max_len):
+    """Friends-of-friends ray pixels: each is an 8-neighbour of an earlier pixel of its ray.
+
+    Args:
+        start: ``(B, R, 2)`` int32 start pixels (row, col).
+        parent_u, neighbour_u: ``(B, R, L)`` U[0, 1) draws choosing the
+            earlier pixel and the neighbour direction of pixel ``t``.
+        max_len: ``L``, the most pixels of a ray.
+
+    Returns:
+        ``(rows, cols)``, each ``(B, R, L)`` int32 (possibly off the map).
+    """
+    # 8 neighbours: index 0..7 -> (dr, dc) skipping (0, 0).
+    neighbour = tf.minimum(tf.cast(tf.floor(neighbour_u * 8.0), tf.int32), 7)
+    neighbour = tf.where(neighbour >= 4, neighbour + 1, neighbour)
+    d_row, d_col = neighbour // 3 - 1, neighbour % 3 - 1
+    rows, cols = [start[..., 0]], [start[..., 1]]
+    for t in range(1, max_len):
+        parent = tf.minimum(tf.cast(tf.floor(parent_u[:, :, t] * t), tf.int32), t - 1)
+        prev_rows, prev_cols = tf.stack(rows, axis=-1), tf.stack(cols, axis=-1)
+        rows.append(tf.gather(prev_rows, parent, batch_dims=2) + d_row[:, :, t])
+        cols.append(tf.gather(prev_cols, parent, batch_dims=2) + d_col[:, :, t])
+    return tf.stack(rows, axis=-1), tf.stack(cols, axis=-1)
 
 
 def render_events(rows, cols, values, npix=conventions.NPIX):

@@ -22,16 +22,15 @@ so the centres span ``+-h * (1 - 1/size)``; the unlensed flux is
 ``sum(image) * (2h / size)**2``.
 """
 
-import hashlib
-import importlib.resources
-import json
 import math
-import os
-import pathlib
 
 import numpy as np
 import tensorflow as tf
 
+from ensai_tf.data.draws import lerp, randint, uniforms
+from ensai_tf.data.stamps import (LIBRARY_FILE, SPLITS, SPLITS_FILE, STAMP_EXTENSIONS, STAMP_SIZE,
+                                  TAPER_RADIUS, load_stamp_library, read_stamp_file, stamp_taper,
+                                  user_stamp_split)
 from ensai_tf.errors import InputError
 from ensai_tf.lensing import light
 
@@ -58,14 +57,8 @@ __all__ = [
 SOURCE_FAMILIES = ("clumpy", "stamp", "sersic")
 """Family names; ``draws["family"]`` holds an index into this tuple."""
 
-STAMP_SIZE = 64
-"""Side of library stamps, pixels (the HDF cut-outs are stored at this size)."""
-
 RENDER_SIZE = 128
 """Default side of rendered source-plane images, pixels."""
-
-TAPER_RADIUS = 0.6
-"""Taper radius in stamp units, the stamp spanning [-1, 1] (docs/design.md §3.2 step 3)."""
 
 SERSIC_TAPER_REFF = 5.0
 """[R] Parametric Sersic: taper half-power radius = this x semi-major r_eff.
@@ -82,15 +75,6 @@ CLUMP_EXTENT_REFF = 2.0
 CLUMP_EXTENT_SIGMA = 3.0
 """[R] A Gaussian clump reaches this many sigma from its centre."""
 
-LIBRARY_FILE = "hdf_stamps.npz"
-SPLITS_FILE = "source_splits.json"
-SPLITS = ("train", "validation", "test")
-
-STAMP_EXTENSIONS = (".fits", ".fit", ".fts", ".fits.gz", ".png", ".jpg", ".jpeg")
-"""File types read from user stamp folders (case-insensitive)."""
-
-_USER_SPLIT_PERCENT = (("train", 80), ("validation", 90), ("test", 100))
-
 _REQUIRED_KEYS = frozenset((
     "family", "scale", "stamp_index", "clump_x", "clump_y", "clump_sersic", "clump_n",
     "clump_r_eff", "clump_q", "clump_angle", "clump_sigma", "clump_amplitude", "sersic_n",
@@ -102,201 +86,6 @@ _U_MATRIX = 4          # 4 entries of A (docs/design.md §3.2 [R])
 _U_SERSIC = 8          # n, r_eff, eps, angle
 _U_CLUMPS = 12         # then per clump: kind, n, r_eff, eps, angle, sigma, amp, z1, z2
 _PER_CLUMP = 9
-
-
-# ---------------------------------------------------------------------------
-# Stamp library
-# ---------------------------------------------------------------------------
-
-def stamp_taper(size, taper_radius=TAPER_RADIUS):
-    """Radial taper ``T(r) = 1 / (1 + (r / taper_radius)**6)`` on a stamp grid.
-
-    Args:
-        size: stamp side, pixels.
-        taper_radius: taper radius in stamp units (docs/design.md §3.2 step 3).
-
-    Returns:
-        float32 ``(size, size)`` array, renormalised to peak 1, with ``r``
-        measured from the stamp centre in stamp units: pixel centres at
-        ``(j + 0.5) * 2 / size - 1``, so the stamp spans [-1, 1].
-    """
-    u = (np.arange(size, dtype=np.float64) + 0.5) * 2.0 / size - 1.0
-    r = np.hypot(u[None, :], u[:, None])
-    taper = 1.0 / (1.0 + (r / taper_radius) ** 6)
-    return (taper / taper.max()).astype(np.float32)
-
-
-def _resize(image, size):
-    """Bicubic, anti-aliased resize of a 2-D array to ``(size, size)`` (docs/design.md §3.2 step 1)."""
-    if image.shape == (size, size):
-        return image.astype(np.float32)
-    out = tf.image.resize(image[..., None].astype(np.float32), (size, size), method="bicubic",
-                          antialias=True)
-    return out.numpy()[..., 0]
-
-
-def _finish_stamp(image, size, taper_radius, name):
-    """Resize, clip, peak-normalise, taper and renormalise one stamp (docs/design.md §3.2 steps 1-3)."""
-    image = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-    side = max(image.shape)
-    if image.shape[0] != image.shape[1]:
-        # [R] Non-square stamps are zero-padded to a square, centred, before resizing.
-        pad_r, pad_c = side - image.shape[0], side - image.shape[1]
-        image = np.pad(image, ((pad_r // 2, pad_r - pad_r // 2), (pad_c // 2, pad_c - pad_c // 2)))
-    stamp = np.clip(_resize(image, size), 0.0, None)
-    peak = stamp.max()
-    if not peak > 0:
-        raise InputError(f"source stamp {name}: no positive finite pixel (all zero, negative or "
-                         "NaN); a stamp must show a galaxy")
-    stamp = stamp / peak * stamp_taper(size, taper_radius)
-    return (stamp / stamp.max()).astype(np.float32)
-
-
-def read_stamp_file(path):
-    """Read one user stamp as a 2-D float array (not yet normalised).
-
-    FITS: the first HDU holding 2-D data (length-1 axes are dropped).
-    PNG/JPEG: read with Pillow; colour channels are averaged to grayscale as
-    the paper does for Galaxy Zoo (docs/design.md §3.2); an alpha channel is ignored.
-
-    Args:
-        path: file path.
-
-    Returns:
-        float64 ``(H, W)`` array.
-
-    Raises:
-        InputError: naming the file, if it cannot be read or holds no 2-D image.
-    """
-    path = pathlib.Path(path)
-    name = path.name.lower()
-    if name.endswith((".fits", ".fit", ".fts", ".fits.gz")):
-        from astropy.io import fits
-
-        try:
-            with fits.open(path, memmap=False) as hdul:
-                shapes = []
-                for hdu in hdul:
-                    if hdu.data is None or not hasattr(hdu.data, "shape"):
-                        continue
-                    data = np.squeeze(np.asarray(hdu.data))
-                    if data.ndim == 2 and data.dtype.kind in "fiu":
-                        return data.astype(np.float64)
-                    shapes.append(np.shape(hdu.data))
-        except (OSError, ValueError, TypeError, IndexError, KeyError, fits.VerifyError) as err:
-            raise InputError(f"source stamp {str(path)!r} is not a readable FITS file: {err}") \
-                from None
-        raise InputError(f"source stamp {str(path)!r} has no HDU with 2-D image data "
-                         f"(data shapes found: {shapes or 'none'})")
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as img:
-            img.load()
-            if img.mode not in ("L", "LA", "I", "I;16", "F", "RGB", "RGBA"):
-                img = img.convert("RGBA")
-            data = np.asarray(img, dtype=np.float64)
-    except (OSError, ValueError, UnidentifiedImageError) as err:
-        raise InputError(f"source stamp {str(path)!r} is not a readable image: {err}") from None
-    if data.ndim == 3:
-        channels = 1 if data.shape[-1] in (1, 2) else 3
-        data = data[..., :channels].mean(axis=-1)
-    if data.ndim != 2:
-        raise InputError(f"source stamp {str(path)!r} is not a 2-D image (shape {data.shape})")
-    return data
-
-
-def user_stamp_split(file_name):
-    """Split of a user stamp, from a hash of its file name (80/10/10).
-
-    Args:
-        file_name: the stamp's file name; only the base name is used, so the
-            assignment does not depend on the folder.
-
-    Returns:
-        ``"train"``, ``"validation"`` or ``"test"``, the same on every run.
-    """
-    digest = hashlib.sha256(os.path.basename(str(file_name)).encode("utf-8")).digest()
-    percent = int.from_bytes(digest[:8], "big") % 100
-    return next(name for name, upper in _USER_SPLIT_PERCENT if percent < upper)
-
-
-def _user_stamp_files(folder):
-    folder = pathlib.Path(os.path.expanduser(str(folder)))
-    if not folder.is_dir():
-        raise InputError(f"source stamp folder {str(folder)!r} does not exist")
-    files = sorted(p for p in folder.iterdir()
-                   if p.is_file() and p.name.lower().endswith(STAMP_EXTENSIONS))
-    if not files:
-        raise InputError(f"source stamp folder {str(folder)!r} holds no stamp files "
-                         f"({', '.join(STAMP_EXTENSIONS)})")
-    return files
-
-
-def _packaged_stamps(split):
-    base = importlib.resources.files("ensai_tf.data").joinpath("resources")
-    try:
-        table = json.loads(base.joinpath(SPLITS_FILE).read_text())
-        with base.joinpath(LIBRARY_FILE).open("rb") as fh, np.load(fh) as npz:
-            stamps, ids = npz["stamps"].astype(np.float32), npz["ids"]
-    except FileNotFoundError:
-        raise InputError(f"the packaged stamp library ({LIBRARY_FILE}, {SPLITS_FILE}) is missing "
-                         "from ensai_tf/data/resources; run tools/make_source_library.py") \
-            from None
-    wanted = set(table["splits"][split])
-    return stamps[np.array([int(i) in wanted for i in ids], dtype=bool)]
-
-
-def load_stamp_library(split, stamp_dirs=(), size=STAMP_SIZE, taper_radius=TAPER_RADIUS,
-                       packaged=True):
-    """Source stamps of one split: the packaged HDF pool plus user stamps.
-
-    Every stamp is resized to ``size`` (bicubic, anti-aliased), clipped at 0,
-    normalised to peak 1, multiplied by :func:`stamp_taper` and renormalised
-    to peak 1 (docs/design.md §3.2 steps 1-3). The train, validation and test pools are
-    disjoint: packaged stamps by ``source_splits.json``, user stamps by
-    :func:`user_stamp_split`. Every user file is read and checked, whatever
-    its split. NaN pixels of user stamps become 0; negative pixels
-    (background noise) are clipped to 0; non-square stamps are zero-padded
-    to a square. No background subtraction, recentring or rotation
-    (docs/design.md §3.2 step 5).
-
-    Args:
-        split: ``"train"``, ``"validation"`` or ``"test"``.
-        stamp_dirs: folders of user stamps (FITS, PNG, JPEG; top level only).
-        size: output stamp side, pixels.
-        taper_radius: taper radius, stamp units (``SourceConfig.taper_radius``).
-        packaged: include the packaged HDF stamps.
-
-    Returns:
-        float32 ``(N, size, size)`` array; a stamp spans ``+-s`` arcsec once
-        placed (docs/design.md §3.2 step 4), rows along +y and columns along +x.
-
-    Raises:
-        InputError: unknown split, missing folder, folder without stamps,
-            unreadable or non-2-D file, or a stamp without positive pixels
-            (the message names the file).
-    """
-    if split not in SPLITS:
-        raise InputError(f"unknown stamp split {split!r}; valid splits: {', '.join(SPLITS)}")
-    if isinstance(stamp_dirs, (str, os.PathLike)):
-        stamp_dirs = (stamp_dirs,)
-    size = int(size)
-    if size < 4:
-        raise InputError(f"stamp size must be >= 4 pixels, got {size}")
-    stamps = []
-    if packaged:
-        stamps.extend(_finish_stamp(s, size, taper_radius, f"{LIBRARY_FILE}[{i}]")
-                      for i, s in enumerate(_packaged_stamps(split)))
-    for folder in stamp_dirs:
-        for path in _user_stamp_files(folder):
-            # Every file is read and checked, so a bad stamp is reported whatever its split.
-            stamp = _finish_stamp(read_stamp_file(path), size, taper_radius, repr(str(path)))
-            if user_stamp_split(path.name) == split:
-                stamps.append(stamp)
-    if not stamps:
-        return np.zeros((0, size, size), np.float32)
-    return np.stack(stamps)
 
 
 # ---------------------------------------------------------------------------
@@ -323,11 +112,6 @@ def _example_seeds(seed, batch_size):
                            fn_output_signature=tf.TensorSpec([2], seed.dtype))
         return tf.cast(folded, tf.int64)
     raise InputError(f"seed must have shape (2,) or (B, 2), got {seed.shape}")
-
-
-def _uniform(u, bounds):
-    lo, hi = (float(b) for b in bounds)
-    return lo + (hi - lo) * u
 
 
 def sample_sources(seed, batch_size, cfg, num_stamps):
@@ -379,6 +163,42 @@ def sample_sources(seed, batch_size, cfg, num_stamps):
             weight (e.g. only the stamp family with an empty library).
     """
     num_stamps = int(num_stamps)
+    cum = _family_cdf(cfg, num_stamps)
+    seeds = _example_seeds(seed, batch_size)
+    max_clumps = int(cfg.clump_count[1])
+    # One stateless_uniform per example seed (the layout of _U_* above).
+    u = uniforms(seeds, _U_CLUMPS + _PER_CLUMP * max_clumps)
+    family = tf.cast(u[:, _U_FAMILY] >= cum[0], tf.int32) + tf.cast(u[:, _U_FAMILY] >= cum[1],
+                                                                        tf.int32)
+    scale = lerp(u[:, _U_SCALE], cfg.stamp_scale)
+    stamp_index = tf.minimum(tf.cast(tf.floor(u[:, _U_STAMP] * num_stamps), tf.int32),
+                             max(num_stamps - 1, 0))
+    count = randint(u[:, _U_COUNT], cfg.clump_count)
+    clumps = tf.reshape(u[:, _U_CLUMPS:], (-1, max_clumps, _PER_CLUMP))
+    active = tf.range(max_clumps)[None, :] < count[:, None]
+    return {
+        "family": family,
+        "scale": scale,
+        "stamp_index": stamp_index,
+        "clump_count": count,
+        **_clump_positions(u, clumps, scale),
+        "clump_sersic": clumps[..., 0] < float(cfg.clump_sersic_prob),
+        "clump_n": lerp(clumps[..., 1], cfg.clump_sersic_n),
+        "clump_r_eff": lerp(clumps[..., 2], cfg.clump_r_eff),
+        "clump_q": 1.0 - lerp(clumps[..., 3], cfg.clump_epsilon),
+        "clump_angle": math.pi * clumps[..., 4],
+        "clump_sigma": lerp(clumps[..., 5], cfg.clump_gauss_sigma),
+        # [R] docs/design.md §3.2: amplitudes U(0, 1), drawn as 1 - u in (0, 1] so no source is empty.
+        "clump_amplitude": tf.where(active, 1.0 - clumps[..., 6], 0.0),
+        "sersic_n": lerp(u[:, _U_SERSIC], cfg.sersic_n),
+        "sersic_r_eff": lerp(u[:, _U_SERSIC + 1], cfg.sersic_r_eff),
+        "sersic_q": 1.0 - lerp(u[:, _U_SERSIC + 2], cfg.sersic_epsilon),
+        "sersic_angle": math.pi * u[:, _U_SERSIC + 3],
+    }
+
+
+def _family_cdf(cfg, num_stamps):
+    """Cumulative family probabilities; the stamp family gets weight 0 without stamps."""
     if num_stamps < 0:
         raise InputError(f"num_stamps must be >= 0, got {num_stamps}")
     weights = np.asarray(cfg.family_weights, dtype=np.float64)
@@ -388,23 +208,20 @@ def sample_sources(seed, batch_size, cfg, num_stamps):
         raise InputError(f"source family weights {tuple(cfg.family_weights)} leave no family to "
                          f"draw (num_stamps={num_stamps}); give a positive clumpy or sersic "
                          "weight, or a non-empty stamp library")
-    seeds = _example_seeds(seed, batch_size)
-    max_clumps = int(cfg.clump_count[1])
-    num_u = _U_CLUMPS + _PER_CLUMP * max_clumps
-    # One stateless_uniform per example seed; map_fn because pfor has no converter for
-    # the stateless RNG ops (it would fall back to the same loop, with warnings).
-    u = tf.map_fn(lambda s: tf.random.stateless_uniform([num_u], s, dtype=tf.float32), seeds,
-                  fn_output_signature=tf.TensorSpec([num_u], tf.float32))
+    return np.cumsum(weights) / weights.sum()
 
-    cum = np.cumsum(weights) / weights.sum()
-    family = tf.cast(u[:, _U_FAMILY] >= cum[0], tf.int32) + tf.cast(u[:, _U_FAMILY] >= cum[1],
-                                                                        tf.int32)
-    scale = _uniform(u[:, _U_SCALE], cfg.stamp_scale)
-    stamp_index = tf.minimum(tf.cast(tf.floor(u[:, _U_STAMP] * num_stamps), tf.int32),
-                             max(num_stamps - 1, 0))
-    lo, hi = int(cfg.clump_count[0]), int(cfg.clump_count[1])
-    count = tf.minimum(lo + tf.cast(tf.floor(u[:, _U_COUNT] * (hi - lo + 1)), tf.int32), hi)
 
+def _clump_positions(u, clumps, scale):
+    """Clump-centre covariance and centres of every example (docs/design.md §3.2 [R]).
+
+    Args:
+        u: ``(B, K)`` the example's uniforms; clumps: ``(B, M, _PER_CLUMP)``
+            its per-clump uniforms; scale: ``(B,)`` stamp half-side s, arcsec.
+
+    Returns:
+        dict with ``"clump_cov"`` ``(B, 2, 2)`` arcsec**2 and ``"clump_x"``,
+        ``"clump_y"`` ``(B, M)`` arcsec.
+    """
     # [R] docs/design.md §3.2: C = A^T A scaled so that its largest eigenvalue is (R/2)^2, R = 0.5 s.
     # Elementwise 2x2 algebra (no matmul), so no kernel choice depends on the batch size.
     a11, a12, a21, a22 = (u[:, _U_MATRIX + k] for k in range(4))
@@ -415,37 +232,14 @@ def sample_sources(seed, batch_size, cfg, num_stamps):
     factor = (0.25 * scale) / tf.sqrt(tf.maximum(lam_max, 1e-12))
     f2 = tf.square(factor)
     cov = tf.reshape(tf.stack([c11 * f2, c12 * f2, c12 * f2, c22 * f2], axis=-1), (-1, 2, 2))
-
-    clumps = tf.reshape(u[:, _U_CLUMPS:], (-1, max_clumps, _PER_CLUMP))
     # Normal deviates by inverse CDF of the per-example uniforms (one RNG call per example).
     z = tf.math.ndtri(tf.clip_by_value(clumps[..., 7:_PER_CLUMP], 1e-7, 1.0 - 1e-7))
     z1, z2 = z[..., 0], z[..., 1]
     # Centre k = factor * A^T z_k, whose covariance is factor^2 A^T A = C.
     f = factor[:, None]
-    clump_x = f * (a11[:, None] * z1 + a21[:, None] * z2)
-    clump_y = f * (a12[:, None] * z1 + a22[:, None] * z2)
-    active = tf.range(max_clumps)[None, :] < count[:, None]
-    return {
-        "family": family,
-        "scale": scale,
-        "stamp_index": stamp_index,
-        "clump_count": count,
-        "clump_cov": cov,
-        "clump_x": clump_x,
-        "clump_y": clump_y,
-        "clump_sersic": clumps[..., 0] < float(cfg.clump_sersic_prob),
-        "clump_n": _uniform(clumps[..., 1], cfg.clump_sersic_n),
-        "clump_r_eff": _uniform(clumps[..., 2], cfg.clump_r_eff),
-        "clump_q": 1.0 - _uniform(clumps[..., 3], cfg.clump_epsilon),
-        "clump_angle": math.pi * clumps[..., 4],
-        "clump_sigma": _uniform(clumps[..., 5], cfg.clump_gauss_sigma),
-        # [R] docs/design.md §3.2: amplitudes U(0, 1), drawn as 1 - u in (0, 1] so no source is empty.
-        "clump_amplitude": tf.where(active, 1.0 - clumps[..., 6], 0.0),
-        "sersic_n": _uniform(u[:, _U_SERSIC], cfg.sersic_n),
-        "sersic_r_eff": _uniform(u[:, _U_SERSIC + 1], cfg.sersic_r_eff),
-        "sersic_q": 1.0 - _uniform(u[:, _U_SERSIC + 2], cfg.sersic_epsilon),
-        "sersic_angle": math.pi * u[:, _U_SERSIC + 3],
-    }
+    return {"clump_cov": cov,
+            "clump_x": f * (a11[:, None] * z1 + a21[:, None] * z2),
+            "clump_y": f * (a12[:, None] * z1 + a22[:, None] * z2)}
 
 
 # ---------------------------------------------------------------------------
@@ -557,6 +351,20 @@ def render_sources(draws, stamps=None, size=RENDER_SIZE, taper_radius=TAPER_RADI
     Raises:
         InputError: ``size`` < 4 or a stamp library of the wrong shape.
     """
+    size, stamps = _check_render_inputs(draws, stamps, size)
+    family = tf.convert_to_tensor(draws["family"], tf.int32)
+    parts = tf.dynamic_partition(tf.range(tf.shape(family)[0]), family, len(SOURCE_FAMILIES))
+    subset = [{k: tf.gather(v, idx) for k, v in draws.items() if k != "family"} for idx in parts]
+    clumpy = _render_clumpy(subset[0], size, taper_radius)
+    stamp = _render_stamps(subset[1]["scale"], subset[1]["stamp_index"], stamps, size)
+    sersic = _render_sersic(subset[2], size, taper_radius)
+    images = tf.dynamic_stitch(parts, [clumpy[0], stamp[0], sersic[0]])
+    half_size = tf.dynamic_stitch(parts, [clumpy[1], stamp[1], sersic[1]])
+    return images, half_size
+
+
+def _check_render_inputs(draws, stamps, size):
+    """Validate the arguments of :func:`render_sources`; returns ``(size, stamps)``."""
     size = int(size)
     if size < 4:
         raise InputError(f"render size must be >= 4 pixels, got {size}")
@@ -569,12 +377,4 @@ def render_sources(draws, stamps=None, size=RENDER_SIZE, taper_radius=TAPER_RADI
     if missing:
         raise InputError(f"source draws lack {', '.join(missing)}; pass the dict returned by "
                          "sample_sources")
-    family = tf.convert_to_tensor(draws["family"], tf.int32)
-    parts = tf.dynamic_partition(tf.range(tf.shape(family)[0]), family, len(SOURCE_FAMILIES))
-    subset = [{k: tf.gather(v, idx) for k, v in draws.items() if k != "family"} for idx in parts]
-    clumpy = _render_clumpy(subset[0], size, taper_radius)
-    stamp = _render_stamps(subset[1]["scale"], subset[1]["stamp_index"], stamps, size)
-    sersic = _render_sersic(subset[2], size, taper_radius)
-    images = tf.dynamic_stitch(parts, [clumpy[0], stamp[0], sersic[0]])
-    half_size = tf.dynamic_stitch(parts, [clumpy[1], stamp[1], sersic[1]])
-    return images, half_size
+    return size, stamps

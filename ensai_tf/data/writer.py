@@ -27,9 +27,12 @@ from ensai_tf import config as config_lib
 from ensai_tf import conventions
 from ensai_tf.data import pipeline
 from ensai_tf.data import sources
+from ensai_tf.data.arrays import BULKY_KEYS
 from ensai_tf.errors import InputError
+from ensai_tf.lensing import caustics
+from ensai_tf.model_dir import CONFIG_YAML
 
-__all__ = ["CSV_COLUMNS", "CONTACT_SHEET_MAX", "write_observed_dataset", "lens_curves"]
+__all__ = ["CSV_COLUMNS", "CONTACT_SHEET_MAX", "write_observed_dataset", "lens_curves", "csv_rows"]
 
 CSV_COLUMNS = conventions.PARAM_NAMES + ("q", "major_axis_pa_deg", "magnification",
                                          "source_family")
@@ -51,7 +54,16 @@ def _check_out(out, overwrite):
     return out
 
 
-def _csv_rows(batch):
+def csv_rows(batch):
+    """The ``params.csv`` rows of one batch (columns :data:`CSV_COLUMNS`).
+
+    Args:
+        batch: canonical example dict of numpy arrays with ``"params"``
+            ``(B, 5)`` and optionally ``"source_family"``, ``"magnification"``.
+
+    Yields:
+        list of str per example, numbers with 7 significant digits.
+    """
     params = np.asarray(batch["params"], np.float64)
     e_x, e_y = params[:, conventions.Param.E_X], params[:, conventions.Param.E_Y]
     q, _ = conventions.q_phi_from_ellipticity(e_x, e_y)
@@ -78,8 +90,6 @@ def lens_curves(params):
         frame (x = +column, y = +row), as
         :func:`ensai_tf.plotting.contact_sheet` draws them.
     """
-    from ensai_tf.lensing import caustics
-
     p = [np.asarray(params, np.float32)[:, i] for i in range(conventions.NUM_PARAMS)]
     curves = {"critical": caustics.tangential_critical_curve(*p),
               "caustic": caustics.tangential_caustic(*p)}
@@ -126,36 +136,8 @@ def write_observed_dataset(out, n, seed=0, config=None, split="test", overwrite=
     try:
         ds = pipeline.example_dataset(split, cfg, seed, count=n, observed=not clean,
                                       training=split == "train")
-        images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
-                                           shape=(n, cfg.image.npix, cfg.image.npix, 1))
-        draws = pipeline.ArrayStreams(tmp / "draws", n)
-        sheet = {"image": [], "params": [], "mask": []}
-        filled = 0
-        with open(tmp / "params.csv", "w", newline="") as f, \
-                pipeline.progress_bar(n, "simulating", progress) as bar:
-            table = csv.writer(f)
-            table.writerow(CSV_COLUMNS)
-            for batch in ds.as_numpy_iterator():
-                size = len(batch["index"])
-                images[filled:filled + size] = batch["image"]
-                table.writerows(_csv_rows(batch))
-                draws.append(pipeline.flatten_example(batch, drop=("arcs", "mask", "lens_light",
-                                                                   "image")))
-                room = CONTACT_SHEET_MAX - sum(len(a) for a in sheet["image"])
-                if room > 0:
-                    sheet["image"].append(batch["image"][:room])
-                    sheet["params"].append(batch["params"][:room])
-                    sheet["mask"].append(batch["mask"][:room] == 0)
-                filled += size
-                bar.update(size)
-        images.flush()
-        del images
-        arrays = draws.close()
-        np.savez(tmp / "draws.npz", **{name: np.load(tmp / "draws" / entry["file"],
-                                                     mmap_mode="r")
-                                       for name, entry in arrays.items()})
-        shutil.rmtree(tmp / "draws")
-        config_lib.save_config(cfg, tmp / "config.yaml")
+        sheet = _write_batches(ds, tmp, n, cfg, progress)
+        config_lib.save_config(cfg, tmp / CONFIG_YAML)
         _contact_sheet(tmp / "contact_sheet.png", {k: np.concatenate(v) for k, v in sheet.items()},
                        curves, cfg)
         atomic.replace_folder(tmp, out)
@@ -164,9 +146,46 @@ def write_observed_dataset(out, n, seed=0, config=None, split="test", overwrite=
     return out
 
 
+def _write_batches(ds, tmp, n, cfg, progress):
+    """Stream ``ds`` into ``images.npy``, ``params.csv`` and ``draws.npz`` in ``tmp``.
+
+    Returns:
+        the contact-sheet lenses: ``{"image", "params", "mask"}`` lists of arrays.
+    """
+    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
+                                       shape=(n, cfg.image.npix, cfg.image.npix, 1))
+    draws = pipeline.ArrayStreams(tmp / "draws", n)
+    sheet = {"image": [], "params": [], "mask": []}
+    filled = 0
+    with open(tmp / "params.csv", "w", newline="") as f, \
+            pipeline.progress_bar(n, "simulating", progress) as bar:
+        table = csv.writer(f)
+        table.writerow(CSV_COLUMNS)
+        for batch in ds.as_numpy_iterator():
+            size = len(batch["index"])
+            images[filled:filled + size] = batch["image"]
+            table.writerows(csv_rows(batch))
+            draws.append(pipeline.flatten_example(batch, drop=BULKY_KEYS + ("image",)))
+            room = CONTACT_SHEET_MAX - sum(len(a) for a in sheet["image"])
+            if room > 0:
+                sheet["image"].append(batch["image"][:room])
+                sheet["params"].append(batch["params"][:room])
+                sheet["mask"].append(batch["mask"][:room] == 0)
+            filled += size
+            bar.update(size)
+    images.flush()
+    del images
+    arrays = draws.close()
+    np.savez(tmp / "draws.npz", **{name: np.load(tmp / "draws" / entry["file"],
+                                                 mmap_mode="r")
+                                   for name, entry in arrays.items()})
+    shutil.rmtree(tmp / "draws")
+    return sheet
+
+
 def _contact_sheet(path, sheet, curves, cfg):
     """The first lenses with labels, lens centre, masks tinted and optional curves."""
-    from ensai_tf import plotting
+    from ensai_tf import plotting  # imports matplotlib, needed only for the contact sheet
 
     overlay = lens_curves(sheet["params"]) if curves else None
     plotting.contact_sheet(sheet["image"], str(path), params=sheet["params"], curves=overlay,

@@ -6,6 +6,7 @@ import pathlib
 import numpy as np
 import pytest
 from scipy import ndimage
+from astropy.io import fits
 
 from ensai_tf import conventions
 from ensai_tf.data import noise
@@ -124,8 +125,6 @@ def _load_tool():
 
 
 def test_measure_noise_spectrum_tool_recovers_known_correlations(tmp_path, capsys):
-    from astropy.io import fits
-
     rng = np.random.default_rng(0)
     b = 0.15  # 1-D kernel [b, 1, b] in x and y: lag-1 correlation 2b / (1 + 2b^2)
     white = rng.normal(size=(2 * N + 8, 2 * N + 8))
@@ -153,8 +152,6 @@ def test_measure_noise_spectrum_tool_recovers_known_correlations(tmp_path, capsy
 
 
 def test_measure_noise_spectrum_tool_rejects_a_small_image(tmp_path):
-    from astropy.io import fits
-
     fits.PrimaryHDU(np.zeros((50, 50), np.float32)).writeto(tmp_path / "small.fits")
     tool = _load_tool()
     assert tool.main([str(tmp_path / "small.fits"), str(tmp_path / "o.npy")]) == 1

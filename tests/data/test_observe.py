@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import tensorflow as tf
+from astropy.io import fits
 
 from ensai_tf import config, conventions
 from ensai_tf.data import noise
@@ -129,7 +130,7 @@ def test_gaussian_psf_of_a_delta_is_the_normalised_sampled_gaussian():
 
 @pytest.mark.parametrize("sigma", [0.8, 1.5, 2.5])
 def test_gaussian_blur_conserves_flux_and_has_the_requested_width(sigma):
-    w = ob._blur_matrices(tf.constant([sigma]), N, 10).numpy()[0]
+    w = ob.blur_matrices(tf.constant([sigma]), N, 10).numpy()[0]
     rng = np.random.default_rng(0)
     image = rng.uniform(size=(N, N))  # flux right up to the edges: reflect boundary
     blurred = w @ image @ w.T
@@ -171,8 +172,6 @@ def test_fixed_kernel_psf_of_a_delta_is_the_kernel(tmp_path):
 
 
 def test_load_psf_reads_fits_and_rejects_bad_files(tmp_path):
-    from astropy.io import fits
-
     fits.PrimaryHDU(np.ones((4, 6), np.float32)).writeto(tmp_path / "p.fits")
     k = ob.load_psf(tmp_path / "p.fits")
     assert k.shape == (7, 7) and abs(k.sum() - 1) < 1e-6

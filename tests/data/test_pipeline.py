@@ -1,13 +1,14 @@
 """Tests of ensai_tf.data.pipeline: online stream, resume, frozen caches, stored arcs.
 
 Most tests replace the ray-tracing simulator by a cheap stateless ring
-generator (``fake_simulator``) so that the pipeline's own properties
+generator (``fake_simulator.py``) so that the pipeline's own properties
 (ordering, resume, caching, atomicity) are tested quickly on 2 shared cores;
 the observation chain is always the real one. ``test_real_chain_*`` run the
 real simulator end to end.
 """
 
 import dataclasses
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -15,47 +16,28 @@ import shutil
 import numpy as np
 import pytest
 import tensorflow as tf
+import keras
 
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
 from ensai_tf.data import pipeline
 from ensai_tf.errors import InputError
 
-_SPLIT_IDS = {"train": 0, "validation": 1, "test": 2}
 
 
-def _fake_example_seeds(seed, split, start, count):
-    base = tf.constant([int(seed), _SPLIT_IDS[split]], tf.int64)
-    index = tf.cast(start, tf.int64) + tf.range(count, dtype=tf.int64)
-    return tf.map_fn(lambda i: tf.random.fold_in(base, i), index,
-                     fn_output_signature=tf.TensorSpec([2], tf.int64))
-
-
-def _fake_simulate_batch(seeds, config, stamps):
-    """Peak-1 Gaussian rings of radius theta_E around (x_L, y_L); per-example stateless."""
-    npix = config.image.npix
-    u = tf.map_fn(lambda s: tf.random.stateless_uniform([6], s), tf.cast(seeds, tf.int64),
-                  fn_output_signature=tf.TensorSpec([6], tf.float32))
-    theta = 0.5 + 1.5 * u[:, 0]
-    e_x, e_y = 0.4 * (u[:, 1] - 0.5), 0.4 * (u[:, 2] - 0.5)
-    x_l, y_l = 0.1 * (u[:, 3] - 0.5), 0.1 * (u[:, 4] - 0.5)
-    x, y = (tf.constant(g, tf.float32)[None] for g in
-            conventions.pixel_grid(npix, config.image.pixel_scale))
-    r = tf.sqrt((x - x_l[:, None, None]) ** 2 + (y - y_l[:, None, None]) ** 2)
-    arcs = tf.exp(-0.5 * ((r - theta[:, None, None]) / 0.08) ** 2)
-    arcs = arcs / tf.reduce_max(arcs, axis=[1, 2], keepdims=True)
-    b = tf.shape(seeds)[0]
-    return {"arcs": arcs[..., None], "params": tf.stack([theta, e_x, e_y, x_l, y_l], axis=1),
-            "magnification": 2.0 + 10.0 * u[:, 5], "source_family": tf.zeros([b], tf.int32),
-            "source_index": tf.zeros([b], tf.int32), "source_position": tf.zeros([b, 2]),
-            "attempts": tf.ones([b], tf.int32), "placement_rule": tf.zeros([b], tf.int32)}
+def _load_fakes():
+    """tests/data/fake_simulator.py (tests are not a package)."""
+    path = pathlib.Path(__file__).resolve().parent / "fake_simulator.py"
+    spec = importlib.util.spec_from_file_location("_ensai_fake_simulator", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.fixture(scope="module")
 def fake_simulator():
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline.simulate_lib, "example_seeds", _fake_example_seeds)
-        mp.setattr(pipeline.simulate_lib, "simulate_batch", _fake_simulate_batch)
+        _load_fakes().install(mp)
         yield
 
 
@@ -233,7 +215,7 @@ def test_pregenerated_arcs_feed_the_train_stream(fake_simulator, cfg, tmp_path):
     # the arcs are stored once: no observed-image or mask copy of the same size
     assert [k for k, v in stored.items() if v.shape == stored["arcs"].shape] == ["arcs"]
     arcs_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, arcs_dir=str(arcs_dir)))
-    it = iter(pipeline._stored_arcs_dataset(arcs_dir, arcs_cfg, 0, 5, 0))
+    it = iter(pipeline.stored_arcs_dataset(arcs_dir, arcs_cfg, 0, 5, 0))
     epochs = [next(it) for _ in range(2)]
     orders = []
     for ex in epochs:  # every epoch is a permutation of the 5 stored arcs
@@ -243,7 +225,7 @@ def test_pregenerated_arcs_feed_the_train_stream(fake_simulator, cfg, tmp_path):
         np.testing.assert_array_equal(ex["arcs"].numpy(), stored["arcs"][order])
         orders.append(order)
     np.testing.assert_array_equal(epochs[1]["index"], np.arange(5, 10))
-    resumed = next(iter(pipeline._stored_arcs_dataset(arcs_dir, arcs_cfg, 0, 5, 1)))
+    resumed = next(iter(pipeline.stored_arcs_dataset(arcs_dir, arcs_cfg, 0, 5, 1)))
     np.testing.assert_array_equal(resumed["arcs"], epochs[1]["arcs"])
     np.testing.assert_array_equal(resumed["seed"], epochs[1]["seed"])
     (x, y), = _take(pipeline.make_dataset("train", arcs_cfg, batch_size=2), 1)
@@ -288,8 +270,6 @@ def test_config_must_be_an_experiment_config():
 
 def test_real_chain_drives_two_fit_steps(cfg):
     """The real simulator + observe feed two model.fit steps of a tiny inline model."""
-    import keras
-
     ds = pipeline.make_dataset("train", cfg, batch_size=2)
     model = keras.Sequential([
         keras.Input((192, 192, 1)),

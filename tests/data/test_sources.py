@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 import tensorflow as tf
+from astropy.io import fits
+from PIL import Image
 
 from ensai_tf import config
 from ensai_tf.data import sources
@@ -102,9 +104,6 @@ def test_resized_library_keeps_peak_one(train_stamps):
 # ---------------------------------------------------------------------------
 
 def _write_user_stamps(folder):
-    from astropy.io import fits
-    from PIL import Image
-
     fits.PrimaryHDU(_blob(30, 0.2, 0.0)).writeto(folder / "gal_a.fits")
     rgb = np.zeros((24, 36, 3), np.uint8)  # non-square: zero-padded to a square
     rgb[..., 0] = (255 * _blob(36, -0.2, 0.1)[:24]).astype(np.uint8)
@@ -131,8 +130,6 @@ def test_user_stamp_folder_with_fits_png_and_jpeg_loads(tmp_path):
 def test_user_fits_stamp_keeps_orientation(tmp_path):
     # Blob at x = +0.3 (columns), y = -0.2 (rows) in stamp units stays there:
     # no flips (docs/design.md §3.2 step 5). Tolerance 0.05 stamp units: taper pull.
-    from astropy.io import fits
-
     fits.PrimaryHDU(_blob(40, 0.3, -0.2, sigma=0.1)).writeto(tmp_path / "one.fits")
     split = sources.user_stamp_split("one.fits")
     stamp = sources.load_stamp_library(split, stamp_dirs=(tmp_path,), size=40, packaged=False)[0]
@@ -170,8 +167,6 @@ def test_corrupt_fits_is_an_error_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("kind", ["zero", "nan", "cube"])
 def test_unusable_fits_stamp_is_an_error_naming_the_file(tmp_path, kind):
-    from astropy.io import fits
-
     data = {"zero": np.zeros((8, 8)), "nan": np.full((8, 8), np.nan),
             "cube": np.ones((3, 8, 8))}[kind]
     fits.PrimaryHDU(data).writeto(tmp_path / f"{kind}.fits")

@@ -1,7 +1,7 @@
 """Tests of ensai_tf.data.writer.write_observed_dataset (``ensai simulate``).
 
 The ray-tracing simulator is replaced by the cheap stateless ring generator
-of test_pipeline.py (the observation chain, plotting and file handling are
+of fake_simulator.py (the observation chain, plotting and file handling are
 real); ``test_curves_*`` needs the real caustics module.
 """
 
@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+from ensai_tf import cli
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
 from ensai_tf.data import pipeline
@@ -23,10 +24,10 @@ from ensai_tf.errors import InputError
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def _pipeline_tests():
-    """tests/data/test_pipeline.py, for its fake simulator (tests are not a package)."""
-    path = pathlib.Path(__file__).resolve().parent / "test_pipeline.py"
-    spec = importlib.util.spec_from_file_location("_ensai_pipeline_tests", path)
+def _load_fakes():
+    """tests/data/fake_simulator.py (tests are not a package)."""
+    path = pathlib.Path(__file__).resolve().parent / "fake_simulator.py"
+    spec = importlib.util.spec_from_file_location("_ensai_fake_simulator", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -34,10 +35,8 @@ def _pipeline_tests():
 
 @pytest.fixture(scope="module")
 def fake_simulator():
-    fakes = _pipeline_tests()
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pipeline.simulate_lib, "example_seeds", fakes._fake_example_seeds)
-        mp.setattr(pipeline.simulate_lib, "simulate_batch", fakes._fake_simulate_batch)
+        _load_fakes().install(mp)
         yield
 
 
@@ -147,12 +146,10 @@ def test_curves_enclose_pi_theta_e_squared(fake_simulator, cfg, tmp_path):
 def test_ctrl_c_during_ensai_simulate_keeps_the_old_folder(fake_simulator, tmp_path, monkeypatch,
                                                          capsys):
     """KeyboardInterrupt after the first batch: exit 130, old contents intact, no temp folder."""
-    from ensai_tf import cli
-
     out = tmp_path / "lenses"
     out.mkdir()
     (out / "notes.txt").write_text("old run")
-    real_rows = writer._csv_rows
+    real_rows = writer.csv_rows
     calls = []
 
     def interrupt_second_batch(batch):
@@ -161,7 +158,7 @@ def test_ctrl_c_during_ensai_simulate_keeps_the_old_folder(fake_simulator, tmp_p
             raise KeyboardInterrupt
         return real_rows(batch)
 
-    monkeypatch.setattr(writer, "_csv_rows", interrupt_second_batch)
+    monkeypatch.setattr(writer, "csv_rows", interrupt_second_batch)
     code = cli.main(["simulate", "--out", str(out), "-n", "6", "--overwrite", "--quiet",
                      "--preset", "smoke", "--set", "data.sim_batch_size=2"])
     assert code == 130 and "interrupted" in capsys.readouterr().err

@@ -21,10 +21,10 @@ from ensai_tf.datasets import ensai_lenses  # noqa: E402  (registers the builder
 
 
 
-def _pipeline_tests():
-    """tests/data/test_pipeline.py, for its fake simulator (tests are not a package)."""
-    path = pathlib.Path(__file__).resolve().parents[1] / "data" / "test_pipeline.py"
-    spec = importlib.util.spec_from_file_location("_ensai_pipeline_tests", path)
+def _load_fakes():
+    """tests/data/fake_simulator.py (tests are not a package)."""
+    path = pathlib.Path(__file__).resolve().parents[1] / "data" / "fake_simulator.py"
+    spec = importlib.util.spec_from_file_location("_ensai_fake_simulator", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -32,9 +32,7 @@ def _pipeline_tests():
 
 @pytest.fixture
 def fake_simulator(monkeypatch):
-    fakes = _pipeline_tests()
-    monkeypatch.setattr(pipeline.simulate_lib, "example_seeds", fakes._fake_example_seeds)
-    monkeypatch.setattr(pipeline.simulate_lib, "simulate_batch", fakes._fake_simulate_batch)
+    _load_fakes().install(monkeypatch)
 
 
 @pytest.fixture

@@ -25,7 +25,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import ensai_tf
 from ensai_tf import config as config_lib
+from ensai_tf.data import observe as observe_lib
+from ensai_tf.data import simulate as sim
+from ensai_tf.data import sources
 from ensai_tf.lensing import caustics, raytrace, shear, sie
 
 N_DRAWS = int(os.environ.get("ENSAI_SWEEP_DRAWS", "100000"))
@@ -193,8 +197,6 @@ def _edge_configs():
 
 
 def _check_simulated_and_observed(out, cfg):
-    from ensai_tf.data import observe as observe_lib
-
     for key, value in out.items():
         assert np.all(np.isfinite(np.asarray(value, np.float64))), key
     assert np.all(np.asarray(out["arcs"]).max(axis=(1, 2, 3)) > 0)
@@ -211,9 +213,6 @@ def _check_simulated_and_observed(out, cfg):
 @pytest.mark.parametrize("case", range(3))
 def test_simulate_and_observe_are_finite_at_the_prior_edges(case):
     """Eager ``simulate_batch`` (about 2 s a case) and ``observe`` at each edge case."""
-    from ensai_tf.data import simulate as sim
-    from ensai_tf.data import sources
-
     cfg = list(_edge_configs())[case]
     out = sim.simulate_batch(sim.example_seeds(11, "train", 0, 2), cfg,
                              sources.load_stamp_library("train"))
@@ -223,8 +222,6 @@ def test_simulate_and_observe_are_finite_at_the_prior_edges(case):
 @pytest.mark.slow
 def test_public_simulate_is_finite_at_the_prior_maxima():
     """``ensai_tf.simulate`` (the traced Dataset.map path, 10-20 s to trace) at every maximum."""
-    import ensai_tf
-
     cfg = list(_edge_configs())[0]
     _check_simulated_and_observed(ensai_tf.simulate(2, seed=11, config=cfg, split="train",
                                                     batch_size=2), cfg)

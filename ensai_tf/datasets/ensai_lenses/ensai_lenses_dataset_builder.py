@@ -26,6 +26,8 @@ import tensorflow_datasets as tfds
 
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
+from ensai_tf.data import pipeline
+from ensai_tf.data.arrays import BULKY_KEYS
 
 __all__ = ["Builder", "EnsaiLensesConfig", "make_config", "CONFIG_SIZES"]
 
@@ -118,8 +120,6 @@ class Builder(tfds.core.GeneratorBasedBuilder):
 
     def _element_spec(self):
         """Per-example specs of the stored fields, from the pipeline's own dataset."""
-        from ensai_tf.data import pipeline
-
         cfg = self.builder_config.experiment_config()
         ds = pipeline.example_dataset("test", cfg, self.builder_config.seed, count=1,
                                       batch_size=1, observed=self.builder_config.kind == "observed",
@@ -143,7 +143,7 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 doc=f"labels {conventions.PARAM_NAMES} in {conventions.PARAM_UNITS} (docs/design.md §0)"),
         }
         for key, s in spec.items():
-            if key in ("image", "params", "arcs", "mask", "lens_light"):
+            if key in ("image", "params") + BULKY_KEYS:
                 continue
             if key == "draws":
                 if s:
@@ -168,13 +168,11 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 for split, n in sizes.items()}
 
     def _generate_examples(self, split, count, stamp_dir):
-        from ensai_tf.data import pipeline
-
         c = self.builder_config
         cfg = c.experiment_config(stamp_dir)
         ds = pipeline.example_dataset(split, cfg, c.seed, count=count,
                                       observed=c.kind == "observed")
-        drop = ("arcs", "mask", "lens_light")
+        drop = BULKY_KEYS
         for batch in ds.as_numpy_iterator():
             for i in range(len(batch["index"])):
                 record = {k: (v[i] if not isinstance(v, dict) else {d: a[i] for d, a in v.items()})

@@ -1,0 +1,84 @@
+"""Image levels: normalisation with jitter and the zero-level offset.
+
+docs/design.md §5.3 steps 6-7, §5.7, §9 #5.
+"""
+
+import numpy as np
+import tensorflow as tf
+
+from ensai_tf.data.effects import base
+
+__all__ = [
+    "sample_normalise",
+    "apply_normalise",
+    "sample_zero_bias",
+    "apply_zero_bias",
+]
+
+
+def sample_normalise(seeds, cfg):
+    """Draw the normalisation jitter (docs/design.md §5.3 step 6, §9 #5).
+
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig`.
+
+    Returns:
+        dict: ``"norm_jitter"`` ``(B,)`` ~ N(1, ``cfg.norm_jitter_rms``).
+    """
+    _, z, _ = base.effect_draws(seeds, base.Effect.NORMALISE, n_normal=1)
+    return {"norm_jitter": 1.0 + cfg.norm_jitter_rms * z[:, 0]}
+
+
+def apply_normalise(images, draws, reference, threshold=0.4):
+    """Divide by the image max over bright arc pixels, times the jitter (docs/design.md §5.7).
+
+    The normalising maximum is taken over pixels where ``reference`` (the
+    noise-free, unblurred, shifted arcs) exceeds ``threshold``. If there is
+    no such pixel, or that maximum is not positive, the division is skipped;
+    the jitter is always applied.
+
+    Args:
+        images: ``(B, n, n, 1)`` float32.
+        draws: dict with ``"norm_jitter"`` ``(B,)``.
+        reference: ``(B, n, n, 1)`` noise-free shifted arcs, peak 1.
+        threshold: arc level defining the normalisation region.
+
+    Returns:
+        ``(B, n, n, 1)`` float32.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    region = reference > threshold
+    peak = tf.reduce_max(tf.where(region, images, -np.inf), axis=[1, 2, 3], keepdims=True)
+    ok = tf.reduce_any(region, axis=[1, 2, 3], keepdims=True) & (peak > 0)
+    scale = tf.where(ok, 1.0 / tf.where(ok, peak, 1.0), 1.0)
+    return images * scale * base.per_image(tf.cast(draws["norm_jitter"], tf.float32))
+
+
+def sample_zero_bias(seeds, cfg):
+    """Draw the constant zero-level offset (docs/design.md §5.3 step 7).
+
+    Args:
+        seeds: ``(B, 2)`` int per-example seeds.
+        cfg: :class:`ensai_tf.config.ObserveConfig`.
+
+    Returns:
+        dict: ``"zero_bias"`` ``(B,)`` ~ N(0, ``cfg.zero_bias_rms``), image units.
+    """
+    _, z, _ = base.effect_draws(seeds, base.Effect.ZERO_BIAS, n_normal=1)
+    return {"zero_bias": cfg.zero_bias_rms * z[:, 0]}
+
+
+def apply_zero_bias(images, draws):
+    """Add one constant ``zero_bias`` to every pixel of each image.
+
+    Args:
+        images: ``(B, n, n, 1)`` float32.
+        draws: dict with ``"zero_bias"`` ``(B,)``, image units
+            (:func:`sample_zero_bias`).
+
+    Returns:
+        ``(B, n, n, 1)`` float32.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    return images + base.per_image(tf.cast(draws["zero_bias"], tf.float32))
