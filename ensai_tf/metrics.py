@@ -14,6 +14,7 @@ from ensai_tf.conventions import NUM_PARAMS, TARGET_COUNTS, target_names
 from ensai_tf.losses import parity_correct
 
 __all__ = [
+    "as_params",
     "parity_correct_np",
     "residuals",
     "error68",
@@ -27,13 +28,32 @@ __all__ = [
 ]
 
 
-def _as_params(x, what):
+def as_params(x, what, allow_empty=False):
+    """Check and convert an array of targets: ``(N, 5)``, or ``(N, 7)`` with the shear.
+
+    Args:
+        x: array-like of parameters in ``target_names(n)`` order (arcsec /
+            dimensionless).
+        what: the argument's name, for the error message.
+        allow_empty: accept ``N = 0``.
+
+    Returns:
+        ``x`` as a float64 numpy array.
+
+    Raises:
+        ValueError: ``x`` is not 2-D with 5 or 7 columns, or is empty (unless
+            ``allow_empty``).
+
+    Example:
+        >>> as_params([[1.2, 0.1, -0.1, 0.0, 0.0]], "pred").shape
+        (1, 5)
+    """
     x = np.asarray(x, dtype=np.float64)
     if x.ndim != 2 or x.shape[1] not in TARGET_COUNTS:
         raise ValueError(f"{what} must have shape (N, {NUM_PARAMS}) (theta_e, e_x, e_y, x_l, y_l), "
                          f"or (N, {TARGET_COUNTS[1]}) with the shear (gamma_1, gamma_2), "
                          f"got {x.shape}")
-    if x.shape[0] == 0:
+    if x.shape[0] == 0 and not allow_empty:
         raise ValueError(f"{what} is empty: need at least one example")
     return x
 
@@ -47,8 +67,8 @@ def parity_correct_np(y_true, y_pred):
     Returns:
         ``(N, 5)`` float64 parity-corrected predictions.
     """
-    y_true = _as_params(y_true, "y_true")
-    y_pred = _as_params(y_pred, "y_pred")
+    y_true = as_params(y_true, "y_true")
+    y_pred = as_params(y_pred, "y_pred")
     if y_true.shape != y_pred.shape:
         raise ValueError(f"y_true {y_true.shape} and y_pred {y_pred.shape} differ in shape")
     return np.asarray(ops.convert_to_numpy(parity_correct(y_true, y_pred)), dtype=np.float64)
@@ -68,7 +88,7 @@ def residuals(y_true, y_pred):
         ValueError: an input is not ``(N, 5)`` or ``(N, 7)``, is empty, or the
             two shapes differ.
     """
-    return parity_correct_np(y_true, y_pred) - _as_params(y_true, "y_true")
+    return parity_correct_np(y_true, y_pred) - as_params(y_true, "y_true")
 
 
 def error68(y_true, y_pred):
@@ -169,7 +189,9 @@ def binned_bands(true, pred, bins=12, min_count=5):
 
 
 def error_table(y_true, y_pred):
-    """All error summaries per parameter (docs/design.md §8.2).
+    """All error summaries per parameter: the numbers of Table 1 (docs/design.md §8.1-8.2).
+
+    ``ensai evaluate`` writes this table into ``metrics.json``.
 
     Args:
         y_true, y_pred: ``(N, 5)`` arrays, arcsec / dimensionless, or
@@ -179,6 +201,13 @@ def error_table(y_true, y_pred):
         ``{name: {"error68", "rms", "half_width_16_84", "bias"}}`` for each
         name in ``target_names(n)``, values as Python floats in the parameter's
         unit (``bias`` = mean residual), plus ``"n"``: the number of examples.
+
+    Example:
+        >>> import numpy as np
+        >>> true = np.zeros((4, 5))
+        >>> table = error_table(true, true + 0.1)
+        >>> round(table["theta_e"]["rms"], 6), table["n"]
+        (0.1, 4)
     """
     res = residuals(y_true, y_pred)
     e68 = np.percentile(np.abs(res), 68.0, axis=0)

@@ -1,17 +1,14 @@
-"""Per-lens uncertainties beyond the paper.
-
-Three pieces:
+"""Gaussian heads: per-lens uncertainties beyond the paper.
 
 * :class:`GaussianNLL` — a parity-aware Gaussian negative log-likelihood for
   networks that predict a mean and a (diagonal or full) covariance;
-  :func:`build_uncertainty_model` and :func:`predict_with_uncertainty` build
-  and read such networks.
-* :class:`MCDropout` and :func:`mc_dropout_predict` — Monte Carlo dropout, the
-  cheap alternative that needs no new head.
+  :func:`gaussian_summary` and :func:`predict_with_uncertainty` read such
+  networks (:func:`ensai_tf.models.heads.build_uncertainty_model` builds them).
 * :func:`ensemble_predict` — the four independently trained networks (the
   combiner's backbones) as a deep ensemble: mean and spread.
-* :func:`coverage`, :func:`fit_calibration`, :func:`apply_calibration` —
-  check and fix the calibration of predicted standard deviations.
+
+Checking and fixing the calibration of the predicted standard deviations is
+:mod:`ensai_tf.calibration`; Monte Carlo dropout is :mod:`ensai_tf.models.heads`.
 
 Output layouts (last axis, ``n`` targets in ``target_names(n)`` order, docs/design.md
 §0; ``n = 5``, or 7 with the shear ``(gamma_1, gamma_2)`` appended):
@@ -35,19 +32,17 @@ is an ellipticity index. The loss is the minimum of the NLL of the prediction
 and of its twin, so it is invariant when the network outputs the twin.
 """
 
-import numpy as np
-import scipy.special
 import keras
+import numpy as np
 from keras import ops
 
 from ensai_tf.conventions import NUM_PARAMS, TARGET_COUNTS, target_names
 from ensai_tf.losses import parity_correct, parity_signs
-from ensai_tf.models import build_model
+from ensai_tf.metrics import as_params
 
 __all__ = [
     "COVARIANCE_TYPES",
     "TRIL_INDICES",
-    "CALIBRATION_LEVELS",
     "tril_indices",
     "num_outputs_for",
     "layout_from_width",
@@ -55,17 +50,9 @@ __all__ = [
     "unpack_gaussian",
     "gaussian_nll",
     "GaussianNLL",
-    "build_uncertainty_model",
     "predict_with_uncertainty",
     "gaussian_summary",
-    "MCDropout",
-    "mc_dropout_predict",
     "ensemble_predict",
-    "coverage",
-    "fit_calibration",
-    "apply_calibration",
-    "fit_interval_calibration",
-    "interval_multipliers",
     "shear_targets",
 ]
 
@@ -86,9 +73,6 @@ def tril_indices(n=NUM_PARAMS):
 
 TRIL_INDICES = tril_indices(NUM_PARAMS)
 """(row, column) of the 10 off-diagonal Cholesky entries of a 5-target head."""
-
-CALIBRATION_LEVELS = tuple(round(0.01 * k, 2) for k in range(1, 100)) + (0.995,)
-"""Nominal levels at which :func:`fit_interval_calibration` stores multipliers."""
 
 _LOG2PI = float(np.log(2.0 * np.pi))
 _LOGVAR_CLIP = 30.0  # keeps exp(-log var) finite early in training
@@ -298,32 +282,11 @@ class GaussianNLL(keras.losses.Loss):
         return config
 
 
-def build_uncertainty_model(name, input_shape, covariance="diagonal", n_targets=NUM_PARAMS,
-                            **kwargs):
-    """A paper network whose last layer predicts a Gaussian (mean + covariance).
-
-    Args:
-        name: architecture name for :func:`ensai_tf.models.build_model`.
-        input_shape: ``(H, W, 1)``, pixels.
-        covariance: ``"diagonal"`` or ``"full"``.
-        n_targets: 5, or 7 to predict the shear too.
-        **kwargs: passed to the builder (not ``num_outputs``).
-
-    Returns:
-        ``keras.Model`` images -> ``(B, num_outputs_for(covariance,
-        n_targets))``; train it with ``GaussianNLL(covariance)``.
-    """
-    if "num_outputs" in kwargs:
-        raise ValueError("num_outputs is set by the covariance type; do not pass it")
-    return build_model(name, input_shape=input_shape,
-                       num_outputs=num_outputs_for(covariance, n_targets), **kwargs)
-
-
 def predict_with_uncertainty(model, images, batch_size=32):
     """Means, 68% intervals and covariances from a Gaussian-head model.
 
     Args:
-        model: a model from :func:`build_uncertainty_model` (the output
+        model: a model from :func:`ensai_tf.models.heads.build_uncertainty_model` (the output
             width picks the layout, :func:`layout_from_width`).
         images: ``(B, H, W, 1)`` images as the model expects.
         batch_size: prediction batch size.
@@ -360,65 +323,14 @@ def gaussian_summary(outputs):
             "covariance": cov}
 
 
-@keras.saving.register_keras_serializable(package="ensai_tf")
-class MCDropout(keras.layers.Dropout):
-    """Dropout that can stay active at inference (Monte Carlo dropout).
-
-    Args:
-        rate: drop probability in [0, 1).
-        always_on: if True, drop units in every call, training or not; if
-            False, behaves as ``keras.layers.Dropout``.
-        **kwargs: passed to ``keras.layers.Dropout`` (``seed``, ``name``...).
-    """
-
-    def __init__(self, rate, always_on=True, **kwargs):
-        super().__init__(rate, **kwargs)
-        self.always_on = bool(always_on)
-
-    def call(self, inputs, training=False):
-        return super().call(inputs, training=True if self.always_on else training)
-
-    def get_config(self):
-        config = super().get_config()
-        config["always_on"] = self.always_on
-        return config
-
-
-def mc_dropout_predict(model, images, samples=20):
-    """Mean and spread over repeated stochastic forward passes.
-
-    Each pass is parity-aligned to the first pass (:func:`parity_correct`, as
-    the combiner aligns signs, docs/design.md §7.4) so that sign flips of ``e`` do not
-    inflate the spread.
-
-    Args:
-        model: model with :class:`MCDropout` layers (``always_on=True``),
-            images -> ``(B, 5)``.
-        images: ``(B, H, W, 1)`` images.
-        samples: number of passes, >= 2.
-
-    Returns:
-        ``(mean, std)``: numpy ``(B, 5)`` each, parameter units; ``std`` is
-        the sample standard deviation (ddof=1).
-    """
-    if int(samples) < 2:
-        raise ValueError(f"samples must be >= 2 to estimate a spread, got {samples}")
-    images = ops.convert_to_tensor(images)
-    first = model(images, training=False)
-    draws = [first]
-    for _ in range(int(samples) - 1):
-        draws.append(parity_correct(first, model(images, training=False)))
-    stack = np.stack([ops.convert_to_numpy(d).astype(np.float64) for d in draws])
-    return stack.mean(axis=0), stack.std(axis=0, ddof=1)
-
-
 def ensemble_predict(predictions):
     """Deep-ensemble mean and spread of independently trained networks.
 
     Each member's predictions are parity-aligned to the first member's (as
     the combiner aligns signs, docs/design.md §7.4) before the mean and the standard
     deviation over members are taken. The spread alone is rarely calibrated;
-    pass it through :func:`fit_interval_calibration` on validation lenses.
+    pass it through :func:`ensai_tf.calibration.fit_interval_calibration` on validation
+    lenses.
 
     Args:
         predictions: sequence of ``M >= 2`` arrays ``(N, n)``, one per
@@ -428,7 +340,7 @@ def ensemble_predict(predictions):
         ``(mean, std)``: numpy ``(N, n)`` each; ``std`` is the sample
         standard deviation over members (ddof=1).
     """
-    members = [_as_params(p, "each member's predictions") for p in predictions]
+    members = [as_params(p, "each member's predictions", allow_empty=True) for p in predictions]
     if len(members) < 2:
         raise ValueError(f"an ensemble needs at least 2 members, got {len(members)}")
     if any(m.shape != members[0].shape for m in members):
@@ -438,155 +350,6 @@ def ensemble_predict(predictions):
         for m in members[1:]]
     stack = np.stack(aligned)
     return stack.mean(axis=0), stack.std(axis=0, ddof=1)
-
-
-def _as_params(x, what):
-    arr = np.asarray(x, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[-1] not in TARGET_COUNTS:
-        raise ValueError(f"{what} must have shape (N, {NUM_PARAMS}), or (N, {TARGET_COUNTS[1]}) "
-                         f"with the shear, got {arr.shape}")
-    return arr
-
-
-def _standardised_errors(y_true, mean, std):
-    y_true = _as_params(y_true, "y_true")
-    mean = _as_params(mean, "mean")
-    std = _as_params(std, "std")
-    if not (y_true.shape == mean.shape == std.shape):
-        raise ValueError(f"y_true, mean, std shapes differ: {y_true.shape}, {mean.shape}, "
-                         f"{std.shape}")
-    if np.any(~np.isfinite(std)) or np.any(std <= 0):
-        raise ValueError("std must be finite and > 0 everywhere")
-    corrected = ops.convert_to_numpy(parity_correct(y_true, mean)).astype(np.float64)
-    return (corrected - y_true) / std
-
-
-def coverage(y_true, mean, std, levels=(0.68, 0.95), calibration=None):
-    """Fraction of truths inside the central interval, per parameter.
-
-    The interval at level ``p`` is ``mean -+ m_p std`` with ``m_p =
-    Phi^-1((1 + p) / 2)`` (1.0 sigma ~ 68.27%, 1.96 sigma = 95%), or the
-    fitted multipliers of ``calibration`` (:func:`interval_multipliers`). The
-    mean is parity-corrected against the truth first (docs/design.md §8.1).
-
-    Args:
-        y_true: ``(N, n)`` true parameters, arcsec / dimensionless (n = 5, or
-            7 with the shear).
-        mean: ``(N, n)`` predicted means, same units.
-        std: ``(N, n)`` predicted standard deviations, same units, > 0.
-        levels: nominal levels in (0, 1).
-        calibration: optional dict from :func:`fit_interval_calibration`.
-
-    Returns:
-        dict ``level -> (n,)`` numpy array of empirical coverage fractions.
-    """
-    z = np.abs(_standardised_errors(y_true, mean, std))
-    return {level: np.mean(z <= interval_multipliers(level, calibration, z.shape[1]), axis=0)
-            for level in levels}
-
-
-def fit_calibration(y_true, mean, std):
-    """Per-parameter factors that rescale ``std`` so it matches the errors.
-
-    Maximum-likelihood scale of a Gaussian with known shape: ``s_k^2 =
-    mean_n (r_nk / std_nk)^2`` (parity-corrected residuals ``r``). Fit it on a
-    validation set; if the errors are Gaussian the calibrated coverage is
-    nominal at every level.
-
-    Args:
-        y_true: ``(N, 5)`` validation truths, arcsec / dimensionless.
-        mean: ``(N, 5)`` predicted means, same units.
-        std: ``(N, 5)`` predicted standard deviations, same units, > 0.
-
-    Returns:
-        ``(5,)`` numpy array of dimensionless scale factors.
-    """
-    z = _standardised_errors(y_true, mean, std)
-    return np.sqrt(np.mean(np.square(z), axis=0))
-
-
-def apply_calibration(std, scales):
-    """Rescale predicted standard deviations.
-
-    Args:
-        std: ``(N, n)`` standard deviations, parameter units.
-        scales: ``(n,)`` factors from :func:`fit_calibration`, dimensionless.
-
-    Returns:
-        ``(N, n)`` calibrated standard deviations, parameter units.
-    """
-    std = _as_params(std, "std")
-    scales = np.asarray(scales, dtype=np.float64)
-    n = std.shape[1]
-    if scales.shape != (n,) or np.any(~np.isfinite(scales)) or np.any(scales <= 0):
-        raise ValueError(f"scales must be {n} finite positive numbers, got {scales}")
-    return std * scales
-
-
-def fit_interval_calibration(y_true, mean, std, levels=CALIBRATION_LEVELS):
-    """Interval multipliers that give nominal coverage at every level (post-hoc).
-
-    Quantile recalibration (Kuleshov et al. 2018): for each parameter ``k``
-    and level ``p`` the multiplier is the ``p``-quantile of the standardised
-    errors ``|r_nk| / std_nk`` over the fitting set (parity-corrected
-    residuals ``r``). The interval ``mean -+ m_p std`` then holds a fraction
-    ``p`` of that set whatever the error distribution's shape, and the same
-    fraction of any set drawn like it. Fit it on the validation set, never the
-    test set.
-
-    Args:
-        y_true: ``(N, n)`` validation truths, arcsec / dimensionless.
-        mean: ``(N, n)`` predicted means, same units.
-        std: ``(N, n)`` predicted standard deviations, same units, > 0.
-        levels: increasing nominal levels in (0, 1).
-
-    Returns:
-        JSON-ready dict: ``"levels"`` (list of floats), ``"multipliers"``
-        (``len(levels)`` lists of ``n`` dimensionless floats, non-decreasing
-        in the level), ``"n"`` (examples used).
-    """
-    levels = np.asarray(levels, dtype=np.float64)
-    if levels.ndim != 1 or levels.size < 2 or np.any(np.diff(levels) <= 0) \
-            or levels[0] <= 0 or levels[-1] >= 1:
-        raise ValueError("levels must be an increasing list of >= 2 values in (0, 1)")
-    z = np.abs(_standardised_errors(y_true, mean, std))
-    if z.shape[0] < 5:
-        raise ValueError(f"need at least 5 examples to fit a calibration, got {z.shape[0]}")
-    multipliers = np.quantile(z, levels, axis=0)
-    return {"levels": levels.tolist(), "multipliers": multipliers.tolist(), "n": int(z.shape[0])}
-
-
-def interval_multipliers(level, calibration=None, n=NUM_PARAMS):
-    """How many standard deviations the central interval at ``level`` spans.
-
-    Args:
-        level: nominal level in (0, 1), e.g. 0.68.
-        calibration: optional dict from :func:`fit_interval_calibration`;
-            its multipliers are interpolated linearly in the level. Without
-            one, the Gaussian ``Phi^-1((1 + level) / 2)``.
-        n: number of targets (5, or 7 with the shear).
-
-    Returns:
-        ``(n,)`` numpy array of multipliers, dimensionless.
-
-    Raises:
-        ValueError: ``level`` outside (0, 1) or outside the calibrated
-            levels, or a calibration for another number of targets.
-    """
-    level = float(level)
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"interval levels must lie in (0, 1), got {level}")
-    if calibration is None:
-        return np.full(int(n), scipy.special.ndtri(0.5 * (1.0 + level)))
-    levels = np.asarray(calibration["levels"], dtype=np.float64)
-    table = np.asarray(calibration["multipliers"], dtype=np.float64)
-    if table.shape != (levels.size, int(n)):
-        raise ValueError(f"the calibration holds multipliers of shape {table.shape}, not "
-                         f"({levels.size}, {int(n)}) for {int(n)} targets")
-    if not levels[0] <= level <= levels[-1]:
-        raise ValueError(f"level {level} is outside the calibrated levels "
-                         f"[{levels[0]}, {levels[-1]}]")
-    return np.array([np.interp(level, levels, table[:, k]) for k in range(int(n))])
 
 
 def shear_targets(gamma_1, gamma_2):

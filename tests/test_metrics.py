@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from closed_forms import SCALES, odd_even_errors
 from ensai_tf import metrics
 from ensai_tf.conventions import NUM_PARAMS, PARAM_NAMES, Param
 
@@ -84,6 +85,37 @@ def test_rejects_bad_shapes():
         metrics.error68(np.zeros((3, 4)), np.zeros((3, 4)))
     with pytest.raises(ValueError, match="empty"):
         metrics.rms(np.zeros((0, 5)), np.zeros((0, 5)))
+
+
+def test_error_table_matches_closed_forms():
+    pred, true = odd_even_errors()
+    m = metrics.error_table(true, pred)
+    assert m["n"] == len(true)
+    for k, name in enumerate(PARAM_NAMES):
+        s = SCALES[k]
+        # float64 arithmetic on values of order 0.1: 1e-9 relative is round-off
+        np.testing.assert_allclose(m[name]["error68"], 69 * s, rtol=1e-9)
+        np.testing.assert_allclose(m[name]["rms"], s * np.sqrt(3451.0), rtol=1e-9)
+        np.testing.assert_allclose(m[name]["half_width_16_84"], 68.5 * s, rtol=1e-9)
+        np.testing.assert_allclose(m[name]["bias"], s * 51 / len(true), rtol=1e-9)  # sum = 51 s
+
+
+def test_error_table_without_parity_correction_would_fail():
+    """The flipped half must matter: with the flip kept, e_x errors are ~1."""
+    pred, true = odd_even_errors()
+    raw = np.percentile(np.abs(pred - true)[:, 1], 68)
+    assert raw > 0.5
+    assert metrics.error_table(true, pred)["e_x"]["error68"] < 0.1
+
+
+def test_as_params_checks_shapes_and_emptiness():
+    assert metrics.as_params([[1.0, 0.1, 0.2, 0.0, 0.0]], "x").dtype == np.float64
+    assert metrics.as_params(np.zeros((3, 7)), "x").shape == (3, 7)
+    assert metrics.as_params(np.zeros((0, 5)), "x", allow_empty=True).shape == (0, 5)
+    with pytest.raises(ValueError, match=r"x must have shape \(N, 5\)"):
+        metrics.as_params(np.zeros((3, 6)), "x")
+    with pytest.raises(ValueError, match="x is empty"):
+        metrics.as_params(np.zeros((0, 5)), "x")
 
 
 def test_keras_parameter_metrics_match_numpy():
