@@ -5,55 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from ensai_tf import config, conventions, evaluate
-
-N = 101
-SCALES = np.array([1e-3, 2e-4, 3e-4, 5e-4, 7e-4])
-
-
-def _synthetic(flip_half=True, seed=0):
-    """Truths with |e| >= 0.5 and errors e_i = s_k (i+1) (-1)^i, i = 0..100.
-
-    Closed forms (any percentile interpolation, since 68% of 100 is an
-    integer index): |error| sorted is s(1..101), so error68 = 69 s;
-    rms = s sqrt(mean(j^2, j=1..101)) = s sqrt(3451); signed errors sorted
-    are -100s, -98s, ..., -2s, 1s, 3s, ..., 101s, so P16 = -68s, P84 = 69s and
-    the 16-84 half-width is 68.5 s. Every other example has its predicted
-    ellipticity negated (the same lens, docs/design.md §2.3); parity correction must
-    undo it because errors (<= 0.07) are far below 2|e| >= 1.
-    """
-    rng = np.random.default_rng(seed)
-    eps = rng.uniform(0.5, 0.9, N)
-    phi = rng.uniform(0, 2 * np.pi, N)
-    true = np.stack([rng.uniform(0.1, 3.0, N), eps * np.cos(phi), eps * np.sin(phi),
-                     rng.uniform(-0.28, 0.28, N), rng.uniform(-0.28, 0.28, N)], axis=1)
-    i = np.arange(N)
-    errors = (SCALES[None, :] * (i + 1)[:, None]) * np.where(i % 2 == 0, 1.0, -1.0)[:, None]
-    pred = true + errors
-    if flip_half:
-        pred[::2, 1:3] *= -1.0
-    return pred, true
-
-
-def test_parameter_metrics_match_closed_forms():
-    pred, true = _synthetic()
-    m = evaluate.parameter_metrics(pred, true)
-    assert m["n"] == N
-    for k, name in enumerate(conventions.PARAM_NAMES):
-        s = SCALES[k]
-        # float64 arithmetic on values of order 0.1: 1e-9 relative is round-off
-        np.testing.assert_allclose(m[name]["error68"], 69 * s, rtol=1e-9)
-        np.testing.assert_allclose(m[name]["rms"], s * np.sqrt(3451.0), rtol=1e-9)
-        np.testing.assert_allclose(m[name]["half_width_16_84"], 68.5 * s, rtol=1e-9)
-        np.testing.assert_allclose(m[name]["bias"], s * 51 / N, rtol=1e-9)  # sum = 51 s
-
-
-def test_parameter_metrics_without_parity_correction_would_fail():
-    """The flipped half must matter: with the flip kept, e_x errors are ~1."""
-    pred, true = _synthetic()
-    raw = np.percentile(np.abs(pred - true)[:, 1], 68)
-    assert raw > 0.5
-    assert evaluate.parameter_metrics(pred, true)["e_x"]["error68"] < 0.1
+from ensai_tf import calibration, config, conventions, evaluate, metrics
+from ensai_tf.errors import InputError
+from ensai_tf.model_dir import CALIBRATION_JSON, METRICS_JSON, MODEL_KERAS
 
 
 def test_shear_bins_rms_closed_form():
@@ -73,36 +27,6 @@ def test_shear_bins_rms_closed_form():
         assert row["rms"]["theta_e"] == 0.0
     empty = evaluate.shear_bins(pred, true, np.full(len(gamma), 0.2), edges=(0.0, 0.1, 0.3))
     assert empty[0]["n"] == 0 and np.isnan(empty[0]["rms_ellipticity"])
-
-
-def test_experiment_configs():
-    cfg = config.get_preset("smoke")
-    assert evaluate.experiment_config(cfg, "shear").lens.shear is True
-    assert evaluate.experiment_config(cfg, "psf").observe.psf == "airy"
-    assert evaluate.experiment_config(cfg, "lens-light").simulate.lens_light is True
-    assert evaluate.experiment_config(cfg, None) is cfg
-    with pytest.raises(config.ConfigError, match="unknown experiment 'wind'"):
-        evaluate.experiment_config(cfg, "wind")
-
-
-def test_write_report_files_and_paper_numbers(tmp_path):
-    pred, true = _synthetic()
-    result = {"model": "m", "experiment": "shear", "n": N,
-              "metrics": evaluate.parameter_metrics(pred, true),
-              "shear_bins": evaluate.shear_bins(pred, true, np.linspace(0, 0.3, N)),
-              "time_per_lens_s": 1e-3, "batch_size": 100}
-    evaluate.write_report(result, pred, true, tmp_path, label="alexnet", bins=5)
-    for name in ("metrics.json", "table1.md", "figure1.png", "residuals.png"):
-        assert (tmp_path / name).stat().st_size > 0
-    data = json.loads((tmp_path / "metrics.json").read_text())
-    assert data["paper_table1_error68"]["Combined"]["theta_e"] == 0.02
-    assert data["paper_shear_rms_ellipticity"] == {"gamma < 0.01": 0.11, "gamma > 0.15": 0.23}
-    np.testing.assert_allclose(data["metrics"]["theta_e"]["error68"], 69e-3, rtol=1e-9)
-    table = (tmp_path / "table1.md").read_text()
-    assert "| **alexnet** | 68% error | 0.069 |" in table
-    assert "| paper: Network 2 (AlexNet) | 68% error | 0.03 | 0.04 | 0.04 | 0.05 | 0.06 |" in table
-    assert "bins of external shear" in table
-    assert (tmp_path / "figure1.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------ end to end
@@ -140,13 +64,13 @@ def _smoke_cfg(cache):
 
 
 def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model, cache):
-    """evaluate() on the smoke test set = parameter_metrics of the same predictions."""
+    """evaluate() on the smoke test set = metrics.error_table of the same predictions."""
     cfg = _smoke_cfg(cache)
     result = evaluate.evaluate(tiny_keras_model, n=8, out_dir=tmp_path / "ev", config=cfg)
     images, true, _ = evaluate.collect_test_set(cfg, 8)
     assert images.shape == (8, E2E_NPIX, E2E_NPIX, 1)
     pred = np.mean(images, axis=(1, 2, 3))[:, None] * np.arange(1, 6)[None, :]
-    expected = evaluate.parameter_metrics(pred, true)
+    expected = metrics.error_table(true, pred)
     for name in conventions.PARAM_NAMES:
         # float32 network vs float64 numpy mean
         np.testing.assert_allclose(result["metrics"][name]["rms"], expected[name]["rms"],
@@ -166,19 +90,17 @@ def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_m
     shutil.copy(tiny_keras_model, model)
     result = evaluate.evaluate(str(model), n=8, config=cfg, symmetrize=True)
     assert result["symmetrize"] == "d4"
-    assert (tmp_path / "m" / "eval-d4" / "metrics.json").is_file()
+    assert (tmp_path / "m" / "eval-d4" / METRICS_JSON).is_file()
     images, true, _ = evaluate.collect_test_set(cfg, 8)
     pred = np.zeros_like(true)
     pred[:, 0] = np.mean(images, axis=(1, 2, 3))
-    expected = evaluate.parameter_metrics(pred, true)
+    expected = metrics.error_table(true, pred)
     for name in ("theta_e", "x_l", "y_l"):
         np.testing.assert_allclose(result["metrics"][name]["rms"], expected[name]["rms"],
                                    rtol=1e-4)
 
 
 def test_evaluate_symmetrize_refuses_a_gaussian_head(tmp_path, cache):
-    from ensai_tf.errors import InputError
-
     path = _gaussian_tiny(tmp_path / "g", 10)
     with pytest.raises(InputError, match="point estimates"):
         evaluate.evaluate(path, n=2, out_dir=tmp_path / "ev", config=_smoke_cfg(cache),
@@ -238,15 +160,13 @@ def _gaussian_tiny(folder, width, log_var=-4.0):
     bias[n:] = log_var
     dense.set_weights([kernel, bias])
     folder.mkdir(parents=True, exist_ok=True)
-    model.save(folder / "model.keras")
+    model.save(folder / MODEL_KERAS)
     return folder
 
 
 def test_evaluate_reports_coverage_raw_and_with_the_stored_calibration(tmp_path, cache):
-    """Coverage in metrics.json = uncertainty.coverage of the same means and stds; a
+    """Coverage in metrics.json = calibration.coverage of the same means and stds; a
     calibration fitted on these very lenses gives nominal coverage within 1/n + 1e-9."""
-    from ensai_tf import uncertainty
-
     cfg = _smoke_cfg(cache)
     model = _gaussian_tiny(tmp_path / "g", 10)
     images, true, _ = evaluate.collect_test_set(cfg, 16)
@@ -254,11 +174,11 @@ def test_evaluate_reports_coverage_raw_and_with_the_stored_calibration(tmp_path,
     std = np.full_like(mean, np.exp(-2.0))
     result = evaluate.evaluate(str(model), n=16, out_dir=tmp_path / "ev", config=cfg)
     assert result["head"] == "diagonal" and result["coverage"]["calibrated"] is None
-    want = uncertainty.coverage(true, mean, std)
+    want = calibration.coverage(true, mean, std)
     for k, name in enumerate(conventions.PARAM_NAMES):
         assert result["coverage"]["raw"]["0.68"][name] == pytest.approx(want[0.68][k], abs=1 / 16)
-    cal = uncertainty.fit_interval_calibration(true, mean, std, levels=(0.5, 0.68, 0.95, 0.99))
-    (model / "calibration.json").write_text(json.dumps(cal))
+    cal = calibration.fit_interval_calibration(true, mean, std, levels=(0.5, 0.68, 0.95, 0.99))
+    (model / CALIBRATION_JSON).write_text(json.dumps(cal))
     result = evaluate.evaluate(str(model), n=16, out_dir=tmp_path / "ev2", config=cfg)
     for level in ("0.68", "0.95"):
         for name in conventions.PARAM_NAMES:
@@ -270,8 +190,6 @@ def test_evaluate_reports_coverage_raw_and_with_the_stored_calibration(tmp_path,
 def test_compare_shear_tables_a_point_and_a_shear_network(tmp_path, tiny_keras_model, cache):
     """Two networks on the same shear lenses; the 7-output one also gets gamma errors that
     equal the error table of its gamma columns."""
-    from ensai_tf import metrics
-
     cfg = _smoke_cfg(cache)
     shear_model = _gaussian_tiny(tmp_path / "s", 14)
     results = evaluate.compare_shear([tiny_keras_model, str(shear_model)], tmp_path / "cmp", n=8,
@@ -280,7 +198,7 @@ def test_compare_shear_tables_a_point_and_a_shear_network(tmp_path, tiny_keras_m
     assert "| 1-tiny.keras | 2-s |" in text and "gamma < 0.01: 0.11" in text
     assert "shear_metrics" not in results[0] and set(results[1]["shear_metrics"]) == {
         "gamma_1", "gamma_2"}
-    images, true, extras = evaluate.collect_test_set(evaluate.experiment_config(cfg, "shear"), 8)
+    images, true, extras = evaluate.collect_test_set(config.experiment_config(cfg, "shear"), 8)
     gamma = np.stack([extras["gamma_1"], extras["gamma_2"]], -1)
     pred = np.mean(images, axis=(1, 2, 3), dtype=np.float64)[:, None] * np.arange(1, 8)[None, :]
     want = metrics.error_table(np.concatenate([true, gamma], 1), pred)
