@@ -39,7 +39,8 @@ from ensai_tf import conventions, inference, losses, reports, symmetry, uncertai
 from ensai_tf.data import pipeline
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.metrics import error_table
-from ensai_tf.model_dir import COMBINER_JSON, CONFIG_YAML, SAVED_MODEL_DIR, TABLE1_MD
+from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, FIGURE1_PNG, METRICS_JSON, SAVED_MODEL_DIR,
+                                TABLE1_MD)
 
 __all__ = [
     "SHEAR_BIN_EDGES",
@@ -310,7 +311,7 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
                                bins=cfg.evaluate.band_bins)
     print((out / TABLE1_MD).read_text())
     extra = f", {reports.CALIBRATION_PNG}" if summary is not None else ""
-    print(f"ensai evaluate: wrote {out}/{TABLE1_MD}, metrics.json, figure1.png, "
+    print(f"ensai evaluate: wrote {out}/{TABLE1_MD}, {METRICS_JSON}, {FIGURE1_PNG}, "
           f"{reports.RESIDUALS_PNG}{extra}")
     return result
 

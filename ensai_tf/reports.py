@@ -68,7 +68,7 @@ RESIDUALS_PNG = "residuals.png"
 CALIBRATION_PNG = "calibration.png"
 """Calibration plot of a Gaussian-head network, written beside ``figure1.png``."""
 SHEAR_COMPARISON_MD = "shear_comparison.md"
-"""Several networks on lenses with external shear, written by ``ensai evaluate`` with several models."""
+"""Several networks on lenses with external shear (``ensai evaluate`` of several models)."""
 
 
 def _fmt(v):

@@ -6,6 +6,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+pytest_plugins = ("training_helpers",)  # the tiny, cache and trained fixtures of the training tests
+
 
 def pytest_configure(config):
     import tensorflow as tf

@@ -1,0 +1,125 @@
+"""Training the combiner of frozen trained networks (docs/design.md §7.4).
+
+``ensai combine`` loads the backbones' ``model.keras`` files, freezes them and
+trains only the combination weights (:mod:`ensai_tf.models.combiner`) on
+freshly simulated validation-distribution lenses. The model folder receives
+``config.yaml``, ``tb/``, ``log.csv``, ``combiner.json`` (the record from which
+the combined network is rebuilt without ``model.keras``), ``saved_model/``
+and ``model.keras``.
+"""
+
+import json
+import math
+
+import keras
+
+from ensai_tf import atomic
+from ensai_tf import config as config_lib
+from ensai_tf.callbacks import StopOnNonFinite
+from ensai_tf.data import pipeline
+from ensai_tf.dirlock import ModelDirLock
+from ensai_tf.errors import ModelDirError, NonFiniteLossError
+from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS, SAVED_MODEL_DIR,
+                                TENSORBOARD_DIR)
+from ensai_tf.models import combiner
+from ensai_tf.run_dir import (data_cache_dir, prepare_model_dir, run_config, save_keras_atomic,
+                              trained_keras_file)
+from ensai_tf.train import compile_model, export_saved_model_atomic
+
+__all__ = ["train_combiner"]
+
+
+def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", steps=None,
+                   overwrite=False, *, verbose="auto"):
+    """Train the combiner of frozen trained networks (docs/design.md §7.4).
+
+    The backbones' ``model.keras`` files are loaded and frozen; only the
+    combination weights (20 per-parameter weights by default) are trained,
+    with Adam at ``train.combine_learning_rate`` (docs/design.md §7.4 [R]: 1e-3), on
+    freshly simulated validation-distribution lenses drawn with
+    ``train.combine_seed``, never the fixed validation or test sets.
+
+    Args:
+        model_dirs: trained model folders (or ``.keras`` files); the first is
+            the parity reference.
+        model_dir: output folder (new or empty unless ``overwrite``).
+        config: the resolved config (default: the first network's).
+        mode: ``"per_parameter"`` (paper) or ``"dense"``.
+        steps: training steps (default ``train.combine_steps``).
+        overwrite: replace a previous combiner's files.
+        verbose: passed to ``model.fit``.
+
+    Returns:
+        ``(model, summary)``: the trained combiner and the dict written to
+        ``combiner.json``: :func:`ensai_tf.models.combiner.combiner_record`
+        (the backbone files and the combination weights, from which
+        :func:`~ensai_tf.models.combiner.load_combined` rebuilds the model
+        without ``model.keras``), and the validation loss of the plain
+        average of the sign-aligned networks and of the trained combination.
+
+    Raises:
+        ModelDirError: a backbone folder lacks ``model.keras``, the output
+            folder is not empty, or another process is using it.
+        NonFiniteLossError: the combiner's loss became NaN or Inf; nothing
+            is exported.
+    """
+    paths = [trained_keras_file(d) for d in model_dirs]
+    if config is None:
+        config = run_config(model_dirs[0])
+    t = config.train
+    steps = t.combine_steps if steps is None else int(steps)
+    if steps < 1:
+        raise ModelDirError(f"combiner steps {steps} must be >= 1")
+    with ModelDirLock(model_dir, "ensai combine"):
+        return _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, verbose)
+
+
+def _fresh_lenses(config):
+    """The endless stream of fresh validation-distribution lenses the combiner trains on."""
+    # [R] docs/design.md §7.4: validation source pool, validation-time effects, under a
+    # user seed that differs from the fixed validation set's; never the test split
+    fresh = pipeline.example_dataset("validation", config,
+                                     seed=config.data.seed + config.train.combine_seed,
+                                     batch_size=config.train.batch_size, training=False)
+    return fresh.map(pipeline.to_supervised).prefetch(2)
+
+
+def _check_finite(summary, model_dir):
+    for name, value in summary["trained_validation"].items():
+        if not math.isfinite(value):
+            raise NonFiniteLossError(f"model folder {str(model_dir)!r}: the combiner's validation "
+                                     f"{name} is {value}; nothing was exported. Lower "
+                                     "train.combine_learning_rate and retry with --overwrite")
+
+
+def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, verbose):
+    t = config.train
+    model_dir = prepare_model_dir(model_dir, overwrite=overwrite)
+    config_lib.save_config(config, model_dir / CONFIG_YAML)
+    keras.utils.set_random_seed(t.seed)
+    backbones = combiner.load_backbones([str(p) for p in paths])
+    val_ds = pipeline.make_dataset("validation", config, seed=config.data.seed,
+                                   batch_size=config.evaluate.batch_size,
+                                   cache_dir=data_cache_dir(config))
+    average = combiner.build_combiner(backbones, reference=0, mode="per_parameter")
+    compile_model(average, t.combine_learning_rate)
+    plain = average.evaluate(val_ds, verbose=0, return_dict=True)
+    model = average if mode == "per_parameter" else combiner.build_combiner(
+        backbones, reference=0, mode=mode)
+    compile_model(model, t.combine_learning_rate)
+    model.fit(_fresh_lenses(config), steps_per_epoch=steps, epochs=1, shuffle=False,
+              verbose=verbose,
+              callbacks=[StopOnNonFinite(model_dir),
+                         keras.callbacks.TensorBoard(log_dir=str(model_dir / TENSORBOARD_DIR)),
+                         keras.callbacks.CSVLogger(str(model_dir / LOG_CSV))])
+    trained = model.evaluate(val_ds, verbose=0, return_dict=True)
+    # the record (backbone files relative to model_dir, their SHA-256, the
+    # combination weights) lets the combiner ship without copying its backbones
+    summary = {**combiner.combiner_record(model, paths, model_dir), "steps": steps,
+               "plain_average_validation": {k: float(v) for k, v in plain.items()},
+               "trained_validation": {k: float(v) for k, v in trained.items()}}
+    _check_finite(summary, model_dir)
+    atomic.write_text(model_dir / COMBINER_JSON, json.dumps(summary, indent=1) + "\n")
+    export_saved_model_atomic(model, model_dir / SAVED_MODEL_DIR)
+    save_keras_atomic(model, model_dir / MODEL_KERAS)
+    return model, summary

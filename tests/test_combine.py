@@ -1,0 +1,48 @@
+"""Tests of ensai_tf.combine: the combiner of frozen trained networks."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from ensai_tf import cli, combine, inference
+from ensai_tf.errors import ModelDirError
+from training_helpers import NPIX, small_config
+
+
+def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
+    """Two tiny trained networks -> combiner (through the console entry point, which calls
+    combine.train_combiner): 10 trainable scalars, backbones frozen, folders refused and kept."""
+    cfg = small_config(cache)
+    a, b = trained / "a", trained / "b"
+    before = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
+                                                           compile=False).get_weights()]
+    args = ["combine", "--models", str(a), str(b),
+            "--model-dir", str(tmp_path / "c"), "--steps", "2", "--preset", "smoke",
+            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}"]
+    assert cli.main(args) == 0
+    for name in ("model.keras", "saved_model/saved_model.pb", "combiner.json", "config.yaml"):
+        assert (tmp_path / "c" / name).is_file(), name
+    summary = json.loads((tmp_path / "c" / "combiner.json").read_text())
+    assert summary["steps"] == 2
+    assert set(summary) >= {"plain_average_validation", "trained_validation"}
+    model = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False)
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
+    # combiner.json alone (no model.keras) rebuilds the same network from the backbone files
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "combiner.json").write_bytes((tmp_path / "c" / "combiner.json").read_bytes())
+    x = np.random.default_rng(2).uniform(0, 1, (2, NPIX, NPIX, 1)).astype(np.float32)
+    predict_fn, _ = inference.load_predictor(shipped)
+    np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)
+    after = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
+                                                          compile=False).get_weights()]
+    for x, y in zip(before, after):
+        np.testing.assert_array_equal(x, y)
+    assert cli.main(args) == 2  # an existing combiner folder is refused and kept
+    assert (tmp_path / "c" / "saved_model" / "saved_model.pb").is_file()
+    with pytest.raises(ModelDirError, match="not empty"):
+        combine.train_combiner([a], tmp_path / "c", config=cfg, steps=1)
+    with pytest.raises(ModelDirError, match="has no model.keras"):
+        combine.train_combiner([tmp_path / "nothing"], tmp_path / "d", config=cfg, steps=1)
