@@ -50,6 +50,7 @@ __all__ = [
     "unpack_gaussian",
     "gaussian_nll",
     "GaussianNLL",
+    "parity_twin",
     "predict_with_uncertainty",
     "gaussian_summary",
     "ensemble_predict",
@@ -218,8 +219,21 @@ def _nll_one_sign(y_true, y_pred, covariance):
     return 0.5 * (log_det + n * _LOG2PI + maha)
 
 
-def _parity_twin(y_pred, covariance):
-    """Output of the twin prediction ``(S mu, S Sigma S)`` (module docstring)."""
+def parity_twin(y_pred, covariance):
+    """The Gaussian-head output of the parity twin ``(S mu, S Sigma S)`` (module docstring).
+
+    Both describe the same lens (docs/design.md §2.3); the loss is the minimum
+    of the NLL of a prediction and of its twin.
+
+    Args:
+        y_pred: ``(B, width)`` Gaussian-head output (layout in the module docstring).
+        covariance: ``"diagonal"`` or ``"full"``.
+
+    Returns:
+        ``(B, width)`` tensor: the means of the ellipticity negated and, for a
+        full covariance, the off-diagonal Cholesky entries that couple an
+        ellipticity component to another parameter negated.
+    """
     n = _targets_of(y_pred, covariance)
     signs = list(parity_signs(n)) + [1.0] * n
     if covariance == "full":
@@ -252,7 +266,7 @@ def gaussian_nll(y_true, y_pred, covariance="diagonal"):
                          f"{y_pred.shape[-1]}-output {covariance!r} head, "
                          f"got shape {tuple(y_true.shape)}")
     kept = _nll_one_sign(y_true, y_pred, covariance)
-    twin = _nll_one_sign(y_true, _parity_twin(y_pred, covariance), covariance)
+    twin = _nll_one_sign(y_true, parity_twin(y_pred, covariance), covariance)
     return ops.minimum(kept, twin)
 
 

@@ -68,7 +68,7 @@ def test_nll_invariant_under_parity_twin(covariance):
     rng = np.random.default_rng(3)
     y = rng.normal(size=(8, 5))
     pred = rng.normal(size=(8, U.num_outputs_for(covariance))) * 0.3
-    twin = np.asarray(U._parity_twin(pred, covariance))
+    twin = np.asarray(U.parity_twin(pred, covariance))
     np.testing.assert_allclose(U.gaussian_nll(y, twin, covariance),
                                U.gaussian_nll(y, pred, covariance), rtol=1e-12)
     np.testing.assert_allclose(twin[:, :5], pred[:, :5] @ S)
