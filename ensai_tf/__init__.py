@@ -16,7 +16,8 @@ The public entry points:
 is decorated with ``keras.saving.register_keras_serializable(package="ensai_tf")``
 where it is defined), so plain ``keras.saving.load_model`` reads every
 ``.keras`` file ensai_tf writes. The workflow modules behind the names below
-are imported on first use.
+are imported on first use. TensorFlow starts without its native log lines
+unless ``ENSAI_VERBOSE=1`` (:mod:`ensai_tf.quiet`).
 
 Example:
     >>> import ensai_tf, keras
@@ -25,10 +26,15 @@ Example:
 
 import importlib
 
+from ensai_tf.quiet import start_tensorflow
+
+# TensorFlow's native start-up lines are dropped unless ENSAI_VERBOSE=1 (ensai_tf.quiet).
+start_tensorflow()
+
 # Importing the modules that define custom Keras objects registers them with Keras.
-from ensai_tf import losses, metrics, uncertainty  # noqa: F401
-from ensai_tf.models import combiner  # noqa: F401
-from ensai_tf.preprocess import bias  # noqa: F401
+from ensai_tf import losses, metrics, uncertainty  # noqa: E402, F401
+from ensai_tf.models import combiner  # noqa: E402, F401
+from ensai_tf.preprocess import bias  # noqa: E402, F401
 
 __version__ = "0.1.0"
 

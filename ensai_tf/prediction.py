@@ -26,7 +26,8 @@ from ensai_tf import conventions, model_dir, symmetry, uncertainty
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.inference import (load_calibration, load_predictor, result_rows,
                                 uncertainty_columns)
-from ensai_tf.preprocess.images import as_stack, iter_prepared, iter_prepared_array
+from ensai_tf.preprocess.images import iter_prepared, iter_prepared_array
+from ensai_tf.preprocess.reading import as_stack
 from ensai_tf.tables import TableStream, check_writable, output_columns, output_format
 
 __all__ = ["DEFAULT_MODEL", "load_model", "predict", "predict_files"]

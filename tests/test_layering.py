@@ -3,7 +3,7 @@
 The layer order (docs/design.md §11), lowest first; a module may import its
 own layer and the layers below it, never one above:
 
-0. errors, atomic, conventions, dirlock, model_dir
+0. errors, atomic, conventions, dirlock, model_dir, quiet
 1. config
 2. lensing, plotting
 3. data, datasets
@@ -28,7 +28,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ensai_tf"
 REPO = PACKAGE.parent
 
 LAYERS = (
-    ("errors", "atomic", "conventions", "dirlock", "model_dir"),
+    ("errors", "atomic", "conventions", "dirlock", "model_dir", "quiet"),
     ("config",),
     ("lensing", "plotting"),
     ("data", "datasets"),

@@ -83,8 +83,8 @@ def test_export_of_the_combined_network_reproduces_predict(tmp_path, capsys, exp
     if export_format == "savedmodel":
         got = _run(f"""
 import json, sys, numpy as np, tensorflow as tf
-serve = tf.saved_model.load({str(out)!r}).serve
-y = serve(tf.constant(np.load({str(tmp_path / 'prepared.npy')!r})))
+loaded = tf.saved_model.load({str(out)!r})  # kept: it owns the variables
+y = loaded.serve(tf.constant(np.load({str(tmp_path / 'prepared.npy')!r})))
 assert not any(m.startswith("ensai_tf") for m in sys.modules)
 print(json.dumps([float(y[n][0]) for n in {list(conventions.PARAM_NAMES)!r}]))
 """)

@@ -129,16 +129,17 @@ def _write_log(path, rows):
 def _strip(run, out):
     """Ship the weights without optimiser state (a third of the size of a training file).
 
-    The trained ``model.keras`` is loaded without compiling and saved again;
-    the copy must predict exactly what the trained file predicts.
+    The trained ``model.keras`` is loaded without compiling, every layer set to
+    compute in float32 (as ``ensai predict`` does), and saved again, so plain
+    ``keras.saving.load_model`` gives ``ensai predict``'s numbers; the copy
+    must predict exactly what the trained file predicts.
     """
-    import keras
     import numpy as np
 
-    import ensai_tf  # noqa: F401  (registers the custom Keras objects)
     from ensai_tf import inference
+    from ensai_tf.models.loading import load_keras_model
 
-    model = keras.saving.load_model(run / "model.keras", compile=False)
+    model = load_keras_model(run / "model.keras")
     model.save(out / "model.keras")
     _deflate(out / "model.keras")
     images = np.random.default_rng(0).uniform(0, 1, (4, 192, 192, 1)).astype(np.float32)

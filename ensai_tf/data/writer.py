@@ -24,7 +24,7 @@ import numpy as np
 
 from ensai_tf import atomic
 from ensai_tf import config as config_lib
-from ensai_tf import conventions
+from ensai_tf import conventions, plotting
 from ensai_tf.data import pipeline
 from ensai_tf.data import sources
 from ensai_tf.data.arrays import BULKY_KEYS
@@ -185,8 +185,6 @@ def _write_batches(ds, tmp, n, cfg, progress):
 
 def _contact_sheet(path, sheet, curves, cfg):
     """The first lenses with labels, lens centre, masks tinted and optional curves."""
-    from ensai_tf import plotting  # imports matplotlib, needed only for the contact sheet
-
     overlay = lens_curves(sheet["params"]) if curves else None
     plotting.contact_sheet(sheet["image"], str(path), params=sheet["params"], curves=overlay,
                            masks=sheet["mask"], pixel_scale=cfg.image.pixel_scale)

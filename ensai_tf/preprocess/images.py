@@ -1,21 +1,24 @@
-"""Turn user image files into network inputs: reading, resampling, grid fitting, normalisation.
+"""Turn images into network inputs: resampling, grid fitting, normalisation, in bounded memory.
 
 The networks take ``(N, N, 1)`` float32 images of 0.04 arcsec pixels with
-masked pixels exactly 0 (docs/design.md §0). This module turns user files into
-that form:
+masked pixels exactly 0 (docs/design.md §0). :func:`iter_prepared` turns a
+user file (read by :mod:`ensai_tf.preprocess.reading`) into that form:
 
-1. read the file: ``.npy`` (an image or a stack of images, assumed to be on
-   the package's own 0.04 arcsec grid unless ``pixel_scale`` is given) or
-   FITS (first HDU holding an image; pixel scale from the celestial WCS via
-   ``astropy.wcs.utils.proj_plane_pixel_scales``, or ``pixel_scale``);
-2. refuse NaN/Inf, all-masked and constant images, naming the file;
-3. resample to 0.04 arcsec flux-conservingly when the scale differs;
-4. zero-pad (padding is "masked", which the bias-removal layer ignores,
+1. refuse NaN/Inf, all-masked and constant images, naming the file;
+2. resample to 0.04 arcsec flux-conservingly when the scale differs;
+3. zero-pad (padding is "masked", which the bias-removal layer ignores,
    docs/design.md §6.1) or centrally crop to the network's input size;
-5. normalise to an arc peak of about 1, as the training images are
+4. normalise to an arc peak of about 1, as the training images are
    (docs/design.md §5.7): divide by the maximum of the 3x3-median-filtered
    image over unmasked pixels, so a single hot pixel or cosmic ray cannot set
    the scale.
+
+Steps 2-3 are computed for the network's field only: just the input pixels
+that overlap the central ``npix x npix`` output pixels are read and rebinned,
+so the cost does not grow with the size of the file (a field spans at most
+:data:`MAX_FIELD_SIDE` input pixels a side). The result equals resampling the
+whole image and cropping it (:func:`resample_flux_conserving`,
+:func:`fit_to_grid`), to float rounding.
 
 Example:
     >>> import numpy as np
@@ -26,38 +29,30 @@ Example:
 """
 
 import dataclasses
-import os
-import warnings
 
 import numpy as np
-from astropy.io import fits
-from astropy.utils.exceptions import AstropyUserWarning
-from astropy.wcs import WCS, FITSFixedWarning
-from astropy.wcs.utils import proj_plane_pixel_scales
 from scipy import ndimage
 
 from ensai_tf import conventions
 from ensai_tf.errors import InputError
+from ensai_tf.preprocess.reading import check_finite, open_image_file
 
 __all__ = [
-    "FITS_SUFFIXES",
+    "MAX_FIELD_SIDE",
     "PreparedImage",
-    "read_fits",
-    "resolve_pixel_scales",
-    "read_image_file",
-    "resample_flux_conserving",
+    "field_window",
     "fit_to_grid",
-    "normalise_peak",
     "iter_prepared",
     "iter_prepared_array",
-    "as_stack",
+    "normalise_peak",
+    "prepare_field",
     "prepare_images",
+    "resample_flux_conserving",
 ]
 
-FITS_SUFFIXES = (".fits", ".fit", ".fts", ".fits.gz", ".fit.gz", ".fts.gz")
-"""File-name endings read as FITS."""
+MAX_FIELD_SIDE = 4096
+"""Most input pixels the network's field may span along one axis (pixels of 0.0019 arcsec)."""
 
-_MIN_SIDE = 8
 _PIXEL_SCALE_RTOL = 1e-6
 
 
@@ -86,201 +81,32 @@ class PreparedImage:
     wcs: object = None
 
 
-def read_fits(path, hdu=None):
-    """Read the image data of one FITS file, with its celestial WCS and pixel scales.
-
-    Args:
-        path: FITS file.
-        hdu: an index, an EXTNAME or an ``(EXTNAME, EXTVER)`` pair naming the
-            HDU to read; None takes the first HDU holding 2-D data.
-
-    Returns:
-        ``(data, wcs, scales)``: float64 array, the celestial
-        ``astropy.wcs.WCS`` or None, and ``(sx, sy)`` arcsec per pixel along
-        columns and rows, or None without a celestial WCS.
-
-    Raises:
-        InputError: empty, truncated or unreadable file, no image HDU, or an
-            invalid WCS; the message names the file.
-    """
-    if os.path.getsize(path) == 0:
-        raise InputError(f"{path}: the FITS file is empty")
-    try:
-        # astropy's warnings on a short or odd file would add lines to the CLI's
-        # one-line error: truncation is checked and reported below instead
-        with warnings.catch_warnings(action="ignore", category=AstropyUserWarning), \
-                fits.open(path, memmap=False) as hdul:
-            wanted = None if hdu is None else _hdu_index(path, hdul, hdu)
-            chosen = None
-            for idx, candidate in enumerate(hdul):
-                if wanted is not None and idx != wanted:
-                    continue
-                if not candidate.is_image:
-                    continue
-                # a short file is named as truncated (astropy's own error is a
-                # reshape message); size read before .data rescales the header
-                data_end = hdul.fileinfo(idx)["datLoc"] + candidate.size
-                if data_end > os.path.getsize(path):
-                    raise InputError(f"{path}: the FITS file is truncated "
-                                     f"({os.path.getsize(path)} bytes; HDU {idx} needs "
-                                     f"{data_end})")
-                if candidate.data is not None and np.asarray(candidate.data).ndim >= 2:
-                    chosen = candidate
-                    break
-            if chosen is None:
-                which = "no HDU holds" if wanted is None else f"HDU {hdu!r} does not hold"
-                raise InputError(f"{path}: {which} an image (2-D data)")
-            data = np.array(chosen.data, dtype=np.float64)
-            header = chosen.header.copy()
-    except InputError:
-        raise
-    except (OSError, ValueError, TypeError, IndexError, KeyError) as err:
-        raise InputError(f"{path}: not a readable FITS file "
-                         f"({' '.join(str(err).split())})") from None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FITSFixedWarning)
-            wcs = WCS(header)
-    except (ValueError, KeyError, MemoryError) as err:
-        raise InputError(f"{path}: the FITS header has an invalid WCS "
-                         f"({' '.join(str(err).split())})") from None
-    if not wcs.has_celestial:
-        return data, None, None
-    celestial = wcs.celestial
-    units = [str(u) for u in celestial.world_axis_units]
-    if any(u not in ("deg", "") for u in units):
-        raise InputError(f"{path}: celestial WCS axes in {units}, expected degrees")
-    scales = proj_plane_pixel_scales(celestial) * 3600.0
-    return data, celestial, (float(scales[0]), float(scales[1]))
+def _edges(index, n, scale):
+    """Edges ``(index - n / 2) * scale`` of a grid of ``n`` pixels centred on 0, arcsec."""
+    return (np.asarray(index, dtype=np.float64) - n / 2.0) * scale
 
 
-def _hdu_index(path, hdul, hdu):
-    """Index of the HDU named by ``hdu`` (index, EXTNAME or (EXTNAME, EXTVER))."""
-    try:
-        idx = hdul.index_of(hdu)
-    except (KeyError, ValueError, TypeError):
-        idx = None
-    if idx is None or not 0 <= idx < len(hdul):
-        raise InputError(f"{path}: has no HDU {hdu!r} (it has {len(hdul)} HDUs: "
-                         f"{', '.join(h.name or str(i) for i, h in enumerate(hdul))})")
-    return idx
-
-
-def resolve_pixel_scales(path, scales, pixel_scale=None):
-    """The pixel scales of one image: the user's ``pixel_scale`` if given, else the file's.
-
-    Args:
-        path: the file, for messages.
-        scales: ``(sx, sy)`` arcsec per pixel read from the file (its WCS), or None.
-        pixel_scale: the user's override, arcsec per pixel, or None.
-
-    Returns:
-        ``(sx, sy)``, arcsec per pixel.
-
-    Raises:
-        InputError: a non-positive or non-finite override, or no scale at all.
-    """
-    if pixel_scale is not None:
-        if not (np.isfinite(pixel_scale) and pixel_scale > 0):
-            raise InputError(f"pixel scale {pixel_scale!r} must be a positive number of arcsec")
-        return (float(pixel_scale),) * 2
-    if scales is None:
-        raise InputError(f"{path}: the pixel scale is unknown (no celestial WCS in the header); "
-                         "give it with --pixel-scale ARCSEC (pixel_scale=...)")
-    return tuple(scales)
-
-
-def read_image_file(path, pixel_scale=None):
-    """Read the images of one .npy or FITS file.
-
-    Args:
-        path: ``.npy`` file holding ``(H, W)``, ``(H, W, 1)``, ``(N, H, W)`` or
-            ``(N, H, W, 1)``, or a FITS file (``.fits``, ``.fit``, ``.fts``,
-            optionally ``.gz``) whose first image HDU is used.
-        pixel_scale: pixel side in arcsec, overriding the file's; needed for
-            a FITS file without a celestial WCS. ``.npy`` files are assumed
-            to be on the package grid (0.04 arcsec, docs/design.md §0) unless given.
-
-    Returns:
-        ``(images, wcs, scales)``: float64 array ``(N, H, W)``, the celestial
-        WCS or None, and ``(sx, sy)`` arcsec per pixel along columns, rows.
-
-    Raises:
-        InputError: unreadable, empty or corrupt file, unsupported type or
-            shape, NaN/Inf values, or an unknown pixel scale; each message
-            names the file.
-    """
-    path = str(path)
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: no such file")
-    lower = path.lower()
-    wcs = None
-    scales = None
-    if lower.endswith(".npy"):
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as err:
-            raise InputError(f"{path}: not a readable .npy array "
-                             f"({' '.join(str(err).split())})") from None
-        if data.dtype.kind not in "fiub":
-            raise InputError(f"{path}: dtype {data.dtype} is not numeric")
-        data = np.asarray(data, dtype=np.float64)
-        scales = (conventions.PIXEL_SCALE,) * 2
-    elif lower.endswith(FITS_SUFFIXES):
-        data, wcs, scales = read_fits(path)
-        while data.ndim > 2 and data.shape[0] == 1:
-            data = data[0]
-    else:
-        raise InputError(f"{path}: unknown file type; give .npy or FITS (.fits, .fit, .fts)")
-    scales = resolve_pixel_scales(path, scales, pixel_scale)
-    images = as_stack(path, data)
-    bad = ~np.isfinite(images)
-    if bad.any():
-        idx = int(np.argwhere(bad.reshape(len(images), -1).any(axis=1))[0, 0])
-        what = "NaN" if np.isnan(images).any() else "Inf"
-        raise InputError(f"{path}: image {idx} contains {what} values ({int(bad.sum())} pixels); "
-                         "mask bad pixels with exactly 0 instead")
-    return images, wcs, scales
-
-
-def as_stack(path, data):
-    """An image or stack as ``(N, H, W)``, refusing other shapes.
-
-    Args:
-        path: what to call the data in messages (a file name).
-        data: ``(H, W)``, ``(H, W, 1)``, ``(N, H, W)`` or ``(N, H, W, 1)`` array.
-
-    Returns:
-        ``(N, H, W)`` view of ``data``.
-
-    Raises:
-        InputError: another shape, an empty stack or a side below 8 pixels.
-    """
-    expected = (f"expected an image of shape (H, W) or (H, W, 1), or a stack (N, H, W) or "
-                f"(N, H, W, 1), at least {_MIN_SIDE} pixels a side; the networks take "
-                f"({conventions.NPIX}, {conventions.NPIX}, 1) at {conventions.PIXEL_SCALE} arcsec "
-                "per pixel, and other sizes are padded or cropped")
-    if data.ndim == 3 and data.shape[-1] == 1:
-        data = data[..., 0]
-    elif data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim == 2:
-        data = data[None]
-    if data.ndim != 3 or data.shape[0] == 0 or min(data.shape[1:]) < _MIN_SIDE:
-        raise InputError(f"{path}: wrong shape {tuple(data.shape)}; {expected}")
-    return data
-
-
-# ---------------------------------------------------------------- geometry
+def _overlap(e_out, e_in, scale_in):
+    """W[i, j]: fraction of input pixel j (edges ``e_in``) inside output pixel i (``e_out``)."""
+    lo = np.maximum(e_out[:-1, None], e_in[None, :-1])
+    hi = np.minimum(e_out[1:, None], e_in[None, 1:])
+    return np.clip(hi - lo, 0.0, None) / scale_in
 
 
 def _overlap_matrix(n_in, scale_in, n_out, scale_out):
     """W[i, j]: fraction of input pixel j inside output pixel i (both centred on 0)."""
-    e_in = (np.arange(n_in + 1) - n_in / 2.0) * scale_in
-    e_out = (np.arange(n_out + 1) - n_out / 2.0) * scale_out
-    lo = np.maximum(e_out[:-1, None], e_in[None, :-1])
-    hi = np.minimum(e_out[1:, None], e_in[None, 1:])
-    return np.clip(hi - lo, 0.0, None) / scale_in
+    return _overlap(_edges(np.arange(n_out + 1), n_out, scale_out),
+                    _edges(np.arange(n_in + 1), n_in, scale_in), scale_in)
+
+
+def _rebin(image, w_y, w_x):
+    """Area-weighted rebinning with masked pixels (exact zeros) not diluting their neighbours."""
+    unmasked = (image != 0).astype(np.float64)
+    flux = w_y @ image @ w_x.T
+    covered = w_y @ unmasked @ w_x.T
+    total = w_y @ np.ones_like(image) @ w_x.T
+    frac = np.divide(covered, total, out=np.zeros_like(covered), where=total > 0)
+    return np.where(frac >= 0.5, flux / np.where(frac > 0, frac, 1.0), 0.0)
 
 
 def resample_flux_conserving(image, scale_in, scale_out=conventions.PIXEL_SCALE):
@@ -308,14 +134,8 @@ def resample_flux_conserving(image, scale_in, scale_out=conventions.PIXEL_SCALE)
     n_y, n_x = image.shape
     m_y = max(1, int(round(n_y * sy / scale_out)))
     m_x = max(1, int(round(n_x * sx / scale_out)))
-    w_y = _overlap_matrix(n_y, sy, m_y, scale_out)
-    w_x = _overlap_matrix(n_x, sx, m_x, scale_out)
-    unmasked = (image != 0).astype(np.float64)
-    flux = w_y @ image @ w_x.T
-    covered = w_y @ unmasked @ w_x.T
-    total = w_y @ np.ones_like(image) @ w_x.T
-    frac = np.divide(covered, total, out=np.zeros_like(covered), where=total > 0)
-    out = np.where(frac >= 0.5, flux / np.where(frac > 0, frac, 1.0), 0.0)
+    out = _rebin(image, _overlap_matrix(n_y, sy, m_y, scale_out),
+                 _overlap_matrix(n_x, sx, m_x, scale_out))
     return out, (m_x / n_x, m_y / n_y)
 
 
@@ -379,25 +199,129 @@ def normalise_peak(image, name="image"):
     return np.where(unmasked, image / peak, 0.0)
 
 
+@dataclasses.dataclass(frozen=True)
+class FieldAxis:
+    """How one axis of an input image maps onto the network's field.
+
+    Attributes:
+        source: input pixels to read (the field and what overlaps it).
+        weights: ``(k, len(source))`` rebinning weights, or None without resampling.
+        target: where the rebinned pixels go in the ``npix`` field.
+        size: length of the whole resampled axis, pixels of the output scale.
+        start: index of the resampled axis at field pixel 0 (negative when padded).
+    """
+
+    source: slice
+    weights: object
+    target: slice
+    size: int
+    start: int
 
 
-def iter_prepared(path, npix=conventions.NPIX, pixel_scale=None):
-    """Read one file and yield its network-ready :class:`PreparedImage` items one by one.
+def _field_axis(n_in, scale_in, npix, scale_out, resample):
+    """The :class:`FieldAxis` of an axis of ``n_in`` pixels of ``scale_in`` arcsec."""
+    size = max(1, int(round(n_in * scale_in / scale_out))) if resample else n_in
+    start = (size - npix) // 2
+    k0, k1 = max(start, 0), min(start + npix, size)
+    target = slice(k0 - start, k1 - start)
+    if not resample:
+        return FieldAxis(slice(k0, k1), None, target, size, start)
+    e_out = _edges(np.arange(k0, k1 + 1), size, scale_out)
+    e_in = _edges(np.arange(n_in + 1), n_in, scale_in)
+    j0 = int(np.clip(np.searchsorted(e_in, e_out[0], side="right") - 1, 0, n_in))
+    j1 = int(np.clip(np.searchsorted(e_in, e_out[-1], side="left"), j0, n_in))
+    return FieldAxis(slice(j0, j1), _overlap(e_out, e_in[j0:j1 + 1], scale_in), target, size,
+                     start)
 
-    The file's pixels are read at once (a stack is one array), but prepared
-    images are made as they are consumed, so a caller holding a batch holds
-    only that batch of network inputs.
+
+def field_window(shape, scales, npix=conventions.NPIX, scale_out=conventions.PIXEL_SCALE):
+    """How an image of ``shape`` and ``scales`` maps onto the network's field.
 
     Args:
-        path: ``.npy`` or FITS file (see :func:`read_image_file`).
+        shape: ``(H, W)`` of the input image, pixels.
+        scales: ``(sx, sy)`` input pixel side along columns and rows, arcsec.
+        npix: network input side, pixels.
+        scale_out: network pixel side, arcsec.
+
+    Returns:
+        ``(axis_y, axis_x)``, each a :class:`FieldAxis`.
+
+    Raises:
+        InputError: the field would span more than :data:`MAX_FIELD_SIDE` input pixels.
+    """
+    resample = not np.allclose(scales, scale_out, rtol=_PIXEL_SCALE_RTOL, atol=0)
+    axes = (_field_axis(shape[0], scales[1], npix, scale_out, resample),
+            _field_axis(shape[1], scales[0], npix, scale_out, resample))
+    side = max(a.source.stop - a.source.start for a in axes)
+    if side > MAX_FIELD_SIDE:
+        raise InputError(f"the {npix * scale_out:.2f} arcsec field spans {side} pixels of "
+                         f"{min(scales):.3g} arcsec; at most {MAX_FIELD_SIDE} are read (give a "
+                         "coarser image or --pixel-scale)")
+    return axes
+
+
+def prepare_field(read, shape, scales, npix=conventions.NPIX, name="image", index=0):
+    """The network input of one image, reading only the pixels its field needs.
+
+    Args:
+        read: ``read(rows, cols)`` returns those input pixels as a float64 array.
+        shape: ``(H, W)`` of the input image, pixels.
+        scales: ``(sx, sy)`` input pixel side along columns and rows, arcsec.
+        npix: network input side, pixels.
+        name: what to call the image in messages.
+        index: the image's position in its file, for messages.
+
+    Returns:
+        ``(fitted, centre, ratio)``: the ``(npix, npix)`` float64 input with
+        peak 1; the input pixel coordinates ``(col, row)`` of its centre; and
+        the resampling ratio ``(m_x / n_x, m_y / n_y)``.
+
+    Raises:
+        InputError: NaN/Inf in the field, or an all-masked or constant field.
+    """
+    axis_y, axis_x = field_window(shape, scales, npix)
+    window = read(axis_y.source, axis_x.source)
+    check_finite(name.rsplit("[", 1)[0], index, window)
+    normalise_peak(window, name)  # refuses all-masked and constant input early
+    if axis_y.weights is not None:
+        window = _rebin(window, axis_y.weights, axis_x.weights)
+    fitted = np.zeros((npix, npix), dtype=np.float64)
+    fitted[axis_y.target, axis_x.target] = window
+    fitted = normalise_peak(fitted, name)
+    ratio = (axis_x.size / shape[1], axis_y.size / shape[0])
+    # offset of the prepared centre from the resampled centre, output pixels
+    d_x = axis_x.start + (npix - 1) / 2.0 - (axis_x.size - 1) / 2.0
+    d_y = axis_y.start + (npix - 1) / 2.0 - (axis_y.size - 1) / 2.0
+    centre = ((shape[1] - 1) / 2.0 + d_x / ratio[0], (shape[0] - 1) / 2.0 + d_y / ratio[1])
+    return fitted, centre, ratio
+
+
+def iter_prepared(path, npix=conventions.NPIX, pixel_scale=None, hdu=None):
+    """Yield the network-ready :class:`PreparedImage` items of one file, one by one.
+
+    Only the pixels of each image's field are read (the file is memory-mapped
+    or read through its FITS section), and prepared images are made as they
+    are consumed, so a caller holding a batch holds only that batch.
+
+    Args:
+        path: ``.npy`` or FITS file (see :func:`ensai_tf.preprocess.reading.open_image_file`).
         npix: network input side, pixels.
         pixel_scale: optional pixel side of the file, arcsec.
+        hdu: FITS HDU to read; None takes the first image.
 
     Yields:
         :class:`PreparedImage`, in the file's stack order.
     """
-    images, wcs, scales = read_image_file(path, pixel_scale)
-    yield from iter_prepared_array(images, scales, npix, wcs=wcs, source=str(path))
+    with open_image_file(path, pixel_scale, hdu) as (stack, wcs, scales):
+        n = stack.shape[0]
+        for i in range(n):
+            name = f"{path}[{i}]" if n > 1 else str(path)
+            fitted, centre, _ = prepare_field(
+                lambda rows, cols, i=i: stack.read(i, rows, cols), stack.shape[1:], scales,
+                npix, name, i)
+            yield PreparedImage(name=name, file=str(path), index=i,
+                                image=fitted.astype(np.float32)[..., None],
+                                centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs)
 
 
 def iter_prepared_array(images, scales=(conventions.PIXEL_SCALE,) * 2, npix=conventions.NPIX,
@@ -405,7 +329,7 @@ def iter_prepared_array(images, scales=(conventions.PIXEL_SCALE,) * 2, npix=conv
     """Prepare a stack of images already in memory, as :func:`iter_prepared` does a file's.
 
     Args:
-        images: ``(N, H, W)`` finite array, image units, masked pixels exactly 0.
+        images: ``(N, H, W)`` array, image units, masked pixels exactly 0.
         scales: ``(sx, sy)`` arcsec per pixel along columns and rows.
         npix: network input side, pixels.
         wcs: celestial ``astropy.wcs.WCS`` of the images, or None.
@@ -415,23 +339,14 @@ def iter_prepared_array(images, scales=(conventions.PIXEL_SCALE,) * 2, npix=conv
         :class:`PreparedImage`, in stack order.
 
     Raises:
-        InputError: an all-masked or constant image.
+        InputError: NaN/Inf, or an all-masked or constant image.
     """
-    images = np.asarray(images, dtype=np.float64)
-    n_in_y, n_in_x = images.shape[1:]
+    images = np.asarray(images)
     for i, image in enumerate(images):
         name = f"{source}[{i}]" if len(images) > 1 else str(source)
-        normalise_peak(image, name)  # refuses all-masked and constant input early
-        ratio = (1.0, 1.0)
-        if not np.allclose(scales, conventions.PIXEL_SCALE, rtol=_PIXEL_SCALE_RTOL, atol=0):
-            image, ratio = resample_flux_conserving(image, scales)
-        n_y, n_x = image.shape
-        fitted, (start_x, start_y) = fit_to_grid(image, npix)
-        fitted = normalise_peak(fitted, name)
-        # offset of the prepared centre from the resampled centre, 0.04" pixels
-        d_x = start_x + (npix - 1) / 2.0 - (n_x - 1) / 2.0
-        d_y = start_y + (npix - 1) / 2.0 - (n_y - 1) / 2.0
-        centre = ((n_in_x - 1) / 2.0 + d_x / ratio[0], (n_in_y - 1) / 2.0 + d_y / ratio[1])
+        fitted, centre, _ = prepare_field(
+            lambda rows, cols, image=image: np.asarray(image[rows, cols], dtype=np.float64),
+            image.shape, scales, npix, name, i)
         yield PreparedImage(name=name, file=str(source), index=i,
                             image=fitted.astype(np.float32)[..., None],
                             centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs)
@@ -441,11 +356,8 @@ def prepare_images(path, npix=conventions.NPIX, pixel_scale=None):
     """Read one file and return its network-ready :class:`PreparedImage` list.
 
     Args:
-        path: ``.npy`` or FITS file (see :func:`read_image_file`).
+        path: ``.npy`` or FITS file (see :func:`iter_prepared`).
         npix: network input side, pixels.
         pixel_scale: optional pixel side of the file, arcsec.
     """
     return list(iter_prepared(path, npix, pixel_scale))
-
-
-# ---------------------------------------------------------------- prediction

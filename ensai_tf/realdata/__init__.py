@@ -4,7 +4,7 @@ The path from two FITS files of a lens candidate to one network input:
 
 1. :func:`~ensai_tf.realdata.sky.read_band` reads each file's image
    HDU (the first with 2-D data, or the one named), its celestial WCS and its
-   pixel scale, with :func:`ensai_tf.preprocess.images.read_fits`;
+   pixel scale, with :func:`ensai_tf.preprocess.reading.read_fits`;
 2. :func:`~ensai_tf.realdata.cutout.cut_two_bands` cuts both bands
    around one sky position or blue pixel with ``astropy.nddata.Cutout2D``
    (``mode="partial"``: the part outside the image is filled with 0, i.e.

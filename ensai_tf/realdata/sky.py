@@ -15,7 +15,7 @@ from astropy.coordinates import SkyCoord
 
 from ensai_tf import conventions
 from ensai_tf.errors import InputError
-from ensai_tf.preprocess.images import read_fits, resolve_pixel_scales
+from ensai_tf.preprocess.reading import read_fits, resolve_pixel_scales
 
 __all__ = [
     "Band",
