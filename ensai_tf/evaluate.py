@@ -214,9 +214,9 @@ def _test_config(config, experiment, n):
     return cfg, n
 
 
-def _load_scorer(model, cfg):
+def _load_scorer(model, cfg, trust_savedmodel=False):
     """The model's raw predict function and input side, checked against the test images."""
-    predict_fn, npix = inference.load_predictor(model, raw=True)
+    predict_fn, npix = inference.load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel)
     if npix != cfg.image.npix:
         raise ModelDirError(f"the model takes {npix}x{npix} images but the test config has "
                             f"image.npix = {cfg.image.npix}")
@@ -249,7 +249,8 @@ def _score_intervals(result, summary, scored_true, calibration, out_dir):
                              calibration)
 
 
-def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetrize=False):
+def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetrize=False,
+             trust_savedmodel=False):
     """Evaluate a trained model on the fixed test set and write Table 1 and Figure 1.
 
     Args:
@@ -266,6 +267,7 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
         symmetrize: average each prediction over the eight flips and
             rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
             point-estimate models only, 8x the time per lens).
+        trust_savedmodel: as :func:`ensai_tf.inference.load_predictor`.
 
     Returns:
         The result dict written to ``metrics.json``: ``"metrics"``
@@ -279,7 +281,7 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
         InputError: ``symmetrize`` with a Gaussian-head model.
     """
     cfg, n = _test_config(config, experiment, n)
-    predict_fn, npix = _load_scorer(model, cfg)
+    predict_fn, npix = _load_scorer(model, cfg, trust_savedmodel)
     calibration = inference.load_calibration(model)
     if symmetrize:
         predict_fn = symmetry.symmetrize(predict_fn)

@@ -103,3 +103,13 @@ def test_export_refuses_an_existing_folder_it_did_not_write(tmp_path, capsys):
         assert str(out) in capsys.readouterr().err
     assert (out / "notes.txt").read_text() == "keep me"
     assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+def test_import_ensai_tf_registers_every_custom_keras_object():
+    package = model_dir.shipped_weights_dir().parent / "ensai_tf"
+    registering = sorted(
+        ".".join(p.relative_to(package.parent).with_suffix("").parts)
+        for p in package.rglob("*.py") if "@keras.saving.register_keras_serializable" in p.read_text())
+    assert registering, "no module registers a custom object"
+    loaded = _run("import json, sys, ensai_tf; print(json.dumps(sorted(sys.modules)))")
+    assert [m for m in registering if m not in loaded] == []
