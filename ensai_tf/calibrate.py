@@ -1,4 +1,4 @@
-"""Post-hoc interval calibration of a Gaussian-head network on validation lenses.
+"""Post-hoc interval calibration on validation lenses: Gaussian heads and combined networks.
 
 ``ensai train`` ends a Gaussian-head run with :func:`calibrate_on_validation`
 and writes ``calibration.json`` into the model folder; ``ensai calibrate``
@@ -6,6 +6,15 @@ and writes ``calibration.json`` into the model folder; ``ensai calibrate``
 validation lenses simulated like a robustness experiment. The fit is the
 quantile recalibration of :func:`ensai_tf.calibration.fit_interval_calibration`,
 always on the fixed validation split, never the test split.
+
+A point-estimate network has no Gaussian head of its own: :func:`calibrate_spread`
+fits the scale and floor that turn the spread of several predictions of each
+lens into per-lens standard deviations
+(:class:`ensai_tf.models.ensemble.EnsembleSpread`), then the quantile
+multipliers on top, and stores both in ``calibration.json``; from then on the
+network predicts intervals (docs/design.md §6.7). The predictions are a
+combined network's members (docs/design.md §7.4), or, for a single network,
+its views of the eight flips and rotations of the image.
 """
 
 import json
@@ -14,20 +23,26 @@ import pathlib
 
 import numpy as np
 
+import keras
+
 from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions, uncertainty
-from ensai_tf.calibration import coverage, fit_interval_calibration
+from ensai_tf.calibration import coverage, fit_interval_calibration, standardised_errors
 from ensai_tf.data.pipeline import make_dataset
 from ensai_tf.errors import ModelDirError
-from ensai_tf.model_dir import CALIBRATION_JSON
+from ensai_tf.evaluate import collect_fixed_split
+from ensai_tf.model_dir import CALIBRATION_JSON, model_source
+from ensai_tf.models import combiner, ensemble
 from ensai_tf.models.loading import float32_model, load_keras_model
 from ensai_tf.run_dir import data_cache_dir, run_config, trained_keras_file
 
 __all__ = [
     "CALIBRATION_PREVIOUS_JSON",
     "calibrate",
+    "calibrate_spread",
     "calibrate_on_validation",
+    "fit_spread_calibration",
     "write_calibration",
 ]
 
@@ -100,8 +115,106 @@ def _calibration_config(model, model_dir, cfg):
     return cfg
 
 
+def _point_network(folder):
+    """``(network, method)`` of a point-estimate folder: a combined network and ``"members"``,
+    a single network and ``"dihedral"``, or ``(None, None)`` for a Gaussian head."""
+    kind, source = model_source(folder)
+    if kind not in ("keras", "combined"):
+        raise ModelDirError(f"{str(folder)!r} holds no model.keras or combiner.json to calibrate")
+    model = combiner.load_combined(source) if kind == "combined" else load_keras_model(source)
+    if model.output_shape[-1] != conventions.NUM_PARAMS:
+        return None, None
+    members = any(layer.name == ensemble.ALIGN_LAYER for layer in model.layers)
+    return model, ("members" if members else "dihedral")
+
+
+def _aligned_and_mean(model, method, images, batch_size):
+    """``(aligned, mean)``: ``(N, M, 5)`` aligned predictions and the ``(N, 5)`` point estimates."""
+    if method == "dihedral":
+        model = ensemble.with_dihedral_spread(model, [1.0] * 5, [1.0] * 5)
+        mean_out = model.get_layer("back_0").output
+    else:
+        mean_out = model.output
+    probe = keras.Model(model.input, [model.get_layer(ensemble.ALIGN_LAYER).output, mean_out])
+    aligned, mean = [], []
+    for start in range(0, len(images), batch_size):
+        a, m = probe(images[start:start + batch_size], training=False)
+        aligned.append(np.asarray(a, dtype=np.float64))
+        mean.append(np.asarray(m, dtype=np.float64))
+    return np.concatenate(aligned), np.concatenate(mean)
+
+
+def fit_spread_calibration(aligned, mean, truth, method="members"):
+    """The spread and interval calibration of a point-estimate network.
+
+    Args:
+        aligned: ``(N, M, 5)`` parity-aligned predictions of validation
+            lenses (members or views), target units.
+        mean: ``(N, 5)`` the network's point estimates of the same lenses.
+        truth: ``(N, 5)`` their true parameters.
+        method: ``"members"`` or ``"dihedral"`` (:data:`ensai_tf.models.ensemble.SPREAD_METHODS`).
+
+    Returns:
+        the JSON-ready calibration dict of :func:`ensai_tf.calibration.fit_interval_calibration`
+        with ``"spread"``: ``{"method", "scale": [5], "floor": [5]}`` added, and
+        the raw (spread-only) coverage under ``"raw_coverage"``.
+    """
+    variance = np.var(aligned, axis=1)
+    residuals = standardised_errors(truth, mean, np.ones_like(mean))
+    scale, floor = ensemble.fit_spread(residuals, variance)
+    std = np.sqrt(scale ** 2 * variance + floor ** 2)
+    calibration = fit_interval_calibration(truth, mean, std)
+    calibration["spread"] = {"method": method, "scale": scale.tolist(), "floor": floor.tolist()}
+    calibration["names"] = list(conventions.PARAM_NAMES)
+    calibration["raw_coverage"] = {str(k): v.tolist() for k, v in coverage(truth, mean, std).items()}
+    return calibration
+
+
+def calibrate_spread(folder, config=None, n=None):
+    """Fit the per-lens intervals of a point-estimate network on validation lenses.
+
+    Writes ``calibration.json`` into the folder (a previous one is kept as
+    ``calibration-previous.json``); :func:`ensai_tf.inference.load_predictor`
+    then returns the network with its spread as a diagonal Gaussian head.
+
+    Args:
+        folder: a model folder with a point-estimate ``model.keras`` or a
+            ``combiner.json``.
+        config: the config of the validation data (default: the folder's ``config.yaml``).
+        n: validation lenses (default ``config.data.val_size``).
+
+    Returns:
+        the calibration dict written.
+
+    Raises:
+        ModelDirError: the folder holds no point-estimate network.
+    """
+    folder = pathlib.Path(folder)
+    model, method = _point_network(folder)
+    if model is None:
+        raise ModelDirError(f"{str(folder)!r} holds a Gaussian head, not a point-estimate network")
+    cfg = config if config is not None else run_config(folder)
+    n = int(n) if n is not None else cfg.data.val_size
+    cfg = config_lib.apply_overrides(cfg, [f"data.val_size={max(n, cfg.data.val_size)}",
+                                           f"image.npix={model.input_shape[1]}"])
+    images, truth, _ = collect_fixed_split(cfg, n, "validation")
+    aligned, mean = _aligned_and_mean(model, method, images, cfg.evaluate.batch_size)
+    calibration = fit_spread_calibration(aligned, mean, truth, method)
+    calibration["fitted_on"] = f"validation split, {len(truth)} lenses"
+    final = folder / CALIBRATION_JSON
+    if final.is_file():
+        os.replace(final, folder / CALIBRATION_PREVIOUS_JSON)
+    write_calibration(final, calibration)
+    print(f"ensai calibrate: wrote {final} ({method} spread and intervals, "
+          f"{calibration['fitted_on']})")
+    return calibration
+
+
 def calibrate(model_dir, config=None, n=None, experiment=None):
-    """Refit a Gaussian head's interval calibration on validation lenses.
+    """Refit a Gaussian head's or a combined network's interval calibration on validation lenses.
+
+    A point-estimate network (a combined one included) gets a spread
+    calibration instead (:func:`calibrate_spread`).
 
     Writes ``calibration.json`` into the model folder (a previous one is kept
     as ``calibration-previous.json``). Use it to fit on more validation lenses
@@ -123,6 +236,9 @@ def calibrate(model_dir, config=None, n=None, experiment=None):
         ModelDirError: no trained model, or a point-estimate network.
     """
     model_dir = pathlib.Path(model_dir)
+    if experiment is None and model_source(model_dir)[0] in ("keras", "combined") \
+            and _point_network(model_dir)[0] is not None:
+        return calibrate_spread(model_dir, config=config, n=n)
     path = trained_keras_file(model_dir)
     cfg = config if config is not None else run_config(model_dir)
     cfg = config_lib.experiment_config(cfg, experiment)

@@ -29,7 +29,7 @@ import tensorflow as tf
 from ensai_tf import calibration as calibration_lib
 from ensai_tf import conventions, model_dir, uncertainty
 from ensai_tf.errors import InputError, ModelDirError
-from ensai_tf.models import combiner
+from ensai_tf.models import combiner, ensemble
 from ensai_tf.models.loading import load_keras_model
 from ensai_tf.tables import INTERVAL_LEVEL, PA_FRAME_IMAGE, PA_FRAME_SKY
 
@@ -90,12 +90,38 @@ def _as_param_array(outputs, names=conventions.PARAM_NAMES):
     return _head_array(outputs)[:, :conventions.NUM_PARAMS]
 
 
-def _load_holder(kind, source):
+def _with_spread(model, source):
+    """A point-estimate network with its calibrated spread as a Gaussian head, when fitted.
+
+    ``calibration.json`` beside a point-estimate network holds, once
+    ``ensai calibrate`` has fitted it, the ``spread`` (method, scale and floor)
+    of :mod:`ensai_tf.models.ensemble`: over a combined network's members, or
+    over the eight flips and rotations of the image for a single network.
+    """
+    if model.output_shape[-1] != conventions.NUM_PARAMS:
+        return model
+    calibration = load_calibration(source)
+    if not calibration or "spread" not in calibration:
+        return model
+    try:
+        spread = calibration["spread"]
+        method = spread.get("method", "members")
+        if method not in ensemble.SPREAD_METHODS:
+            raise ValueError(f"unknown method {method!r}")
+        build = ensemble.with_spread if method == "members" else ensemble.with_dihedral_spread
+        return build(model, spread["scale"], spread["floor"])
+    except (AttributeError, KeyError, TypeError, ValueError) as err:
+        raise ModelDirError(f"the spread in the calibration beside {str(source)!r} is invalid "
+                            f"({err}); run 'ensai calibrate' again") from None
+
+
+def _load_holder(kind, source, trust=False):
     """The loaded model and its input side (None when unknown) for one model source."""
     if kind == "saved_model":
         holder = load_for_inference(source)
         return holder, _saved_model_npix(holder.serve)
-    holder = combiner.load_combined(source) if kind == "combined" else load_keras_model(source)
+    holder = combiner.load_combined(source, trust) if kind == "combined" else load_keras_model(source)
+    holder = _with_spread(holder, source)
     return holder, holder.input_shape[1]
 
 
@@ -122,7 +148,10 @@ def load_predictor(path, raw=False, trust_savedmodel=False):
         ``(theta_e [arcsec], e_x, e_y, x_l [arcsec], y_l [arcsec])`` (the
         means of a Gaussian head), or with ``raw`` to ``(B, width)``;
         ``npix`` is the input side in pixels. ``predict_fn.holder`` is the
-        loaded Keras model or :class:`InferenceModel`.
+        loaded Keras model or :class:`InferenceModel`. A point-estimate
+        network whose ``calibration.json`` holds a spread (``ensai
+        calibrate``) returns a diagonal Gaussian head
+        (:mod:`ensai_tf.models.ensemble`).
 
     Raises:
         ModelDirError: the path is missing, is not a model, or is corrupt.
@@ -137,7 +166,7 @@ def load_predictor(path, raw=False, trust_savedmodel=False):
                             "a combiner.json with its weights or saved_model/, a SavedModel "
                             "folder (saved_model.pb) or a .keras file")
     try:
-        holder, npix = _load_holder(kind, source)
+        holder, npix = _load_holder(kind, source, trust_savedmodel)
     except ModelDirError:
         raise
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,

@@ -70,6 +70,9 @@ class PreparedImage:
         scale_arcsec: ``(sx, sy)``, arcsec per input pixel along columns and
             rows.
         wcs: celestial ``astropy.wcs.WCS`` of the file, or None.
+        footprint: ``(row_start, row_stop, col_start, col_stop)``, the field
+            pixels the input image covers (the rest is zero padding); the
+            whole field is ``(0, npix, 0, npix)``.
     """
 
     name: str
@@ -79,6 +82,7 @@ class PreparedImage:
     centre_pix: tuple
     scale_arcsec: tuple
     wcs: object = None
+    footprint: tuple = None
 
 
 def _edges(index, n, scale):
@@ -272,9 +276,10 @@ def prepare_field(read, shape, scales, npix=conventions.NPIX, name="image", inde
         index: the image's position in its file, for messages.
 
     Returns:
-        ``(fitted, centre, ratio)``: the ``(npix, npix)`` float64 input with
-        peak 1; the input pixel coordinates ``(col, row)`` of its centre; and
-        the resampling ratio ``(m_x / n_x, m_y / n_y)``.
+        ``(fitted, centre, ratio, footprint)``: the ``(npix, npix)`` float64
+        input with peak 1; the input pixel coordinates ``(col, row)`` of its
+        centre; the resampling ratio ``(m_x / n_x, m_y / n_y)``; and the field
+        pixels ``(row_start, row_stop, col_start, col_stop)`` the input covers.
 
     Raises:
         InputError: NaN/Inf in the field, or an all-masked or constant field.
@@ -293,7 +298,8 @@ def prepare_field(read, shape, scales, npix=conventions.NPIX, name="image", inde
     d_x = axis_x.start + (npix - 1) / 2.0 - (axis_x.size - 1) / 2.0
     d_y = axis_y.start + (npix - 1) / 2.0 - (axis_y.size - 1) / 2.0
     centre = ((shape[1] - 1) / 2.0 + d_x / ratio[0], (shape[0] - 1) / 2.0 + d_y / ratio[1])
-    return fitted, centre, ratio
+    footprint = (axis_y.target.start, axis_y.target.stop, axis_x.target.start, axis_x.target.stop)
+    return fitted, centre, ratio, footprint
 
 
 def iter_prepared(path, npix=conventions.NPIX, pixel_scale=None, hdu=None):
@@ -316,12 +322,13 @@ def iter_prepared(path, npix=conventions.NPIX, pixel_scale=None, hdu=None):
         n = stack.shape[0]
         for i in range(n):
             name = f"{path}[{i}]" if n > 1 else str(path)
-            fitted, centre, _ = prepare_field(
+            fitted, centre, _, footprint = prepare_field(
                 lambda rows, cols, i=i: stack.read(i, rows, cols), stack.shape[1:], scales,
                 npix, name, i)
             yield PreparedImage(name=name, file=str(path), index=i,
                                 image=fitted.astype(np.float32)[..., None],
-                                centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs)
+                                centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs,
+                                footprint=footprint)
 
 
 def iter_prepared_array(images, scales=(conventions.PIXEL_SCALE,) * 2, npix=conventions.NPIX,
@@ -344,12 +351,13 @@ def iter_prepared_array(images, scales=(conventions.PIXEL_SCALE,) * 2, npix=conv
     images = np.asarray(images)
     for i, image in enumerate(images):
         name = f"{source}[{i}]" if len(images) > 1 else str(source)
-        fitted, centre, _ = prepare_field(
+        fitted, centre, _, footprint = prepare_field(
             lambda rows, cols, image=image: np.asarray(image[rows, cols], dtype=np.float64),
             image.shape, scales, npix, name, i)
         yield PreparedImage(name=name, file=str(source), index=i,
                             image=fitted.astype(np.float32)[..., None],
-                            centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs)
+                            centre_pix=centre, scale_arcsec=tuple(scales), wcs=wcs,
+                            footprint=footprint)
 
 
 def prepare_images(path, npix=conventions.NPIX, pixel_scale=None):
