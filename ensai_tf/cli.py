@@ -13,7 +13,9 @@ training code to load.
 
 import argparse
 import importlib
+import math
 import os
+import signal
 import sys
 
 from ensai_tf import config as config_lib
@@ -21,6 +23,33 @@ from ensai_tf.conventions import NETWORK_NAMES
 from ensai_tf.errors import EnsaiError, InputError
 
 __all__ = ["main", "build_parser"]
+
+
+def _number(kind, lo, hi, unit=""):
+    """An argparse type: a finite ``kind`` (int or float) in ``[lo, hi]``, or a one-line error."""
+    def parse(text):
+        try:
+            value = kind(text)
+        except (TypeError, ValueError, OverflowError):
+            raise argparse.ArgumentTypeError(
+                f"{text[:80]!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not math.isfinite(value) or not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text[:80]!r} is out of range: give a value from "
+                                             f"{lo:g} to {hi:g}{unit}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
+
+
+COUNT = _number(int, 1, 10**6)
+"""Lens counts (``-n``): 1 to a million."""
+
+
+def _refuse_existing(path, what, overwrite):
+    """Refuse to replace an existing file unless ``--overwrite`` was given."""
+    if path and path != "-" and os.path.lexists(path) and not overwrite:
+        raise InputError(f"{what} {path!r} already exists; choose a new file name or pass "
+                         "--overwrite to replace it")
 
 
 def _add_config_args(parser, default_preset="paper"):
@@ -89,6 +118,8 @@ def _cmd_evaluate(args):
 
 
 def _cmd_predict(args):
+    _refuse_existing(args.output, "output", args.overwrite)
+    _refuse_existing(args.plot, "plot", args.overwrite)
     realdata = _workflow("realdata")
     pair = realdata.band_files(args.bands, args.files, args.ica)
     if pair is not None and args.symmetrize:
@@ -136,7 +167,8 @@ def build_parser():
     p = sub.add_parser("simulate", help="write simulated observed lenses, a parameter table "
                                         "and a PNG contact sheet to a folder")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
-    p.add_argument("-n", "--n", type=int, default=64, help="number of lenses (default: 64)")
+    p.add_argument("-n", "--n", type=COUNT, default=64,
+                   help="number of lenses, 1 to 10^6 (default: 64)")
     p.add_argument("--seed", type=int, default=0, help="user seed (default: 0)")
     p.add_argument("--split", default="test", choices=("train", "validation", "test"),
                    help="which source pool and seed stream (default: test)")
@@ -166,7 +198,8 @@ def build_parser():
     p.add_argument("--model-dir", required=True, help="output folder")
     p.add_argument("--mode", default="per_parameter", choices=("per_parameter", "dense"),
                    help="20 per-parameter weights (paper) or a full Dense layer")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: config)")
+    p.add_argument("--steps", type=_number(int, 1, 10**7), default=None,
+                   help="training steps, 1 to 10^7 (default: config)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_config_args(p, default_preset="cpu")
     p.set_defaults(func=_cmd_combine)
@@ -174,7 +207,8 @@ def build_parser():
     p = sub.add_parser("calibrate", help="refit a Gaussian head's interval calibration on "
                                          "validation lenses")
     p.add_argument("model_dir", help="model folder written by 'ensai train' (model.head != point)")
-    p.add_argument("--n", type=int, default=None, help="validation lenses (default: config)")
+    p.add_argument("--n", type=COUNT, default=None,
+                   help="validation lenses, 1 to 10^6 (default: config)")
     p.add_argument("--experiment", default=None, choices=config_lib.EXPERIMENTS,
                    help="validation lenses of a robustness experiment (docs/design.md §8.5)")
     _add_config_args(p, default_preset=None)
@@ -184,7 +218,8 @@ def build_parser():
     p.add_argument("model", nargs="+",
                    help="model folder, SavedModel folder or .keras file; several with "
                         "--experiment shear --out DIR compare them in bins of shear")
-    p.add_argument("--n", type=int, default=None, help="test lenses (default: config)")
+    p.add_argument("--n", type=COUNT, default=None,
+                   help="test lenses, 1 to 10^6 (default: config)")
     p.add_argument("--experiment", default=None, choices=(*config_lib.EXPERIMENTS, "ica"),
                    help="robustness experiment (docs/design.md §8.5), or ica: arc recovery and error "
                         "growth of two-band ICA lens-light removal (docs/design.md §8.4)")
@@ -200,9 +235,13 @@ def build_parser():
     p.add_argument("model", help="model folder, SavedModel folder or .keras file")
     p.add_argument("files", nargs="*", help=".npy or .fits images")
     p.add_argument("--output", default="-", help="CSV or JSON file (by extension); '-' = stdout")
-    p.add_argument("--pixel-scale", type=float, default=None, metavar="ARCSEC",
-                   help="pixel scale of images without a WCS, arcsec")
-    p.add_argument("--batch-size", type=int, default=100, help="images per forward pass")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an existing --output (or --plot) file")
+    p.add_argument("--pixel-scale", type=_number(float, 1e-4, 10.0, " arcsec"), default=None,
+                   metavar="ARCSEC",
+                   help="pixel scale of images without a WCS, 1e-4 to 10 arcsec")
+    p.add_argument("--batch-size", type=_number(int, 1, 4096), default=100,
+                   help="images per forward pass, 1 to 4096 (default: 100)")
     p.add_argument("--symmetrize", action="store_true",
                    help="average each prediction over the 8 flips and rotations of the image "
                         "(point-estimate models; 8x the time per lens)")
@@ -211,17 +250,23 @@ def build_parser():
                    help="two aligned filters, bluer first: unmix with ICA and predict")
     g.add_argument("--ica", action="store_true",
                    help="treat the two positional files as BLUE RED bands (as --bands)")
-    g.add_argument("--ra", type=float, help="lens RA, degrees (ICRS; needs a WCS)")
-    g.add_argument("--dec", type=float, help="lens Dec, degrees (ICRS)")
-    g.add_argument("--x", type=float, help="lens column in the blue file, 0-based pixels")
-    g.add_argument("--y", type=float, help="lens row in the blue file, 0-based pixels")
+    g.add_argument("--ra", type=_number(float, 0.0, 360.0, " degrees"),
+                   help="lens RA, 0 to 360 degrees (ICRS; needs a WCS)")
+    g.add_argument("--dec", type=_number(float, -90.0, 90.0, " degrees"),
+                   help="lens Dec, -90 to 90 degrees (ICRS)")
+    g.add_argument("--x", type=_number(float, -1e6, 1e6, " pixels"),
+                   help="lens column in the blue file, 0-based pixels")
+    g.add_argument("--y", type=_number(float, -1e6, 1e6, " pixels"),
+                   help="lens row in the blue file, 0-based pixels")
     g.add_argument("--mask", action="append", default=[], metavar="X,Y|FILE.reg",
                    help="0.2 arcsec mask at a blue-file pixel, or a DS9 region file "
                         "(circles, points); repeatable")
     g.add_argument("--mask-sky", action="append", default=[], metavar="RA,DEC",
                    help="0.2 arcsec mask at a sky position, degrees; repeatable")
-    g.add_argument("--psf-fwhm", nargs=2, type=float, metavar=("BLUE", "RED"),
-                   help="PSF FWHM of each band, arcsec: Gaussian matching to the broader")
+    g.add_argument("--psf-fwhm", nargs=2, type=_number(float, 1e-3, 5.0, " arcsec"),
+                   metavar=("BLUE", "RED"),
+                   help="PSF FWHM of each band, 0.001 to 5 arcsec: Gaussian matching to the "
+                        "broader")
     g.add_argument("--cosmic-rays", choices=("auto", "lacosmic", "laplacian"), default=None,
                    help="mask detected cosmic rays (auto: astroscrappy if installed)")
     g.add_argument("--hdu", default=None,
@@ -245,7 +290,8 @@ def build_parser():
 
     p = sub.add_parser("demo", help="predict simulated test lenses with the shipped weights")
     p.add_argument("--weights", default=None, help="weights folder (default: trained_weights/)")
-    p.add_argument("--n", type=int, default=100, help="number of lenses (default: 100)")
+    p.add_argument("--n", type=_number(int, 1, 10**5), default=100,
+                   help="number of lenses, 1 to 10^5 (default: 100)")
     p.add_argument("--out", default="ensai_demo", help="folder for the figure and table")
     p.set_defaults(func=_cmd_demo)
     return parser
@@ -259,22 +305,60 @@ def main(argv=None):
             ``sys.argv[1:]``.
 
     Returns:
-        int: 0 on success, 2 for a reported error (an ``EnsaiError`` or a file
-        error, re-raised instead with ``--debug``), 130 when interrupted.
+        int: 0 on success, 2 for a reported error (an ``EnsaiError``, a file
+        or disk error, or running out of memory; re-raised instead with
+        ``--debug``), 130 when interrupted (SIGINT), 143 when terminated
+        (SIGTERM). Interrupted or terminated, the command removes its
+        temporary files as it unwinds.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
+    previous = _catch_sigterm()
     try:
         args.func(args)
+    except _Terminated:
+        print("ensai: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("ensai: interrupted", file=sys.stderr)
         return 130
-    except (EnsaiError, FileNotFoundError, PermissionError, IsADirectoryError) as err:
+    except (EnsaiError, OSError, MemoryError) as err:
         if args.debug:
             raise
-        print(f"ensai {args.command}: error: {err}", file=sys.stderr)
+        print(f"ensai {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+class _Terminated(KeyboardInterrupt):
+    """Raised by the SIGTERM handler, so cleanup runs as for Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated()
+
+
+def _catch_sigterm():
+    """Handle SIGTERM like SIGINT (main thread only); returns the previous handler or None."""
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _one_line(err):
+    """One line for an error: an OSError names its path, a MemoryError the allocation."""
+    if isinstance(err, MemoryError):
+        detail = " ".join(str(err).split())[:200]
+        return f"out of memory{': ' + detail if detail else ''}; use smaller inputs or settings"
+    if isinstance(err, OSError) and not isinstance(err, EnsaiError):
+        where = " -> ".join(repr(str(f)) for f in (err.filename, err.filename2) if f)
+        reason = err.strerror or " ".join(str(err).split()) or type(err).__name__
+        return f"{where + ': ' if where else ''}{reason}"
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

@@ -1,6 +1,22 @@
-"""Run the input fuzzers, fault tests and the kill-and-resume loop for a given time.
+"""Try hostile inputs and faults against ``ensai``; run the fuzzers and kill-and-resume loop.
 
-Two kinds of round alternate until ``--minutes`` have passed:
+**Cases** (the default, or ``--only cases``): every case of the catalogue in
+``tools/stress_cases.py`` (broken and hostile FITS, ``.npy``, model folders,
+``combiner.json``, configs, ``--set`` and YAML values, two-band options,
+output paths on read-only and full file systems, kill -9 and resume, locks,
+concurrent runs, signals) runs once as an ``ensai`` subprocess on the files
+of ``tools/stress_fixtures.py``. Each result is classified (clean refusal,
+accepted, traceback, lost user file, hostile code executed, hang, crash,
+other) and the totals table is printed::
+
+    python tools/stress.py                    # all cases, 2 at a time
+    python tools/stress.py --match twoband/   # the cases whose name contains this
+
+Read-only and full file systems are small tmpfs mounts, made when the tool
+runs as root (the cases that need them are skipped otherwise).
+
+**Rounds** (``--only fuzz``, ``--only kill`` or ``--only rounds`` for both):
+two kinds of round alternate until ``--minutes`` have passed:
 
 - **fuzz**: ``tests/test_fuzz_inputs.py``, ``tests/test_model_dir_faults.py``,
   ``tests/test_dirlock.py`` and the lensing finite sweep
@@ -24,13 +40,14 @@ The default test suite runs the same tests with a handful of examples; this
 tool is the longer setting.
 
 Usage:
-    python tools/stress.py [--minutes 5] [--examples 200] [--seed 0]
-        [--sweep-draws 1000000] [--kills 3] [--epochs 3] [--only fuzz|kill]
-        [--keep-going]
+    python tools/stress.py [--only cases|fuzz|kill|rounds] [--jobs 2] [--match TEXT]
+        [--minutes 5] [--examples 200] [--seed 0] [--sweep-draws 1000000] [--kills 3]
+        [--epochs 3] [--keep-going] [--keep-files]
 
-Without ``--keep-going`` the tool stops after the first round with a
-failure; with it, it runs for the whole time. Exit status: 0 when nothing
-failed, 1 otherwise.
+Without ``--keep-going`` the rounds stop after the first round with a
+failure; with it, they run for the whole time. Exit status: 0 when nothing
+failed (for cases: no traceback, lost file, hostile code, hang, crash or
+other), 1 otherwise.
 """
 
 import argparse
@@ -49,8 +66,14 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
-__all__ = ["main", "run_round", "run_kill_resume", "check_finished_run", "summarise"]
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import stress_cases  # noqa: E402  (tools/ is not a package)
+import stress_fixtures  # noqa: E402
+
+__all__ = ["main", "run_round", "run_kill_resume", "check_finished_run", "summarise",
+           "run_cases", "print_totals"]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEST_FILES = ("tests/test_fuzz_inputs.py", "tests/test_model_dir_faults.py",
@@ -260,6 +283,92 @@ def summarise(all_results, examples):
     return sum(failed.values())
 
 
+def _mount_tmpfs(path, options):
+    """Mount a small tmpfs at ``path``; returns whether it worked (root only)."""
+    path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True)
+    return proc.returncode == 0
+
+
+def _mounts(work):
+    """Read-only, full and small file systems under ``work``: ``{name: path}`` of those made."""
+    made = {}
+    if _mount_tmpfs(work / "ro", "ro,size=1m"):
+        made["ro"] = work / "ro"
+    if _mount_tmpfs(work / "small", "size=2m"):
+        made["small"] = work / "small"
+    if _mount_tmpfs(work / "full", "size=1m"):
+        fd = os.open(work / "full" / "filler", os.O_WRONLY | os.O_CREAT)
+        try:
+            while os.write(fd, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        made["full"] = work / "full"
+    return made
+
+
+def run_cases(jobs=2, match=None, keep_files=False):
+    """Run the case catalogue; returns ``[(case, class, reason, seconds)]``.
+
+    Args:
+        jobs: cases run at the same time.
+        match: run only cases whose name contains this text.
+        keep_files: keep the work folder (its path is printed).
+    """
+    cases = [c for c in stress_cases.catalogue() if not match or match in c.name]
+    work = pathlib.Path(tempfile.mkdtemp(prefix="ensai-stress-cases-"))
+    print(f"writing the fixtures to {work} ...", flush=True)
+    ctx = stress_fixtures.build_fixtures(work)
+    mounts = _mounts(work)
+    ctx.update({name: mounts.get(name, work / f"no-{name}") for name in ("ro", "small", "full")})
+    results = []
+
+    def one(case):
+        needs = [n for n in ("ro", "small", "full") if any(f"{{{n}}}" in str(a)
+                                                           for a in case.argv)]
+        if any(n not in mounts for n in needs):
+            return case, "skipped", "needs a tmpfs mount (run as root)", 0.0
+        cls, reason, took = stress_cases.run_case(case, ctx)
+        print(f"{cls:>12}  {took:6.1f} s  {case.name}" + (f"  ({reason})" if reason and cls
+                                                          not in ("accepted",) else ""),
+              flush=True)
+        return case, cls, reason, took
+
+    try:
+        with ThreadPoolExecutor(max(1, jobs)) as pool:
+            results = list(pool.map(one, cases))
+    finally:
+        for proc in ctx.get("holders", []):
+            proc.kill()
+            proc.wait()
+        for name in mounts:
+            subprocess.run(["umount", "-l", str(mounts[name])], capture_output=True)
+        if keep_files:
+            print(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    return results
+
+
+def print_totals(results):
+    """Print the totals table of :func:`run_cases`; returns the count of bad outcomes."""
+    tried = [r for r in results if r[1] != "skipped"]
+    counts = collections.Counter(r[1] for r in tried)
+    print(f"\n{'tried':>7} " + " ".join(f"{c:>12}" for c in stress_cases.CLASSES))
+    print(f"{len(tried):>7} " + " ".join(f"{counts[c]:>12}" for c in stress_cases.CLASSES))
+    skipped = len(results) - len(tried)
+    if skipped:
+        print(f"({skipped} skipped: they need tmpfs mounts, made only as root)")
+    bad = [r for r in tried if r[1] not in ("clean", "accepted")]
+    for case, cls, reason, _ in sorted(bad, key=lambda r: (r[1], r[0].name)):
+        print(f"  {cls}: {case.name}: {reason}")
+    return len(bad)
+
+
 def main(argv=None):
     """Entry point; returns the exit status (0: nothing failed)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -273,8 +382,13 @@ def main(argv=None):
                         help="SIGKILLs per kill-and-resume trial (default: 3)")
     parser.add_argument("--epochs", type=int, default=3,
                         help="epochs of the kill-and-resume training (default: 3)")
-    parser.add_argument("--only", choices=("fuzz", "kill"), default=None,
-                        help="run only one kind of round")
+    parser.add_argument("--only", choices=("cases", "fuzz", "kill", "rounds"), default="cases",
+                        help="cases: the hostile-input catalogue once (default); fuzz, kill: "
+                             "one kind of round; rounds: fuzz and kill rounds alternating")
+    parser.add_argument("--jobs", type=int, default=2, help="cases run at once (default: 2)")
+    parser.add_argument("--match", default=None, help="run only cases whose name contains this")
+    parser.add_argument("--keep-files", action="store_true",
+                        help="keep the cases' work folder")
     parser.add_argument("--keep-going", action="store_true",
                         help="keep running after a failed round (default: stop there)")
     args = parser.parse_args(argv)
@@ -282,7 +396,9 @@ def main(argv=None):
             or args.epochs < 1:
         parser.error("--minutes must be > 0, --examples, --sweep-draws and --epochs >= 1, "
                      "--kills >= 0")
-    kinds = [args.only] if args.only else ["fuzz", "kill"]
+    if args.only == "cases":
+        return 1 if print_totals(run_cases(args.jobs, args.match, args.keep_files)) else 0
+    kinds = ["fuzz", "kill"] if args.only == "rounds" else [args.only]
     deadline = time.monotonic() + 60.0 * args.minutes
     rng = random.Random(args.seed)
     state = {}

@@ -21,13 +21,16 @@ from ensai_tf.config.experiments import EXPERIMENTS, experiment_config
 from ensai_tf.config.overrides import (apply_overrides, config_from_dict, config_to_dict,
                                        load_config, save_config, valid_keys)
 from ensai_tf.config.presets import PRESETS, get_preset
-from ensai_tf.config.schema import (ConfigError, DataConfig, EvalConfig, ExperimentConfig,
+from ensai_tf.config.schema import (MAX_QUOTED, ConfigError, DataConfig, EvalConfig, ExperimentConfig,
                                     ImageConfig, LensPrior, ModelConfig, ObserveConfig,
-                                    SimulateConfig, SourceConfig, TrainConfig, target_count)
+                                    SimulateConfig, SourceConfig, TrainConfig, quote_value,
+                                    target_count)
 from ensai_tf.config.validation import validate_config
 
 __all__ = [
     "ConfigError",
+    "MAX_QUOTED",
+    "quote_value",
     "ImageConfig",
     "LensPrior",
     "SourceConfig",

@@ -13,11 +13,12 @@ import yaml
 
 from ensai_tf import atomic
 from ensai_tf.config.presets import get_preset
-from ensai_tf.config.schema import ConfigError, ExperimentConfig
+from ensai_tf.config.schema import MAX_QUOTED, ConfigError, ExperimentConfig, quote_value
 from ensai_tf.config.validation import validate_config
 from ensai_tf.model_dir import CONFIG_YAML
 
 __all__ = [
+    "MAX_CONFIG_BYTES",
     "config_to_dict",
     "valid_keys",
     "config_from_dict",
@@ -25,6 +26,10 @@ __all__ = [
     "load_config",
     "save_config",
 ]
+
+
+MAX_CONFIG_BYTES = 1 << 20
+"""Largest YAML config file read, bytes (a config of every key is about 3 kB)."""
 
 
 def config_to_dict(cfg):
@@ -93,9 +98,9 @@ def _coerce(key, value, default):
                 kind = int if all(isinstance(v, int) for v in default) else float
                 return tuple(_coerce(key, v, kind()) for v in value)
             return tuple(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError, RecursionError, yaml.YAMLError):
         pass
-    raise ConfigError(f"{key}: {value!r} is not a valid {type(default).__name__} "
+    raise ConfigError(f"{key}: {quote_value(value)} is not a valid {type(default).__name__} "
                       f"(default {default!r})")
 
 
@@ -123,18 +128,19 @@ def config_from_dict(data, base=None):
     updates = {}
     for section, values in data.items():
         if section not in sections:
-            raise ConfigError(f"unknown config section {section!r}; valid sections: "
+            raise ConfigError(f"unknown config section {quote_value(section)}; valid sections: "
                               f"{', '.join(sorted(sections))}")
         sub = getattr(cfg, section)
         if not isinstance(values, dict):
-            raise ConfigError(f"config section {section!r} must be a mapping, got {values!r}")
+            raise ConfigError(f"config section {section!r} must be a mapping, got "
+                              f"{quote_value(values)}")
         fields = {f.name: f for f in dataclasses.fields(sub)}
         changes = {}
         for key, value in values.items():
             if key not in fields:
                 raise ConfigError(
                     # escaped: a key holding a newline must not break the one-line message
-                    f"unknown config key {section}.{str(key).encode('unicode_escape').decode()}; "
+                    f"unknown config key {section}.{quote_value(str(key))[1:-1]}; "
                     f"valid keys in {section!r}: "
                     f"{', '.join(sorted(fields))}")
             changes[key] = _coerce(f"{section}.{key}", value, getattr(sub, key))
@@ -159,19 +165,22 @@ def apply_overrides(cfg, overrides):
     nested = {}
     for item in overrides or ():
         if "=" not in item:
-            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+            raise ConfigError(f"override {quote_value(item)} is not of the form section.key=value")
         key, raw = item.split("=", 1)
         key = key.strip()
         if key.count(".") != 1:
-            raise ConfigError(f"override key {key!r} must be section.key; valid keys: "
+            raise ConfigError(f"override key {quote_value(key)} must be section.key; valid keys: "
                               f"{', '.join(valid_keys(cfg))}")
         section, name = key.split(".")
         if f"{section}.{name}" not in valid_keys(cfg):
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(valid_keys(cfg))}")
+            raise ConfigError(f"unknown config key {quote_value(key)}; valid keys: "
+                              f"{', '.join(valid_keys(cfg))}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{key}: cannot parse value {raw!r}: {err}") from None
+        except (yaml.YAMLError, RecursionError, ValueError) as err:
+            detail = " ".join(str(err).split())[:MAX_QUOTED] if not isinstance(
+                err, RecursionError) else "nested too deeply"
+            raise ConfigError(f"{key}: cannot parse value {quote_value(raw)}: {detail}") from None
         nested.setdefault(section, {})[name] = value
     return config_from_dict(nested, base=cfg)
 
@@ -193,13 +202,21 @@ def load_config(path=None, preset="paper", overrides=()):
         path = pathlib.Path(path)
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {str(path)!r} is {path.stat().st_size} bytes; a "
+                              f"config holds at most {MAX_CONFIG_BYTES} bytes")
         try:
             data = yaml.safe_load(path.read_text())
         except yaml.YAMLError as err:
             raise ConfigError(f"config file {str(path)!r} is not valid YAML: "
-                              f"{' '.join(str(err).split())}") from None
+                              f"{' '.join(str(err).split())[:4 * MAX_QUOTED]}") from None
+        except RecursionError:
+            raise ConfigError(f"config file {str(path)!r} is nested too deeply") from None
         except UnicodeDecodeError:
             raise ConfigError(f"config file {str(path)!r} is not a text file") from None
+        except ValueError as err:  # e.g. an integer of more than 4300 digits
+            raise ConfigError(f"config file {str(path)!r}: {' '.join(str(err).split())[:200]}"
+                              ) from None
         try:
             cfg = config_from_dict(data, base=cfg)
         except ConfigError as err:

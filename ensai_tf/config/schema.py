@@ -8,12 +8,16 @@ adding a field with one of them is all that is needed for it to be checked.
 """
 
 import dataclasses
+import reprlib
 
 from ensai_tf import conventions
 from ensai_tf.errors import EnsaiError
 
 __all__ = [
     "ConfigError",
+    "quote_value",
+    "MAX_QUOTED",
+    "MAX_COUNT",
     "ImageConfig",
     "LensPrior",
     "SourceConfig",
@@ -30,6 +34,37 @@ __all__ = [
 
 class ConfigError(EnsaiError, ValueError):
     """An unknown key or an invalid value in a configuration."""
+
+
+MAX_QUOTED = 80
+"""Characters of a value quoted in an error message; longer ones are cut with '...'."""
+
+MAX_COUNT = 2**62
+"""Largest integer any config value may hold (fields give tighter bounds where sizes matter)."""
+
+_REPR = reprlib.Repr()
+_REPR.maxlevel, _REPR.maxlist, _REPR.maxtuple, _REPR.maxdict = 3, 6, 6, 4
+_REPR.maxstring, _REPR.maxother, _REPR.maxlong = MAX_QUOTED, MAX_QUOTED, MAX_QUOTED
+
+
+def quote_value(value):
+    """``repr(value)`` for an error message, at most :data:`MAX_QUOTED` characters.
+
+    Bounded in time and memory whatever the value (a YAML alias bomb, a
+    10-MB string), so quoting a bad value never costs more than the message.
+
+    Args:
+        value: any parsed config value.
+
+    Returns:
+        str of at most ``MAX_QUOTED`` characters, one line.
+
+    Example:
+        >>> quote_value("x" * 1000)[-5:]
+        "x'..."
+    """
+    text = " ".join(_REPR.repr(value).split())
+    return text if len(text) <= MAX_QUOTED else text[:MAX_QUOTED - 3] + "..."
 
 
 def _range(default, lo=None, hi=None, lo_open=False, hi_open=False, integer=False, doc=""):
@@ -58,7 +93,7 @@ def _prob(default, doc=""):
 class ImageConfig:
     """Output image geometry (docs/design.md §0)."""
 
-    npix: int = _value(conventions.NPIX, lo=8, doc="image side, pixels")
+    npix: int = _value(conventions.NPIX, lo=8, hi=4096, doc="image side, pixels")
     pixel_scale: float = _value(conventions.PIXEL_SCALE, lo=0.0, lo_open=True,
                                 doc="pixel side, arcsec")
 
@@ -111,12 +146,12 @@ class SourceConfig:
 class SimulateConfig:
     """Ray tracing and acceptance of the noise-free generator (docs/design.md §3.4, §3.5, §4)."""
 
-    oversample: int = _value(2, lo=1, doc="ray-trace sub-pixels per output pixel per axis (§3.4 [R])")
-    field_factor: float = _value(1.6, lo=1.0, doc="ray-traced field / output field (§3.4)")
+    oversample: int = _value(2, lo=1, hi=16, doc="ray-trace sub-pixels per output pixel per axis (§3.4 [R])")
+    field_factor: float = _value(1.6, lo=1.0, hi=10.0, doc="ray-traced field / output field (§3.4)")
     min_magnification: float = _value(2.0, lo=0.0, doc="acceptance: magnification >= this (§3.5)")
     min_containment: float = _value(0.99, lo=0.0, hi=1.0,
                                     doc="acceptance: flux fraction inside the field (§3.5)")
-    max_attempts: int = _value(64, lo=1, doc="candidates per example before giving up")
+    max_attempts: int = _value(64, lo=1, hi=10**6, doc="candidates per example before giving up")
     lens_light: bool = _value(False, doc="add Sersic lens light (§4 [R]: off by default)")
     lens_light_n: tuple = _range((2.0, 6.0), lo=0.2, doc="lens-light Sersic index (§4 [R])")
     lens_light_r_eff: tuple = _range((0.3, 2.0), lo=0.0, doc="lens-light R_eff, arcsec (§4 [R])")
@@ -126,9 +161,9 @@ class SimulateConfig:
                                                          "clipped to [0.3, 1] (§4 [R])")
     lens_light_pa_sigma_deg: float = _value(10.0, lo=0.0, doc="lens-light PA scatter about the "
                                                               "mass major axis, degrees (§4 [R])")
-    placement_candidates: int = _value(16, lo=1, doc="source positions drawn at once per "
+    placement_candidates: int = _value(16, lo=1, hi=4096, doc="source positions drawn at once per "
                                                      "candidate; first inside wins (§3.3 [R])")
-    source_pixels: int = _value(128, lo=4, doc="side of the rendered source-plane image, "
+    source_pixels: int = _value(128, lo=4, hi=4096, doc="side of the rendered source-plane image, "
                                                "pixels (§3.2 step 4)")
 
 
@@ -156,11 +191,11 @@ class ObserveConfig:
     mask_radius_arcsec: float = _value(0.2, lo=0.0, doc="mask disc radius, arcsec (§5.6)")
     mask_min_flux_frac: float = _value(0.75, lo=0.0, hi=1.0, doc="train f_min (§5.6)")
     eval_mask_min_flux_frac: float = _value(0.98, lo=0.0, hi=1.0, doc="validation/test f_min")
-    mask_max_tries: int = _value(100, lo=1, doc="mask resampling cap (§5.6 [R])")
+    mask_max_tries: int = _value(100, lo=1, hi=10**6, doc="mask resampling cap (§5.6 [R])")
     norm_threshold: float = _value(0.4, lo=0.0, doc="arc level defining the normalising max (§5.7)")
     norm_jitter_rms: float = _value(0.05, lo=0.0, doc="§9 #5")
     zero_bias_rms: float = _value(0.05, lo=0.0, doc="§5.3 step 7")
-    shift_candidates: int = _value(16, lo=1, doc="shift offsets drawn at once; first with "
+    shift_candidates: int = _value(16, lo=1, hi=4096, doc="shift offsets drawn at once; first with "
                                                  ">= shift_min_flux kept wins (§5.2 [R])")
     psf_airy_fwhm_arcsec: float = _value(0.07, lo=0.0, lo_open=True,
                                          doc="Airy core FWHM, arcsec (psf = 'airy', §8.5 [R])")
@@ -176,8 +211,8 @@ class ObserveConfig:
     cosmic_ray_value: tuple = _range((0.3, 1.0), lo=0.0, doc="ray pixel values (§5.5 [R])")
     hot_pixel_count: tuple = _range((0, 100), lo=0, integer=True, doc="hot pixels (§5.5 [R])")
     hot_pixel_value: tuple = _range((0.1, 1.0), lo=0.0, doc="hot pixel values (§5.5 [R])")
-    mask_chunk: int = _value(5, lo=1, doc="mask tries evaluated per vectorised chunk (§5.6)")
-    max_redraws: int = _value(4, lo=0, doc="redraws of non-finite examples (§9 #23 [R])")
+    mask_chunk: int = _value(5, lo=1, hi=4096, doc="mask tries evaluated per vectorised chunk (§5.6)")
+    max_redraws: int = _value(4, lo=0, hi=1000, doc="redraws of non-finite examples (§9 #23 [R])")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,11 +220,11 @@ class DataConfig:
     """Dataset sizes, seeds and caches (docs/design.md §3.7)."""
 
     seed: int = _value(0, lo=0, doc="user offset added to every split seed")
-    val_size: int = _value(1000, lo=1, doc="fixed validation examples (§7.3)")
-    test_size: int = _value(10000, lo=1, doc="fixed test examples (§8.3)")
+    val_size: int = _value(1000, lo=1, hi=10**7, doc="fixed validation examples (§7.3)")
+    test_size: int = _value(10000, lo=1, hi=10**7, doc="fixed test examples (§8.3)")
     cache_dir: str = _value("", doc="where validation/test caches go; '' = ~/.cache/ensai_tf")
     arcs_dir: str = _value("", doc="pre-generated noise-free arcs; '' = simulate online")
-    sim_batch_size: int = _value(32, lo=1, doc="examples simulated per map call")
+    sim_batch_size: int = _value(32, lo=1, hi=65536, doc="examples simulated per map call")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,13 +248,13 @@ class ModelConfig:
 class TrainConfig:
     """Optimiser and schedule (docs/design.md §7.2 [R])."""
 
-    batch_size: int = _value(50, lo=1, doc="§0")
+    batch_size: int = _value(50, lo=1, hi=65536, doc="§0")
     learning_rate: float = _value(1e-4, lo=0.0, lo_open=True, doc="§7.2 [R]")
     min_learning_rate: float = _value(1e-6, lo=0.0, doc="§7.2 [R]")
     plateau_factor: float = _value(0.1, lo=0.0, hi=1.0, lo_open=True, hi_open=True, doc="§7.2 [R]")
     plateau_patience: int = _value(20, lo=1, doc="epochs without gain before lr decay")
-    steps_per_epoch: int = _value(1000, lo=1, doc="steps between validations")
-    epochs: int = _value(1000, lo=1, doc="§7.2: up to 10^6 steps")
+    steps_per_epoch: int = _value(1000, lo=1, hi=10**9, doc="steps between validations")
+    epochs: int = _value(1000, lo=1, hi=10**7, doc="§7.2: up to 10^6 steps")
     clipnorm: float = _value(10.0, lo=0.0, lo_open=True, doc="§7.2 [R] safety net")
     warmup_steps: int = _value(0, lo=0, doc="linear warm-up (§7.2 [R], optional)")
     mixed_precision: bool = _value(False, doc="mixed_bfloat16 (output layer stays float32)")
@@ -230,14 +265,14 @@ class TrainConfig:
                                                 "the same function (model.bn_mode='frozen' instead "
                                                 "builds the release's never-normalising layers)")
     seed: int = _value(0, lo=0, doc="Keras seed for weight initialisation")
-    image_summaries: int = _value(4, lo=0, doc="validation images shown in TensorBoard per epoch")
+    image_summaries: int = _value(4, lo=0, hi=1000, doc="validation images shown in TensorBoard per epoch")
     init_weights: str = _value("", doc="a .keras file of the same architecture whose weights "
                                        "start the run (fine-tuning, as the code's RESTORE = True, "
                                        "docs/design.md §7.2 [C]); '' = fresh initialisation")
     time_budget_minutes: float = _value(0.0, lo=0.0, doc="stop at the end of the first epoch "
                                                         "past this wall-clock time, then export "
                                                         "as usual; 0 = no limit")
-    combine_steps: int = _value(2000, lo=1, doc="combiner training steps (§7.4 [R]: a few thousand)")
+    combine_steps: int = _value(2000, lo=1, hi=10**7, doc="combiner training steps (§7.4 [R]: a few thousand)")
     combine_learning_rate: float = _value(1e-3, lo=0.0, lo_open=True, doc="combiner Adam lr (§7.4 [R])")
     combine_seed: int = _value(7, lo=3, doc="data seed of the combiner's validation-distribution "
                                             "data; >= 3 so it never equals the train/val/test "
@@ -248,9 +283,9 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation settings (docs/design.md §8)."""
 
-    batch_size: int = _value(100, lo=1, doc="examples per forward pass")
-    n: int = _value(10000, lo=1, doc="test examples used (§8.3)")
-    band_bins: int = _value(12, lo=1, doc="bins of the true value for Figure 1's 68%/95% bands (§8.2)")
+    batch_size: int = _value(100, lo=1, hi=65536, doc="examples per forward pass")
+    n: int = _value(10000, lo=1, hi=10**7, doc="test examples used (§8.3)")
+    band_bins: int = _value(12, lo=1, hi=10**4, doc="bins of the true value for Figure 1's 68%/95% bands (§8.2)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ import dataclasses
 import math
 import os
 
-from ensai_tf.config.schema import ConfigError
+from ensai_tf.config.schema import MAX_COUNT, ConfigError, quote_value
 
 __all__ = [
     "validate_config",
@@ -15,12 +15,17 @@ def _check_bound(key, value, meta, what="value"):
     lo, hi = meta.get("lo"), meta.get("hi")
     if isinstance(value, float) and not math.isfinite(value):
         raise ConfigError(f"{key}: {what} {value!r} must be finite")
+    if isinstance(value, int) and hi is None and abs(value) > MAX_COUNT:
+        raise ConfigError(f"{key}: {what} {quote_value(value)} is not allowed; its size must "
+                          f"be <= 2**62")
     if lo is not None and (value < lo or (meta.get("lo_open") and value == lo)):
         op = ">" if meta.get("lo_open") else ">="
-        raise ConfigError(f"{key}: {what} {value!r} is not allowed; it must be {op} {lo}")
+        raise ConfigError(f"{key}: {what} {quote_value(value)} is not allowed; it must be "
+                          f"{op} {lo}")
     if hi is not None and (value > hi or (meta.get("hi_open") and value == hi)):
         op = "<" if meta.get("hi_open") else "<="
-        raise ConfigError(f"{key}: {what} {value!r} is not allowed; it must be {op} {hi}")
+        raise ConfigError(f"{key}: {what} {quote_value(value)} is not allowed; it must be "
+                          f"{op} {hi}")
 
 
 def validate_config(cfg):
@@ -54,7 +59,7 @@ def validate_config(cfg):
     for key, path in (("observe.psf_file", cfg.observe.psf_file),
                       ("observe.noise_spectrum", cfg.observe.noise_spectrum)):
         if path and not os.path.isfile(os.path.expanduser(path)):
-            raise ConfigError(f"{key}: file {path!r} does not exist")
+            raise ConfigError(f"{key}: file {quote_value(path)} does not exist")
     return cfg
 
 
@@ -65,25 +70,25 @@ def _check_field(key, f, value):
     if kind == "range":
         if f.name == "family_weights":
             if len(value) != 3 or sum(value) <= 0:
-                raise ConfigError(f"{key}: {value!r} must be three non-negative weights "
+                raise ConfigError(f"{key}: {quote_value(value)} must be three non-negative weights "
                                   "(clumpy, stamp, sersic) with a positive sum")
         elif len(value) != 2:
-            raise ConfigError(f"{key}: {value!r} must be a (min, max) pair")
+            raise ConfigError(f"{key}: {quote_value(value)} must be a (min, max) pair")
         elif value[0] > value[1]:
             raise ConfigError(f"{key}: min {value[0]!r} > max {value[1]!r}; "
                               "a range must have min <= max")
         for v in value:
-            if meta.get("integer") and int(v) != v:
-                raise ConfigError(f"{key}: {value!r} must hold integers")
             _check_bound(key, v, meta, what="bound")
+            if meta.get("integer") and int(v) != v:
+                raise ConfigError(f"{key}: {quote_value(value)} must hold integers")
     elif kind == "value":
         choices = meta.get("choices")
         if choices is not None and value not in choices:
-            raise ConfigError(f"{key}: {value!r} is not one of {', '.join(choices)}")
+            raise ConfigError(f"{key}: {quote_value(value)} is not one of {', '.join(choices)}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_bound(key, value, meta)
     elif kind == "dirs":
         for d in value:
             if not os.path.isdir(os.path.expanduser(str(d))):
-                raise ConfigError(f"{key}: stamp directory {d!r} does not exist; "
+                raise ConfigError(f"{key}: stamp directory {quote_value(d)} does not exist; "
                                   "give existing folders of FITS/PNG/JPEG stamps")

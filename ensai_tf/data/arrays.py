@@ -2,7 +2,7 @@
 
 The on-disk form of validation/test caches (:mod:`ensai_tf.data.cache`) and
 of pre-generated arcs (:mod:`ensai_tf.data.arcstore`): arrays are streamed
-batch by batch into memory-mapped files (:class:`ArrayStreams`), and a
+batch by batch into ``.npy`` files with ordinary writes (:class:`ArrayStreams`), and a
 folder counts only when every array has its recorded shape, dtype and
 SHA-256 (:func:`verify_cache`).
 """
@@ -22,6 +22,7 @@ __all__ = [
     "BULKY_KEYS",
     "CacheError",
     "ArrayStreams",
+    "open_npy",
     "flatten_example",
     "progress_bar",
     "materialise",
@@ -80,9 +81,11 @@ def flatten_example(example, drop=BULKY_KEYS):
 class ArrayStreams:
     """Append batches of named arrays to ``.npy`` files, memory independent of n.
 
-    Each name becomes ``<folder>/<name>.npy``, opened with
-    ``np.lib.format.open_memmap`` at its final shape ``(total, ...)`` when
-    its first batch arrives.
+    Each name becomes ``<folder>/<name>.npy``: its header, for the final
+    shape ``(total, ...)``, is written when its first batch arrives, and every
+    batch is appended with an ordinary write. A full disk therefore raises
+    ``OSError`` (ENOSPC) at the write that does not fit, instead of the
+    SIGBUS a memory-mapped file gets when a page cannot be backed.
     """
 
     def __init__(self, folder, total):
@@ -90,7 +93,7 @@ class ArrayStreams:
         self.folder = pathlib.Path(folder)
         self.total = int(total)
         self.filled = 0
-        self._maps = {}
+        self._files = {}
 
     def append(self, arrays):
         """Write the next rows; every array of the batch has the same length."""
@@ -100,31 +103,69 @@ class ArrayStreams:
         n = lengths.pop()
         if self.filled + n > self.total:
             raise ValueError(f"{self.filled + n} rows exceed the declared total {self.total}")
+        if self._files and set(arrays) != set(self._files):
+            raise ValueError(f"batch arrays {sorted(arrays)} differ from {sorted(self._files)}")
         for name, arr in arrays.items():
-            if name not in self._maps:
+            if name not in self._files:
                 if self.filled:
                     raise ValueError(f"array {name!r} first appears after row {self.filled}")
-                self._maps[name] = np.lib.format.open_memmap(
-                    self.folder / f"{name}.npy", mode="w+", dtype=arr.dtype,
-                    shape=(self.total,) + arr.shape[1:])
-            self._maps[name][self.filled:self.filled + n] = arr
-        if set(arrays) != set(self._maps):
-            raise ValueError(f"batch arrays {sorted(arrays)} differ from {sorted(self._maps)}")
+                self._files[name] = open_npy(self.folder / f"{name}.npy", arr.dtype,
+                                             (self.total,) + arr.shape[1:])
+            f, dtype, row_shape = self._files[name]
+            if arr.shape[1:] != row_shape:
+                raise ValueError(f"array {name!r} rows of shape {arr.shape[1:]}, expected "
+                                 f"{row_shape}")
+            f.write(np.ascontiguousarray(arr, dtype=dtype).tobytes())
         self.filled += n
 
     def close(self):
         """Flush, check completeness; returns ``{name: {file, shape, dtype, sha256}}``."""
         if self.filled != self.total:
+            self.discard()
             raise ValueError(f"only {self.filled} of {self.total} rows were written")
         entries = {}
-        for name, mm in self._maps.items():
-            mm.flush()
-            entries[name] = {"file": f"{name}.npy", "shape": list(mm.shape),
-                             "dtype": mm.dtype.str}
-        self._maps.clear()
+        for name, (f, dtype, row_shape) in self._files.items():
+            f.close()
+            entries[name] = {"file": f"{name}.npy", "shape": [self.total, *row_shape],
+                             "dtype": dtype.str}
+        self._files.clear()
         for name, entry in entries.items():
             entry["sha256"] = file_sha256(self.folder / entry["file"])
         return entries
+
+    def discard(self):
+        """Close every file without checking (after an error); the caller removes the folder."""
+        for f, _, _ in self._files.values():
+            try:
+                f.close()
+            except OSError:
+                pass
+        self._files.clear()
+
+
+def open_npy(path, dtype, shape):
+    """Open a new ``.npy`` file for appending rows: writes the header for ``shape``.
+
+    Args:
+        path: the file to create (replaced if it exists).
+        dtype: element type of the array.
+        shape: the final shape; rows of ``shape[1:]`` are appended with
+            ``f.write(rows.tobytes())`` until ``shape[0]`` rows are written.
+
+    Returns:
+        ``(file, dtype, row_shape)``: the open binary file (positioned after the
+        header), ``np.dtype(dtype)`` and ``tuple(shape[1:])``.
+    """
+    dtype = np.dtype(dtype)
+    f = open(path, "wb")
+    try:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                  "shape": tuple(int(v) for v in shape)}
+        np.lib.format.write_array_header_1_0(f, header)
+    except BaseException:
+        f.close()
+        raise
+    return f, dtype, tuple(int(v) for v in shape[1:])
 
 
 def write_manifest(folder, manifest):
@@ -200,9 +241,13 @@ def load_cache(path, verify=True):
 def materialise(ds, folder, size, progress, desc, drop):
     """Stream a finite canonical dataset into ``folder``; returns array entries."""
     streams = ArrayStreams(folder, size)
-    with progress_bar(size, desc, progress) as bar:
-        for batch in ds.as_numpy_iterator():
-            flat = flatten_example(batch, drop=drop)
-            streams.append(flat)
-            bar.update(len(flat["index"]))
+    try:
+        with progress_bar(size, desc, progress) as bar:
+            for batch in ds.as_numpy_iterator():
+                flat = flatten_example(batch, drop=drop)
+                streams.append(flat)
+                bar.update(len(flat["index"]))
+    except BaseException:
+        streams.discard()
+        raise
     return streams.close()

@@ -9,10 +9,17 @@ pipeline (:func:`ensai_tf.data.pipeline.example_dataset`) into::
     config.yaml        the resolved config (config.save_config)
     contact_sheet.png  the first lenses, with their labels (and curves)
 
-Everything is written into a temporary sibling folder that is renamed into
-place at the end, so an interrupted run leaves nothing half-written. Images
-go straight into an ``np.lib.format.open_memmap`` file batch by batch, so
-memory does not grow with ``n``.
+Everything is written into a temporary sibling folder and moved into place
+at the end, so an interrupted run leaves nothing half-written and a full disk
+leaves no temporary folder. Images are appended to ``images.npy`` batch by
+batch with ordinary writes (a full disk is an ``OSError``, never a SIGBUS), so
+memory does not grow with ``n``; the free space is checked before starting.
+
+``--overwrite`` replaces only what ``ensai simulate`` writes
+(:data:`SIMULATE_FILES`): a folder holding anything else (a training run,
+another command's output, the user's own files) is refused, and the folder's
+lock (:class:`ensai_tf.dirlock.ModelDirLock`) is held while it is written, so a
+running training or a second simulate is never overwritten.
 """
 
 import csv
@@ -27,12 +34,14 @@ from ensai_tf import config as config_lib
 from ensai_tf import conventions, plotting
 from ensai_tf.data import pipeline
 from ensai_tf.data import sources
-from ensai_tf.data.arrays import BULKY_KEYS
+from ensai_tf.data.arrays import BULKY_KEYS, open_npy
+from ensai_tf.dirlock import LOCK_NAME, ModelDirLock
 from ensai_tf.errors import InputError
 from ensai_tf.lensing import caustics
 from ensai_tf.model_dir import CONFIG_YAML
 
-__all__ = ["CSV_COLUMNS", "CONTACT_SHEET_MAX", "write_observed_dataset", "lens_curves", "csv_rows"]
+__all__ = ["CSV_COLUMNS", "CONTACT_SHEET_MAX", "SIMULATE_FILES", "write_observed_dataset",
+           "lens_curves", "csv_rows"]
 
 CSV_COLUMNS = conventions.PARAM_NAMES + ("q", "major_axis_pa_deg", "magnification",
                                          "source_family")
@@ -43,15 +52,37 @@ magnification and the source family name."""
 CONTACT_SHEET_MAX = 32
 """Lenses shown on the contact sheet."""
 
+SIMULATE_FILES = ("images.npy", "params.csv", "draws.npz", CONFIG_YAML, "contact_sheet.png")
+"""The files ``ensai simulate`` writes; ``--overwrite`` replaces these and nothing else."""
+
 
 def _check_out(out, overwrite):
     out = pathlib.Path(os.path.expanduser(str(out)))
     if out.exists() and not out.is_dir():
         raise InputError(f"output {str(out)!r} exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
+    held = sorted(p.name for p in out.iterdir() if p.name != LOCK_NAME) if out.is_dir() else []
+    if held and not overwrite:
         raise InputError(f"output folder {str(out)!r} is not empty; choose a new folder or "
-                         "pass --overwrite to replace its contents")
+                         "pass --overwrite to replace an earlier 'ensai simulate' output")
+    foreign = [name for name in held if name not in SIMULATE_FILES]
+    if foreign:
+        raise InputError(f"output folder {str(out)!r} holds files 'ensai simulate' did not "
+                         f"write ({', '.join(foreign[:3])}{', ...' if len(foreign) > 3 else ''});"
+                         " --overwrite replaces only an earlier simulate output: choose a new "
+                         "folder")
     return out
+
+
+def _check_space(folder, n, npix):
+    """Refuse to start when the images alone would not fit on the disk."""
+    need = n * npix * npix * 4
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if need > free:
+        raise InputError(f"{n} lenses of {npix}x{npix} pixels need {need / 1e6:.1f} MB, but only "
+                         f"{free / 1e6:.1f} MB are free in {str(folder)!r}")
 
 
 def csv_rows(batch):
@@ -131,18 +162,22 @@ def write_observed_dataset(out, n, seed=0, config=None, split="test", overwrite=
     out = _check_out(out, overwrite)
     n = int(n)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic.temp_path(out)
-    (tmp / "draws").mkdir(parents=True)
-    try:
-        ds = pipeline.example_dataset(split, cfg, seed, count=n, observed=not clean,
-                                      training=split == "train")
-        sheet = _write_batches(ds, tmp, n, cfg, progress)
-        config_lib.save_config(cfg, tmp / CONFIG_YAML)
-        _contact_sheet(tmp / "contact_sheet.png", {k: np.concatenate(v) for k, v in sheet.items()},
-                       curves, cfg)
-        atomic.replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _check_space(out.parent, n, cfg.image.npix)
+    with ModelDirLock(out, "ensai simulate"):
+        _check_out(out, overwrite)  # again, now that no other command can write there
+        tmp = atomic.temp_path(out)
+        try:
+            (tmp / "draws").mkdir(parents=True)
+            ds = pipeline.example_dataset(split, cfg, seed, count=n, observed=not clean,
+                                          training=split == "train")
+            sheet = _write_batches(ds, tmp, n, cfg, progress)
+            config_lib.save_config(cfg, tmp / CONFIG_YAML)
+            _contact_sheet(tmp / "contact_sheet.png",
+                           {k: np.concatenate(v) for k, v in sheet.items()}, curves, cfg)
+            for name in SIMULATE_FILES:
+                os.replace(tmp / name, out / name)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -152,18 +187,18 @@ def _write_batches(ds, tmp, n, cfg, progress):
     Returns:
         the contact-sheet lenses: ``{"image", "params", "mask"}`` lists of arrays.
     """
-    images = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.float32,
-                                       shape=(n, cfg.image.npix, cfg.image.npix, 1))
+    images, _, _ = open_npy(tmp / "images.npy", np.float32,
+                            (n, cfg.image.npix, cfg.image.npix, 1))
     draws = pipeline.ArrayStreams(tmp / "draws", n)
     sheet = {"image": [], "params": [], "mask": []}
     filled = 0
-    with open(tmp / "params.csv", "w", newline="") as f, \
+    with images, open(tmp / "params.csv", "w", newline="") as f, \
             pipeline.progress_bar(n, "simulating", progress) as bar:
         table = csv.writer(f)
         table.writerow(CSV_COLUMNS)
         for batch in ds.as_numpy_iterator():
             size = len(batch["index"])
-            images[filled:filled + size] = batch["image"]
+            images.write(np.ascontiguousarray(batch["image"], np.float32).tobytes())
             table.writerows(csv_rows(batch))
             draws.append(pipeline.flatten_example(batch, drop=BULKY_KEYS + ("image",)))
             room = CONTACT_SHEET_MAX - sum(len(a) for a in sheet["image"])
@@ -173,8 +208,9 @@ def _write_batches(ds, tmp, n, cfg, progress):
                 sheet["mask"].append(batch["mask"][:room] == 0)
             filled += size
             bar.update(size)
-    images.flush()
-    del images
+    if filled != n:
+        draws.discard()
+        raise InputError(f"the pipeline gave {filled} lenses instead of {n}")
     arrays = draws.close()
     np.savez(tmp / "draws.npz", **{name: np.load(tmp / "draws" / entry["file"],
                                                  mmap_mode="r")

@@ -29,11 +29,18 @@ from ensai_tf.losses import parity_correct
 from ensai_tf.models.loading import load_keras_model
 from ensai_tf.uncertainty import head_layout
 
-__all__ = ["COMBINE_MODES", "ParityAlign", "PerParameterWeights",
-           "PointEstimate", "backbone_files", "build_combiner", "combiner_record",
-           "is_by_reference", "load_backbones", "load_combined", "point_estimate_backbone"]
+__all__ = ["COMBINE_MODES", "MAX_BACKBONES", "MAX_RECORD_BYTES", "ParityAlign",
+           "PerParameterWeights", "PointEstimate", "backbone_files", "build_combiner",
+           "combiner_record", "is_by_reference", "load_backbones", "load_combined",
+           "point_estimate_backbone", "trusted_roots"]
 
 COMBINE_MODES = ("per_parameter", "dense")
+
+MAX_BACKBONES = 64
+"""Most backbones a combiner record may name."""
+
+MAX_RECORD_BYTES = 16 << 20
+"""Largest ``combiner.json`` read, bytes (the shipped one is about 2 kB)."""
 
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
@@ -320,12 +327,65 @@ def backbone_files(folder, record):
     return [pathlib.Path(os.path.normpath(folder / p)) for p in record["backbones"]]
 
 
+def trusted_roots(folder):
+    """Folders a combiner in ``folder`` may load backbones from without being trusted.
+
+    The folder that holds ``folder`` (so the combiner's own folder and its
+    siblings, where ``ensai combine`` writes beside the networks it combines)
+    and the shipped ``trained_weights/``; symbolic links are resolved.
+
+    Args:
+        folder: the folder holding ``combiner.json``.
+
+    Returns:
+        list of ``pathlib.Path``, absolute.
+    """
+    return [pathlib.Path(os.path.realpath(folder)).parent,
+            pathlib.Path(os.path.realpath(model_dir.shipped_weights_dir()))]
+
+
+def _check_record(record, where):
+    """Refuse a record whose fields have the wrong types or sizes (before any file is read)."""
+    backbones, sums = record["backbones"], record["backbone_sha256"]
+    if not (isinstance(backbones, list) and 1 <= len(backbones) <= MAX_BACKBONES
+            and all(isinstance(p, str) and p for p in backbones)):
+        raise ModelDirError(f"{where!r}: 'backbones' must be a list of 1 to {MAX_BACKBONES} "
+                            "file names")
+    if not (isinstance(sums, list) and all(isinstance(h, str) and len(h) == 64 for h in sums)):
+        raise ModelDirError(f"{where!r}: 'backbone_sha256' must be a list of SHA-256 hex digests")
+    reference = record["reference"]
+    if isinstance(reference, bool) or not isinstance(reference, int) \
+            or not 0 <= reference < len(backbones):
+        raise ModelDirError(f"{where!r}: 'reference' must be a backbone index from 0 to "
+                            f"{len(backbones) - 1}")
+    if not isinstance(record["mode"], str) or record["mode"] not in COMBINE_MODES:
+        raise ModelDirError(f"{where!r}: 'mode' must be one of {', '.join(COMBINE_MODES)}")
+
+
+def _check_backbone_places(folder, paths, where):
+    """Refuse backbones outside :func:`trusted_roots` (checked on names only; nothing is read)."""
+    roots = trusted_roots(folder)
+    for path in paths:
+        real = pathlib.Path(os.path.realpath(path))
+        if not any(real == root or root in real.parents for root in roots):
+            raise ModelDirError(
+                f"{where!r} names the backbone {str(path)[:200]!r}, which lies outside the "
+                f"folder holding the combiner and the shipped trained_weights/; move the "
+                "networks beside the combiner, or pass --trust-savedmodel if you trust its "
+                "author")
+
+
 def _read_record(folder):
     path = pathlib.Path(folder) / model_dir.COMBINER_JSON
     try:
+        if path.stat().st_size > MAX_RECORD_BYTES:
+            raise ModelDirError(f"{str(path)!r} is {path.stat().st_size} bytes; a combiner "
+                                f"record holds at most {MAX_RECORD_BYTES}")
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError) as err:
         raise ModelDirError(f"cannot read {str(path)!r}: {err}") from None
+    except RecursionError:
+        raise ModelDirError(f"{str(path)!r} is not a combiner record (nested too deeply)") from None
     except ValueError as err:
         raise ModelDirError(f"{str(path)!r} is not valid JSON: {err}") from None
     if not isinstance(record, dict):
@@ -350,7 +410,7 @@ def is_by_reference(folder):
         return True  # load_combined names what is wrong with it
 
 
-def load_combined(folder):
+def load_combined(folder, trust=False):
     """Rebuild a combined network stored by reference (:func:`combiner_record`).
 
     Each backbone file must be the one the combiner was trained on: its
@@ -359,6 +419,8 @@ def load_combined(folder):
 
     Args:
         folder: the folder holding ``combiner.json``.
+        trust: load backbones from anywhere; by default they must lie under
+            :func:`trusted_roots` (checked before any backbone file is read).
 
     Returns:
         The combined Keras model, images ``(B, H, W, 1)`` -> float32
@@ -366,8 +428,9 @@ def load_combined(folder):
 
     Raises:
         ModelDirError: ``combiner.json`` is missing, corrupt or incomplete, a
-            backbone is missing, corrupt or changed, or the weights do not
-            fit; the message names the file.
+            backbone is missing, corrupt, changed or (without ``trust``)
+            outside the trusted folders, or the weights do not fit; the
+            message names the file.
     """
     folder = pathlib.Path(folder)
     record = _read_record(folder)
@@ -376,7 +439,10 @@ def load_combined(folder):
                if k not in record]
     if missing:
         raise ModelDirError(f"{where!r} lacks {missing}: it is not a combiner stored by reference")
+    _check_record(record, where)
     paths = backbone_files(folder, record)
+    if not trust:
+        _check_backbone_places(folder, paths, where)
     if len(paths) != len(record["backbone_sha256"]):
         raise ModelDirError(f"{where!r} lists {len(paths)} backbones but "
                             f"{len(record['backbone_sha256'])} checksums")

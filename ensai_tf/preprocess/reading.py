@@ -177,6 +177,8 @@ def _hdu_index(path, hdul, hdu):
 def _check_complete(path, hdul, idx, hdu):
     """Refuse an HDU whose data would run past the end of the file (astropy's own fileinfo)."""
     info = hdul.fileinfo(idx)
+    if getattr(info.get("file"), "compression", None):
+        return  # a gzip/bzip2/zip file: its size on disk says nothing; a short one fails to read
     # compressed images are stored as a binary table: their on-disk span, not the image size
     on_disk = info["datSpan"] if isinstance(hdu, fits.CompImageHDU) else hdu.size
     end = info["datLoc"] + on_disk
@@ -294,8 +296,10 @@ def _fits_stack(path, chosen):
 def _npy_stack(path):
     try:
         data = np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError, EOFError, TypeError) as err:
+    except (OSError, ValueError, EOFError, TypeError, OverflowError) as err:
         raise InputError(f"{path}: not a readable .npy array ({_one_line(err)})") from None
+    if not isinstance(data, np.ndarray):  # np.load opens a .npz archive too
+        raise InputError(f"{path}: not a .npy array (an .npz archive or another format)")
     if data.dtype.kind not in "fiub":
         raise InputError(f"{path}: dtype {data.dtype} is not numeric")
     stack = as_stack(path, data)

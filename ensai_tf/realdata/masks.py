@@ -20,6 +20,9 @@ from ensai_tf.errors import InputError
 
 __all__ = [
     "MASK_RADIUS_ARCSEC",
+    "MAX_MASKS",
+    "MAX_PIXEL_COORD",
+    "check_mask_item",
     "circular_mask",
     "parse_ds9_regions",
     "parse_mask_specs",
@@ -27,6 +30,14 @@ __all__ = [
 
 MASK_RADIUS_ARCSEC = 0.2
 """Radius of a manual or cosmic-ray mask disc, arcsec (docs/design.md §8.4 step 2)."""
+
+MAX_MASKS = 10000
+"""Most mask items accepted from the options and region files together."""
+
+MAX_PIXEL_COORD = 1e6
+"""Largest pixel coordinate or radius accepted in a mask, in absolute value, pixels."""
+
+_MAX_RADIUS_ARCSEC = 3600.0
 
 _SKY_FRAMES = ("fk5", "icrs", "j2000", "fk4", "b1950", "galactic", "ecliptic")
 _IMAGE_FRAMES = ("image", "physical")
@@ -136,6 +147,42 @@ def _region(part, low, system, path, lineno):
     return {"frame": "image", "col": col, "row": row, "radius_pix": radius}
 
 
+def check_mask_item(item, where):
+    """Refuse a mask item whose numbers are not finite or out of range.
+
+    Pixel positions and radii must be finite with absolute value at most
+    :data:`MAX_PIXEL_COORD`; sky positions must have RA in [0, 360] and Dec
+    in [-90, 90] degrees; sky radii at most 3600 arcsec.
+
+    Args:
+        item: a mask dict (see the module doc).
+        where: what to name in the message (``"mask '1,2'"`` or ``"file:line"``).
+
+    Returns:
+        ``item`` unchanged.
+
+    Raises:
+        InputError: naming ``where``, the value and the allowed range.
+
+    Example:
+        >>> check_mask_item({"frame": "image", "col": 3.0, "row": 4.0}, "mask '3,4'")
+        {'frame': 'image', 'col': 3.0, 'row': 4.0}
+    """
+    if item["frame"] == "image":
+        limits = {"col": (-MAX_PIXEL_COORD, MAX_PIXEL_COORD, "pixels"),
+                  "row": (-MAX_PIXEL_COORD, MAX_PIXEL_COORD, "pixels"),
+                  "radius_pix": (0.0, MAX_PIXEL_COORD, "pixels")}
+    else:
+        limits = {"ra_deg": (0.0, 360.0, "degrees"), "dec_deg": (-90.0, 90.0, "degrees"),
+                  "radius_arcsec": (0.0, _MAX_RADIUS_ARCSEC, "arcsec")}
+    for key, (lo, hi, unit) in limits.items():
+        value = item.get(key)
+        if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+            raise InputError(f"{where}: {key.split('_')[0]} {value:.6g} is out of range; give a "
+                             f"finite value from {lo:g} to {hi:g} {unit}")
+    return item
+
+
 def parse_ds9_regions(path):
     """Read circles (and points) from a DS9 region file.
 
@@ -166,6 +213,8 @@ def parse_ds9_regions(path):
         text = pathlib.Path(path).read_text()
     except (OSError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: cannot read the region file ({err})") from None
+    except MemoryError:
+        raise InputError(f"{path}: the region file is too big to read") from None
     system = "physical"
     regions = []
     for lineno, line in enumerate(text.splitlines(), start=1):
@@ -177,7 +226,11 @@ def parse_ds9_regions(path):
             if low in _SKY_FRAMES + _IMAGE_FRAMES:
                 system = low
                 continue
-            regions.append(_region(part, low, system, path, lineno))
+            regions.append(check_mask_item(_region(part, low, system, path, lineno),
+                                           f"{path}:{lineno}"))
+            if len(regions) > MAX_MASKS:
+                raise InputError(f"{path}: more than {MAX_MASKS} regions; merge them into "
+                                 "fewer, larger circles")
     return regions
 
 
@@ -214,7 +267,10 @@ def parse_mask_specs(specs, pixel=True):
             a, b = (float(v) for v in parts)
         except ValueError:
             what = "X,Y (blue-file pixels)" if pixel else "RA,DEC (degrees)"
-            raise InputError(f"mask {spec!r}: expected {what} or a DS9 .reg file") from None
-        out.append({"frame": "image", "col": a, "row": b} if pixel
-                   else {"frame": "sky", "ra_deg": a, "dec_deg": b})
+            raise InputError(f"mask {spec[:80]!r}: expected {what} or a DS9 .reg file") from None
+        out.append(check_mask_item({"frame": "image", "col": a, "row": b} if pixel
+                                   else {"frame": "sky", "ra_deg": a, "dec_deg": b},
+                                   f"mask {spec[:80]!r}"))
+        if len(out) > MAX_MASKS:
+            raise InputError(f"more than {MAX_MASKS} masks; merge them into fewer, larger circles")
     return out

@@ -7,6 +7,7 @@ position angle east of north and the lens centre in file pixels and RA/Dec;
 :func:`plot_diagnostic` draws the optional diagnostic figure.
 """
 
+import math
 import pathlib
 import sys
 import time
@@ -140,6 +141,13 @@ def _check_request(ra, dec, x, y, output, plot):
         raise InputError("give both --ra and --dec, or both --x and --y")
     if ra is not None and x is not None:
         raise InputError("give the lens position as --ra/--dec or as --x/--y, not both")
+    for name, value, lo, hi, unit in (("--ra", ra, 0.0, 360.0, "degrees"),
+                                      ("--dec", dec, -90.0, 90.0, "degrees"),
+                                      ("--x", x, -1e6, 1e6, "pixels"),
+                                      ("--y", y, -1e6, 1e6, "pixels")):
+        if value is not None and not (math.isfinite(value) and lo <= value <= hi):
+            raise InputError(f"{name} {value:.6g} is out of range; give a finite value from "
+                             f"{lo:g} to {hi:g} {unit}")
     check_writable(output)
     output_format(output)
     if plot is not None and not pathlib.Path(plot).parent.is_dir():

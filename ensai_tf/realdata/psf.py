@@ -13,10 +13,18 @@ from scipy import ndimage
 from ensai_tf import conventions
 from ensai_tf.errors import InputError
 
-__all__ = ["FWHM_PER_SIGMA", "gaussian_sigma_pix", "masked_gaussian_blur", "match_psfs"]
+__all__ = ["FWHM_PER_SIGMA", "MAX_PSF_FWHM_ARCSEC", "MAX_KERNEL_SIGMA_PIX", "gaussian_sigma_pix",
+           "masked_gaussian_blur", "match_psfs"]
 
 FWHM_PER_SIGMA = 2.0 * math.sqrt(2.0 * math.log(2.0))
 """FWHM of a Gaussian in units of its sigma, ``2 sqrt(2 ln 2)`` (about 2.3548)."""
+
+MAX_PSF_FWHM_ARCSEC = 5.0
+"""Largest PSF FWHM accepted, arcsec (ground-based seeing is about 0.5-2 arcsec)."""
+
+MAX_KERNEL_SIGMA_PIX = 200.0
+"""Largest matching-kernel sigma, pixels: wider kernels would cost minutes for nothing
+(the network sees a 7.7-arcsec field)."""
 
 
 def gaussian_sigma_pix(fwhm_from, fwhm_to, pixel_scale=conventions.PIXEL_SCALE):
@@ -78,12 +86,20 @@ def match_psfs(blue, red, fwhm_blue, fwhm_red, pixel_scale=conventions.PIXEL_SCA
         :func:`gaussian_sigma_pix`, the other unchanged (masked pixels 0).
 
     Raises:
-        InputError: a FWHM that is not positive.
+        InputError: a FWHM that is not finite, not positive or above
+            :data:`MAX_PSF_FWHM_ARCSEC`, or a kernel wider than
+            :data:`MAX_KERNEL_SIGMA_PIX` pixels.
     """
-    if not (fwhm_blue > 0 and fwhm_red > 0):
-        raise InputError(f"PSF FWHMs must be positive arcsec, got {fwhm_blue} and {fwhm_red}")
-    if fwhm_blue <= fwhm_red:
-        return (masked_gaussian_blur(blue, gaussian_sigma_pix(fwhm_blue, fwhm_red, pixel_scale),
-                                     keep), masked_gaussian_blur(red, 0.0, keep))
-    return (masked_gaussian_blur(blue, 0.0, keep),
-            masked_gaussian_blur(red, gaussian_sigma_pix(fwhm_red, fwhm_blue, pixel_scale), keep))
+    for fwhm in (fwhm_blue, fwhm_red):
+        if not (math.isfinite(fwhm) and 0 < fwhm <= MAX_PSF_FWHM_ARCSEC):
+            raise InputError(f"PSF FWHM {fwhm:.6g} arcsec is out of range: give values above 0 "
+                             f"and at most {MAX_PSF_FWHM_ARCSEC:g} arcsec")
+    sharp_is_blue = fwhm_blue <= fwhm_red
+    sigma = gaussian_sigma_pix(*sorted((fwhm_blue, fwhm_red)), pixel_scale)
+    if not sigma <= MAX_KERNEL_SIGMA_PIX:
+        raise InputError(f"matching PSFs of {fwhm_blue:.6g} and {fwhm_red:.6g} arcsec on "
+                         f"{pixel_scale:.6g}-arcsec pixels needs a Gaussian of sigma {sigma:.6g} "
+                         f"pixels; at most {MAX_KERNEL_SIGMA_PIX:g} is allowed")
+    if sharp_is_blue:
+        return masked_gaussian_blur(blue, sigma, keep), masked_gaussian_blur(red, 0.0, keep)
+    return masked_gaussian_blur(blue, 0.0, keep), masked_gaussian_blur(red, sigma, keep)

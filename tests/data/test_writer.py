@@ -105,9 +105,15 @@ def test_refuses_a_non_empty_folder_unless_overwrite(fake_simulator, cfg, tmp_pa
     with pytest.raises(InputError, match="not empty"):
         writer.write_observed_dataset(out, 2, config=cfg, progress=False)
     assert (out / "notes.txt").read_text() == "keep me"
+    # --overwrite replaces only an earlier simulate output, never the user's own files
+    with pytest.raises(InputError, match="did not write.*notes.txt"):
+        writer.write_observed_dataset(out, 2, config=cfg, progress=False, overwrite=True)
+    assert (out / "notes.txt").read_text() == "keep me"
+    (out / "notes.txt").unlink()
+    writer.write_observed_dataset(out, 2, config=cfg, progress=False)
     writer.write_observed_dataset(out, 2, config=cfg, progress=False, overwrite=True,
                                   clean=True)
-    assert not (out / "notes.txt").exists()
+    assert sorted(p.name for p in out.iterdir()) == sorted(writer.SIMULATE_FILES)
     arcs = np.load(out / "images.npy")
     np.testing.assert_array_equal(arcs.max(axis=(1, 2, 3)), 1.0)  # clean arcs: peak exactly 1
     (tmp_path / "file").write_text("x")
@@ -148,7 +154,7 @@ def test_ctrl_c_during_ensai_simulate_keeps_the_old_folder(fake_simulator, tmp_p
     """KeyboardInterrupt after the first batch: exit 130, old contents intact, no temp folder."""
     out = tmp_path / "lenses"
     out.mkdir()
-    (out / "notes.txt").write_text("old run")
+    (out / "params.csv").write_text("old run")  # an earlier simulate output
     real_rows = writer.csv_rows
     calls = []
 
@@ -164,4 +170,5 @@ def test_ctrl_c_during_ensai_simulate_keeps_the_old_folder(fake_simulator, tmp_p
     assert code == 130 and "interrupted" in capsys.readouterr().err
     assert len(calls) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lenses"]
-    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["params.csv"]
+    assert (out / "params.csv").read_text() == "old run"
