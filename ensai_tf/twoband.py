@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from ensai_tf import atomic, conventions
+from ensai_tf import atomic, conventions, model_dir
 from ensai_tf import config as config_lib
 from ensai_tf.data import simulate
 from ensai_tf.data.draws import lerp
@@ -403,7 +403,7 @@ def evaluate_ica(model, n=None, out_dir=None, config=None, seed=0):
     if out_dir is None:
         path = pathlib.Path(model)
         base = path if path.is_dir() else path.parent
-        base = base.parent if base.name == "saved_model" else base
+        base = base.parent if base.name == model_dir.SAVED_MODEL_DIR else base
         out_dir = base / "eval-ica"
     summary = ica_experiment(n=n, seed=seed, config=cfg, model=model, out_dir=out_dir)
     text = summary_markdown(summary)
