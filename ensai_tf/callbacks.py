@@ -13,7 +13,11 @@
   parameters in TensorBoard;
 - :class:`Warmup`: linear learning-rate warm-up;
 - :class:`TimeBudget`: ends training at the first epoch end past a
-  wall-clock budget.
+  wall-clock budget;
+- :class:`RunProgress`: after each epoch, how long it took and an estimate
+  of the time left for the whole run or its time budget;
+- :class:`InitialState`: starts the plateau and checkpoint counters of a
+  continued finished run from its log.
 """
 
 import json
@@ -34,12 +38,15 @@ from ensai_tf.run_dir import completed_epochs
 
 __all__ = [
     "AtomicCheckpoint",
+    "InitialState",
+    "RunProgress",
     "StatefulBackup",
     "StopOnNonFinite",
     "TimeBudget",
     "ValidationImages",
     "Warmup",
     "build_callbacks",
+    "format_duration",
 ]
 
 _INTEGER_STATE = ("wait", "cooldown_counter")
@@ -259,7 +266,104 @@ class TimeBudget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
+def format_duration(seconds):
+    """A duration for people: ``"42 s"``, ``"3 min 20 s"``, ``"9 h 10 min"``.
+
+    Args:
+        seconds: the duration, seconds (>= 0).
+
+    Returns:
+        str.
+
+    Example:
+        >>> format_duration(42.4), format_duration(200), format_duration(33000)
+        ('42 s', '3 min 20 s', '9 h 10 min')
+    """
+    seconds = max(0, int(round(float(seconds))))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, sec = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s" if sec else f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+
+
+class RunProgress(keras.callbacks.Callback):
+    """Prints how long each epoch took and about how long the run has left.
+
+    Keras' progress bar estimates the time left in the current epoch; this
+    adds, before the next epoch starts, the estimate for the rest of the run:
+    the remaining epochs times the mean epoch time so far, capped by what is
+    left of the time budget (:class:`TimeBudget` stops at the first epoch end
+    past it, so the cap is rounded up to whole epochs).
+
+    Args:
+        epochs: ``train.epochs``, the last epoch of the run.
+        budget_minutes: ``train.time_budget_minutes`` (0: no budget).
+        print_fn: where the line goes (default ``print``).
+    """
+
+    def __init__(self, epochs, budget_minutes=0.0, print_fn=print):
+        super().__init__()
+        self._epochs = int(epochs)
+        self._budget = 60.0 * float(budget_minutes)
+        self._print = print_fn
+        self._start = None
+        self._done = 0
+        self._pending = None
+
+    def on_train_begin(self, logs=None):
+        self._start = time.monotonic()
+        self._done = 0
+        self._pending = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._done += 1
+        elapsed = time.monotonic() - self._start
+        per_epoch = elapsed / self._done
+        left = self._epochs - (epoch + 1)
+        estimate = left * per_epoch
+        budget = ""
+        if self._budget > 0:
+            budget_left = max(0.0, self._budget - elapsed)
+            estimate = min(estimate, math.ceil(budget_left / per_epoch) * per_epoch)
+            budget = (f", time budget {format_duration(self._budget)} "
+                      f"({format_duration(budget_left)} left)")
+        # printed when the next epoch starts, after Keras' progress bar has closed this one
+        self._pending = (f"ensai train: epoch {epoch + 1}/{self._epochs} done, "
+                         f"{format_duration(per_epoch)} per epoch; about "
+                         f"{format_duration(estimate)} left{budget}")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._pending:
+            self._print(self._pending, flush=True)
+            self._pending = None
+
+
+class InitialState(keras.callbacks.Callback):
+    """Sets attributes of other callbacks when training begins (a continued finished run).
+
+    Put it after the callbacks it sets: ``ReduceLROnPlateau`` resets its
+    counters in its own ``on_train_begin``.
+
+    Args:
+        state: ``{callback: {attribute: value}}``, e.g.
+            ``{checkpoint: {"best": 0.012}}``.
+    """
+
+    def __init__(self, state):
+        super().__init__()
+        self._state = state
+
+    def on_train_begin(self, logs=None):
+        for callback, values in self._state.items():
+            for name, value in values.items():
+                setattr(callback, name, value)
+
+
+def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=(), progress=False,
+                    best_val_loss=None):
     """The training callbacks (docs/design.md §7.2-7.3 [R]).
 
     Args:
@@ -269,13 +373,19 @@ def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
             TensorBoard.
         resume: append to an existing CSV log.
         extra: further callbacks, run before the backup callback.
+        progress: print each epoch's time and the estimated time left
+            (:class:`RunProgress`).
+        best_val_loss: the best validation loss of a finished run being
+            continued: the checkpoint and the plateau schedule start from it
+            (:class:`InitialState`), so ``best.keras`` is replaced only by
+            better weights.
 
     Returns:
         List of Keras callbacks: StopOnNonFinite (raises
         :class:`~ensai_tf.errors.NonFiniteLossError` on a NaN/Inf loss),
         TensorBoard, ValidationImages, ModelCheckpoint(best.keras, written
-        atomically), ReduceLROnPlateau, CSVLogger, optional TimeBudget and
-        Warmup, the extras and, last, the backup.
+        atomically), ReduceLROnPlateau, CSVLogger, optional TimeBudget,
+        RunProgress, Warmup and InitialState, the extras and, last, the backup.
     """
     model_dir = pathlib.Path(model_dir)
     t = cfg.train
@@ -298,8 +408,13 @@ def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=()):
                   keras.callbacks.CSVLogger(str(model_dir / LOG_CSV), append=resume)]
     if t.time_budget_minutes > 0:
         callbacks.append(TimeBudget(t.time_budget_minutes))
+    if progress:
+        callbacks.append(RunProgress(t.epochs, t.time_budget_minutes))
     if t.warmup_steps > 0:
         callbacks.append(Warmup(t.learning_rate, t.warmup_steps))
+    if best_val_loss is not None:
+        callbacks.append(InitialState({plateau: {"best": float(best_val_loss)},
+                                       checkpoint: {"best": float(best_val_loss)}}))
     callbacks += list(extra)
     callbacks.append(StatefulBackup(str(model_dir / BACKUP_DIR),
                                     {"plateau": (plateau, ("best", "wait", "cooldown_counter")),

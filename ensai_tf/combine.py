@@ -10,12 +10,13 @@ and ``model.keras``.
 
 import json
 import math
+import time
 
 import keras
 
 from ensai_tf import atomic
 from ensai_tf import config as config_lib
-from ensai_tf.callbacks import StopOnNonFinite
+from ensai_tf.callbacks import StopOnNonFinite, format_duration
 from ensai_tf.data import pipeline
 from ensai_tf.dirlock import ModelDirLock
 from ensai_tf.errors import ModelDirError, NonFiniteLossError
@@ -70,8 +71,16 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     steps = t.combine_steps if steps is None else int(steps)
     if steps < 1:
         raise ModelDirError(f"combiner steps {steps} must be >= 1")
+    started = time.monotonic()
     with ModelDirLock(model_dir, "ensai combine"):
-        return _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, verbose)
+        model, summary = _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite,
+                                                verbose)
+    loss, plain = summary["trained_validation"]["loss"], summary["plain_average_validation"]["loss"]
+    print(f"ensai combine: trained the {mode} combination of {len(paths)} networks for {steps} "
+          f"steps in {format_duration(time.monotonic() - started)}; validation loss {loss:.4g} "
+          f"(plain average {plain:.4g}); wrote {model_dir} ({COMBINER_JSON}, {MODEL_KERAS}, "
+          f"{SAVED_MODEL_DIR}/, {LOG_CSV}, {CONFIG_YAML})", flush=True)
+    return model, summary
 
 
 def _fresh_lenses(config):

@@ -19,7 +19,9 @@ Example:
     0
 """
 
+import csv
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -30,16 +32,21 @@ from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf.dirlock import LOCK_NAME
 from ensai_tf.errors import ModelDirError
-from ensai_tf.model_dir import BACKUP_DIR, CONFIG_YAML, MODEL_KERAS, RUN_ARTEFACTS, keras_model_path
+from ensai_tf.model_dir import (BACKUP_DIR, CALLBACK_STATE_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS,
+                                RUN_ARTEFACTS, keras_model_path)
 
 __all__ = [
     "BACKUP_METADATA_JSON",
+    "CONTINUABLE_KEYS",
     "TMP_PREFIX",
     "completed_epochs",
     "data_cache_dir",
+    "is_finished",
+    "log_summary",
     "prepare_model_dir",
     "remove_backup",
     "remove_leftovers",
+    "resume_point",
     "run_config",
     "save_keras_atomic",
     "trained_keras_file",
@@ -52,6 +59,9 @@ TMP_PREFIX = atomic.TMP_PREFIX
 BACKUP_METADATA_JSON = "training_metadata.json"
 """The file in ``backup/`` where Keras' ``BackupAndRestore`` records the last epoch."""
 
+CONTINUABLE_KEYS = ("train.epochs", "train.time_budget_minutes")
+"""Config keys that may change when a finished run is continued with ``--resume``."""
+
 
 def _config_differences(saved, cfg):
     a, b = config_lib.config_to_dict(saved), config_lib.config_to_dict(cfg)
@@ -59,23 +69,40 @@ def _config_differences(saved, cfg):
             if a.get(s, {}).get(k) != b[s][k]]
 
 
-def _check_resumable(model_dir, cfg):
-    """Refuse ``--resume``: nothing to resume, the run has finished, or its config differs."""
+def _saved_config(model_dir):
     saved_path = model_dir / CONFIG_YAML
-    if not saved_path.is_file():
-        raise ModelDirError(f"nothing to resume in {str(model_dir)!r}: it holds no "
-                            f"{CONFIG_YAML}; start a new run without --resume")
-    if (model_dir / MODEL_KERAS).exists() and not (model_dir / BACKUP_DIR).exists():
-        raise ModelDirError(f"the run in {str(model_dir)!r} has already finished "
-                            f"({MODEL_KERAS} exists); use --overwrite to train again")
-    if cfg is None:
-        return
     try:
-        saved = config_lib.config_from_dict(yaml.safe_load(saved_path.read_text()))
+        return config_lib.config_from_dict(yaml.safe_load(saved_path.read_text()))
     except (config_lib.ConfigError, yaml.YAMLError, UnicodeDecodeError) as err:
         reason = " ".join(str(err).split())
         raise ModelDirError(f"{saved_path}: cannot read the run's config ({reason})") from None
-    diff = _config_differences(saved, cfg)
+
+
+def _check_continuable(model_dir, diff, cfg):
+    """Refuse to continue a finished run unless only its epochs or time budget change."""
+    done = log_summary(model_dir / LOG_CSV)["epochs"]
+    others = [d for d in diff if d.split(" ", 1)[0] not in CONTINUABLE_KEYS]
+    if diff and not others and cfg.train.epochs > done:
+        return
+    how = (f"to continue it, resume with more epochs (--set train.epochs=N, N > {done}) or a "
+           "new time budget (--set train.time_budget_minutes=M)")
+    if others:
+        how = (f"it can be continued only with a new train.epochs or train.time_budget_minutes, "
+               f"not with {'; '.join(others)}")
+    raise ModelDirError(f"the run in {str(model_dir)!r} has already finished ({MODEL_KERAS} "
+                        f"exists, {done} epochs logged); {how}; or use --overwrite to train again")
+
+
+def _check_resumable(model_dir, cfg):
+    """Refuse ``--resume``: nothing to resume, a finished run without new epochs or budget,
+    or a config that differs."""
+    if not (model_dir / CONFIG_YAML).is_file():
+        raise ModelDirError(f"nothing to resume in {str(model_dir)!r}: it holds no "
+                            f"{CONFIG_YAML}; start a new run without --resume")
+    diff = [] if cfg is None else _config_differences(_saved_config(model_dir), cfg)
+    if is_finished(model_dir):
+        _check_continuable(model_dir, diff, cfg)
+        return
     if diff:
         raise ModelDirError(
             f"cannot resume {str(model_dir)!r} with a different config: "
@@ -104,8 +131,9 @@ def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
     Args:
         model_dir: the folder.
         cfg: the resolved config; with ``resume`` it must equal the one the
-            run started with.
-        resume: continue the run whose files are in the folder.
+            run started with (a finished run: up to :data:`CONTINUABLE_KEYS`).
+        resume: continue the run whose files are in the folder, interrupted
+            or finished.
         overwrite: delete this package's files in the folder (see
             :data:`~ensai_tf.model_dir.RUN_ARTEFACTS`) and start afresh.
 
@@ -115,7 +143,10 @@ def prepare_model_dir(model_dir, cfg=None, resume=False, overwrite=False):
     Raises:
         ModelDirError: the path is a file; the folder already holds files
             and neither flag is given; both flags are given; there is nothing
-            to resume, the run has finished, or its config differs.
+            to resume; its config differs; or the run has finished and the
+            config does not give it more epochs (``train.epochs`` above the
+            epochs logged) or a new ``train.time_budget_minutes`` (only these
+            may change to continue a finished run, see :func:`is_finished`).
     """
     model_dir = pathlib.Path(model_dir)
     if resume and overwrite:
@@ -298,3 +329,90 @@ def data_cache_dir(cfg):
         str or None, as :func:`ensai_tf.data.pipeline.make_dataset` takes it.
     """
     return cfg.data.cache_dir or None
+
+
+def is_finished(model_dir):
+    """Whether a run folder holds a finished run: ``model.keras`` and no ``backup/``.
+
+    ``ensai train`` removes the backup only after its exports, so a folder with
+    both is a run killed while finishing, which ``--resume`` completes.
+
+    Args:
+        model_dir: the model folder.
+
+    Returns:
+        bool.
+    """
+    model_dir = pathlib.Path(model_dir)
+    return (model_dir / MODEL_KERAS).exists() and not (model_dir / BACKUP_DIR).exists()
+
+
+def _float_or_none(text):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def log_summary(log_path):
+    """What a run's ``log.csv`` says: epochs logged, best validation loss, last learning rate.
+
+    Args:
+        log_path: the run's ``log.csv`` (Keras ``CSVLogger``: one row per epoch).
+
+    Returns:
+        dict: ``"epochs"`` (int, rows logged; 0 without the file),
+        ``"best_val_loss"`` and ``"best_epoch"`` (1-based; None without a
+        validation loss), ``"learning_rate"`` of the last row (None if not logged).
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> log = pathlib.Path(tempfile.mkdtemp()) / "log.csv"
+        >>> _ = log.write_text("epoch,learning_rate,val_loss\\n0,0.001,0.5\\n1,0.0001,0.25\\n")
+        >>> log_summary(log)
+        {'epochs': 2, 'best_val_loss': 0.25, 'best_epoch': 2, 'learning_rate': 0.0001}
+    """
+    log_path = pathlib.Path(log_path)
+    summary = {"epochs": 0, "best_val_loss": None, "best_epoch": None, "learning_rate": None}
+    if not log_path.is_file():
+        return summary
+    with open(log_path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    summary["epochs"] = len(rows)
+    losses = [(_float_or_none(r.get("val_loss")), i) for i, r in enumerate(rows)]
+    losses = [(v, i) for v, i in losses if v is not None]
+    if losses:
+        best, index = min(losses)
+        summary.update(best_val_loss=best, best_epoch=index + 1)
+    if rows:
+        summary["learning_rate"] = _float_or_none(rows[-1].get("learning_rate"))
+    return summary
+
+
+def resume_point(model_dir, steps_per_epoch):
+    """Where ``ensai train --resume`` continues a run: epoch, step and best validation loss.
+
+    Args:
+        model_dir: the model folder.
+        steps_per_epoch: ``train.steps_per_epoch`` of the run.
+
+    Returns:
+        dict: ``"finished"`` (bool, :func:`is_finished`), ``"epoch"`` (epochs
+        completed: from the backup of an interrupted run, from ``log.csv`` for
+        a finished one), ``"step"`` (= epoch x steps_per_epoch), ``"best_val_loss"``
+        (float or None) and ``"learning_rate"`` (the last logged; None if unknown).
+    """
+    model_dir = pathlib.Path(model_dir)
+    logged = log_summary(model_dir / LOG_CSV)
+    finished = is_finished(model_dir)
+    epoch = logged["epochs"] if finished else completed_epochs(model_dir / BACKUP_DIR)
+    best = logged["best_val_loss"]
+    state = model_dir / BACKUP_DIR / CALLBACK_STATE_JSON
+    if not finished and state.is_file():
+        try:
+            best = _float_or_none(json.loads(state.read_text())["checkpoint"]["best"])
+        except (ValueError, KeyError, TypeError):
+            pass
+    return {"finished": finished, "epoch": epoch, "step": epoch * int(steps_per_epoch),
+            "best_val_loss": best, "learning_rate": logged["learning_rate"]}

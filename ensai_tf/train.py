@@ -8,7 +8,16 @@ exporting a SavedModel. A killed run continues with ``resume=True`` from the
 last completed epoch: Keras' ``BackupAndRestore`` restores weights and
 optimiser state, and the training stream restarts at the matching step
 (``make_dataset(start_step=...)``), so an interrupted and resumed run ends
-with the same weights as an uninterrupted one.
+with the same weights as an uninterrupted one. A finished run continues with
+``resume=True`` and a larger ``train.epochs`` or a new
+``train.time_budget_minutes``: from its ``model.keras`` (the best-validation
+weights and the optimiser state saved with them), at the step after its
+last logged epoch, keeping its best validation loss.
+
+It prints what it does: the run it starts or resumes (epoch, step, best
+validation loss), after each epoch the estimated time left
+(:class:`ensai_tf.callbacks.RunProgress`), and one closing line with the
+epochs trained, the time taken, the best validation loss and the folder.
 
 Files in the model folder (names in :mod:`ensai_tf.model_dir`): ``config.yaml``,
 ``tb/`` (TensorBoard), ``best.keras`` (best validation loss, docs/design.md §7.3),
@@ -31,6 +40,7 @@ the bad weights. The folder rules are :mod:`ensai_tf.run_dir`, the callbacks
 import contextlib
 import pathlib
 import shutil
+import time
 import warnings
 
 import keras
@@ -41,14 +51,14 @@ from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions, export, losses, metrics, models, uncertainty
 from ensai_tf.calibrate import calibrate_on_validation, write_calibration
-from ensai_tf.callbacks import build_callbacks
+from ensai_tf.callbacks import build_callbacks, format_duration
 from ensai_tf.data.pipeline import make_dataset
 from ensai_tf.dirlock import ModelDirLock
 from ensai_tf.errors import ModelDirError
 from ensai_tf.model_dir import (BACKUP_DIR, BEST_KERAS, CALIBRATION_JSON, CONFIG_YAML, LOG_CSV,
                                 MODEL_KERAS, SAVED_MODEL_DIR)
-from ensai_tf.run_dir import (completed_epochs, data_cache_dir, prepare_model_dir, remove_backup,
-                              save_keras_atomic, trim_log)
+from ensai_tf.run_dir import (data_cache_dir, log_summary, prepare_model_dir, remove_backup,
+                              resume_point, save_keras_atomic, trim_log)
 
 __all__ = [
     "compile_model",
@@ -207,7 +217,10 @@ def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, cal
         model_dir: output folder (new or empty, unless ``resume`` or
             ``overwrite``).
         resume: continue the interrupted run in ``model_dir`` from its last
-            completed epoch (same weights as an uninterrupted run).
+            completed epoch (same weights as an uninterrupted run), or a
+            finished run given more ``train.epochs`` or a new
+            ``train.time_budget_minutes`` (see
+            :func:`ensai_tf.run_dir.prepare_model_dir`).
         overwrite: delete a previous run's files in ``model_dir`` first.
         distribute: None, or ``"mirrored"`` for ``tf.distribute.MirroredStrategy``
             over all GPUs (or all logical CPUs when there is no GPU).
@@ -246,11 +259,11 @@ def _build_compiled(cfg, resume):
     return model, frozen
 
 
-def _fit(model, cfg, model_dir, resume, callbacks, verbose):
-    """``model.fit`` on the training stream, continuing after the backed-up epochs on resume."""
+def _fit(model, cfg, model_dir, point, callbacks, verbose):
+    """``model.fit`` on the training stream, continuing after the epochs of ``point`` on resume."""
     t = cfg.train
-    start_epoch = completed_epochs(model_dir / BACKUP_DIR) if resume else 0
-    if resume:
+    start_epoch = point["epoch"] if point else 0
+    if point:
         trim_log(model_dir / LOG_CSV, start_epoch)
     # the stream continues where the interrupted run stopped (docs/design.md §11 rule 4)
     train_ds = make_dataset("train", cfg, seed=cfg.data.seed, batch_size=t.batch_size,
@@ -259,9 +272,57 @@ def _fit(model, cfg, model_dir, resume, callbacks, verbose):
     val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
                           batch_size=cfg.evaluate.batch_size, cache_dir=data_cache_dir(cfg))
     sample = _first_batch(val_ds, t.image_summaries) if t.image_summaries else None
-    cbs = build_callbacks(cfg, model_dir, sample=sample, resume=resume, extra=callbacks)
+    finished = bool(point and point["finished"])
+    cbs = build_callbacks(cfg, model_dir, sample=sample, resume=point is not None,
+                          extra=callbacks, progress=verbose != 0,
+                          best_val_loss=point["best_val_loss"] if finished else None)
+    # an interrupted run's backup sets the first epoch itself; a finished run has no backup
     model.fit(train_ds, steps_per_epoch=t.steps_per_epoch, epochs=t.epochs,
+              initial_epoch=start_epoch if finished else 0,
               validation_data=val_ds, callbacks=cbs, shuffle=False, verbose=verbose)
+
+
+def _continue_finished(model, model_dir, point):
+    """Load a finished run's ``model.keras``: weights and, where it matches, optimiser state."""
+    model.optimizer.build(model.trainable_variables)
+    model.load_weights(str(model_dir / MODEL_KERAS))
+    if int(model.optimizer.iterations.numpy()) == 0 and point["learning_rate"]:
+        model.optimizer.learning_rate = point["learning_rate"]
+
+
+def _fmt_loss(value):
+    return "none yet" if value is None else f"{value:.4g}"
+
+
+def _announce(cfg, model_dir, point, model):
+    """Say what the run does: a new run, or where a resumed one continues from."""
+    t = cfg.train
+    budget = (f", time budget {format_duration(60 * t.time_budget_minutes)}"
+              if t.time_budget_minutes > 0 else "")
+    plan = (f"{cfg.model.name} (width {cfg.model.width:g}, {model.count_params():,} parameters), "
+            f"up to {t.epochs} epochs of {t.steps_per_epoch} steps, batch {t.batch_size}{budget}")
+    if point is None:
+        print(f"ensai train: training {plan} into {model_dir}", flush=True)
+        return
+    what = "continuing the finished run" if point["finished"] else "resuming"
+    source = f" from its {MODEL_KERAS}" if point["finished"] else ""
+    print(f"ensai train: {what} {model_dir}{source} after epoch {point['epoch']} "
+          f"(step {point['step']}, best validation loss {_fmt_loss(point['best_val_loss'])}): "
+          f"{plan}", flush=True)
+
+
+def _summarise(cfg, model_dir, point, seconds):
+    """The closing line: epochs trained, time, best validation loss, folder and files."""
+    logged = log_summary(model_dir / LOG_CSV)
+    trained = logged["epochs"] - (point["epoch"] if point else 0)
+    extra = f", {CALIBRATION_JSON}" if cfg.model.head != "point" else ""
+    best = _fmt_loss(logged["best_val_loss"])
+    if logged["best_epoch"] is not None:
+        best += f" (epoch {logged['best_epoch']})"
+    print(f"ensai train: trained {cfg.model.name} for {trained} epochs "
+          f"({trained * cfg.train.steps_per_epoch} steps; {logged['epochs']} in all) in "
+          f"{format_duration(seconds)}; best validation loss {best}; wrote {model_dir} ({MODEL_KERAS}, {SAVED_MODEL_DIR}/, "
+          f"{BEST_KERAS}, {LOG_CSV}, {CONFIG_YAML}{extra})", flush=True)
 
 
 def _finish(model, cfg, model_dir, frozen):
@@ -281,7 +342,9 @@ def _finish(model, cfg, model_dir, frozen):
 
 
 def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verbose):
+    start = time.monotonic()
     model_dir = prepare_model_dir(model_dir, cfg, resume=resume, overwrite=overwrite)
+    point = resume_point(model_dir, cfg.train.steps_per_epoch) if resume else None
     config_lib.save_config(cfg, model_dir / CONFIG_YAML)
     keras.utils.set_random_seed(cfg.train.seed)
     policy = "mixed_bfloat16" if cfg.train.mixed_precision else "float32"
@@ -289,8 +352,12 @@ def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verb
     with dtype_policy(policy):
         with _strategy(distribute).scope():
             model, frozen = _build_compiled(cfg, resume)
-        _fit(model, cfg, model_dir, resume, callbacks, verbose)
+            if point and point["finished"]:
+                _continue_finished(model, model_dir, point)
+        _announce(cfg, model_dir, point, model)
+        _fit(model, cfg, model_dir, point, callbacks, verbose)
         _finish(model, cfg, model_dir, frozen)
+    _summarise(cfg, model_dir, point, time.monotonic() - start)
     return model
 
 

@@ -11,7 +11,7 @@ from ensai_tf.errors import ModelDirError
 from training_helpers import NPIX, small_config
 
 
-def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
+def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys):
     """Two tiny trained networks -> combiner (through the console entry point, which calls
     combine.train_combiner): 10 trainable scalars, backbones frozen, folders refused and kept."""
     cfg = small_config(cache)
@@ -22,6 +22,10 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained):
             "--model-dir", str(tmp_path / "c"), "--steps", "2", "--preset", "smoke",
             f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}"]
     assert cli.main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("ensai combine: trained the per_parameter combination of 2 networks "
+                           "for 2 steps in ") and last.endswith(
+        f"wrote {tmp_path / 'c'} (combiner.json, model.keras, saved_model/, log.csv, config.yaml)")
     for name in ("model.keras", "saved_model/saved_model.pb", "combiner.json", "config.yaml"):
         assert (tmp_path / "c" / name).is_file(), name
     summary = json.loads((tmp_path / "c" / "combiner.json").read_text())
