@@ -106,7 +106,8 @@ def _cmd_evaluate(args):
         if args.experiment != "shear" or not args.out:
             raise InputError("several models are compared only with --experiment shear and an "
                              "--out folder (ensai evaluate A B --experiment shear --out DIR)")
-        evaluate.compare_shear(args.model, args.out, n=args.n, config=_resolve_config(args))
+        evaluate.compare_shear(args.model, args.out, n=args.n, config=_resolve_config(args),
+                               overwrite=args.overwrite)
         return
     model = args.model[0]
     if args.experiment == "ica":
@@ -114,7 +115,7 @@ def _cmd_evaluate(args):
         return
     evaluate.evaluate(model, n=args.n, experiment=args.experiment, out_dir=args.out,
                       config=_resolve_config(args), symmetrize=args.symmetrize,
-                      trust_savedmodel=args.trust_savedmodel)
+                      trust_savedmodel=args.trust_savedmodel, overwrite=args.overwrite)
 
 
 def _cmd_predict(args):
@@ -223,7 +224,11 @@ def build_parser():
     p.add_argument("--experiment", default=None, choices=(*config_lib.EXPERIMENTS, "ica"),
                    help="robustness experiment (docs/design.md §8.5), or ica: arc recovery and error "
                         "growth of two-band ICA lens-light removal (docs/design.md §8.4)")
-    p.add_argument("--out", default=None, help="output folder (default: MODEL/eval[-EXP][-d4])")
+    p.add_argument("--out", default=None,
+                   help="output folder, never the model's own (default: "
+                        "./ensai_eval/<model name>[-EXP][-d4])")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into an existing non-empty output folder")
     p.add_argument("--symmetrize", action="store_true",
                    help="average each prediction over the 8 flips and rotations of the image "
                         "(point-estimate models; 8x the time per lens)")

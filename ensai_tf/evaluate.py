@@ -2,7 +2,9 @@
 
 ``evaluate`` runs a trained model on the first ``n`` lenses of the fixed
 test split (docs/design.md §8.3), corrects the ellipticity parity against the truth
-(docs/design.md §8.1) and writes into the output folder (:mod:`ensai_tf.reports`):
+(docs/design.md §8.1) and writes into the output folder (:mod:`ensai_tf.reports`;
+by default ``./ensai_eval/<model name>``, never the model's own folder; an
+existing non-empty folder only with ``overwrite``):
 
 - ``metrics.json``: per parameter the 68% error (68th percentile of
   ``|pred - true|``), the rms and the 16-84 half-width (docs/design.md §8.2), with the
@@ -39,11 +41,15 @@ from ensai_tf import conventions, inference, losses, reports, symmetry, uncertai
 from ensai_tf.data import pipeline
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.metrics import error_table
-from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, FIGURE1_PNG, METRICS_JSON, SAVED_MODEL_DIR,
-                                TABLE1_MD)
+from ensai_tf.callbacks import format_duration
+from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, FIGURE1_PNG, METRICS_JSON, MODEL_KERAS,
+                                SAVED_MODEL_DIR, TABLE1_MD)
 
 __all__ = [
+    "DEFAULT_EVAL_ROOT",
     "SHEAR_BIN_EDGES",
+    "check_out_dir",
+    "default_out_dir",
     "shear_bins",
     "collect_test_set",
     "collect_fixed_split",
@@ -53,6 +59,9 @@ __all__ = [
 
 SHEAR_BIN_EDGES = (0.0, 0.01, 0.05, 0.10, 0.15, 0.30)
 """Bins of the shear magnitude gamma for the shear experiment (docs/design.md §8.5)."""
+
+DEFAULT_EVAL_ROOT = "ensai_eval"
+"""Folder, relative to the working directory, of the default evaluation output folders."""
 
 _PAPER_ROW_BY_MODEL = {"inception_v4": "Network 1 (Inception-v4)", "alexnet": "Network 2 (AlexNet)",
                        "overfeat": "Network 3 (Overfeat)", "ensai_net": "Network 4 (own design)"}
@@ -108,13 +117,68 @@ def _model_label(model_path):
     return path.name
 
 
-def _default_out_dir(model, experiment, symmetrize=False):
+def _model_folder(model):
+    """The folder a model lives in: the model folder of a file or of its ``saved_model/``."""
     path = pathlib.Path(model)
-    base = path if path.is_dir() else path.parent
-    if base.name == SAVED_MODEL_DIR:
-        base = base.parent
-    name = "eval" if experiment is None else f"eval-{experiment}"
-    return base / (name + ("-d4" if symmetrize else ""))
+    folder = path if path.is_dir() else path.parent
+    return folder.parent if folder.name == SAVED_MODEL_DIR else folder
+
+
+def default_out_dir(model, experiment=None, symmetrize=False):
+    """The default output folder of an evaluation: ``./ensai_eval/<model name>[-EXP][-d4]``.
+
+    The model name is its folder's name (``trained_weights/alexnet`` -> ``alexnet``),
+    followed by the file's stem for a ``.keras`` file other than ``model.keras``
+    (``runs/a/best.keras`` -> ``a-best``). It lies in the working directory, never
+    inside the model folder, the installed package or ``trained_weights/``.
+
+    Args:
+        model: model folder, SavedModel folder or ``.keras`` file.
+        experiment: None or an experiment name, appended as ``-EXP``.
+        symmetrize: append ``-d4``.
+
+    Returns:
+        ``pathlib.Path``, relative to the working directory.
+
+    Example:
+        >>> str(default_out_dir("trained_weights/alexnet", "shear"))
+        'ensai_eval/alexnet-shear'
+    """
+    path = pathlib.Path(model)
+    name = _model_folder(model).resolve().name or "model"
+    if path.suffix == ".keras" and path.name != MODEL_KERAS:
+        name += f"-{path.stem}"
+    name += "" if experiment is None else f"-{experiment}"
+    return pathlib.Path(DEFAULT_EVAL_ROOT) / (name + ("-d4" if symmetrize else ""))
+
+
+def check_out_dir(out_dir, model, overwrite=False):
+    """Refuse an output folder that would destroy data; never creates it.
+
+    Args:
+        out_dir: the evaluation's output folder.
+        model: the model evaluated (its folder is never an output folder: the
+            report would replace the model's own ``metrics.json``).
+        overwrite: allow an existing non-empty folder (its report files are
+            replaced, other files kept).
+
+    Returns:
+        ``out_dir`` as a ``pathlib.Path``.
+
+    Raises:
+        InputError: ``out_dir`` is the model's folder, a file, or a non-empty
+            folder without ``overwrite``.
+    """
+    out_dir = pathlib.Path(out_dir)
+    if out_dir.resolve() == _model_folder(model).resolve():
+        raise InputError(f"--out {str(out_dir)!r} is the model's own folder: the report would "
+                         f"replace its {METRICS_JSON}; choose another folder")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"--out {str(out_dir)!r} is a file, not a folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise InputError(f"output folder {str(out_dir)!r} is not empty; pass --overwrite to "
+                         "replace its report or choose another --out")
+    return out_dir
 
 
 def collect_test_set(cfg, n):
@@ -250,7 +314,7 @@ def _score_intervals(result, summary, scored_true, calibration, out_dir):
 
 
 def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetrize=False,
-             trust_savedmodel=False):
+             trust_savedmodel=False, overwrite=False):
     """Evaluate a trained model on the fixed test set and write Table 1 and Figure 1.
 
     Args:
@@ -258,8 +322,8 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
         n: number of test lenses (default ``config.evaluate.n``).
         experiment: None or an :data:`ensai_tf.config.EXPERIMENTS` name: ``"shear"``,
             ``"psf"`` or ``"lens-light"`` (:func:`ensai_tf.config.experiment_config`).
-        out_dir: output folder (default ``MODEL/eval`` or ``MODEL/eval-EXP``,
-            with ``-d4`` appended when ``symmetrize``).
+        out_dir: output folder (default :func:`default_out_dir`:
+            ``./ensai_eval/<model name>[-EXP][-d4]``); never the model's folder.
         config: the resolved config that defines the test data (default:
             the paper preset, whose test split is the fixed test set of
             docs/design.md §8.3; a model's own training config is deliberately not
@@ -268,6 +332,8 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
             rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
             point-estimate models only, 8x the time per lens).
         trust_savedmodel: as :func:`ensai_tf.inference.load_predictor`.
+        overwrite: write into an existing non-empty ``out_dir``
+            (:func:`check_out_dir`).
 
     Returns:
         The result dict written to ``metrics.json``: ``"metrics"``
@@ -278,8 +344,12 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
     Raises:
         ModelDirError: missing or corrupt model.
         ConfigError: bad ``n`` or experiment.
-        InputError: ``symmetrize`` with a Gaussian-head model.
+        InputError: ``symmetrize`` with a Gaussian-head model; an output
+            folder refused by :func:`check_out_dir`.
     """
+    started = time.perf_counter()
+    out_dir = check_out_dir(out_dir or default_out_dir(model, experiment, symmetrize), model,
+                            overwrite)
     cfg, n = _test_config(config, experiment, n)
     predict_fn, npix = _load_scorer(model, cfg, trust_savedmodel)
     calibration = inference.load_calibration(model)
@@ -306,15 +376,16 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
                                                   else None)
     if symmetrize:
         label += " (D4-averaged)"
-    out_dir = pathlib.Path(out_dir or _default_out_dir(model, experiment, symmetrize))
     if summary is not None:
         _score_intervals(result, summary, scored_true, calibration, out_dir)
     out = reports.write_report(result, pred, true, out_dir, label=label,
                                bins=cfg.evaluate.band_bins)
     print((out / TABLE1_MD).read_text())
     extra = f", {reports.CALIBRATION_PNG}" if summary is not None else ""
-    print(f"ensai evaluate: wrote {out}/{TABLE1_MD}, {METRICS_JSON}, {FIGURE1_PNG}, "
-          f"{reports.RESIDUALS_PNG}{extra}")
+    print(f"ensai evaluate: scored {label} on {n} test lenses in "
+          f"{format_duration(time.perf_counter() - started)} ({1e3 * elapsed / n:.2f} ms per lens "
+          f"in batches of {cfg.evaluate.batch_size}); wrote {out} ({TABLE1_MD}, {METRICS_JSON}, "
+          f"{FIGURE1_PNG}, {reports.RESIDUALS_PNG}{extra})", flush=True)
     return result
 
 
@@ -327,7 +398,7 @@ def _subset_calibration(calibration, n):
     return dict(calibration, multipliers=table[:, :n].tolist())
 
 
-def compare_shear(models, out_dir, n=None, config=None):
+def compare_shear(models, out_dir, n=None, config=None, overwrite=False):
     """Several networks on the same lenses with external shear, side by side.
 
     Runs :func:`evaluate` with ``experiment="shear"`` for each model (its
@@ -342,20 +413,30 @@ def compare_shear(models, out_dir, n=None, config=None):
         out_dir: output folder.
         n: test lenses per model (default ``config.evaluate.n``).
         config: test-data config (default: the paper preset).
+        overwrite: write into an existing non-empty ``out_dir``.
 
     Returns:
         list of the per-model result dicts.
+
+    Raises:
+        InputError: no model, or ``out_dir`` refused by :func:`check_out_dir`
+            (for any of the models).
     """
     if not models:
         raise InputError("compare_shear needs at least one model")
-    out_dir = pathlib.Path(out_dir)
+    started = time.perf_counter()
+    for model in models:
+        out_dir = check_out_dir(out_dir, model, overwrite)
     results = []
     for i, model in enumerate(models):
         sub = out_dir / f"{i + 1}-{_model_label(model)}"
-        results.append(evaluate(model, n=n, experiment="shear", out_dir=sub, config=config))
+        results.append(evaluate(model, n=n, experiment="shear", out_dir=sub, config=config,
+                                overwrite=overwrite))
     names = [f"{i + 1}-{_model_label(m)}" for i, m in enumerate(models)]
     text = reports.shear_comparison_markdown(names, results)
     atomic.write_text(out_dir / reports.SHEAR_COMPARISON_MD, text)
     print(text)
-    print(f"ensai evaluate: wrote {out_dir}/{reports.SHEAR_COMPARISON_MD}")
+    print(f"ensai evaluate: compared {len(models)} networks on {results[0]['n']} test lenses "
+          f"with shear in {format_duration(time.perf_counter() - started)}; wrote "
+          f"{out_dir} ({reports.SHEAR_COMPARISON_MD} and one folder per network)", flush=True)
     return results

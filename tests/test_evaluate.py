@@ -79,7 +79,8 @@ def test_evaluate_end_to_end_matches_direct_metrics(tmp_path, tiny_keras_model, 
         assert (tmp_path / "ev" / name).is_file()
 
 
-def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_model, cache):
+def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_model, cache,
+                                                          monkeypatch):
     """The tiny model's output is a constant vector per image (mean(image) is D4-invariant):
     averaged over D4, theta_E is kept and the lens centre goes to exactly 0."""
     import shutil
@@ -88,9 +89,12 @@ def test_evaluate_symmetrize_averages_over_d4_closed_form(tmp_path, tiny_keras_m
     model = tmp_path / "m" / "tiny.keras"
     model.parent.mkdir()
     shutil.copy(tiny_keras_model, model)
+    monkeypatch.chdir(tmp_path)
     result = evaluate.evaluate(str(model), n=8, config=cfg, symmetrize=True)
     assert result["symmetrize"] == "d4"
-    assert (tmp_path / "m" / "eval-d4" / METRICS_JSON).is_file()
+    # the default output folder is ./ensai_eval/<model name>, never inside the model folder
+    assert (tmp_path / "ensai_eval" / "m-tiny-d4" / METRICS_JSON).is_file()
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["tiny.keras"]
     images, true, _ = evaluate.collect_test_set(cfg, 8)
     pred = np.zeros_like(true)
     pred[:, 0] = np.mean(images, axis=(1, 2, 3))
@@ -112,6 +116,35 @@ def test_evaluate_shear_experiment_bins_every_lens(tmp_path, tiny_keras_model, c
                                out_dir=tmp_path / "ev", config=_smoke_cfg(cache))
     assert sum(b["n"] for b in result["shear_bins"]) == 8
     assert "bins of external shear" in (tmp_path / "ev" / "table1.md").read_text()
+
+
+def test_default_out_dir_names_the_model():
+    assert str(evaluate.default_out_dir("trained_weights/alexnet")) == "ensai_eval/alexnet"
+    assert str(evaluate.default_out_dir("runs/a/model.keras", "psf", True)) == \
+        "ensai_eval/a-psf-d4"
+    assert str(evaluate.default_out_dir("runs/a/best.keras")) == "ensai_eval/a-best"
+    assert str(evaluate.default_out_dir("runs/a/saved_model")) == "ensai_eval/a"
+
+
+def test_evaluate_twice_refuses_without_overwrite(tmp_path, tiny_keras_model, cache, capsys):
+    """Like train and simulate: an existing report is replaced only with --overwrite, and the
+    model's own folder (its shipped metrics.json) is never an output folder."""
+    from ensai_tf import cli
+
+    out = tmp_path / "ev"
+    args = ["evaluate", tiny_keras_model, "--n", "4", "--out", str(out), "--preset", "smoke",
+            "--set", f"image.npix={E2E_NPIX}", "--set", "lens.theta_e=[0.1, 0.5]",
+            "--set", f"data.cache_dir={cache}"]
+    assert cli.main(args) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("ensai evaluate: scored ") and "on 4 test lenses in " in last
+    assert last.endswith(f"wrote {out} (table1.md, metrics.json, figure1.png, residuals.png)")
+    assert cli.main(args) == 2
+    assert "pass --overwrite" in capsys.readouterr().err
+    assert cli.main(args + ["--overwrite"]) == 0
+    with pytest.raises(InputError, match="model's own folder"):
+        evaluate.evaluate(tiny_keras_model, n=4, out_dir=tmp_path, config=_smoke_cfg(cache),
+                          overwrite=True)
 
 
 def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model, cache):
