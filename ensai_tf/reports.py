@@ -171,32 +171,67 @@ def table1_markdown(result, label="this model", paper_rows=None):
     return "\n".join(lines) + "\n"
 
 
-def _percentile_bands(t, p, bins):
-    """Bin centres and 2.5/16/50/84/97.5 percentiles of ``p`` in bins of ``t`` (>= 5 lenses)."""
+_MIN_PER_BIN = 5
+
+
+def _bin_groups(t, bins):
+    """Indices of ``t`` in equal-width bins, sparse bins merged towards the centre.
+
+    Scanning from the smallest value, bins are joined until a group holds at
+    least 5 lenses; a short last group joins the one before it.
+    """
     lo, hi = np.min(t), np.max(t)
-    edges = np.linspace(lo, hi, bins + 1) if hi > lo else np.array([lo - 0.5, hi + 0.5])
-    centres, bands = [], []
-    for a, b in zip(edges[:-1], edges[1:]):
-        sel = (t >= a) & (t <= b)
-        if sel.sum() >= 5:
-            centres.append(0.5 * (a + b))
-            bands.append(np.percentile(p[sel], [2.5, 16, 50, 84, 97.5]))
-    return centres, bands
+    edges = np.linspace(lo, hi, int(bins) + 1) if hi > lo else np.array([lo - 0.5, hi + 0.5])
+    which = np.clip(np.searchsorted(edges, t, side="right") - 1, 0, len(edges) - 2)
+    groups, current = [], []
+    for b in range(len(edges) - 1):
+        current.extend(np.flatnonzero(which == b))
+        if len(current) >= _MIN_PER_BIN:
+            groups.append(np.array(current))
+            current = []
+    if current and groups:
+        groups[-1] = np.concatenate([groups[-1], current])
+    return groups
+
+
+def _percentile_bands(t, p, bins):
+    """Band positions and 2.5/16/50/84/97.5 percentiles of ``p`` in bins of ``t``.
+
+    Equal-width bins of the true value, sparse ones merged so that each holds
+    at least 5 lenses (:func:`_bin_groups`); each band sits at the median true
+    value of its bin, and the end bins' bands are carried out to the smallest
+    and largest true value, so the bands span the data.
+
+    Returns:
+        ``(x, q)``: ``(K,)`` positions and ``(K, 5)`` percentiles; empty for
+        fewer than 5 lenses.
+    """
+    t, p = np.asarray(t, np.float64), np.asarray(p, np.float64)
+    groups = _bin_groups(t, bins) if len(t) >= _MIN_PER_BIN else []
+    if not groups:
+        return np.zeros(0), np.zeros((0, 5))
+    x = np.array([np.median(t[g]) for g in groups])
+    q = np.array([np.percentile(p[g], [2.5, 16, 50, 84, 97.5]) for g in groups])
+    x = np.concatenate([[np.min(t)], x, [np.max(t)]])
+    q = np.concatenate([q[:1], q, q[-1:]])
+    return x, q
 
 
 def plot_figure1(pred, true, path, bins=12):
     """Figure 1: predicted vs true theta_E, e_x, e_y with binned 68%/95% bands.
 
     Bands are the 2.5/16/50/84/97.5 percentiles of the parity-corrected
-    prediction in bins of the true value (docs/design.md §8.2).
+    prediction in equal-width bins of the true value (docs/design.md §8.2), a bin
+    with fewer than 5 lenses merged with its neighbour towards the centre; the
+    bands span the whole range of true values.
 
     Args:
         pred: ``(N, 5)`` predictions (theta_E, x_L, y_L in arcsec; e_x, e_y
             dimensionless), before parity correction.
         true: ``(N, 5)`` truths, same order and units.
         path: output image file (``.png``), written atomically.
-        bins: number of equal-width bins of the true value; a bin with fewer
-            than 5 lenses gets no band.
+        bins: number of equal-width bins of the true value (fewer after
+            sparse bins are merged).
 
     Returns:
         ``path``, as given.
@@ -206,23 +241,27 @@ def plot_figure1(pred, true, path, bins=12):
     true = np.asarray(true, dtype=np.float64)
     shown = (conventions.Param.THETA_E, conventions.Param.E_X, conventions.Param.E_Y)
     labels = (r"$\theta_E$ (arcsec)", r"$e_x$", r"$e_y$")
-    fig = Figure(figsize=(12, 4.2))
+    fig = Figure(figsize=(12, 4.5))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, 3)
+    used = 0
     for ax, k, label in zip(axes, shown, labels):
         t, p = true[:, k], pred[:, k]
-        centres, bands = _percentile_bands(t, p, bins)
-        ax.plot(t, p, ".", ms=2, alpha=0.3, color="0.4", rasterized=True)
-        if centres:
-            c, q = np.array(centres), np.array(bands)
-            ax.fill_between(c, q[:, 0], q[:, 4], color="C0", alpha=0.25, label="95%")
-            ax.fill_between(c, q[:, 1], q[:, 3], color="C0", alpha=0.5, label="68%")
-            ax.plot(c, q[:, 2], color="C0", lw=1.5, label="median")
+        x, q = _percentile_bands(t, p, bins)
+        used = max(used, len(x) - 2)
+        ax.plot(t, p, ".", ms=2, alpha=0.3, color="0.4", rasterized=True, label="test lenses")
+        if len(x):
+            ax.fill_between(x, q[:, 0], q[:, 4], color="C0", alpha=0.25, label="95% band")
+            ax.fill_between(x, q[:, 1], q[:, 3], color="C0", alpha=0.5, label="68% band")
+            ax.plot(x, q[:, 2], color="C0", lw=1.5, label="median")
         span = [min(np.min(t), np.min(p)), max(np.max(t), np.max(p))]
-        ax.plot(span, span, "k--", lw=1)
-        ax.set_xlabel(f"true {label}")
-        ax.set_ylabel(f"predicted {label}")
-    axes[0].legend(loc="upper left", fontsize=8)
+        ax.plot(span, span, "k--", lw=1, label="predicted = true")
+        ax.set_xlabel(f"true {label}", fontsize=11)
+        ax.set_ylabel(f"predicted {label}", fontsize=11)
+        ax.tick_params(labelsize=9)
+    axes[0].legend(loc="upper left", fontsize=9, markerscale=4)
+    fig.suptitle(f"{len(true)} test lenses; bands: central 68% and 95% of the predictions in "
+                 f"up to {used} bins of the true value (5 lenses or more each)", fontsize=11)
     fig.tight_layout()
     atomic.save_figure(fig, path, dpi=120)
     return path
@@ -242,13 +281,18 @@ def plot_residuals(pred, true, path):
     """
     true = np.asarray(true, dtype=np.float64)
     res = np.asarray(losses.parity_correct(true, np.asarray(pred, np.float64))) - true
-    fig = Figure(figsize=(15, 3))
+    fig = Figure(figsize=(15, 3.4))
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, conventions.NUM_PARAMS)
     for k, ax in enumerate(axes):
         ax.hist(res[:, k], bins=50, color="C1")
+        ax.axvline(0.0, color="k", lw=0.8, ls="--")
         unit = conventions.PARAM_UNITS[k]
-        ax.set_xlabel(f"{conventions.PARAM_NAMES[k]} residual" + (f" ({unit})" if unit else ""))
+        ax.set_xlabel("predicted - true " + conventions.PARAM_NAMES[k]
+                      + (f" ({unit})" if unit else ""), fontsize=10)
+        ax.set_ylabel("test lenses per bin", fontsize=10)
+        ax.tick_params(labelsize=9)
+    fig.suptitle(f"Residuals after parity correction, {len(res)} test lenses", fontsize=11)
     fig.tight_layout()
     atomic.save_figure(fig, path, dpi=100)
     return path
