@@ -47,7 +47,8 @@ COUNT = _number(int, 1, 10**6)
 
 def _refuse_existing(path, what, overwrite):
     """Refuse to replace an existing file unless ``--overwrite`` was given."""
-    if path and path != "-" and os.path.lexists(path) and not overwrite:
+    if path and path != "-" and os.path.lexists(path) and not os.path.isdir(path) \
+            and not overwrite:  # a folder gets its own message from the writer
         raise InputError(f"{what} {path!r} already exists; choose a new file name or pass "
                          "--overwrite to replace it")
 

@@ -121,7 +121,9 @@ def test_bad_images(capsys, tmp_path, tiny_model, make, pattern):
     np.save(path, make(_arc()))
     out = tmp_path / "out.csv"
     out.write_text("old\n")
-    code, stdout, err = _run(capsys, "predict", tiny_model, str(path), "--output", str(out))
+    # even with --overwrite, a bad image leaves the existing table as it was
+    code, stdout, err = _run(capsys, "predict", tiny_model, str(path), "--output", str(out),
+                             "--overwrite")
     assert code == 2
     assert "lens.npy" in err and pattern in err
     if pattern == "wrong shape":

@@ -34,9 +34,9 @@ LAYERS = (
     ("data", "datasets"),
     ("preprocess", "losses", "metrics", "symmetry", "calibration", "uncertainty", "tables"),
     ("models",),
-    ("inference", "export", "callbacks", "run_dir"),
+    ("inference", "export", "callbacks", "run_dir", "flags"),
     ("train", "combine", "calibrate", "evaluate", "reports", "prediction", "realdata", "twoband",
-     "demo"),
+     "demo", "trust"),
     ("cli",),
 )
 """Top-level names of ``ensai_tf``'s modules and subpackages, by layer, lowest first."""

@@ -209,7 +209,7 @@ def test_ctrl_c_midway_leaves_no_partial_output(tmp_path, monkeypatch, capsys, o
         target.write_text("precious\n")
     before = sorted(p.name for p in tmp_path.iterdir())
     code = cli.main(["predict", "model", *files, "--output", str(target or "-"),
-                     "--batch-size", "2"])
+                     "--batch-size", "2", "--overwrite"])
     captured = capsys.readouterr()
     assert code == 130 and "interrupted" in captured.err
     assert captured.out == ""
