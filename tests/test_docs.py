@@ -78,8 +78,8 @@ def test_sphinx_build_has_no_warnings(tmp_path):
     assert proc.returncode == 0, (f"sphinx -W failed (exit {proc.returncode}):\n"
                                   + "\n".join(warnings or proc.stderr.splitlines()[-40:]))
     for page in ("index.html", "quickstart.html", "reproducing_the_paper.html",
-                 "api/index.html", "api/predict.html", "api/realdata.html", "py-modindex.html"):
+                 "api/index.html", "api/prediction.html", "api/realdata.html", "py-modindex.html"):
         assert (out / page).is_file(), f"the build did not write {page}"
-    html = (out / "api" / "predict.html").read_text()
+    html = (out / "api" / "prediction.html").read_text()
     assert "load_predictor" in html and "arcsec" in html
     assert "Table 1" in (out / "reproducing_the_paper.html").read_text()
