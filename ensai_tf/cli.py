@@ -157,15 +157,8 @@ def _add_trust_arg(parser):
                              "code its author wrote; trust only your own)")
 
 
-def build_parser():
-    """The argparse parser of the ``ensai`` command."""
-    parser = argparse.ArgumentParser(
-        prog="ensai",
-        description="Fast strong-lens parameter estimation with convolutional networks "
-                    "(Hezaveh, Perreault Levasseur & Marshall 2017).")
-    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
+def _add_simulate(sub):
+    """The ``ensai simulate`` subcommand."""
     p = sub.add_parser("simulate", help="write simulated observed lenses, a parameter table "
                                         "and a PNG contact sheet to a folder")
     p.add_argument("--out", required=True, help="output folder (must be new or empty)")
@@ -182,6 +175,9 @@ def build_parser():
     _add_config_args(p, default_preset="paper")
     p.set_defaults(func=_cmd_simulate)
 
+
+def _add_train(sub):
+    """The ``ensai train`` subcommand."""
     p = sub.add_parser("train", help="train one network with model.fit on the online pipeline")
     p.add_argument("--model", choices=NETWORK_NAMES,
                    help="architecture (default: the config's model.name)")
@@ -193,6 +189,9 @@ def build_parser():
     _add_config_args(p, default_preset="cpu")
     p.set_defaults(func=_cmd_train)
 
+
+def _add_combine(sub):
+    """The ``ensai combine`` subcommand."""
     p = sub.add_parser("combine", help="train the frozen-backbone combiner of trained networks")
     p.add_argument("--models", nargs="+", required=True, metavar="DIR",
                    help="trained model folders; the first is the parity reference; a "
@@ -206,6 +205,9 @@ def build_parser():
     _add_config_args(p, default_preset="cpu")
     p.set_defaults(func=_cmd_combine)
 
+
+def _add_calibrate(sub):
+    """The ``ensai calibrate`` subcommand."""
     p = sub.add_parser("calibrate", help="refit a Gaussian head's interval calibration on "
                                          "validation lenses")
     p.add_argument("model_dir", help="model folder written by 'ensai train' (model.head != point)")
@@ -216,6 +218,9 @@ def build_parser():
     _add_config_args(p, default_preset=None)
     p.set_defaults(func=_cmd_calibrate)
 
+
+def _add_evaluate(sub):
+    """The ``ensai evaluate`` subcommand."""
     p = sub.add_parser("evaluate", help="Table 1 and Figure 1 on the fixed test set")
     p.add_argument("model", nargs="+",
                    help="model folder, SavedModel folder or .keras file; several with "
@@ -237,6 +242,9 @@ def build_parser():
     _add_config_args(p, default_preset="paper")
     p.set_defaults(func=_cmd_evaluate)
 
+
+def _add_predict(sub):
+    """The ``ensai predict`` subcommand."""
     p = sub.add_parser("predict", help="predict lens parameters for .npy or FITS images")
     p.add_argument("model", help="model folder, SavedModel folder or .keras file")
     p.add_argument("files", nargs="*", help=".npy or .fits images")
@@ -282,6 +290,9 @@ def build_parser():
     _add_trust_arg(p)
     p.set_defaults(func=_cmd_predict)
 
+
+def _add_export(sub):
+    """The ``ensai export`` subcommand."""
     p = sub.add_parser("export", help="export a model folder (the combined one included) as a "
                                       "SavedModel for TensorFlow Serving or TFSMLayer, or as "
                                       "one .keras file")
@@ -294,12 +305,28 @@ def build_parser():
     _add_trust_arg(p)
     p.set_defaults(func=_cmd_export)
 
+
+def _add_demo(sub):
+    """The ``ensai demo`` subcommand."""
     p = sub.add_parser("demo", help="predict simulated test lenses with the shipped weights")
     p.add_argument("--weights", default=None, help="weights folder (default: trained_weights/)")
     p.add_argument("--n", type=_number(int, 1, 10**5), default=100,
                    help="number of lenses, 1 to 10^5 (default: 100)")
     p.add_argument("--out", default="ensai_demo", help="folder for the figure and table")
     p.set_defaults(func=_cmd_demo)
+
+
+def build_parser():
+    """The argparse parser of the ``ensai`` command."""
+    parser = argparse.ArgumentParser(
+        prog="ensai",
+        description="Fast strong-lens parameter estimation with convolutional networks "
+                    "(Hezaveh, Perreault Levasseur & Marshall 2017).")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (_add_simulate, _add_train, _add_combine, _add_calibrate, _add_evaluate,
+                _add_predict, _add_export, _add_demo):
+        add(sub)
     return parser
 
 
