@@ -46,9 +46,11 @@ def run_demo(weights_dir=None, n=100, out_dir="ensai_demo"):
     print(f"ensai demo: using {label} from {path}")
     # the demo's folder holds the demo's report: a second demo replaces it
     result = evaluate.evaluate(str(path), n=n, out_dir=out_dir, config=cfg, overwrite=True)
+    written = [model_dir.TABLE1_MD, model_dir.METRICS_JSON, model_dir.FIGURE1_PNG,
+               reports.RESIDUALS_PNG] + ([reports.CALIBRATION_PNG] if "coverage" in result else [])
     print(f"ensai demo: predicted {n} simulated test lenses with {label} in "
           f"{format_duration(time.perf_counter() - started)} "
           f"({1e3 * result['time_per_lens_s']:.2f} ms per lens in batches of "
-          f"{result['batch_size']}, this machine); wrote {out_dir} ({model_dir.TABLE1_MD}, "
-          f"{model_dir.METRICS_JSON}, {model_dir.FIGURE1_PNG}, {reports.RESIDUALS_PNG})", flush=True)
+          f"{result['batch_size']}, this machine); wrote {out_dir} ({', '.join(written)})",
+          flush=True)
     return result

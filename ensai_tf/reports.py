@@ -393,9 +393,10 @@ def plot_calibration(true, mean, std, path, calibration=None):
                     label=f"{name}")
     ax.set_xlabel("nominal coverage of the central interval")
     ax.set_ylabel("fraction of test lenses inside")
-    ax.set_title("calibration (dashed: raw, solid: calibrated)" if cal is not None
-                 else "calibration (raw Gaussian intervals)", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"interval calibration on {len(true)} test lenses\n"
+                 + ("dashed: raw Gaussian intervals, solid: calibrated" if cal is not None
+                    else "raw Gaussian intervals"), fontsize=10)
+    ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
     atomic.save_figure(fig, path, dpi=110)
     return path

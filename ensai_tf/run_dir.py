@@ -90,7 +90,8 @@ def _check_continuable(model_dir, diff, cfg):
         how = (f"it can be continued only with a new train.epochs or train.time_budget_minutes, "
                f"not with {'; '.join(others)}")
     raise ModelDirError(f"the run in {str(model_dir)!r} has already finished ({MODEL_KERAS} "
-                        f"exists, {done} epochs logged); {how}; or use --overwrite to train again")
+                        f"exists, {done} epoch{'' if done == 1 else 's'} logged); {how}; or use "
+                        "--overwrite to train again")
 
 
 def _check_resumable(model_dir, cfg):

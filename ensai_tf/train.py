@@ -290,6 +290,10 @@ def _continue_finished(model, model_dir, point):
         model.optimizer.learning_rate = point["learning_rate"]
 
 
+def _count(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _fmt_loss(value):
     return "none yet" if value is None else f"{value:.4g}"
 
@@ -300,7 +304,8 @@ def _announce(cfg, model_dir, point, model):
     budget = (f", time budget {format_duration(60 * t.time_budget_minutes)}"
               if t.time_budget_minutes > 0 else "")
     plan = (f"{cfg.model.name} (width {cfg.model.width:g}, {model.count_params():,} parameters), "
-            f"up to {t.epochs} epochs of {t.steps_per_epoch} steps, batch {t.batch_size}{budget}")
+            f"up to {_count(t.epochs, 'epoch')} of {t.steps_per_epoch} steps, batch "
+            f"{t.batch_size}{budget}")
     if point is None:
         print(f"ensai train: training {plan} into {model_dir}", flush=True)
         return
@@ -319,7 +324,7 @@ def _summarise(cfg, model_dir, point, seconds):
     best = _fmt_loss(logged["best_val_loss"])
     if logged["best_epoch"] is not None:
         best += f" (epoch {logged['best_epoch']})"
-    print(f"ensai train: trained {cfg.model.name} for {trained} epochs "
+    print(f"ensai train: trained {cfg.model.name} for {_count(trained, 'epoch')} "
           f"({trained * cfg.train.steps_per_epoch} steps; {logged['epochs']} in all) in "
           f"{format_duration(seconds)}; best validation loss {best}; wrote {model_dir} ({MODEL_KERAS}, {SAVED_MODEL_DIR}/, "
           f"{BEST_KERAS}, {LOG_CSV}, {CONFIG_YAML}{extra})", flush=True)

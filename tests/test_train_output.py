@@ -97,7 +97,7 @@ def test_a_finished_run_continues_only_with_more_epochs_or_a_new_budget(tmp_path
     config.save_config(cfg, run / "config.yaml")
     (run / "model.keras").write_text("x")
     (run / "log.csv").write_text("epoch,val_loss\n0,0.5\n")
-    with pytest.raises(ModelDirError, match=r"already finished .*1 epochs logged.*"
+    with pytest.raises(ModelDirError, match=r"already finished .*1 epoch logged.*"
                                             r"--set train.epochs=N, N > 1"):
         run_dir.prepare_model_dir(run, cfg, resume=True)
     run_dir.prepare_model_dir(run, config.apply_overrides(cfg, ["train.epochs=3"]), resume=True)
@@ -117,8 +117,8 @@ def test_train_announces_resumes_and_continues_a_finished_run(tmp_path, tiny, ca
     train.train(cfg, run, verbose=0)
     out = capsys.readouterr().out.splitlines()
     assert re.match(r"ensai train: training ensai_net \(width 0\.0625, [\d,]+ parameters\), "
-                    r"up to 1 epochs of 2 steps, batch 4 into .*run$", out[0]), out[0]
-    assert re.match(r"ensai train: trained ensai_net for 1 epochs \(2 steps; 1 in all\) in "
+                    r"up to 1 epoch of 2 steps, batch 4 into .*run$", out[0]), out[0]
+    assert re.match(r"ensai train: trained ensai_net for 1 epoch \(2 steps; 1 in all\) in "
                     r"\d+ s; best validation loss [\d.e+-]+ \(epoch 1\); wrote .*run "
                     r"\(model.keras, saved_model/, best.keras, log.csv, config.yaml\)$",
                     out[-1]), out[-1]
@@ -130,7 +130,7 @@ def test_train_announces_resumes_and_continues_a_finished_run(tmp_path, tiny, ca
     assert out[0].startswith(f"ensai train: continuing the finished run {run} from its "
                              f"model.keras after epoch 1 (step 2, best validation loss "
                              f"{best:.4g}): ensai_net"), out[0]
-    assert "trained ensai_net for 1 epochs (2 steps; 2 in all)" in out[-1]
+    assert "trained ensai_net for 1 epoch (2 steps; 2 in all)" in out[-1]
     assert int(model.optimizer.iterations.numpy()) == 4
     logged = run_dir.log_summary(run / "log.csv")
     assert logged["epochs"] == 2 and logged["best_val_loss"] <= best
