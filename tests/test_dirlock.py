@@ -110,7 +110,7 @@ def test_lock_removes_the_empty_folder_it_created_only(tmp_path):
 
 def test_train_refuses_a_locked_model_folder(tmp_path, smoke_config):
     """Before any work: the second `ensai train` names the folder and the holder."""
-    from ensai_tf import cli, train
+    from ensai_tf import cli, combine, train
 
     run = tmp_path / "run"
     (tmp_path / "a").mkdir()
@@ -119,7 +119,7 @@ def test_train_refuses_a_locked_model_folder(tmp_path, smoke_config):
         with pytest.raises(ModelDirError, match="is in use by this process"):
             train.train(smoke_config, run)
         with pytest.raises(ModelDirError, match="is in use by this process"):
-            train.train_combiner([tmp_path / "a"], run, config=smoke_config)
+            combine.train_combiner([tmp_path / "a"], run, config=smoke_config)
         assert sorted(p.name for p in run.iterdir()) == [dirlock.LOCK_NAME]
         code = cli.main(["train", "--preset", "smoke", "--model-dir", str(run)])
         assert code == 2
