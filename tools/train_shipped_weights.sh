@@ -47,7 +47,7 @@ done
 for net in "${NETS[@]}"; do
     if [ ! -f "$WORK/runs/$net/eval/metrics.json" ]; then
         echo "== evaluating $net on $N_TEST test lenses"
-        ensai evaluate "$WORK/runs/$net" --n "$N_TEST"
+        ensai evaluate "$WORK/runs/$net" --n "$N_TEST" --out "$WORK/runs/$net/eval" --overwrite
     fi
 done
 
@@ -64,7 +64,7 @@ if [ ! -d "$WORK/runs/combined/saved_model" ]; then
 fi
 if [ ! -f "$WORK/runs/combined/eval/metrics.json" ]; then
     echo "== evaluating combined on $N_TEST test lenses"
-    ensai evaluate "$WORK/runs/combined" --n "$N_TEST"
+    ensai evaluate "$WORK/runs/combined" --n "$N_TEST" --out "$WORK/runs/combined/eval" --overwrite
 fi
 python tools/ship_weights.py "$WORK/runs" --only combined
 echo "== done: trained_weights/ holds the new networks and combiner"
