@@ -241,7 +241,7 @@ def _store_check(out, cfg, check_n, work):
     from ensai_tf import evaluate
 
     check = evaluate.evaluate(str(out), n=check_n, out_dir=str(work / "check" / out.name),
-                              config=cfg)
+                              config=cfg, overwrite=True)
     metrics = json.loads((out / "metrics.json").read_text())
     metrics["model"] = f"trained_weights/{out.name}"
     metrics["check"] = {"n": check_n, "metrics": check["metrics"]}
@@ -263,13 +263,14 @@ def reevaluate(work, check_n, only=None, check_only=False):
                 calibrate.calibrate(out, config=cfg, n=3000, experiment="shear")
                 (out / "calibration-previous.json").unlink()
             reports = REPORTS + (("calibration.png",) if name in UNCERTAINTY_NETWORKS else ())
-            evaluate.evaluate(str(out), n=cfg.data.test_size, out_dir=str(work / name), config=cfg)
+            evaluate.evaluate(str(out), n=cfg.data.test_size, out_dir=str(work / name), config=cfg,
+                              overwrite=True)
             for f in reports:
                 _copy(work / name / f, out / f)
             if name in UNCERTAINTY_NETWORKS:
                 comparison = work / "shear_cmp"
                 evaluate.compare_shear([str(DEST / "alexnet"), str(out)], str(comparison),
-                                       config=cfg)
+                                       config=cfg, overwrite=True)
                 _copy(comparison / "shear_comparison.md", out / "shear_comparison.md")
                 (shear_eval,) = comparison.glob("2-*")
                 _copy(shear_eval / "metrics.json", out / "metrics_shear.json")
