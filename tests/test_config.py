@@ -109,3 +109,15 @@ def test_experiment_config_changes_only_its_section(experiment, check):
 def test_unknown_experiment_lists_the_valid_ones():
     with pytest.raises(config.ConfigError, match="unknown experiment 'fog'.*shear, psf, lens-light"):
         config.experiment_config(config.get_preset("paper"), "fog")
+
+
+def test_unknown_key_suggests_the_closest_valid_keys():
+    with pytest.raises(config.ConfigError, match=r"did you mean train\.learning_rate"):
+        config.apply_overrides(config.get_preset("smoke"), ["train.learing_rate=1e-3"])
+    with pytest.raises(config.ConfigError, match=r"did you mean train\?"):
+        config.apply_overrides(config.get_preset("smoke"), ["trian.epochs=3"])
+
+
+def test_a_bad_range_shows_the_bracket_syntax():
+    with pytest.raises(config.ConfigError, match=r"write it as 'lens\.theta_e=\[0\.1,3\.0\]'"):
+        config.apply_overrides(config.get_preset("paper"), ["lens.theta_e=0.5,2.5"])

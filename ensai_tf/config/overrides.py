@@ -7,6 +7,7 @@ value and what is allowed.
 """
 
 import dataclasses
+import difflib
 import pathlib
 
 import yaml
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "config_to_dict",
     "valid_keys",
+    "unknown_key_message",
     "config_from_dict",
     "apply_overrides",
     "load_config",
@@ -67,6 +69,34 @@ def valid_keys(cfg=None):
                   for f in dataclasses.fields(getattr(cfg, s.name)))
 
 
+def unknown_key_message(key, valid):
+    """One line for an unknown key: the closest valid keys ("did you mean"), else the section's.
+
+    Args:
+        key: the unknown ``section.key`` as given.
+        valid: the valid ``section.key`` names.
+
+    Returns:
+        str, naming the key and at most three suggestions, or the section's keys.
+
+    Example:
+        >>> unknown_key_message("train.learing_rate", ["train.learning_rate", "train.epochs"])
+        "unknown config key 'train.learing_rate'; did you mean train.learning_rate?"
+    """
+    section, _, name = str(key).partition(".")
+    names = {v.partition(".")[2]: v for v in valid if v.partition(".")[0] == section}
+    sections = sorted({v.partition(".")[0] for v in valid})
+    if not names:
+        close = difflib.get_close_matches(section, sections, n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else f"sections: {', '.join(sections)}"
+        return f"unknown config section in {quote_value(key)}; {hint}"
+    close = [names[n] for n in difflib.get_close_matches(name, list(names), n=3, cutoff=0.6)]
+    if close:
+        return f"unknown config key {quote_value(key)}; did you mean {' or '.join(close)}?"
+    return (f"unknown config key {quote_value(key)}; valid keys in {section!r}: "
+            f"{', '.join(sorted(names.values()))}")
+
+
 def _coerce(key, value, default):
     """Convert a parsed override to the type of the field's default."""
     try:
@@ -100,6 +130,10 @@ def _coerce(key, value, default):
             return tuple(value)
     except (TypeError, ValueError, OverflowError, RecursionError, yaml.YAMLError):
         pass
+    if isinstance(default, tuple):
+        example = ",".join(str(v) for v in default)
+        raise ConfigError(f"{key}: {quote_value(value)} is not a valid range; write it as "
+                          f"'{key}=[{example}]' (quoted for the shell; default {list(default)})")
     raise ConfigError(f"{key}: {quote_value(value)} is not a valid {type(default).__name__} "
                       f"(default {default!r})")
 
@@ -138,11 +172,10 @@ def config_from_dict(data, base=None):
         changes = {}
         for key, value in values.items():
             if key not in fields:
-                raise ConfigError(
-                    # escaped: a key holding a newline must not break the one-line message
-                    f"unknown config key {section}.{quote_value(str(key))[1:-1]}; "
-                    f"valid keys in {section!r}: "
-                    f"{', '.join(sorted(fields))}")
+                # quote_value escapes a key holding a newline: the message stays one line
+                raise ConfigError(unknown_key_message(
+                    f"{section}.{quote_value(str(key))[1:-1]}",
+                    [f"{section}.{name}" for name in sorted(fields)]))
             changes[key] = _coerce(f"{section}.{key}", value, getattr(sub, key))
         updates[section] = dataclasses.replace(sub, **changes)
     cfg = dataclasses.replace(cfg, **updates)
@@ -169,12 +202,11 @@ def apply_overrides(cfg, overrides):
         key, raw = item.split("=", 1)
         key = key.strip()
         if key.count(".") != 1:
-            raise ConfigError(f"override key {quote_value(key)} must be section.key; valid keys: "
-                              f"{', '.join(valid_keys(cfg))}")
+            raise ConfigError(f"override key {quote_value(key)} must be section.key, e.g. "
+                              "train.learning_rate=3e-4")
         section, name = key.split(".")
         if f"{section}.{name}" not in valid_keys(cfg):
-            raise ConfigError(f"unknown config key {quote_value(key)}; valid keys: "
-                              f"{', '.join(valid_keys(cfg))}")
+            raise ConfigError(unknown_key_message(key, valid_keys(cfg)))
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except (yaml.YAMLError, RecursionError, ValueError) as err:
