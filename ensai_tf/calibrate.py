@@ -32,6 +32,7 @@ from ensai_tf.calibration import coverage, fit_interval_calibration, standardise
 from ensai_tf.data.pipeline import make_dataset
 from ensai_tf.errors import ModelDirError
 from ensai_tf.evaluate import collect_fixed_split
+from ensai_tf.flags import fit_flag_thresholds, image_statistics
 from ensai_tf.model_dir import CALIBRATION_JSON, model_source
 from ensai_tf.models import combiner, ensemble
 from ensai_tf.models.loading import float32_model, load_keras_model
@@ -51,14 +52,17 @@ CALIBRATION_PREVIOUS_JSON = "calibration-previous.json"
 
 
 def _validation_outputs(model, cfg):
-    """Raw outputs of ``model`` and the truths on the fixed validation split, float64."""
+    """Raw outputs of ``model``, the truths and the quality-flag statistics
+    (:func:`ensai_tf.flags.image_statistics`) on the fixed validation split, float64."""
     val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
                           batch_size=cfg.evaluate.batch_size, cache_dir=data_cache_dir(cfg))
-    outputs, truths = [], []
+    outputs, truths, stats = [], [], []
     for images, params in val_ds:
         outputs.append(np.asarray(model(images, training=False), dtype=np.float64))
         truths.append(np.asarray(params, dtype=np.float64))
-    return np.concatenate(outputs), np.concatenate(truths)
+        stats.append(image_statistics(np.asarray(images), outputs[-1][:, :conventions.NUM_PARAMS]))
+    stats = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
+    return np.concatenate(outputs), np.concatenate(truths), stats
 
 
 def calibrate_on_validation(model, cfg):
@@ -77,13 +81,14 @@ def calibrate_on_validation(model, cfg):
     """
     # calibrate the predictions that inference will make: float32, whatever
     # precision the network was trained in
-    outputs, truth = _validation_outputs(float32_model(model), cfg)
+    outputs, truth, stats = _validation_outputs(float32_model(model), cfg)
     summary = uncertainty.gaussian_summary(outputs)
     calibration = fit_interval_calibration(truth, summary["mean"], summary["std"])
     raw = coverage(truth, summary["mean"], summary["std"])
     calibration["names"] = list(conventions.target_names(truth.shape[1]))
     calibration["fitted_on"] = f"validation split, {truth.shape[0]} lenses"
     calibration["raw_coverage"] = {str(k): v.tolist() for k, v in raw.items()}
+    calibration["flags"] = fit_flag_thresholds(stats)
     return calibration
 
 
@@ -201,6 +206,7 @@ def calibrate_spread(folder, config=None, n=None):
     aligned, mean = _aligned_and_mean(model, method, images, cfg.evaluate.batch_size)
     calibration = fit_spread_calibration(aligned, mean, truth, method)
     calibration["fitted_on"] = f"validation split, {len(truth)} lenses"
+    calibration["flags"] = fit_flag_thresholds(image_statistics(images, mean))
     final = folder / CALIBRATION_JSON
     if final.is_file():
         os.replace(final, folder / CALIBRATION_PREVIOUS_JSON)

@@ -114,6 +114,10 @@ def _cmd_evaluate(args):
     if args.experiment == "ica":
         _workflow("twoband").evaluate_ica(model, n=args.n, out_dir=args.out, config=_resolve_config(args))
         return
+    if args.experiment == "trust":
+        _workflow("trust").evaluate_trust(model, n=args.n, out_dir=args.out,
+                                          config=_resolve_config(args), overwrite=args.overwrite)
+        return
     evaluate.evaluate(model, n=args.n, experiment=args.experiment, out_dir=args.out,
                       config=_resolve_config(args), symmetrize=args.symmetrize,
                       trust_savedmodel=args.trust_savedmodel, overwrite=args.overwrite)
@@ -126,6 +130,10 @@ def _cmd_predict(args):
     pair = realdata.band_files(args.bands, args.files, args.ica)
     if pair is not None and args.symmetrize:
         raise InputError("--symmetrize is not available with two-band ICA input (--bands/--ica)")
+    if pair is not None and args.x is None and args.y is None and args.ra is None \
+            and args.dec is None:
+        print("ensai predict: warning: no --x/--y or --ra/--dec given; the lens is assumed at "
+              "the centre of the image", file=sys.stderr)
     if pair is not None:
         realdata.predict_two_band(
             args.model, pair[0], pair[1], output=args.output, ra=args.ra, dec=args.dec, x=args.x,
@@ -227,9 +235,10 @@ def _add_evaluate(sub):
                         "--experiment shear --out DIR compare them in bins of shear")
     p.add_argument("--n", type=COUNT, default=None,
                    help="test lenses, 1 to 10^6 (default: config)")
-    p.add_argument("--experiment", default=None, choices=(*config_lib.EXPERIMENTS, "ica"),
+    p.add_argument("--experiment", default=None, choices=(*config_lib.EXPERIMENTS, "ica", "trust"),
                    help="robustness experiment (docs/design.md §8.5), or ica: arc recovery and error "
-                        "growth of two-band ICA lens-light removal (docs/design.md §8.4)")
+                        "growth of two-band ICA lens-light removal (docs/design.md §8.4), or trust: "
+                        "interval coverage on shifted sets, quality-flag rates and detection rates")
     p.add_argument("--out", default=None,
                    help="output folder, never the model's own (default: "
                         "./ensai_eval/<model name>[-EXP][-d4])")

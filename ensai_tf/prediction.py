@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from ensai_tf import conventions, model_dir, symmetry, uncertainty
+from ensai_tf.flags import flag_columns, model_thresholds, warning_lines
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.inference import (load_calibration, load_predictor, result_rows,
                                 uncertainty_columns)
@@ -97,9 +98,11 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     head, n_targets = uncertainty.head_layout(
         predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
     calibration = load_calibration(model) if head != "point" else None
+    thresholds = model_thresholds(load_calibration(model))
     table = TableStream(output, output_columns(head, n_targets))
     kept = [] if return_rows else None
     frames = set()
+    flagged = {}
     elapsed = 0.0
     try:
         for batch in _batches(files, npix, pixel_scale, batch_size):
@@ -111,6 +114,11 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
             if raw.shape[1] > conventions.NUM_PARAMS:
                 for row, extra in zip(rows, uncertainty_columns(raw, calibration)):
                     row.update(extra)
+            for row, extra in zip(rows, flag_columns(batch, raw, thresholds)):
+                row.update(extra)
+                for name in extra["flags"]:
+                    flagged.setdefault(row["file"], {}).setdefault(name, 0)
+                    flagged[row["file"]][name] += 1
             table.write(rows)
             frames.update(r["pa_frame"] for r in rows)
             if kept is not None:
@@ -124,6 +132,8 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     print(f"ensai predict: {n} lenses in {elapsed:.3f} s "
           f"({1e3 * elapsed / max(n, 1):.2f} ms per lens, batch {batch_size}); "
           f"PA frame: {', '.join(sorted(frames))}", file=sys.stderr)
+    for line in warning_lines(flagged):
+        print(line, file=sys.stderr)
     return kept if return_rows else n
 
 
@@ -181,7 +191,9 @@ def predict(images_or_paths, model=None, pixel_scale=None, batch_size=100,
         predict``'s table (:func:`ensai_tf.tables.output_columns`): the five
         parameters (arcsec, dimensionless), ``q``, ``pa_deg`` (degrees),
         ``x_pix``/``y_pix`` (input pixels), ``ra_deg``/``dec_deg`` (NaN without
-        a celestial WCS), and for Gaussian heads ``<name>_std``,
+        a celestial WCS), ``flags`` (semicolon-separated quality flags,
+        :mod:`ensai_tf.flags`, empty when none), ``ood_percentile`` (0-100,
+        NaN without a reference), and for Gaussian heads ``<name>_std``,
         ``<name>_lo68``, ``<name>_hi68``.
 
     Raises:
@@ -199,10 +211,14 @@ def predict(images_or_paths, model=None, pixel_scale=None, batch_size=100,
         calibration = load_calibration(path) if head != "point" else None
         for row, extra in zip(rows, uncertainty_columns(raw, calibration)):
             row.update(extra)
-    columns = [c for c in output_columns(head, n_targets) if c not in ("file", "index", "pa_frame")]
+    for row, extra in zip(rows, flag_columns(prepared, raw, model_thresholds(load_calibration(path)))):
+        row.update(extra)
+    columns = [c for c in output_columns(head, n_targets)
+               if c not in ("file", "index", "pa_frame", "flags")]
     out = {c: np.array([np.nan if r[c] is None else r[c] for r in rows], dtype=np.float64)
            for c in columns}
     out["pa_frame"] = np.array([r["pa_frame"] for r in rows])
+    out["flags"] = np.array([";".join(r["flags"]) for r in rows], dtype=object)
     return out
 
 

@@ -27,6 +27,7 @@ from ensai_tf import conventions
 from ensai_tf.errors import InputError
 
 __all__ = [
+    "FLAG_COLUMNS",
     "INTERVAL_LEVEL",
     "OUTPUT_COLUMNS",
     "PA_FRAME_IMAGE",
@@ -42,8 +43,11 @@ PA_FRAME_SKY = "east_of_north"
 """``pa_frame`` of a position angle measured east of north (the file has a celestial WCS)."""
 PA_FRAME_IMAGE = "image_x_towards_y"
 """``pa_frame`` of a position angle measured from +x (column) towards +y (row)."""
+FLAG_COLUMNS = ("flags", "ood_percentile")
+"""Quality columns (:mod:`ensai_tf.flags`): flag names (semicolon-separated in CSV, a list in
+JSON, empty when none) and the out-of-distribution percentile against the validation split."""
 OUTPUT_COLUMNS = ("file", "index", *conventions.PARAM_NAMES, "q", "pa_deg", "pa_frame",
-                  "x_pix", "y_pix", "ra_deg", "dec_deg")
+                  "x_pix", "y_pix", "ra_deg", "dec_deg", *FLAG_COLUMNS)
 """Columns of a point-estimate network's table; see :func:`output_columns` for the others."""
 
 INTERVAL_LEVEL = 0.68
@@ -68,6 +72,15 @@ def output_columns(head="point", n_targets=conventions.NUM_PARAMS):
         for suffix in ("std", "lo68", "hi68"):
             cols += [f"{name}_{suffix}" for name in names]
     return tuple(cols)
+
+
+def _csv_cell(value):
+    """A CSV cell: None empty, a list of names joined by semicolons, anything else as is."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ";".join(str(v) for v in value)
+    return value
 
 
 def output_format(output):
@@ -142,7 +155,7 @@ def write_table(rows, output, columns=OUTPUT_COLUMNS):
                                 extrasaction="ignore")
         writer.writeheader()
         for row in rows:
-            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+            writer.writerow({k: _csv_cell(v) for k, v in row.items()})
     if output == "-":
         sys.stdout.write(buf.getvalue())
         sys.stdout.flush()
@@ -200,7 +213,7 @@ class TableStream:
         try:
             for row in rows:
                 if self.format == "csv":
-                    self._csv.writerow({k: ("" if v is None else v) for k, v in row.items()})
+                    self._csv.writerow({k: _csv_cell(v) for k, v in row.items()})
                 else:
                     # the layout of json.dump(rows, f, indent=1), one row at a time
                     text = json.dumps(row, indent=1).replace("\n", "\n ")
