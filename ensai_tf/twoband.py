@@ -35,11 +35,12 @@ import numpy as np
 import tensorflow as tf
 from scipy import ndimage
 
-from ensai_tf import atomic, conventions, model_dir
+from ensai_tf import atomic, conventions
 from ensai_tf import config as config_lib
 from ensai_tf.data import simulate
 from ensai_tf.data.draws import lerp
 from ensai_tf.errors import InputError
+from ensai_tf.evaluate import default_out_dir
 from ensai_tf.inference import load_predictor, predict_images
 from ensai_tf.lensing import light
 from ensai_tf.metrics import error_table
@@ -389,7 +390,8 @@ def evaluate_ica(model, n=None, out_dir=None, config=None, seed=0):
         model: model folder, SavedModel folder or ``.keras`` file.
         n: test lenses per colour ratio (default: ``config.evaluate.n``,
             capped at 200 since every lens is unmixed once per ratio).
-        out_dir: output folder (default ``MODEL/eval-ica``).
+        out_dir: output folder (default ``./ensai_eval/<model name>-ica``,
+            :func:`ensai_tf.evaluate.default_out_dir`).
         config: :class:`~ensai_tf.config.ExperimentConfig` of the arcs.
         seed: user seed.
 
@@ -401,10 +403,7 @@ def evaluate_ica(model, n=None, out_dir=None, config=None, seed=0):
     if n < 1:
         raise InputError(f"n must be >= 1, got {n}")
     if out_dir is None:
-        path = pathlib.Path(model)
-        base = path if path.is_dir() else path.parent
-        base = base.parent if base.name == model_dir.SAVED_MODEL_DIR else base
-        out_dir = base / "eval-ica"
+        out_dir = default_out_dir(model, "ica")
     summary = ica_experiment(n=n, seed=seed, config=cfg, model=model, out_dir=out_dir)
     text = summary_markdown(summary)
     atomic.write_text(pathlib.Path(out_dir) / "ica.md", text)

@@ -16,16 +16,19 @@ import numpy as np
 
 from ensai_tf import conventions, plotting
 from ensai_tf.errors import InputError
-from ensai_tf.inference import load_predictor, predict_images
+from ensai_tf.inference import (load_calibration, load_predictor, predict_images,
+                                uncertainty_columns)
 from ensai_tf.lensing import caustics
 from ensai_tf.preprocess import ica
+from ensai_tf.uncertainty import head_layout
 from ensai_tf.realdata.cutout import cut_two_bands
 from ensai_tf.realdata.masks import parse_mask_specs
 from ensai_tf.realdata.sky import pixel_to_sky_jacobian, position_angle_east_of_north, read_band
-from ensai_tf.tables import (PA_FRAME_IMAGE, PA_FRAME_SKY, check_writable, output_format,
-                             write_table)
+from ensai_tf.tables import (PA_FRAME_IMAGE, PA_FRAME_SKY, check_writable, output_columns,
+                             output_format, write_table)
 
-__all__ = ["unmix_cutout", "plot_diagnostic", "band_files", "predict_two_band"]
+__all__ = ["unmix_cutout", "plot_diagnostic", "prediction_summary", "band_files",
+           "predict_two_band"]
 
 
 def unmix_cutout(cutout, **kwargs):
@@ -44,7 +47,30 @@ def unmix_cutout(cutout, **kwargs):
     return ica.to_network_input(result.arc, cutout.blue.shape[0]), result
 
 
-def plot_diagnostic(cutout, result, params, path, dpi=100):
+def prediction_summary(row):
+    """One short line of a prediction row for a plot title: values with their 68% intervals.
+
+    Args:
+        row: a row dict of ``ensai predict`` (five parameters, ``q``, ``pa_deg``;
+            ``<name>_lo68``/``_hi68`` when the model gives intervals).
+
+    Returns:
+        str, e.g. ``"θE 1.21 [1.19, 1.24]″ · q 0.86 · PA 31°"``.
+
+    Example:
+        >>> prediction_summary({"theta_e": 1.2, "q": 0.9, "pa_deg": 30.0, "x_l": 0.0, "y_l": 0.1})
+        'θE 1.20″ · q 0.90 · PA 30°'
+    """
+    def value(name, fmt):
+        text = format(row[name], fmt)
+        if row.get(f"{name}_lo68") is not None:
+            text += f" [{format(row[f'{name}_lo68'], fmt)}, {format(row[f'{name}_hi68'], fmt)}]"
+        return text
+
+    return f"θE {value('theta_e', '.2f')}″ · q {row['q']:.2f} · PA {row['pa_deg']:.0f}°"
+
+
+def plot_diagnostic(cutout, result, params, path, dpi=100, summary=None):
     """Diagnostic PNG: both bands, both ICA components, the masks, and the
     predicted critical curve on the arc component.
 
@@ -55,6 +81,8 @@ def plot_diagnostic(cutout, result, params, path, dpi=100):
             arcsec), or None for no curve.
         path: output PNG path.
         dpi: resolution, dots per inch.
+        summary: text of the predicted values for the last panel's title
+            (:func:`prediction_summary`), or None.
 
     Returns:
         The path written, as a str.
@@ -62,7 +90,8 @@ def plot_diagnostic(cutout, result, params, path, dpi=100):
     panels = [cutout.blue, cutout.red, result.arc, result.other, cutout.mask.astype(float),
               result.arc]
     titles = ["blue band", "red band", "ICA arc component", "ICA other component",
-              "masks (red: cosmic rays + user)", "arcs + predicted critical curve"]
+              "masks (red: cosmic rays + user)",
+              "predicted critical curve" + (f"\n{summary}" if summary else "")]
     curves = [None] * 6
     if params is not None:
         curves[5] = {"critical": _critical_curve(params)}
@@ -190,18 +219,23 @@ def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=
     _check_request(ra, dec, x, y, output, plot)
     bands = [read_band(p, hdu, pixel_scale) for p in (blue, red)]
     mask_items = parse_mask_specs(masks, pixel=True) + parse_mask_specs(sky_masks, pixel=False)
-    predict_fn, npix = load_predictor(model)
+    predict_fn, npix = load_predictor(model, raw=True)
     cutout = cut_two_bands(bands[0], bands[1], position=None if x is None else (x, y),
                            sky=None if ra is None else (ra, dec), masks=mask_items,
                            psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix)
     image, result = unmix_cutout(cutout)
     start = time.perf_counter()
-    params = predict_images(predict_fn, image[None])[0]
+    raw = predict_images(predict_fn, image[None])
     elapsed = time.perf_counter() - start
+    params = raw[0, :conventions.NUM_PARAMS]
     rows = [_row(cutout, params, cutout.name)]
-    write_table(rows, output)
+    head, n_targets = head_layout(raw.shape[1])
+    if raw.shape[1] > conventions.NUM_PARAMS:
+        calibration = load_calibration(model) if head != "point" else None
+        rows[0].update(uncertainty_columns(raw, calibration)[0])
+    write_table(rows, output, columns=output_columns(head, n_targets))
     if plot is not None:
-        plot_diagnostic(cutout, result, params, plot)
+        plot_diagnostic(cutout, result, params, plot, summary=prediction_summary(rows[0]))
     print(f"ensai predict --bands: arc component chosen by {result.rule} "
           f"(blue/red weights {np.round(result.colour, 3).tolist()}); "
           f"{int(cutout.mask.sum())} pixels masked; network {1e3 * elapsed:.1f} ms",
