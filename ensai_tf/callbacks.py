@@ -24,6 +24,7 @@ import json
 import math
 import os
 import pathlib
+import shutil
 import time
 
 import keras
@@ -31,9 +32,11 @@ import numpy as np
 import tensorflow as tf
 
 from ensai_tf import atomic, conventions, losses
-from ensai_tf.errors import NonFiniteLossError
+from ensai_tf.errors import ModelDirError, NonFiniteLossError
 from ensai_tf.model_dir import (BACKUP_DIR, BEST_KERAS, CALLBACK_STATE_JSON, LOG_CSV,
                                 TENSORBOARD_DIR)
+from ensai_tf.model_dir import file_sha256
+from ensai_tf.checkpoint import BACKUP_WEIGHTS, PREVIOUS_SUFFIX
 from ensai_tf.run_dir import completed_epochs
 
 __all__ = [
@@ -78,20 +81,34 @@ class StatefulBackup(keras.callbacks.BackupAndRestore):
         return pathlib.Path(self.backup_dir) / CALLBACK_STATE_JSON
 
     def _save_model(self):
+        # the previous epoch's state stays beside Keras' previous weights and metadata
+        path = self._state_path()
+        if path.is_file():
+            shutil.copyfile(path, path.with_name(path.name + PREVIOUS_SUFFIX))
         super()._save_model()
         state = {name: {k: float(getattr(cb, k)) for k in keys if hasattr(cb, k)}
                  for name, (cb, keys) in self._stateful.items()}
-        atomic.write_text(self._state_path(), json.dumps(state))
+        # the checksum and epoch tie this state to its weights and metadata (run_dir.settle_backup)
+        weights = pathlib.Path(self.backup_dir) / BACKUP_WEIGHTS
+        state["weights_sha256"] = file_sha256(weights)
+        state["epoch"] = int(self._current_epoch)
+        atomic.write_text(path, json.dumps(state))
 
     def _load_model(self):
         super()._load_model()
-        if self._state_path().is_file():
+        if not self._state_path().is_file():
+            return
+        try:
             state = json.loads(self._state_path().read_text())
             for name, values in state.items():
                 cb = self._stateful.get(name, (None, ()))[0]
+                if cb is None or not isinstance(values, dict):
+                    continue
                 for k, v in values.items():
-                    if cb is not None:
-                        setattr(cb, k, int(v) if k in _INTEGER_STATE else v)
+                    setattr(cb, k, int(v) if k in _INTEGER_STATE else float(v))
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ModelDirError(f"{str(self._state_path())!r} is damaged ({err}); start over with "
+                                "--overwrite") from None
 
 
 class AtomicCheckpoint(keras.callbacks.ModelCheckpoint):

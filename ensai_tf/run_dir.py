@@ -30,6 +30,7 @@ import yaml
 
 from ensai_tf import atomic
 from ensai_tf import config as config_lib
+from ensai_tf.checkpoint import BACKUP_METADATA_JSON, settle_backup
 from ensai_tf.dirlock import LOCK_NAME
 from ensai_tf.errors import ModelDirError
 from ensai_tf.model_dir import (BACKUP_DIR, CALLBACK_STATE_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS,
@@ -56,8 +57,6 @@ __all__ = [
 TMP_PREFIX = atomic.TMP_PREFIX
 """Prefix of the temporary names that files are written under before their rename."""
 
-BACKUP_METADATA_JSON = "training_metadata.json"
-"""The file in ``backup/`` where Keras' ``BackupAndRestore`` records the last epoch."""
 
 CONTINUABLE_KEYS = ("train.epochs", "train.time_budget_minutes")
 """Config keys that may change when a finished run is continued with ``--resume``."""
@@ -407,6 +406,8 @@ def resume_point(model_dir, steps_per_epoch):
     model_dir = pathlib.Path(model_dir)
     logged = log_summary(model_dir / LOG_CSV)
     finished = is_finished(model_dir)
+    if not finished:
+        settle_backup(model_dir / BACKUP_DIR)
     epoch = logged["epochs"] if finished else completed_epochs(model_dir / BACKUP_DIR)
     best = logged["best_val_loss"]
     state = model_dir / BACKUP_DIR / CALLBACK_STATE_JSON

@@ -3,7 +3,7 @@
 The layer order (docs/design.md §11), lowest first; a module may import its
 own layer and the layers below it, never one above:
 
-0. errors, atomic, conventions, dirlock, model_dir, quiet
+0. errors, atomic, conventions, dirlock, model_dir, quiet, checkpoint
 1. config
 2. lensing, plotting
 3. data, datasets
@@ -28,7 +28,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "ensai_tf"
 REPO = PACKAGE.parent
 
 LAYERS = (
-    ("errors", "atomic", "conventions", "dirlock", "model_dir", "quiet"),
+    ("errors", "atomic", "conventions", "dirlock", "model_dir", "quiet", "checkpoint"),
     ("config",),
     ("lensing", "plotting"),
     ("data", "datasets"),
