@@ -28,7 +28,7 @@ from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.inference import (load_calibration, load_predictor, result_rows,
                                 uncertainty_columns)
 from ensai_tf.preprocess.images import iter_prepared, iter_prepared_array
-from ensai_tf.preprocess.reading import as_stack
+from ensai_tf.preprocess.reading import FITS_SUFFIXES, as_stack
 from ensai_tf.tables import TableStream, check_writable, output_columns, output_format
 
 __all__ = ["DEFAULT_MODEL", "load_model", "predict", "predict_files"]
@@ -48,6 +48,17 @@ def _batches(files, npix, pixel_scale, batch_size):
                 batch = []
     if batch:
         yield batch
+
+
+def _check_files(files):
+    """Refuse a missing file or an unknown file type at once, naming it."""
+    for f in files:
+        name = str(f)
+        if not os.path.isfile(name):
+            raise InputError(f"{name}: no such file")
+        if not name.lower().endswith((".npy", *FITS_SUFFIXES)):
+            raise InputError(f"{name}: unknown file type; give .npy or FITS (.fits, .fit, .fts, "
+                             ".fits.fz)")
 
 
 def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, return_rows=True,
@@ -91,6 +102,7 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
         raise InputError(f"batch size {batch_size!r} must be an integer >= 1 (images per forward pass)")
     check_writable(output)
     output_format(output)
+    _check_files(files)  # before the seconds of model loading
     predict_fn, npix = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel)
     if symmetrize:
         predict_fn = symmetry.symmetrize(predict_fn)  # refuses a Gaussian head at the warm-up

@@ -190,7 +190,7 @@ def _write_batches(ds, tmp, n, cfg, progress):
     images, _, _ = open_npy(tmp / "images.npy", np.float32,
                             (n, cfg.image.npix, cfg.image.npix, 1))
     draws = pipeline.ArrayStreams(tmp / "draws", n)
-    sheet = {"image": [], "params": [], "mask": []}
+    sheet = {"image": [], "params": [], "mask": [], "sources": []}
     filled = 0
     with images, open(tmp / "params.csv", "w", newline="") as f, \
             pipeline.progress_bar(n, "simulating", progress) as bar:
@@ -206,6 +206,7 @@ def _write_batches(ds, tmp, n, cfg, progress):
                 sheet["image"].append(batch["image"][:room])
                 sheet["params"].append(batch["params"][:room])
                 sheet["mask"].append(batch["mask"][:room] == 0)
+                sheet["sources"].append(_source_positions(batch)[:room])
             filled += size
             bar.update(size)
     if filled != n:
@@ -219,8 +220,23 @@ def _write_batches(ds, tmp, n, cfg, progress):
     return sheet
 
 
+def _source_positions(batch):
+    """``(B, 2)`` source centres in the frame of the observed image, arcsec.
+
+    The simulator places the source relative to the lens it drew; the
+    lens-centre shift of docs/design.md §5.2 moves the whole image, source included.
+    """
+    position = np.asarray(batch["source_position"], dtype=np.float64)
+    if "clean_params" in batch:
+        shift = np.asarray(batch["params"], np.float64) - np.asarray(batch["clean_params"],
+                                                                      np.float64)
+        position = position + shift[:, [conventions.Param.X_L, conventions.Param.Y_L]]
+    return position
+
+
 def _contact_sheet(path, sheet, curves, cfg):
-    """The first lenses with labels, lens centre, masks tinted and optional curves."""
+    """The first lenses with labels, lens centre, masks tinted and optional curves and sources."""
     overlay = lens_curves(sheet["params"]) if curves else None
     plotting.contact_sheet(sheet["image"], str(path), params=sheet["params"], curves=overlay,
-                           masks=sheet["mask"], pixel_scale=cfg.image.pixel_scale)
+                           masks=sheet["mask"], pixel_scale=cfg.image.pixel_scale,
+                           sources=sheet["sources"] if curves else None)
