@@ -90,6 +90,15 @@ def test_counts_are_in_range(capsys, command):
     assert "range" in _refused_by_argparse(capsys, command)
 
 
+@pytest.mark.parametrize("seed", [str(2 ** 80), "-1"])
+def test_seeds_fit_the_stateless_streams(capsys, tmp_path, seed):
+    """TensorFlow's stateless seeds are int64: a larger seed is one line, not a TypeError."""
+    code = cli.main(["simulate", "--out", str(tmp_path / "s"), "-n", "1", "--seed", seed])
+    err = capsys.readouterr().err
+    assert code == 2 and "seed must be an integer from 0 to 2**63 - 1" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "s").exists()
+
+
 @pytest.mark.parametrize("override", ["train.batch_size=1e23", "train.batch_size=nan",
                                       "image.npix=1e400", "image.npix=100000",
                                       "train.learning_rate=inf", "train.batch_size=" + "9" * 5000,

@@ -64,8 +64,9 @@ def resolve_config(config, seed):
     if not isinstance(cfg, config_lib.ExperimentConfig):
         raise InputError(f"config must be an ExperimentConfig, got {type(cfg).__name__}")
     seed = cfg.data.seed if seed is None else seed
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise InputError(f"seed must be a non-negative integer, got {seed!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0 \
+            or seed > INT64_MAX:
+        raise InputError(f"seed must be an integer from 0 to 2**63 - 1, got {seed!r}")
     return cfg, int(seed)
 
 
