@@ -72,7 +72,7 @@ def _stand_in_model(folder):
 def _weights_for_notebook(tmp_path):
     if os.environ.get("ENSAI_WEIGHTS"):
         return os.environ["ENSAI_WEIGHTS"]
-    from ensai_tf.demo import find_weights
+    from ensai_tf.model_dir import find_weights
     from ensai_tf.errors import ModelDirError
 
     try:

@@ -119,7 +119,8 @@ def test_train_announces_resumes_and_continues_a_finished_run(tmp_path, tiny, ca
     assert re.match(r"ensai train: training ensai_net \(width 0\.0625, [\d,]+ parameters\), "
                     r"up to 1 epoch of 2 steps, batch 4 into .*run$", out[0]), out[0]
     assert re.match(r"ensai train: trained ensai_net for 1 epoch \(2 steps; 1 in all\) in "
-                    r"\d+ s; best validation loss [\d.e+-]+ \(epoch 1\); wrote .*run "
+                    r"(\d+ s|\d+ min( \d+ s)?); best validation loss [\d.e+-]+ \(epoch 1\); "
+                    r"wrote .*run "
                     r"\(model.keras, saved_model/, best.keras, log.csv, config.yaml\)$",
                     out[-1]), out[-1]
     best = run_dir.log_summary(run / "log.csv")["best_val_loss"]
