@@ -461,10 +461,11 @@ def _run_cases():
                                                  "2", "--quiet"), "ok",
              prepare=_killed(("simulate", "--out", "{out}/simkill/s", "-n", "3000", "--quiet"),
                              12.0), timeout=300),
+        # enough epochs that the kill lands mid-run on a fast machine too
         Case("kill/train_resume_after_kill9", ("train", *TRAIN, "--model-dir", "{out}/trainkill",
-                                               "--set", "train.epochs=2", "--resume"), "ok",
+                                               "--set", "train.epochs=12", "--resume"), "ok",
              prepare=_killed(("train", *TRAIN, "--model-dir", "{out}/trainkill", "--set",
-                              "train.epochs=2"), 30.0), timeout=400),
+                              "train.epochs=12"), 30.0), timeout=500),
         Case("lock/train_locked", ("train", *TRAIN, "--model-dir", "{out}/locked_train"),
              prepare=_locked("{out}/locked_train")),
         Case("lock/simulate_overwrite_locked", ("simulate", "--out", "{out}/locked_sim", "-n",
