@@ -253,7 +253,7 @@ def test_arcs_dir_made_with_other_settings_is_refused(fake_simulator, cfg, tmp_p
     ({"split": "train", "batch_size": 0}, "batch_size must be a positive integer"),
     ({"split": "train", "start_step": -1}, "start_step must be a non-negative"),
     ({"split": "test", "start_step": 3}, "train stream only"),
-    ({"split": "train", "seed": -2}, "seed must be a non-negative"),
+    ({"split": "train", "seed": -2}, "seed must be an integer from 0"),
 ])
 def test_bad_arguments_raise_clear_errors(cfg, kwargs, match):
     split = kwargs.pop("split")
