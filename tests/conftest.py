@@ -6,6 +6,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest  # noqa: E402
 
+import ensai_tf  # noqa: E402, F401  (starts TensorFlow without its native start-up lines)
+
 pytest_plugins = ("training_helpers",)  # the tiny, cache and trained fixtures of the training tests
 
 
