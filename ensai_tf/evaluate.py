@@ -278,9 +278,10 @@ def _test_config(config, experiment, n):
     return cfg, n
 
 
-def _load_scorer(model, cfg, trust_savedmodel=False):
+def _load_scorer(model, cfg, trust_savedmodel=False, with_spread=True):
     """The model's raw predict function and input side, checked against the test images."""
-    predict_fn, npix = inference.load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel)
+    predict_fn, npix = inference.load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel,
+                                                with_spread=with_spread)
     if npix != cfg.image.npix:
         raise ModelDirError(f"the model takes {npix}x{npix} images but the test config has "
                             f"image.npix = {cfg.image.npix}")
@@ -351,7 +352,8 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
     out_dir = check_out_dir(out_dir or default_out_dir(model, experiment, symmetrize), model,
                             overwrite)
     cfg, n = _test_config(config, experiment, n)
-    predict_fn, npix = _load_scorer(model, cfg, trust_savedmodel)
+    # averaging over flips and rotations works on point estimates: no spread head then
+    predict_fn, npix = _load_scorer(model, cfg, trust_savedmodel, with_spread=not symmetrize)
     calibration = inference.load_calibration(model)
     if symmetrize:
         predict_fn = symmetry.symmetrize(predict_fn)

@@ -115,17 +115,19 @@ def _with_spread(model, source):
                             f"({err}); run 'ensai calibrate' again") from None
 
 
-def _load_holder(kind, source, trust=False):
+def _load_holder(kind, source, trust=False, with_spread=True):
     """The loaded model and its input side (None when unknown) for one model source."""
     if kind == "saved_model":
         holder = load_for_inference(source)
         return holder, _saved_model_npix(holder.serve)
-    holder = combiner.load_combined(source, trust) if kind == "combined" else load_keras_model(source)
-    holder = _with_spread(holder, source)
+    holder = (combiner.load_combined(source, trust) if kind == "combined"
+              else load_keras_model(source))
+    if with_spread:
+        holder = _with_spread(holder, source)
     return holder, holder.input_shape[1]
 
 
-def load_predictor(path, raw=False, trust_savedmodel=False):
+def load_predictor(path, raw=False, trust_savedmodel=False, with_spread=True):
     """Load a trained model for inference.
 
     Args:
@@ -141,6 +143,8 @@ def load_predictor(path, raw=False, trust_savedmodel=False):
         trust_savedmodel: load a folder's SavedModel even where a
             ``model.keras`` or ``combiner.json`` is beside it. SavedModels are
             programs: trust only your own.
+        with_spread: apply the spread calibration of a point-estimate
+            network (its intervals); False gives its plain point estimates.
 
     Returns:
         ``(predict_fn, npix)``: ``predict_fn(images)`` maps a ``(B, npix,
@@ -166,7 +170,7 @@ def load_predictor(path, raw=False, trust_savedmodel=False):
                             "a combiner.json with its weights or saved_model/, a SavedModel "
                             "folder (saved_model.pb) or a .keras file")
     try:
-        holder, npix = _load_holder(kind, source, trust_savedmodel)
+        holder, npix = _load_holder(kind, source, trust_savedmodel, with_spread)
     except ModelDirError:
         raise
     except (OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,

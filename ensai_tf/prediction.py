@@ -103,7 +103,9 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     check_writable(output)
     output_format(output)
     _check_files(files)  # before the seconds of model loading
-    predict_fn, npix = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel)
+    # averaging over flips and rotations works on point estimates: no spread head then
+    predict_fn, npix = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel,
+                                      with_spread=not symmetrize)
     if symmetrize:
         predict_fn = symmetry.symmetrize(predict_fn)  # refuses a Gaussian head at the warm-up
     # warm-up: build and trace once, not timed; its width tells the head

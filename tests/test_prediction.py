@@ -142,7 +142,8 @@ def _fake_predictor(monkeypatch, npix=32, on_call=None):
         return mean[:, None] * np.arange(1, 6)
 
     monkeypatch.setattr(prediction, "load_predictor",
-                        lambda model, raw=False, trust_savedmodel=False: (predict_fn, npix))
+                        lambda model, raw=False, trust_savedmodel=False, with_spread=True:
+                        (predict_fn, npix))
     return calls
 
 
