@@ -216,9 +216,10 @@ def _add_combine(sub):
 
 def _add_calibrate(sub):
     """The ``ensai calibrate`` subcommand."""
-    p = sub.add_parser("calibrate", help="refit a Gaussian head's interval calibration on "
-                                         "validation lenses")
-    p.add_argument("model_dir", help="model folder written by 'ensai train' (model.head != point)")
+    p = sub.add_parser("calibrate", help="fit a model's per-lens intervals on validation lenses "
+                                         "(a Gaussian head, or the spread of a point-estimate "
+                                         "or combined network)")
+    p.add_argument("model_dir", help="model folder written by 'ensai train' or 'ensai combine'")
     p.add_argument("--n", type=COUNT, default=None,
                    help="validation lenses, 1 to 10^6 (default: config)")
     p.add_argument("--experiment", default=None, choices=config_lib.EXPERIMENTS,
