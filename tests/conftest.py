@@ -90,3 +90,21 @@ def write_fits():
         return str(path)
 
     return write
+
+
+@pytest.fixture
+def constant_model():
+    """``constant_model(path)``: a ``.keras`` model predicting (1.2, 0.2, 0, 0.04, -0.08) for
+    any 192x192 image; returns its path as a str."""
+    import keras
+
+    def make(path):
+        inp = keras.Input((192, 192, 1))
+        out = keras.layers.Dense(5, kernel_initializer="zeros",
+                                 bias_initializer=keras.initializers.Constant(
+                                     [1.2, 0.2, 0.0, 0.04, -0.08]))(
+            keras.layers.GlobalAveragePooling2D()(inp))
+        keras.Model(inp, out).save(path)
+        return str(path)
+
+    return make

@@ -113,10 +113,8 @@ def test_shipped_combined_refers_to_the_shipped_networks():
     """combined/ holds no copy of its backbones: its combiner.json names the shipped model.keras
     of the four paper networks and the shear network, unchanged since it was trained
     (SHA-256), and their 5 x 5 combination weights."""
-    from ensai_tf.models import combiner
-
     folder = WEIGHTS / "combined"
-    assert combiner.is_by_reference(folder)
+    assert model_dir.model_source(folder)[0] == "combined"
     record = json.loads((folder / "combiner.json").read_text())
     names = ("overfeat", "ensai_net", "alexnet", "inception_v4", "alexnet_shear")
     assert [(folder / p).resolve() for p in record["backbones"]] == [

@@ -2,23 +2,11 @@
 
 import json
 
-import keras
 import numpy as np
 
 from ensai_tf import cli, conventions, twoband
 
 S = conventions.PIXEL_SCALE
-
-
-def _constant_model(path):
-    """A ``.keras`` model that predicts (1.2, 0.2, 0, 0.04, -0.08) for any image."""
-    inp = keras.Input((192, 192, 1))
-    out = keras.layers.Dense(5, kernel_initializer="zeros",
-                             bias_initializer=keras.initializers.Constant(
-                                 [1.2, 0.2, 0.0, 0.04, -0.08]))(
-        keras.layers.GlobalAveragePooling2D()(inp))
-    keras.Model(inp, out).save(path)
-    return str(path)
 
 
 def _ring_arcs(count):
@@ -61,8 +49,8 @@ def test_ica_experiment_on_ring_lenses(tmp_path):
     assert "| 3.0 |" in twoband.summary_markdown(summary)
 
 
-def test_cli_evaluate_ica_experiment(tmp_path):
-    model = _constant_model(tmp_path / "m.keras")
+def test_cli_evaluate_ica_experiment(tmp_path, constant_model):
+    model = constant_model(tmp_path / "m.keras")
     rc = cli.main(["evaluate", model, "--experiment", "ica", "--n", "1", "--preset", "smoke",
                    "--out", str(tmp_path / "ev")])
     assert rc == 0

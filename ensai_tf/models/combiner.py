@@ -31,7 +31,7 @@ from ensai_tf.uncertainty import head_layout
 
 __all__ = ["COMBINE_MODES", "MAX_BACKBONES", "MAX_RECORD_BYTES", "ParityAlign",
            "PerParameterWeights", "PointEstimate", "backbone_files", "build_combiner",
-           "combiner_record", "is_by_reference", "load_backbones", "load_combined",
+           "combiner_record", "load_backbones", "load_combined",
            "point_estimate_backbone", "trusted_roots"]
 
 COMBINE_MODES = ("per_parameter", "dense")
@@ -391,23 +391,6 @@ def _read_record(folder):
     if not isinstance(record, dict):
         raise ModelDirError(f"{str(path)!r} is not a combiner record (a JSON object)")
     return record
-
-
-def is_by_reference(folder):
-    """Whether ``folder`` holds a combined network stored by reference.
-
-    True when it has a ``combiner.json`` with combination weights
-    (:func:`combiner_record`) and no ``model.keras`` or ``saved_model/``
-    (which take precedence when present).
-    """
-    folder = pathlib.Path(folder)
-    if not (folder / model_dir.COMBINER_JSON).is_file() or (folder / model_dir.MODEL_KERAS).exists() \
-            or (folder / model_dir.SAVED_MODEL_DIR).exists():
-        return False
-    try:
-        return "weights" in _read_record(folder)
-    except ModelDirError:
-        return True  # load_combined names what is wrong with it
 
 
 def load_combined(folder, trust=False):

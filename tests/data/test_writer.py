@@ -7,8 +7,6 @@ real); ``test_curves_*`` needs the real caustics module.
 
 import csv
 import dataclasses
-import importlib.util
-import pathlib
 
 import numpy as np
 import pytest
@@ -20,23 +18,15 @@ from ensai_tf import conventions
 from ensai_tf.data import pipeline
 from ensai_tf.data import writer
 from ensai_tf.errors import InputError
+from fake_simulator import install as install_fake_simulator  # tests/data/ is on sys.path
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def _load_fakes():
-    """tests/data/fake_simulator.py (tests are not a package)."""
-    path = pathlib.Path(__file__).resolve().parent / "fake_simulator.py"
-    spec = importlib.util.spec_from_file_location("_ensai_fake_simulator", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture(scope="module")
 def fake_simulator():
     with pytest.MonkeyPatch.context() as mp:
-        _load_fakes().install(mp)
+        install_fake_simulator(mp)
         yield
 
 

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from ensai_tf import model_dir
 from ensai_tf.conventions import ELLIPTICITY_INDICES
 from ensai_tf.losses import ParityMSE
 from ensai_tf.models import build_model, combiner
@@ -221,7 +222,8 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
     assert record["backbones"] == ["../nets/a.keras", "../nets/g.keras"]
     assert record["reference"] == 1 and record["mode"] == mode
     (folder / "combiner.json").write_text(json.dumps(record))
-    assert combiner.is_by_reference(folder) and not combiner.is_by_reference(nets)
+    assert model_dir.model_source(folder)[0] == "combined"
+    assert model_dir.model_source(nets)[0] is None
 
     x = _images(3, seed=5)
     rebuilt = combiner.load_combined(folder)

@@ -6,7 +6,6 @@ Imported by the test modules of this folder (pytest puts the folder on
 
 import math
 
-import keras
 import numpy as np
 from astropy.io import fits
 from astropy.wcs import WCS
@@ -75,12 +74,3 @@ def lens_fits(tmp_path, kappa=4.0, theta=25.0):
             write_fits(tmp_path / "red.fits", red + 0.05, wcs), arcs, wcs)
 
 
-def constant_model(path):
-    """A ``.keras`` model that predicts (1.2, 0.2, 0, 0.04, -0.08) for any image."""
-    inp = keras.Input((192, 192, 1))
-    out = keras.layers.Dense(5, kernel_initializer="zeros",
-                             bias_initializer=keras.initializers.Constant(
-                                 [1.2, 0.2, 0.0, 0.04, -0.08]))(
-        keras.layers.GlobalAveragePooling2D()(inp))
-    keras.Model(inp, out).save(path)
-    return str(path)

@@ -8,7 +8,7 @@ import pathlib
 
 import numpy as np
 import pytest
-from realdata_files import constant_model, lens_fits, make_wcs, write_fits
+from realdata_files import lens_fits, make_wcs, write_fits
 
 from ensai_tf import cli, realdata
 from ensai_tf.errors import InputError
@@ -28,7 +28,7 @@ def test_two_band_cutout_unmixes_to_the_arcs(tmp_path):
     assert ica.arc_correlation(res.arc, truth) >= 0.95
 
 
-def test_predict_two_band_writes_sky_pa_and_diagnostic(tmp_path):
+def test_predict_two_band_writes_sky_pa_and_diagnostic(tmp_path, constant_model):
     b, r, _, wcs = lens_fits(tmp_path, theta=25.0)
     model = constant_model(tmp_path / "m.keras")
     out = tmp_path / "p.csv"
@@ -66,7 +66,7 @@ def test_masks_covering_the_whole_cutout(tmp_path):
     assert "b.fits" in str(err.value)
 
 
-def test_cli_predict_bands(tmp_path, capsys):
+def test_cli_predict_bands(tmp_path, capsys, constant_model):
     b, r, _, _ = lens_fits(tmp_path)
     model = constant_model(tmp_path / "m.keras")
     out, png = tmp_path / "p.json", tmp_path / "d.png"
@@ -81,7 +81,7 @@ def test_cli_predict_bands(tmp_path, capsys):
     assert rc == 0
 
 
-def test_cli_bad_two_band_input(tmp_path, capsys):
+def test_cli_bad_two_band_input(tmp_path, capsys, constant_model):
     b, r, _, _ = lens_fits(tmp_path)
     model = constant_model(tmp_path / "m.keras")
     assert cli.main(["predict", model, b, "--ica"]) == 2
