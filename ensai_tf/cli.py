@@ -123,7 +123,30 @@ def _cmd_evaluate(args):
                       trust_savedmodel=args.trust_savedmodel, overwrite=args.overwrite)
 
 
+def _cmd_predict_catalog(args):
+    given = [flag for flag, value in (
+        ("image files", args.files), ("--bands", args.bands), ("--ica", args.ica),
+        ("--ra", args.ra), ("--dec", args.dec), ("--x", args.x), ("--y", args.y),
+        ("--mask", args.mask), ("--mask-sky", args.mask_sky), ("--plot", args.plot))
+        if value not in (None, False, [])]
+    if given:
+        raise InputError(f"--catalog takes the images, positions and second bands from its "
+                         f"columns; drop {', '.join(given)}")
+    catalog = _workflow("catalog")
+    catalog.predict_catalog(
+        args.model, args.catalog, args.output, shard=catalog.parse_shard(args.shard or "0/1"),
+        resume=args.resume, overwrite=args.overwrite, batch_size=args.batch_size,
+        pixel_scale=args.pixel_scale, hdu=args.hdu, psf_fwhm=args.psf_fwhm,
+        cosmic_rays=args.cosmic_rays, symmetrize=args.symmetrize,
+        trust_savedmodel=args.trust_savedmodel)
+
+
 def _cmd_predict(args):
+    if args.catalog is not None:
+        _cmd_predict_catalog(args)
+        return
+    if args.resume or args.shard is not None:
+        raise InputError("--resume and --shard work with --catalog FILE.csv")
     _refuse_existing(args.output, "output", args.overwrite)
     _refuse_existing(args.plot, "plot", args.overwrite)
     realdata = _workflow("realdata")
@@ -255,12 +278,33 @@ def _add_evaluate(sub):
 
 def _add_predict(sub):
     """The ``ensai predict`` subcommand."""
-    p = sub.add_parser("predict", help="predict lens parameters for .npy or FITS images")
+    p = sub.add_parser("predict", help="predict lens parameters for .npy or FITS images, or "
+                                       "for a catalogue of cutouts (--catalog)")
     p.add_argument("model", help="model folder, SavedModel folder or .keras file")
     p.add_argument("files", nargs="*", help=".npy or .fits images")
-    p.add_argument("--output", default="-", help="CSV or JSON file (by extension); '-' = stdout")
+    p.add_argument("--output", "--out", default="-",
+                   help="CSV or JSON file (by extension; with --catalog CSV or JSON lines, "
+                        ".jsonl); '-' = CSV on stdout")
     p.add_argument("--overwrite", action="store_true",
                    help="replace an existing --output (or --plot) file")
+    c = p.add_argument_group(
+        "survey catalogues (ensai_tf.catalog)",
+        "--catalog FILE.csv: a header and one row per lens; columns path (.npy or FITS, relative "
+        "to the catalogue's folder), optional ra,dec (degrees, needs a WCS) or x,y (0-based "
+        "pixels) for the lens position, optional band2 (a redder FITS band: two-band ICA as "
+        "--bands). Rows are appended to --output and flushed batch by batch. An unreadable "
+        "image does not stop the run: it is reported on stderr and in OUTPUT.errors.csv, and "
+        "skipped; a bad catalogue (column, number) stops it before any work. --pixel-scale, "
+        "--hdu, --psf-fwhm and --cosmic-rays apply to every row.")
+    c.add_argument("--catalog", metavar="FILE.csv", default=None,
+                   help="predict every lens of this catalogue")
+    c.add_argument("--shard", metavar="I/N", default=None,
+                   help="only the rows with catalog_row %% N == I (0 <= I < N), for job "
+                        "arrays: the N outputs together hold the unsharded rows (to the bit "
+                        "with the same --batch-size); give each its own --output")
+    c.add_argument("--resume", action="store_true",
+                   help="keep the rows already in --output (dropping an incomplete last line "
+                        "of a killed run) and predict the rest; a missing output is started")
     p.add_argument("--pixel-scale", type=_number(float, 1e-4, 10.0, " arcsec"), default=None,
                    metavar="ARCSEC",
                    help="pixel scale of images without a WCS, 1e-4 to 10 arcsec")

@@ -15,6 +15,7 @@ Example:
     ['dec_deg', 'e_x', 'e_y']
 """
 
+import dataclasses
 import os
 import pathlib
 import sys
@@ -31,7 +32,8 @@ from ensai_tf.preprocess.images import iter_prepared, iter_prepared_array
 from ensai_tf.preprocess.reading import FITS_SUFFIXES, as_stack
 from ensai_tf.tables import TableStream, check_writable, output_columns, output_format
 
-__all__ = ["DEFAULT_MODEL", "load_model", "predict", "predict_files"]
+__all__ = ["DEFAULT_MODEL", "TablePredictor", "load_model", "load_table_predictor", "predict",
+           "predict_files"]
 
 DEFAULT_MODEL = "combined"
 """The shipped model :func:`predict` uses by default (a folder of ``trained_weights/``)."""
@@ -59,6 +61,99 @@ def _check_files(files):
         if not name.lower().endswith((".npy", *FITS_SUFFIXES)):
             raise InputError(f"{name}: unknown file type; give .npy or FITS (.fits, .fit, .fts, "
                              ".fits.fz)")
+
+
+@dataclasses.dataclass
+class TablePredictor:
+    """A model loaded for ``ensai predict``'s tables: batches of prepared images to table rows.
+
+    Made by :func:`load_table_predictor`; :func:`predict_files` and
+    :func:`ensai_tf.catalog.predict_catalog` write what :meth:`rows` returns.
+
+    Attributes:
+        predict_fn: the raw-output function of :func:`ensai_tf.inference.load_predictor`.
+        npix: the network's input side, pixels.
+        head: ``"point"``, ``"diagonal"`` or ``"full"``
+            (:func:`ensai_tf.uncertainty.head_layout`).
+        n_targets: 5, or 7 with the shear.
+        calibration: the interval calibration of a Gaussian head, or None.
+        thresholds: quality-flag thresholds (:func:`ensai_tf.flags.model_thresholds`).
+        seconds: time spent in the network so far (warm-up excluded), seconds.
+    """
+
+    predict_fn: object
+    npix: int
+    head: str
+    n_targets: int
+    calibration: object
+    thresholds: dict
+    seconds: float = 0.0
+
+    @property
+    def columns(self):
+        """The table's CSV columns (:func:`ensai_tf.tables.output_columns`)."""
+        return output_columns(self.head, self.n_targets)
+
+    def rows(self, prepared, make_rows=result_rows, pad_to=None):
+        """Table rows of a batch: parameters, intervals and shear, quality flags.
+
+        Args:
+            prepared: non-empty list of :class:`ensai_tf.preprocess.images.PreparedImage`.
+            make_rows: ``make_rows(prepared, params)`` -> the base row dicts
+                from the ``(B, 5)`` parameters (arcsec, -, -, arcsec, arcsec);
+                default :func:`ensai_tf.inference.result_rows`.
+            pad_to: run the network on batches of exactly this many images
+                (repeating the last), so that an image's numbers do not depend
+                on how many share its batch: CPU kernels may round float32
+                sums differently for another batch size.
+
+        Returns:
+            list of row dicts, one per image, keyed by :attr:`columns`
+            (Gaussian heads add ``covariance``).
+        """
+        images = np.stack([p.image for p in prepared])
+        if pad_to is not None and len(images) < pad_to:
+            images = np.concatenate([images, np.repeat(images[-1:], pad_to - len(images), 0)])
+        start = time.perf_counter()
+        raw = self.predict_fn(images)[:len(prepared)]
+        self.seconds += time.perf_counter() - start
+        rows = make_rows(prepared, raw[:, :conventions.NUM_PARAMS])
+        if raw.shape[1] > conventions.NUM_PARAMS:
+            for row, extra in zip(rows, uncertainty_columns(raw, self.calibration)):
+                row.update(extra)
+        for row, extra in zip(rows, flag_columns(prepared, raw, self.thresholds)):
+            row.update(extra)
+        return rows
+
+
+def load_table_predictor(model, symmetrize=False, trust_savedmodel=False):
+    """Load a model for ``ensai predict``'s tables, run its warm-up, read its calibration.
+
+    Args:
+        model: model folder, SavedModel folder or ``.keras`` file.
+        symmetrize: average each prediction over the eight flips and
+            rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
+            point-estimate models only, 8x the time per lens).
+        trust_savedmodel: as :func:`ensai_tf.inference.load_predictor`.
+
+    Returns:
+        :class:`TablePredictor`.
+
+    Raises:
+        InputError: ``symmetrize`` with a Gaussian-head model.
+        ModelDirError: a missing or corrupt model.
+    """
+    # averaging over flips and rotations works on point estimates: no spread head then
+    predict_fn, npix = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel,
+                                      with_spread=not symmetrize)
+    if symmetrize:
+        predict_fn = symmetry.symmetrize(predict_fn)  # refuses a Gaussian head at the warm-up
+    # warm-up: build and trace once, not timed; its width tells the head
+    head, n_targets = uncertainty.head_layout(
+        predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
+    calibration = load_calibration(model) if head != "point" else None
+    return TablePredictor(predict_fn, npix, head, n_targets, calibration,
+                          model_thresholds(load_calibration(model)))
 
 
 def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, return_rows=True,
@@ -103,46 +198,29 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     check_writable(output)
     output_format(output)
     _check_files(files)  # before the seconds of model loading
-    # averaging over flips and rotations works on point estimates: no spread head then
-    predict_fn, npix = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel,
-                                      with_spread=not symmetrize)
-    if symmetrize:
-        predict_fn = symmetry.symmetrize(predict_fn)  # refuses a Gaussian head at the warm-up
-    # warm-up: build and trace once, not timed; its width tells the head
-    head, n_targets = uncertainty.head_layout(
-        predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
-    calibration = load_calibration(model) if head != "point" else None
-    thresholds = model_thresholds(load_calibration(model))
-    table = TableStream(output, output_columns(head, n_targets))
+    predictor = load_table_predictor(model, symmetrize, trust_savedmodel)
+    table = TableStream(output, predictor.columns)
     kept = [] if return_rows else None
     frames = set()
     flagged = {}
-    elapsed = 0.0
     try:
-        for batch in _batches(files, npix, pixel_scale, batch_size):
-            images = np.stack([p.image for p in batch])
-            start = time.perf_counter()
-            raw = predict_fn(images)
-            elapsed += time.perf_counter() - start
-            rows = result_rows(batch, raw[:, :conventions.NUM_PARAMS])
-            if raw.shape[1] > conventions.NUM_PARAMS:
-                for row, extra in zip(rows, uncertainty_columns(raw, calibration)):
-                    row.update(extra)
-            for row, extra in zip(rows, flag_columns(batch, raw, thresholds)):
-                row.update(extra)
-                for name in extra["flags"]:
+        for batch in _batches(files, predictor.npix, pixel_scale, batch_size):
+            rows = predictor.rows(batch)
+            for row in rows:
+                for name in row["flags"]:
                     flagged.setdefault(row["file"], {}).setdefault(name, 0)
                     flagged[row["file"]][name] += 1
             table.write(rows)
             frames.update(r["pa_frame"] for r in rows)
             if kept is not None:
                 kept.extend(rows)
-            del images, batch, rows
+            del batch, rows
         table.commit()
     except BaseException:
         table.discard()
         raise
     n = table.count
+    elapsed = predictor.seconds
     print(f"ensai predict: {n} lenses in {elapsed:.3f} s "
           f"({1e3 * elapsed / max(n, 1):.2f} ms per lens, batch {batch_size}); "
           f"PA frame: {', '.join(sorted(frames))}", file=sys.stderr)

@@ -1,8 +1,14 @@
-"""Prediction tables: their columns, and CSV/JSON files written whole or streamed.
+"""Prediction tables: their columns, and CSV/JSON files written whole, streamed or appended.
 
-A table is published only when complete: it is written under a temporary name
-in the destination folder and renamed, so an error or Ctrl-C never leaves half
-a file and never clobbers an existing one. ``'-'`` writes CSV to stdout.
+A table of :func:`write_table` or :class:`TableStream` is published only when
+complete: it is written under a temporary name in the destination folder and
+renamed, so an error or Ctrl-C never leaves half a file and never clobbers an
+existing one. ``'-'`` writes CSV to stdout.
+
+An :class:`AppendTable` (``ensai predict --catalog``) is the other kind: rows
+are appended to the output itself and flushed after each batch, so a run that
+is killed keeps what it wrote and a later run resumes it. Only formats that
+can grow line by line qualify (:func:`append_format`): CSV and JSON lines.
 
 Example:
     >>> import tempfile, pathlib
@@ -14,6 +20,7 @@ Example:
 """
 
 import csv
+import fcntl
 import io
 import json
 import os
@@ -27,12 +34,15 @@ from ensai_tf import conventions
 from ensai_tf.errors import InputError
 
 __all__ = [
+    "APPEND_FORMATS",
+    "AppendTable",
     "FLAG_COLUMNS",
     "INTERVAL_LEVEL",
     "OUTPUT_COLUMNS",
     "PA_FRAME_IMAGE",
     "PA_FRAME_SKY",
     "TableStream",
+    "append_format",
     "check_writable",
     "output_columns",
     "output_format",
@@ -49,6 +59,9 @@ JSON, empty when none) and the out-of-distribution percentile against the valida
 OUTPUT_COLUMNS = ("file", "index", *conventions.PARAM_NAMES, "q", "pa_deg", "pa_frame",
                   "x_pix", "y_pix", "ra_deg", "dec_deg", *FLAG_COLUMNS)
 """Columns of a point-estimate network's table; see :func:`output_columns` for the others."""
+
+APPEND_FORMATS = ("csv", "jsonl")
+"""Formats an :class:`AppendTable` writes: CSV, and JSON lines (one JSON object per line)."""
 
 INTERVAL_LEVEL = 0.68
 """Level of the per-parameter intervals in ``ensai predict``'s table."""
@@ -249,3 +262,177 @@ class TableStream:
         if self._tmp is not None:
             self._tmp.unlink(missing_ok=True)
             self._tmp = None
+
+
+def append_format(output):
+    """The format of a table written row by row and resumable (:class:`AppendTable`).
+
+    Args:
+        output: a ``.csv`` or ``.jsonl`` path, or ``'-'`` for CSV on stdout.
+
+    Returns:
+        ``"csv"`` or ``"jsonl"``.
+
+    Raises:
+        InputError: a ``.json`` file (one JSON array, which cannot grow row by
+            row or be resumed) or any other extension.
+
+    Example:
+        >>> append_format("out.jsonl")
+        'jsonl'
+    """
+    if output == "-":
+        return "csv"
+    suffix = pathlib.Path(output).suffix.lower()
+    if suffix == ".json":
+        raise InputError(f"output {output!r}: a .json table is one JSON array, which cannot be "
+                         "written as it goes or resumed; use .csv or .jsonl (one JSON object "
+                         "per line)")
+    if suffix[1:] not in APPEND_FORMATS:
+        raise InputError(f"output {output!r}: unknown format {suffix or '(none)'}; use a .csv "
+                         "or .jsonl file, or '-' for CSV on stdout")
+    return suffix[1:]
+
+
+class AppendTable:
+    """Rows appended to a CSV or JSON-lines file and flushed batch by batch, resumable.
+
+    The file is locked (``flock``) while open, so a second run writing the
+    same output is refused instead of interleaving lines. A new table (or
+    ``resume=False``) starts empty; ``resume=True`` keeps the rows there and
+    first drops an incomplete last line, the trace of a run killed in the
+    middle of a write. ``'-'`` writes CSV to stdout (no resume).
+
+    Args:
+        output: ``.csv`` or ``.jsonl`` path, or ``'-'`` (:func:`append_format`).
+        columns: the table's columns: the CSV header, and the keys every JSON
+            line must hold (other keys are written to JSON lines only).
+        resume: keep the rows already in ``output``.
+
+    Attributes:
+        dropped: bytes of an incomplete last line removed on resume (0 when none).
+
+    Raises:
+        InputError: the output cannot be opened or locked, or (on resume) its
+            header is not ``columns``.
+    """
+
+    def __init__(self, output, columns, resume=False):
+        self.output = output
+        self.format = append_format(output)
+        self.columns = tuple(columns)
+        self.dropped = 0
+        self._file = None
+        if output == "-":
+            if resume:
+                raise InputError("a table on stdout ('-') cannot be resumed; give a file")
+            self._file = sys.stdout
+        else:
+            try:
+                self._file = open(output, "a+", newline="", encoding="utf-8")
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if resume:
+                    self.dropped = self._drop_partial_line()
+                    self._check_header()
+                else:
+                    self._file.truncate(0)
+            except BlockingIOError:
+                self.close()
+                raise InputError(f"output {output!r} is being written by another run; give "
+                                 "each run (each --shard) its own output file") from None
+            except OSError as err:
+                self.close()
+                raise InputError(f"cannot write {output!r}: {err}") from None
+        self._csv = csv.DictWriter(self._file, fieldnames=self.columns, lineterminator="\n",
+                                   extrasaction="ignore") if self.format == "csv" else None
+        if self._csv is not None and (output == "-" or os.fstat(self._file.fileno()).st_size == 0):
+            self._csv.writeheader()
+            self._flush()
+
+    def _drop_partial_line(self):
+        """Cut the file after its last newline; return the bytes dropped."""
+        fd = self._file.fileno()
+        size = os.fstat(fd).st_size
+        end, chunk = size, 1 << 16
+        while end > 0:
+            start = max(0, end - chunk)
+            data = os.pread(fd, end - start, start)
+            newline = data.rfind(b"\n")
+            if newline >= 0:
+                keep = start + newline + 1
+                break
+            end = start
+        else:
+            keep = 0
+        if keep < size:
+            self._file.truncate(keep)
+        self._file.seek(0, os.SEEK_END)
+        return size - keep
+
+    def _check_header(self):
+        """Refuse to append to a CSV whose header is not this table's."""
+        if self.format != "csv" or os.fstat(self._file.fileno()).st_size == 0:
+            return
+        self._file.seek(0)
+        header = next(csv.reader([self._file.readline()]), [])
+        self._file.seek(0, os.SEEK_END)
+        if tuple(header) != self.columns:
+            raise InputError(f"output {self.output!r} has the columns {','.join(header)[:200]!r}, "
+                             "not those of this table; resume with the model and settings that "
+                             "wrote it, or give a new output file")
+
+    def existing_rows(self):
+        """Yield ``(line number, row dict)`` of the rows already in the file.
+
+        CSV values are the strings of the file; JSON lines are parsed.
+
+        Raises:
+            InputError: a line that is not a row of this table (names it).
+        """
+        if self.output == "-":
+            return
+        with open(self.output, newline="", encoding="utf-8") as f:
+            if self.format == "csv":
+                reader = csv.DictReader(f)
+                for row in reader:
+                    if None in row or None in row.values():
+                        raise InputError(f"{self.output} line {reader.line_num}: "
+                                         f"{len(row) - (None in row)} cells where the header has "
+                                         f"{len(self.columns)}; the file is not this table")
+                    yield reader.line_num, row
+                return
+            for number, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    row = None
+                if not isinstance(row, dict) or not set(self.columns) <= set(row):
+                    raise InputError(f"{self.output} line {number}: not a JSON object with this "
+                                     "table's columns; the file is not this table")
+                yield number, row
+
+    def write(self, rows):
+        """Append row dicts and flush them to the operating system.
+
+        Args:
+            rows: dicts keyed by the table's columns; None values become empty
+                CSV cells (``null`` in JSON lines).
+        """
+        try:
+            for row in rows:
+                if self._csv is not None:
+                    self._csv.writerow({k: _csv_cell(v) for k, v in row.items()})
+                else:
+                    self._file.write(json.dumps(row) + "\n")
+            self._flush()
+        except OSError as err:
+            raise InputError(f"cannot write {self.output!r}: {err}") from None
+
+    def _flush(self):
+        self._file.flush()
+
+    def close(self):
+        """Flush and close the file, releasing its lock (idempotent; stdout stays open)."""
+        file, self._file = self._file, None
+        if file is not None and file is not sys.stdout and not file.closed:
+            file.close()

@@ -11,7 +11,7 @@ own layer and the layers below it, never one above:
 5. models
 6. inference, export, callbacks, run_dir
 7. workflows: train, combine, calibrate, evaluate, reports, prediction,
-   realdata, twoband, demo
+   catalog, realdata, twoband, demo
 8. cli
 
 The package ``__init__`` sits above them all: it imports the modules that
@@ -35,8 +35,8 @@ LAYERS = (
     ("preprocess", "losses", "metrics", "symmetry", "calibration", "uncertainty", "tables"),
     ("models",),
     ("inference", "export", "callbacks", "run_dir", "flags"),
-    ("train", "combine", "calibrate", "evaluate", "reports", "prediction", "realdata", "twoband",
-     "demo", "trust"),
+    ("train", "combine", "calibrate", "evaluate", "reports", "prediction", "catalog", "realdata",
+     "twoband", "demo", "trust"),
     ("cli",),
 )
 """Top-level names of ``ensai_tf``'s modules and subpackages, by layer, lowest first."""

@@ -27,7 +27,7 @@ from ensai_tf.realdata.sky import pixel_to_sky_jacobian, position_angle_east_of_
 from ensai_tf.tables import (PA_FRAME_IMAGE, PA_FRAME_SKY, check_writable, output_columns,
                              output_format, write_table)
 
-__all__ = ["unmix_cutout", "plot_diagnostic", "prediction_summary", "band_files",
+__all__ = ["unmix_cutout", "plot_diagnostic", "prediction_summary", "cutout_row", "band_files",
            "predict_two_band"]
 
 
@@ -107,8 +107,20 @@ def _critical_curve(params):
     return np.asarray(curve)[0]
 
 
-def _row(cutout, params, label):
-    """One output row (:data:`ensai_tf.tables.OUTPUT_COLUMNS`) with q and PA east of north."""
+def cutout_row(cutout, params, label):
+    """One output row (:data:`ensai_tf.tables.OUTPUT_COLUMNS`) with q and PA east of north.
+
+    Args:
+        cutout: the :class:`~ensai_tf.realdata.cutout.TwoBandCutout` predicted.
+        params: ``(5,)`` predicted parameters (arcsec, -, -, arcsec, arcsec).
+        label: the row's ``file``.
+
+    Returns:
+        dict: ``file``, ``index`` (0), the five parameters, ``q``, ``pa_deg``
+        (degrees east of north with a WCS, else image frame; ``pa_frame``
+        says which), the lens centre ``x_pix``/``y_pix`` in blue-file pixels
+        and ``ra_deg``/``dec_deg`` (degrees, None without a WCS).
+    """
     P = conventions.Param
     p = np.asarray(params, dtype=np.float64)
     q, _ = conventions.q_phi_from_ellipticity(p[P.E_X], p[P.E_Y])
@@ -228,7 +240,7 @@ def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=
     raw = predict_images(predict_fn, image[None])
     elapsed = time.perf_counter() - start
     params = raw[0, :conventions.NUM_PARAMS]
-    rows = [_row(cutout, params, cutout.name)]
+    rows = [cutout_row(cutout, params, cutout.name)]
     head, n_targets = head_layout(raw.shape[1])
     if raw.shape[1] > conventions.NUM_PARAMS:
         calibration = load_calibration(model) if head != "point" else None
