@@ -26,6 +26,11 @@ and :func:`quality_flags` turns the statistics into flag names:
     source-plane to the image-plane spread of the bright pixels; its
     percentile against the validation split is reported.
 
+Where the screening network ships (``trained_weights/screen``, :mod:`ensai_tf.screen`),
+its probabilities join the statistics: ``no_lens`` is also raised by its
+``no_lens`` label (an unlensed galaxy), ``lens_light`` by its ``lens_light``
+label, and ``small_field`` by its ``edge_cut`` label (docs/design.md §8.7).
+
 Thresholds are fitted on the fixed validation split (:func:`fit_flag_thresholds`)
 and stored under ``"flags"`` in the model's ``calibration.json``; without them
 the package defaults :data:`DEFAULT_THRESHOLDS`, measured for the shipped
@@ -46,6 +51,8 @@ from scipy import ndimage
 
 from ensai_tf import conventions
 from ensai_tf.lensing.sie import sie_deflection
+from ensai_tf.models.screen import SCREEN_LABELS
+from ensai_tf.screen import load_screen, screen_scores
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -100,14 +107,15 @@ MAX_EPSILON = 0.95
 
 QUANTILE_BUDGET = {
     "significance": 0.003,
-    "concentration": 0.003,
-    "central_peak": 0.005,
-    "edge_fraction": 0.004,
-    "focus_ratio": 0.005,
+    "concentration": 0.0,
+    "central_peak": 0.002,
+    "edge_fraction": 0.003,
+    "focus_ratio": 0.004,
 }
 """Fraction of the validation split each statistic's threshold may flag on its own.
 
-They sum to 2%; flags overlap, so the union flags fewer."""
+With the screening network's labels (:data:`ensai_tf.screen.SCREEN_BUDGET`,
+0.8%) they sum to 2%; flags overlap, so the union flags fewer."""
 
 FOOTPRINT_TOLERANCE = 1.5
 """Field pixels per axis an input may lack before it counts as a small field."""
@@ -222,7 +230,8 @@ def _concentration(weights, above):
     return (weights * near).sum(axis=(1, 2)) / np.maximum(weights.sum(axis=(1, 2)), 1e-300)
 
 
-def image_statistics(images, params, footprints=None, pixel_scale=conventions.PIXEL_SCALE):
+def image_statistics(images, params, footprints=None, pixel_scale=conventions.PIXEL_SCALE,
+                     screen=None):
     """The statistics behind the quality flags, for a batch of prepared images.
 
     Args:
@@ -234,6 +243,8 @@ def image_statistics(images, params, footprints=None, pixel_scale=conventions.PI
             col_stop)``, the field pixels each input covers
             (``PreparedImage.footprint``); None for the whole field.
         pixel_scale: pixel side, arcsec.
+        screen: a :class:`ensai_tf.screen.Screen` whose probabilities join
+            the statistics, or None.
 
     Returns:
         dict of ``(N,)`` float64 arrays:
@@ -258,6 +269,8 @@ def image_statistics(images, params, footprints=None, pixel_scale=conventions.PI
         * ``footprint_fraction``: the smaller of the covered rows and columns
           over the field side.
         * ``theta_e``: the predicted theta_E, arcsec.
+        * with ``screen``: ``screen_no_lens``, ``screen_lens_light``,
+          ``screen_edge_cut``, the screening network's probabilities.
     """
     images = _as_batch(images)
     n, h, w = images.shape
@@ -275,7 +288,7 @@ def image_statistics(images, params, footprints=None, pixel_scale=conventions.PI
     total = np.maximum(weights.sum(axis=(1, 2)), 1e-300)
     rows = np.array([(fp[1] - fp[0]) if fp is not None else h for fp in footprints])
     cols = np.array([(fp[3] - fp[2]) if fp is not None else w for fp in footprints])
-    return {
+    stats = {
         "significance": peak_above / rms,
         "bright_pixels": bright.sum(axis=(1, 2)).astype(np.float64),
         "focus_ratio": focus,
@@ -287,6 +300,11 @@ def image_statistics(images, params, footprints=None, pixel_scale=conventions.PI
         "footprint_fraction": np.minimum(rows / h, cols / w),
         "theta_e": np.asarray(params, dtype=np.float64)[:, conventions.Param.THETA_E],
     }
+    if screen is not None:
+        probabilities = screen_scores(screen, images)
+        for j, label in enumerate(SCREEN_LABELS):
+            stats[f"screen_{label}"] = probabilities[:, j]
+    return stats
 
 
 def fit_flag_thresholds(stats, budget=None):
@@ -344,13 +362,23 @@ def ood_percentile(stats, thresholds):
     return np.interp(focus, reference, levels, left=0.0, right=100.0)
 
 
+def _screen_masks(stats, screen):
+    """Boolean ``(N,)`` per screening label: its probability above its threshold (all False without)."""
+    n = len(stats["significance"])
+    if screen is None or f"screen_{SCREEN_LABELS[0]}" not in stats:
+        return {label: np.zeros(n, dtype=bool) for label in SCREEN_LABELS}
+    return {label: np.asarray(stats[f"screen_{label}"]) > screen.thresholds[label]
+            for label in SCREEN_LABELS}
+
+
 def flag_masks(stats, thresholds=None, npix=conventions.NPIX):
     """Boolean ``(N,)`` array per flag name.
 
     Args:
         stats: :func:`image_statistics` output.
-        thresholds: dict of :func:`fit_flag_thresholds`; None uses
-            :data:`DEFAULT_THRESHOLDS`.
+        thresholds: dict of :func:`fit_flag_thresholds` (its ``"screen"``
+            entry, from :func:`model_thresholds`, adds the screening
+            network's labels); None uses :data:`DEFAULT_THRESHOLDS`.
         npix: field side, pixels.
 
     Returns:
@@ -359,14 +387,16 @@ def flag_masks(stats, thresholds=None, npix=conventions.NPIX):
         mean nothing without a lens.
     """
     t = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    screened = _screen_masks(stats, t.get("screen"))
     no_lens = (stats["significance"] < t["significance"]) \
-        | (stats["concentration"] > t["concentration"])
+        | (stats["concentration"] > t["concentration"]) | screened["no_lens"]
     small = (stats["footprint_fraction"] < 1.0 - FOOTPRINT_TOLERANCE / npix) \
-        | (stats["edge_fraction"] > t["edge_fraction"])
+        | (stats["edge_fraction"] > t["edge_fraction"]) | screened["edge_cut"]
     return {
         "no_lens": no_lens,
-        "lens_light": ~no_lens & (stats["central_peak"] > t["central_peak"])
-        & (stats["theta_e"] >= LENS_LIGHT_MIN_THETA_E),
+        "lens_light": ~no_lens & (((stats["central_peak"] > t["central_peak"])
+                                   & (stats["theta_e"] >= LENS_LIGHT_MIN_THETA_E))
+                                  | screened["lens_light"]),
         "small_field": small,
         "out_of_distribution": ~no_lens & (stats["focus_ratio"] > t["focus_ratio"]),
     }
@@ -405,29 +435,33 @@ def flag_columns(prepared, params, thresholds=None):
     if not len(prepared):
         return []
     images = np.stack([p.image for p in prepared])
-    stats = image_statistics(images, np.asarray(params)[:, :conventions.NUM_PARAMS],
-                             [p.footprint for p in prepared])
     t = DEFAULT_THRESHOLDS if thresholds is None else thresholds
+    stats = image_statistics(images, np.asarray(params)[:, :conventions.NUM_PARAMS],
+                             [p.footprint for p in prepared], screen=t.get("screen"))
     names = quality_flags(stats, t, images.shape[1])
     pct = ood_percentile(stats, t)
     return [{"flags": f, "ood_percentile": None if np.isnan(q) else round(float(q), 2)}
             for f, q in zip(names, pct)]
 
 
-def model_thresholds(calibration):
+def model_thresholds(calibration, screen=True):
     """The flag thresholds of a model's ``calibration.json`` dict, or the package defaults.
 
     Args:
         calibration: the dict of :func:`ensai_tf.inference.load_calibration`, or None.
+        screen: True loads the shipped screening network
+            (:func:`ensai_tf.screen.load_screen`; skipped when none ships),
+            False leaves it out, or a :class:`ensai_tf.screen.Screen`.
 
     Returns:
-        a thresholds dict (:func:`fit_flag_thresholds`).
+        a thresholds dict (:func:`fit_flag_thresholds`), with the screening
+        network under ``"screen"`` (None without one).
     """
+    merged = dict(DEFAULT_THRESHOLDS)
     if isinstance(calibration, dict) and isinstance(calibration.get("flags"), dict):
-        merged = dict(DEFAULT_THRESHOLDS)
         merged.update(calibration["flags"])
-        return merged
-    return dict(DEFAULT_THRESHOLDS)
+    merged["screen"] = load_screen() if screen is True else (screen or None)
+    return merged
 
 
 def format_flags(names):

@@ -34,6 +34,7 @@ from ensai_tf import conventions
 from ensai_tf.inference import load_calibration, load_predictor, predict_images
 from ensai_tf.preprocess.images import iter_prepared_array
 from ensai_tf.data import sources
+from ensai_tf.data.draws import fold_seeds, uniforms
 from ensai_tf.data.observe import observe
 from ensai_tf.data.render import ray_geometry, render_arcs
 from ensai_tf.data.seeds import example_seeds
@@ -55,6 +56,7 @@ __all__ = [
     "blank_sky_images",
     "edge_cut_images",
     "noise_images",
+    "prepare_stack",
     "small_cutouts",
     "unlensed_galaxy_images",
 ]
@@ -88,6 +90,9 @@ SHIFTED_SHEAR_MAX = 0.1
 
 UNLENSED_SEED = 9173
 """User seed of the unlensed-galaxy set (test-split stream, so test stamps)."""
+
+UNLENSED_STREAM = 41
+"""Seed stream (folded into each example's seed) of an unlensed galaxy's offset."""
 
 UNLENSED_OFFSET = 0.3
 """Half-side of the uniform offset of an unlensed galaxy from the field centre, arcsec."""
@@ -144,10 +149,10 @@ def blank_sky_images(n, npix=conventions.NPIX, seed=0):
     return images
 
 
-def unlensed_galaxy_images(cfg, n, seed=UNLENSED_SEED):
+def unlensed_galaxy_images(cfg, n, seed=UNLENSED_SEED, split="test", start=0):
     """Single galaxies without a lens, observed like the test lenses.
 
-    The sources of :mod:`ensai_tf.data.sources` (test-split stamps) are drawn
+    The sources of :mod:`ensai_tf.data.sources` (the split's stamps) are drawn
     as for the simulator, placed within ``UNLENSED_OFFSET`` arcsec of the
     field centre, rendered with zero deflection (theta_E = 0), scaled to
     peak 1 and passed through the evaluation observation chain
@@ -156,19 +161,21 @@ def unlensed_galaxy_images(cfg, n, seed=UNLENSED_SEED):
     Args:
         cfg: :class:`~ensai_tf.config.ExperimentConfig` of the test data.
         n: number of images.
-        seed: user seed; the example seeds are those of the test split.
+        seed: user seed; the example seeds are those of ``split``.
+        split: whose source stamps and seed stream, ``"train"``,
+            ``"validation"`` or ``"test"`` (the trust report's set).
+        start: index of the first example.
 
     Returns:
         ``(n, npix, npix)`` float32 observed images, masked pixels 0.
     """
-    stamps = load_stamps("test", cfg)
+    stamps = load_stamps(split, cfg)
     geo = ray_geometry(cfg.image, cfg.simulate)
-    seeds = example_seeds(int(seed), "test", 0, n)
+    seeds = example_seeds(int(seed), split, int(start), n)
     draws = sources.sample_sources(seeds, None, cfg.source, len(stamps))
     images, half = sources.render_sources(draws, stamps, size=int(cfg.simulate.source_pixels),
                                           taper_radius=float(cfg.source.taper_radius))
-    u = tf.random.stateless_uniform((n, 2), seed=[int(seed), 1], minval=-1.0, maxval=1.0)
-    position = UNLENSED_OFFSET * u
+    position = UNLENSED_OFFSET * (2.0 * uniforms(fold_seeds(seeds, UNLENSED_STREAM), 2) - 1.0)
     params = tf.zeros((n, conventions.NUM_PARAMS), tf.float32)
     arcs, _, _, _ = render_arcs(params, None, None, images, half, position, geo)
     peak = tf.reduce_max(arcs, axis=(1, 2), keepdims=True)
@@ -293,9 +300,19 @@ def interval_report(predict_fn, images, truth, calibration):
             "arrays": (truth, mean, std, calibration)}
 
 
-def _prepared(images):
-    """Prepared images (``ensai predict``'s preparation) and their footprints."""
-    items = list(iter_prepared_array(np.asarray(images)))
+def prepare_stack(images):
+    """Prepared images and their footprints, as ``ensai predict`` prepares them.
+
+    Args:
+        images: ``(N, H, W)`` or ``(N, H, W, 1)`` images of any size, 0.04
+            arcsec pixels.
+
+    Returns:
+        ``(prepared, footprints)``: ``(N, 192, 192, 1)`` float32 images and
+        the ``N`` field footprints (:class:`ensai_tf.preprocess.images.PreparedImage`).
+    """
+    images = np.asarray(images)
+    items = list(iter_prepared_array(images[..., 0] if images.ndim == 4 else images))
     return np.stack([p.image for p in items]), [p.footprint for p in items]
 
 
@@ -314,9 +331,9 @@ def flag_rates(predict_fn, images, thresholds):
     """
     images = np.asarray(images)
     images = images[..., 0] if images.ndim == 4 else images
-    prepared, footprints = _prepared(images)
+    prepared, footprints = prepare_stack(images)
     params = predict_images(predict_fn, prepared)[:, :conventions.NUM_PARAMS]
-    stats = flags.image_statistics(prepared, params, footprints)
+    stats = flags.image_statistics(prepared, params, footprints, screen=thresholds.get("screen"))
     masks = flags.flag_masks(stats, thresholds, prepared.shape[1])
     rates = {name: float(np.mean(masks[name])) for name in flags.FLAG_NAMES}
     rates["any"] = float(np.mean(np.any([masks[m] for m in flags.FLAG_NAMES], axis=0)))

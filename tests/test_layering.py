@@ -34,9 +34,9 @@ LAYERS = (
     ("data", "datasets"),
     ("preprocess", "losses", "metrics", "symmetry", "calibration", "uncertainty", "tables"),
     ("models",),
-    ("inference", "export", "callbacks", "run_dir", "flags"),
+    ("inference", "export", "callbacks", "run_dir", "flags", "screen", "distribute"),
     ("train", "combine", "calibrate", "evaluate", "reports", "prediction", "catalog", "realdata",
-     "twoband", "demo", "trust"),
+     "twoband", "demo", "trust", "train_screen"),
     ("cli",),
 )
 """Top-level names of ``ensai_tf``'s modules and subpackages, by layer, lowest first."""

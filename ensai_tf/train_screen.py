@@ -1,0 +1,176 @@
+"""Train the screening network and fit its thresholds (docs/design.md §8.7).
+
+The training images are made by the project's own generators, from the
+train split's source stamps and seed streams only:
+
+* clean lenses: the train stream of the ``paper`` preset (every label off);
+* lens light: the train stream with ``simulate.lens_light`` on (``lens_light``);
+* unlensed galaxies (:func:`ensai_tf.trust.unlensed_galaxy_images`), pure
+  noise and blank sky (``no_lens``);
+* clean lenses whose brightest arc is moved onto the edge
+  (:func:`ensai_tf.trust.edge_cut_images`, ``edge_cut``).
+
+Every image is prepared as ``ensai predict`` prepares a user's image
+(:func:`ensai_tf.trust.prepare_stack`). The thresholds are then fitted on
+clean lenses of the fixed validation split (:func:`ensai_tf.screen.fit_screen_thresholds`),
+and the detection rate of each label is measured on validation-split sets of
+each kind, none of them seen in training. The trust report
+(``ensai evaluate --experiment trust``) measures it again on test-split sets.
+
+Example:
+    >>> info = train_screen("runs/screen", n_clean=4000, epochs=6)   # doctest: +SKIP
+"""
+
+import json
+import os
+import pathlib
+import time
+
+import keras
+import numpy as np
+
+from ensai_tf import atomic, trust
+from ensai_tf import config as config_lib
+from ensai_tf.data import pipeline
+from ensai_tf.errors import InputError
+from ensai_tf.evaluate import collect_fixed_split
+from ensai_tf.model_dir import MODEL_KERAS
+from ensai_tf.models.screen import SCREEN_LABELS, build_screen_model
+from ensai_tf.screen import SCREEN_BUDGET, SCREEN_JSON, fit_screen_thresholds, screen_scores
+
+__all__ = [
+    "SCREEN_SIZES",
+    "screen_training_set",
+    "train_screen",
+]
+
+SCREEN_SIZES = {"clean": 4000, "lens_light": 3000, "unlensed": 2500, "edge_cut": 1500,
+                "noise": 600}
+"""Default number of training images of each kind."""
+
+TRAIN_SEED = 101
+"""User seed of the screening network's training streams (offsets per kind)."""
+
+CHECK_N = 1000
+"""Validation lenses and validation-split images per kind used for thresholds and detection."""
+
+
+def _stream(cfg, n, seed, batch=50):
+    """The first ``n`` images of the train stream of ``cfg`` with user seed ``seed``, ``(n, H, W)``."""
+    ds = pipeline.make_dataset("train", cfg, seed=seed, batch_size=batch)
+    out = [x.numpy()[..., 0] for x, _ in ds.take(-(-n // batch))]
+    return np.concatenate(out)[:n]
+
+
+def _noise(n, seed):
+    """``n`` images of pure noise and blank sky, half each."""
+    return np.concatenate([trust.noise_images(n - n // 2, seed=seed),
+                           trust.blank_sky_images(n // 2, seed=seed + 1)])
+
+
+def screen_training_set(cfg, sizes=None, seed=TRAIN_SEED):
+    """Prepared training images of every kind and their labels.
+
+    Args:
+        cfg: :class:`~ensai_tf.config.ExperimentConfig` of the data (the ``paper`` preset).
+        sizes: dict kind -> count (keys of :data:`SCREEN_SIZES`).
+        seed: user seed; each kind uses ``seed + k``.
+
+    Returns:
+        ``(images (N, 192, 192, 1) float32, labels (N, 3) float32)``, labels in
+        :data:`ensai_tf.models.screen.SCREEN_LABELS` order.
+    """
+    sizes = dict(SCREEN_SIZES, **(sizes or {}))
+    lens_light = config_lib.experiment_config(cfg, "lens-light")
+    kinds = {
+        "clean": (lambda n: _stream(cfg, n, seed), ()),
+        "lens_light": (lambda n: _stream(lens_light, n, seed + 1), ("lens_light",)),
+        "unlensed": (lambda n: trust.unlensed_galaxy_images(cfg, n, seed=seed + 2, split="train"),
+                     ("no_lens",)),
+        "edge_cut": (lambda n: trust.edge_cut_images(_stream(cfg, n, seed + 3), seed=seed)[0],
+                     ("edge_cut",)),
+        "noise": (lambda n: _noise(n, seed + 4), ("no_lens",)),
+    }
+    images, labels = [], []
+    for kind, (make, on) in kinds.items():
+        n = int(sizes[kind])
+        if n <= 0:
+            continue
+        images.append(trust.prepare_stack(make(n))[0])
+        row = np.array([label in on for label in SCREEN_LABELS], dtype=np.float32)
+        labels.append(np.broadcast_to(row, (n, len(SCREEN_LABELS))))
+    return np.concatenate(images), np.concatenate(labels)
+
+
+def _check_sets(cfg, n):
+    """Validation-split images of each kind: clean, lens light, unlensed, edge-cut."""
+    clean, _, _ = collect_fixed_split(cfg, n, "validation")
+    lens_light, _, _ = collect_fixed_split(config_lib.experiment_config(cfg, "lens-light"), n,
+                                           "validation")
+    return {
+        "clean": trust.prepare_stack(clean)[0],
+        "lens_light": trust.prepare_stack(lens_light)[0],
+        "unlensed": trust.prepare_stack(
+            trust.unlensed_galaxy_images(cfg, n, seed=TRAIN_SEED, split="validation"))[0],
+        "edge_cut": trust.prepare_stack(trust.edge_cut_images(clean, seed=TRAIN_SEED)[0])[0],
+    }
+
+
+def train_screen(out_dir, config=None, sizes=None, epochs=6, batch_size=64, check_n=CHECK_N,
+                 overwrite=False, verbose=2):
+    """Train the screening network, fit its thresholds, and write its folder.
+
+    Args:
+        out_dir: folder to write ``model.keras`` and ``screen.json`` into.
+        config: config of the data (default: the ``paper`` preset).
+        sizes: training images per kind (default :data:`SCREEN_SIZES`).
+        epochs: passes over the training images.
+        batch_size: images per step.
+        check_n: validation lenses (and images per validation set) for the
+            thresholds and the detection rates.
+        overwrite: replace an existing screening network in ``out_dir``.
+        verbose: Keras ``fit`` verbosity.
+
+    Returns:
+        the dict written to ``screen.json``: thresholds, budget, detection
+        rate of each label on its validation set, clean flag rate, sizes,
+        epochs and the training time in seconds.
+
+    Raises:
+        InputError: ``out_dir`` already holds a screening network and not ``overwrite``.
+    """
+    out_dir = pathlib.Path(out_dir)
+    if (out_dir / MODEL_KERAS).exists() and not overwrite:
+        raise InputError(f"{str(out_dir)!r} already holds a screening network; pass "
+                         f"overwrite=True to replace it")
+    cfg = config if config is not None else config_lib.get_preset("paper")
+    start = time.time()
+    images, labels = screen_training_set(cfg, sizes)
+    order = np.random.default_rng(TRAIN_SEED).permutation(len(images))
+    keras.utils.set_random_seed(TRAIN_SEED)
+    model = build_screen_model(npix=images.shape[1])
+    model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(images[order], labels[order], batch_size=batch_size, epochs=epochs, verbose=verbose)
+    checks = {k: screen_scores(model, v) for k, v in _check_sets(cfg, check_n).items()}
+    thresholds = fit_screen_thresholds(checks["clean"])
+    above = {k: v > np.array([thresholds[label] for label in SCREEN_LABELS]) for k, v in
+             checks.items()}
+    expected = {"lens_light": "lens_light", "unlensed": "no_lens", "edge_cut": "edge_cut"}
+    info = {
+        "labels": list(SCREEN_LABELS),
+        "thresholds": thresholds,
+        "budget": dict(SCREEN_BUDGET),
+        "fitted_on": f"validation split, {check_n} clean lenses",
+        "clean_flag_rate": float(above["clean"].any(axis=1).mean()),
+        "detection_validation": {k: float(above[k][:, SCREEN_LABELS.index(label)].mean())
+                                 for k, label in expected.items()},
+        "sizes": dict(SCREEN_SIZES, **(sizes or {})),
+        "epochs": int(epochs),
+        "train_seconds": round(time.time() - start, 1),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = atomic.temp_path(out_dir / MODEL_KERAS, ".keras")
+    model.save(tmp)
+    os.replace(tmp, out_dir / MODEL_KERAS)
+    atomic.write_text(out_dir / SCREEN_JSON, json.dumps(info, indent=1) + "\n")
+    return info
