@@ -17,7 +17,8 @@
 - :class:`RunProgress`: after each epoch, how long it took and an estimate
   of the time left for the whole run or its time budget;
 - :class:`InitialState`: starts the plateau and checkpoint counters of a
-  continued finished run from its log.
+  continued finished run from its log;
+- :func:`announce_run`, :func:`summarise_run`: the lines opening and closing a run.
 """
 
 import json
@@ -33,11 +34,12 @@ import tensorflow as tf
 
 from ensai_tf import atomic, conventions, losses
 from ensai_tf.errors import ModelDirError, NonFiniteLossError
-from ensai_tf.model_dir import (BACKUP_DIR, BEST_KERAS, CALLBACK_STATE_JSON, LOG_CSV,
-                                TENSORBOARD_DIR)
-from ensai_tf.model_dir import file_sha256
 from ensai_tf.checkpoint import BACKUP_WEIGHTS, PREVIOUS_SUFFIX
-from ensai_tf.run_dir import completed_epochs
+from ensai_tf.distribute import all_workers
+from ensai_tf.model_dir import (BACKUP_DIR, BEST_KERAS, CALIBRATION_JSON, CALLBACK_STATE_JSON,
+                                CONFIG_YAML, LOG_CSV, MODEL_KERAS, SAVED_MODEL_DIR,
+                                TENSORBOARD_DIR, file_sha256)
+from ensai_tf.run_dir import completed_epochs, log_summary
 
 __all__ = [
     "AtomicCheckpoint",
@@ -48,8 +50,10 @@ __all__ = [
     "TimeBudget",
     "ValidationImages",
     "Warmup",
+    "announce_run",
     "build_callbacks",
     "format_duration",
+    "summarise_run",
 ]
 
 _INTEGER_STATE = ("wait", "cooldown_counter")
@@ -262,7 +266,8 @@ class TimeBudget(keras.callbacks.Callback):
 
     The epoch completes (validation, checkpoint and backup included), so
     the run finishes normally: best weights restored and exported. A
-    resumed run gets a fresh budget.
+    resumed run gets a fresh budget. In a multi-worker run every worker stops
+    once any worker's clock is past the budget.
 
     Args:
         minutes: the budget, wall-clock minutes.
@@ -277,7 +282,9 @@ class TimeBudget(keras.callbacks.Callback):
         self._start = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        if time.monotonic() - self._start >= self._seconds:
+        spent = time.monotonic() - self._start >= self._seconds
+        # every worker of a multi-worker run stops at the same epoch, or the others would wait
+        if not all_workers(self.model.distribute_strategy, not spent):
             print(f"ensai train: time budget of {self._seconds / 60:.1f} min reached "
                   f"after epoch {epoch + 1}; finishing")
             self.model.stop_training = True
@@ -377,6 +384,58 @@ class InitialState(keras.callbacks.Callback):
         for callback, values in self._state.items():
             for name, value in values.items():
                 setattr(callback, name, value)
+
+
+def _count(n, word):
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def _fmt_loss(value):
+    return "none yet" if value is None else f"{value:.4g}"
+
+
+def announce_run(cfg, model_dir, point, model):
+    """Print what a training run does: a new run, or where a resumed one continues from.
+
+    Args:
+        cfg, model_dir: the run's config and folder.
+        point: None for a new run, else :func:`ensai_tf.run_dir.resume_point`.
+        model: the built network (its parameter count is printed).
+    """
+    t = cfg.train
+    budget = (f", time budget {format_duration(60 * t.time_budget_minutes)}"
+              if t.time_budget_minutes > 0 else "")
+    plan = (f"{cfg.model.name} (width {cfg.model.width:g}, {model.count_params():,} parameters), "
+            f"up to {_count(t.epochs, 'epoch')} of {t.steps_per_epoch} steps, batch "
+            f"{t.batch_size}{budget}")
+    if point is None:
+        print(f"ensai train: training {plan} into {model_dir}", flush=True)
+        return
+    what = "continuing the finished run" if point["finished"] else "resuming"
+    source = f" from its {MODEL_KERAS}" if point["finished"] else ""
+    print(f"ensai train: {what} {model_dir}{source} after epoch {point['epoch']} "
+          f"(step {point['step']}, best validation loss {_fmt_loss(point['best_val_loss'])}): "
+          f"{plan}", flush=True)
+
+
+def summarise_run(cfg, model_dir, point, seconds):
+    """Print a run's closing line: epochs trained, time, best validation loss, folder and files.
+
+    Args:
+        cfg, model_dir: the run's config and folder (its ``log.csv`` is read).
+        point: the resume point the run started from, or None.
+        seconds: the run's duration, seconds.
+    """
+    logged = log_summary(model_dir / LOG_CSV)
+    trained = logged["epochs"] - (point["epoch"] if point else 0)
+    extra = f", {CALIBRATION_JSON}" if cfg.model.head != "point" else ""
+    best = _fmt_loss(logged["best_val_loss"])
+    if logged["best_epoch"] is not None:
+        best += f" (epoch {logged['best_epoch']})"
+    print(f"ensai train: trained {cfg.model.name} for {_count(trained, 'epoch')} "
+          f"({trained * cfg.train.steps_per_epoch} steps; {logged['epochs']} in all) in "
+          f"{format_duration(seconds)}; best validation loss {best}; wrote {model_dir} ({MODEL_KERAS}, {SAVED_MODEL_DIR}/, "
+          f"{BEST_KERAS}, {LOG_CSV}, {CONFIG_YAML}{extra})", flush=True)
 
 
 def build_callbacks(cfg, model_dir, sample=None, resume=False, extra=(), progress=False,

@@ -82,5 +82,6 @@ def start_tensorflow():
         import tensorflow as tf  # noqa: PLC0415
 
         tf.config.list_physical_devices()
-        (tf.constant(0.0) + 0.0).numpy()  # the first op prints the CPU-feature notice
+        if not os.environ.get("TF_CONFIG"):  # a multi-worker run configures TF before any op
+            (tf.constant(0.0) + 0.0).numpy()  # the first op prints the CPU-feature notice
     return tf

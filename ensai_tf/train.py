@@ -51,13 +51,16 @@ from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions, export, losses, metrics, models, uncertainty
 from ensai_tf.calibrate import calibrate_on_validation, write_calibration
-from ensai_tf.callbacks import build_callbacks, format_duration
+from ensai_tf.callbacks import announce_run, build_callbacks, summarise_run
 from ensai_tf.data.pipeline import make_dataset
 from ensai_tf.dirlock import ModelDirLock
-from ensai_tf.errors import ModelDirError
+from ensai_tf.distribute import (all_workers, copy_run_state, keras_fit, make_strategy,
+                                 read_tf_config, replicated_dataset, scratch_folder,
+                                 training_dataset, worker_lost_error)
+from ensai_tf.errors import EnsaiError, InputError, ModelDirError
 from ensai_tf.model_dir import (BACKUP_DIR, BEST_KERAS, CALIBRATION_JSON, CONFIG_YAML, LOG_CSV,
                                 MODEL_KERAS, SAVED_MODEL_DIR)
-from ensai_tf.run_dir import (data_cache_dir, log_summary, prepare_model_dir, remove_backup,
+from ensai_tf.run_dir import (data_cache_dir, prepare_model_dir, remove_backup,
                               resume_point, save_keras_atomic, trim_log)
 
 __all__ = [
@@ -124,17 +127,6 @@ def _float32_outputs(model):
     outputs = keras.layers.Activation("linear", dtype="float32", name="float32_output")(
         model.outputs[0])
     return keras.Model(model.inputs, outputs, name=model.name)
-
-
-def _strategy(distribute):
-    """The ``tf.distribute`` strategy of ``train(distribute=...)``."""
-    if distribute is None:
-        return tf.distribute.get_strategy()
-    if distribute != "mirrored":
-        raise ModelDirError(f"unknown distribution strategy {distribute!r}; use 'mirrored'")
-    gpus = tf.config.list_logical_devices("GPU")
-    devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
-    return tf.distribute.MirroredStrategy(devices=devices)
 
 
 def cpu_has_native_bf16(cpuinfo="/proc/cpuinfo"):
@@ -208,8 +200,8 @@ def _first_batch(dataset, n):
     return np.concatenate(images)[:n], np.concatenate(params)[:n]
 
 
-def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, callbacks=(),
-          verbose="auto"):
+def train(cfg, model_dir, resume=False, overwrite=False, strategy=None, *, callbacks=(),
+          verbose="auto", distribute=None):
     """Train one network on the online pipeline and export it.
 
     Args:
@@ -222,10 +214,14 @@ def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, cal
             ``train.time_budget_minutes`` (see
             :func:`ensai_tf.run_dir.prepare_model_dir`).
         overwrite: delete a previous run's files in ``model_dir`` first.
-        distribute: None, or ``"mirrored"`` for ``tf.distribute.MirroredStrategy``
-            over all GPUs (or all logical CPUs when there is no GPU).
+        strategy: None (one device), ``"mirrored"`` (all GPUs of this
+            machine, or all logical CPUs without one) or ``"multi-worker"``
+            (one process per machine, the cluster in ``TF_CONFIG``; only the
+            chief writes ``model_dir``): see :mod:`ensai_tf.distribute`. The
+            global batch stays ``train.batch_size``.
         callbacks: extra Keras callbacks (for notebooks and tests).
         verbose: passed to ``model.fit``.
+        distribute: deprecated name of ``strategy``.
 
     Returns:
         The trained Keras model, holding the best-validation weights that
@@ -234,11 +230,89 @@ def train(cfg, model_dir, resume=False, overwrite=False, distribute=None, *, cal
     Raises:
         ModelDirError: see :func:`ensai_tf.run_dir.prepare_model_dir`; also when another
             process is using ``model_dir`` (see :class:`~ensai_tf.dirlock.ModelDirLock`).
+        InputError: an unknown strategy, or a missing or malformed ``TF_CONFIG``.
         NonFiniteLossError: the loss became NaN or Inf; ``best.keras`` and
             the backup keep the last good weights and nothing is exported.
+        EnsaiError: a multi-worker run lost a worker; restart every worker
+            with ``resume=True``.
     """
+    if distribute is not None:
+        warnings.warn("train(distribute=...) is deprecated; use strategy=...", DeprecationWarning,
+                      stacklevel=2)
+        if strategy not in (None, distribute):
+            raise InputError(f"strategy={strategy!r} and distribute={distribute!r} disagree; "
+                             "give strategy only")
+        strategy = distribute
+    if strategy == "multi-worker":
+        return _train_multi_worker(cfg, model_dir, resume, overwrite, callbacks, verbose)
+    start = time.monotonic()
     with ModelDirLock(model_dir, "ensai train"):
-        return _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verbose)
+        run = _prepare_run(cfg, model_dir, resume, overwrite)
+        return _run(cfg, *run, make_strategy(strategy), callbacks, verbose, start)
+
+
+def _prepare_run(cfg, model_dir, resume, overwrite):
+    """Check and ready the folder, find the resume point, save the config: ``(folder, point)``."""
+    model_dir = prepare_model_dir(model_dir, cfg, resume=resume, overwrite=overwrite)
+    point = resume_point(model_dir, cfg.train.steps_per_epoch) if resume else None
+    config_lib.save_config(cfg, model_dir / CONFIG_YAML)
+    return model_dir, point
+
+
+def _agreed(strategy, step, elsewhere):
+    """Run ``step()``; every worker then learns whether all steps succeeded.
+
+    A failed step raises its own error here and ``ModelDirError(elsewhere)``
+    on the other workers, so a refused run stops everywhere at once.
+    """
+    try:
+        result, error = step(), None
+    except (EnsaiError, OSError) as err:
+        result, error = None, err
+    if not all_workers(strategy, error is None):
+        raise error or ModelDirError(elsewhere)
+    return result
+
+
+def _train_multi_worker(cfg, model_dir, resume, overwrite, callbacks, verbose):
+    """One worker of a multi-worker run: the chief in ``model_dir``, the others in scratch folders.
+
+    Every worker runs the same collective steps: the chief readies its
+    folder, then the others copy its state (resume) and ready their scratch
+    folders, then all train, save and export (docs/design.md §7.2).
+    """
+    start = time.monotonic()
+    task = read_tf_config()
+    strategy = make_strategy("multi-worker")  # before any TensorFlow operation
+    chief_failed = f"the chief could not start the run in {str(model_dir)!r} (see its message)"
+    try:
+        if task.is_chief:
+            with ModelDirLock(model_dir, "ensai train"):
+                run = _agreed(strategy, lambda: _prepare_run(cfg, model_dir, resume, overwrite),
+                              chief_failed)
+                _agreed(strategy, lambda: None, "another worker could not start (see its message)")
+                model = _run(cfg, *run, strategy, callbacks, verbose, start, task)
+                all_workers(strategy, True)  # the workers end together (none sees another vanish)
+                return model
+        with scratch_folder(task) as scratch:
+            print(f"ensai train: {task.name} of {task.num_workers} workers; the chief writes "
+                  f"{model_dir}, this worker writes {scratch} (removed at the end)", flush=True)
+            _agreed(strategy, lambda: None, chief_failed)
+
+            def ready():
+                if resume:
+                    copy_run_state(model_dir, scratch, task)
+                return _prepare_run(cfg, scratch, resume, overwrite)
+
+            run = _agreed(strategy, ready, "another worker could not start (see its message)")
+            with ModelDirLock(scratch, "ensai train"):
+                model = _run(cfg, *run, strategy, callbacks, 0, start, task)
+            all_workers(strategy, True)
+            print(f"ensai train: {task.name} done", flush=True)
+            return model
+    except (tf.errors.UnavailableError, tf.errors.AbortedError, tf.errors.CancelledError,
+            tf.errors.DeadlineExceededError, tf.errors.InternalError) as err:
+        raise worker_lost_error(err, task) from err
 
 
 def _build_compiled(cfg, resume):
@@ -259,27 +333,38 @@ def _build_compiled(cfg, resume):
     return model, frozen
 
 
-def _fit(model, cfg, model_dir, point, callbacks, verbose):
+def _fit(model, cfg, model_dir, point, callbacks, verbose, strategy):
     """``model.fit`` on the training stream, continuing after the epochs of ``point`` on resume."""
     t = cfg.train
     start_epoch = point["epoch"] if point else 0
     if point:
         trim_log(model_dir / LOG_CSV, start_epoch)
     # the stream continues where the interrupted run stopped (docs/design.md §11 rule 4)
-    train_ds = make_dataset("train", cfg, seed=cfg.data.seed, batch_size=t.batch_size,
-                            cache_dir=data_cache_dir(cfg),
-                            start_step=start_epoch * t.steps_per_epoch)
-    val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
-                          batch_size=cfg.evaluate.batch_size, cache_dir=data_cache_dir(cfg))
+    start_step = start_epoch * t.steps_per_epoch
+
+    def validation():
+        return make_dataset("validation", cfg, seed=cfg.data.seed,
+                            batch_size=cfg.evaluate.batch_size, cache_dir=data_cache_dir(cfg))
+
+    val_ds = validation()
+    if strategy.num_replicas_in_sync > 1:
+        # each replica takes its part of the global batch, and reads all validation lenses
+        train_ds = training_dataset(strategy, cfg, start_step)
+        fit_val_ds = replicated_dataset(strategy, validation)
+    else:
+        train_ds = make_dataset("train", cfg, seed=cfg.data.seed, batch_size=t.batch_size,
+                                cache_dir=data_cache_dir(cfg), start_step=start_step)
+        fit_val_ds = val_ds
     sample = _first_batch(val_ds, t.image_summaries) if t.image_summaries else None
     finished = bool(point and point["finished"])
     cbs = build_callbacks(cfg, model_dir, sample=sample, resume=point is not None,
                           extra=callbacks, progress=verbose != 0,
                           best_val_loss=point["best_val_loss"] if finished else None)
     # an interrupted run's backup sets the first epoch itself; a finished run has no backup
-    model.fit(train_ds, steps_per_epoch=t.steps_per_epoch, epochs=t.epochs,
-              initial_epoch=start_epoch if finished else 0,
-              validation_data=val_ds, callbacks=cbs, shuffle=False, verbose=verbose)
+    with keras_fit(model, strategy):
+        model.fit(train_ds, steps_per_epoch=t.steps_per_epoch, epochs=t.epochs,
+                  initial_epoch=start_epoch if finished else 0,
+                  validation_data=fit_val_ds, callbacks=cbs, shuffle=False, verbose=verbose)
 
 
 def _continue_finished(model, model_dir, point):
@@ -288,46 +373,6 @@ def _continue_finished(model, model_dir, point):
     model.load_weights(str(model_dir / MODEL_KERAS))
     if int(model.optimizer.iterations.numpy()) == 0 and point["learning_rate"]:
         model.optimizer.learning_rate = point["learning_rate"]
-
-
-def _count(n, word):
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _fmt_loss(value):
-    return "none yet" if value is None else f"{value:.4g}"
-
-
-def _announce(cfg, model_dir, point, model):
-    """Say what the run does: a new run, or where a resumed one continues from."""
-    t = cfg.train
-    budget = (f", time budget {format_duration(60 * t.time_budget_minutes)}"
-              if t.time_budget_minutes > 0 else "")
-    plan = (f"{cfg.model.name} (width {cfg.model.width:g}, {model.count_params():,} parameters), "
-            f"up to {_count(t.epochs, 'epoch')} of {t.steps_per_epoch} steps, batch "
-            f"{t.batch_size}{budget}")
-    if point is None:
-        print(f"ensai train: training {plan} into {model_dir}", flush=True)
-        return
-    what = "continuing the finished run" if point["finished"] else "resuming"
-    source = f" from its {MODEL_KERAS}" if point["finished"] else ""
-    print(f"ensai train: {what} {model_dir}{source} after epoch {point['epoch']} "
-          f"(step {point['step']}, best validation loss {_fmt_loss(point['best_val_loss'])}): "
-          f"{plan}", flush=True)
-
-
-def _summarise(cfg, model_dir, point, seconds):
-    """The closing line: epochs trained, time, best validation loss, folder and files."""
-    logged = log_summary(model_dir / LOG_CSV)
-    trained = logged["epochs"] - (point["epoch"] if point else 0)
-    extra = f", {CALIBRATION_JSON}" if cfg.model.head != "point" else ""
-    best = _fmt_loss(logged["best_val_loss"])
-    if logged["best_epoch"] is not None:
-        best += f" (epoch {logged['best_epoch']})"
-    print(f"ensai train: trained {cfg.model.name} for {_count(trained, 'epoch')} "
-          f"({trained * cfg.train.steps_per_epoch} steps; {logged['epochs']} in all) in "
-          f"{format_duration(seconds)}; best validation loss {best}; wrote {model_dir} ({MODEL_KERAS}, {SAVED_MODEL_DIR}/, "
-          f"{BEST_KERAS}, {LOG_CSV}, {CONFIG_YAML}{extra})", flush=True)
 
 
 def _finish(model, cfg, model_dir, frozen):
@@ -346,23 +391,23 @@ def _finish(model, cfg, model_dir, frozen):
     remove_backup(model_dir / BACKUP_DIR)
 
 
-def _train_locked(cfg, model_dir, resume, overwrite, distribute, callbacks, verbose):
-    start = time.monotonic()
-    model_dir = prepare_model_dir(model_dir, cfg, resume=resume, overwrite=overwrite)
-    point = resume_point(model_dir, cfg.train.steps_per_epoch) if resume else None
-    config_lib.save_config(cfg, model_dir / CONFIG_YAML)
+def _run(cfg, model_dir, point, strategy, callbacks, verbose, start, task=None):
+    """Build, fit and export in a ready folder; the chief (or the only process) reports."""
+    reports = task is None or task.is_chief
     keras.utils.set_random_seed(cfg.train.seed)
     policy = "mixed_bfloat16" if cfg.train.mixed_precision else "float32"
     _warn_if_emulated_bf16(policy)
     with dtype_policy(policy):
-        with _strategy(distribute).scope():
-            model, frozen = _build_compiled(cfg, resume)
+        with strategy.scope():
+            model, frozen = _build_compiled(cfg, point is not None)
             if point and point["finished"]:
                 _continue_finished(model, model_dir, point)
-        _announce(cfg, model_dir, point, model)
-        _fit(model, cfg, model_dir, point, callbacks, verbose)
+        if reports:
+            announce_run(cfg, model_dir, point, model)
+        _fit(model, cfg, model_dir, point, callbacks, verbose, strategy)
         _finish(model, cfg, model_dir, frozen)
-    _summarise(cfg, model_dir, point, time.monotonic() - start)
+    if reports:
+        summarise_run(cfg, model_dir, point, time.monotonic() - start)
     return model
 
 
