@@ -81,8 +81,15 @@ def _cmd_train(args):
     cfg = _resolve_config(args)
     if args.model:
         cfg = config_lib.apply_overrides(cfg, [f"model.name={args.model}"])
+    strategy = args.strategy
+    if args.distribute is not None:
+        print("ensai train: warning: --distribute is deprecated; use --strategy", file=sys.stderr)
+        if strategy not in (None, args.distribute):
+            raise InputError(f"--strategy {strategy} and --distribute {args.distribute} disagree; "
+                             "give --strategy only")
+        strategy = args.distribute
     _workflow("train").train(cfg, args.model_dir, resume=args.resume, overwrite=args.overwrite,
-                distribute=args.distribute)
+                             strategy=strategy)
 
 
 def _cmd_combine(args):
@@ -215,8 +222,16 @@ def _add_train(sub):
     p.add_argument("--model-dir", required=True, help="folder for config, checkpoints, logs")
     p.add_argument("--resume", action="store_true", help="continue a run in an existing folder")
     p.add_argument("--overwrite", action="store_true", help="start afresh in an existing folder")
-    p.add_argument("--distribute", choices=("mirrored",), default=None,
-                   help="tf.distribute strategy (default: none)")
+    # the names of ensai_tf.distribute.STRATEGIES, spelled here so that `ensai --help` does not
+    # load the training code (tests/test_multiworker.py checks that they agree)
+    strategies = ("mirrored", "multi-worker")
+    p.add_argument("--strategy", choices=strategies, default=None,
+                   help="mirrored: all GPUs of this machine; multi-worker: one process per "
+                        "machine, the cluster in the TF_CONFIG environment variable, only the "
+                        "chief writing --model-dir (docs/scaling.md); the global batch stays "
+                        "train.batch_size (default: one device)")
+    p.add_argument("--distribute", choices=strategies, default=None,
+                   help="deprecated name of --strategy")
     _add_config_args(p, default_preset="cpu")
     p.set_defaults(func=_cmd_train)
 
