@@ -8,7 +8,8 @@ from ensai_tf.datasets.ensai_lenses.ensai_lenses_dataset_builder import (
     CONFIG_SIZES,
     Builder,
     EnsaiLensesConfig,
+    examples_in_range,
     make_config,
 )
 
-__all__ = ["Builder", "EnsaiLensesConfig", "make_config", "CONFIG_SIZES"]
+__all__ = ["Builder", "EnsaiLensesConfig", "make_config", "CONFIG_SIZES", "examples_in_range"]

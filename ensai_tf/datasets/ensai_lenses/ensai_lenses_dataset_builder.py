@@ -17,6 +17,18 @@ Configs (``tfds.builder("ensai_lenses/<name>")``):
 
 User source stamps (FITS/PNG/JPEG) placed in ``manual_dir`` join the
 packaged stamp pools, split by file name (``sources.user_stamp_split``).
+
+Two ways to build, with the same examples bit for bit (every example
+depends only on its stateless seed, docs/design.md §11 rule 4): in this
+process (the default), or with Apache Beam when the build is given a Beam
+runner or Beam options (``tfds build ... --beam_pipeline_options=...``,
+``python -m ensai_tf.datasets.ensai_lenses ... --beam_pipeline_options=...``,
+or ``tfds.download.DownloadConfig(beam_runner=..., beam_options=...)``).
+Beam then simulates each split in chunks of :attr:`EnsaiLensesConfig.beam_chunk`
+examples spread over its workers (Dataflow, Flink, Spark), so a config of
+hundreds of thousands of lenses is built on a cluster (docs/scaling.md).
+Apache Beam is optional (``pip install "ensai_tf[beam]"``): it is imported only
+by a Beam build.
 """
 
 import dataclasses
@@ -29,7 +41,7 @@ from ensai_tf import conventions
 from ensai_tf.data import pipeline
 from ensai_tf.data.arrays import BULKY_KEYS
 
-__all__ = ["Builder", "EnsaiLensesConfig", "make_config", "CONFIG_SIZES"]
+__all__ = ["Builder", "EnsaiLensesConfig", "make_config", "CONFIG_SIZES", "examples_in_range"]
 
 CONFIG_SIZES = {
     "tiny": ("smoke", 8, 4, 4),
@@ -54,6 +66,8 @@ class EnsaiLensesConfig(tfds.core.BuilderConfig):
         overrides: ``section.key=value`` strings applied to the preset.
         seed: user seed of the example seed streams.
         train_size, validation_size, test_size: examples per split.
+        beam_chunk: examples simulated per Beam element in a Beam build
+            (one TensorFlow pipeline each); no effect on the examples.
     """
 
     kind: str = "observed"
@@ -63,6 +77,7 @@ class EnsaiLensesConfig(tfds.core.BuilderConfig):
     train_size: int = 10_000
     validation_size: int = 1000
     test_size: int = 10_000
+    beam_chunk: int = 500
 
     def experiment_config(self, stamp_dir=None):
         """The resolved :class:`ensai_tf.config.ExperimentConfig` of this variant."""
@@ -95,7 +110,7 @@ def make_config(kind="observed", variant="paper", train_size=None, name=None, **
     n_train = n_train if train_size is None else int(train_size)
     sizes = dict(train_size=n_train, validation_size=n_val, test_size=n_test)
     sizes.update({k: kwargs.pop(k) for k in list(kwargs) if k in sizes})
-    for key, value in sizes.items():
+    for key, value in {**sizes, "beam_chunk": kwargs.get("beam_chunk", 1)}.items():
         if value < 1:
             raise ValueError(f"ensai_lenses {key} must be >= 1, got {value}")
     suffix = "" if variant == "paper" else f"_{variant}"
@@ -157,6 +172,12 @@ class Builder(tfds.core.GeneratorBasedBuilder):
             homepage="https://doi.org/10.1038/nature23463",
         )
 
+    def _download_and_prepare(self, dl_manager, download_config=None):
+        # a Beam runner or Beam options (tfds' --beam_pipeline_options) ask for the Beam build
+        self._use_beam = download_config is not None and (
+            download_config.beam_runner is not None or download_config.beam_options is not None)
+        return super()._download_and_prepare(dl_manager, download_config)
+
     def _split_generators(self, dl_manager):
         try:
             stamp_dir = dl_manager.manual_dir
@@ -168,15 +189,59 @@ class Builder(tfds.core.GeneratorBasedBuilder):
                 for split, n in sizes.items()}
 
     def _generate_examples(self, split, count, stamp_dir):
-        c = self.builder_config
-        cfg = c.experiment_config(stamp_dir)
-        ds = pipeline.example_dataset(split, cfg, c.seed, count=count,
-                                      observed=c.kind == "observed")
-        drop = BULKY_KEYS
-        for batch in ds.as_numpy_iterator():
-            for i in range(len(batch["index"])):
-                record = {k: (v[i] if not isinstance(v, dict) else {d: a[i] for d, a in v.items()})
-                          for k, v in batch.items() if k not in drop}
-                if not record.get("draws", True):
-                    record.pop("draws")
-                yield int(batch["index"][i]), record
+        """The split's ``(key, example)`` pairs, or the Beam ``PTransform`` making them."""
+        stamp_dir = None if stamp_dir is None else str(stamp_dir)
+        if getattr(self, "_use_beam", False):
+            return _beam_examples(self.builder_config, split, count, stamp_dir)
+        return examples_in_range(self.builder_config, split, 0, count, stamp_dir)
+
+
+def _records(dataset):
+    """``(key, example)`` for every example of a batched example-dict dataset."""
+    for batch in dataset.as_numpy_iterator():
+        for i in range(len(batch["index"])):
+            record = {k: (v[i] if not isinstance(v, dict) else {d: a[i] for d, a in v.items()})
+                      for k, v in batch.items() if k not in BULKY_KEYS}
+            if not record.get("draws", True):
+                record.pop("draws")
+            yield int(batch["index"][i]), record
+
+
+def examples_in_range(config, split, start, count, stamp_dir=None):
+    """Examples ``start ... start + count - 1`` of a split, as the builder stores them.
+
+    Both builds are made of these: the in-process build takes a split whole,
+    a Beam build one chunk of :attr:`EnsaiLensesConfig.beam_chunk` per element.
+
+    Args:
+        config: the :class:`EnsaiLensesConfig`.
+        split: ``"train"``, ``"validation"`` or ``"test"``.
+        start: index of the first example in the split's seed stream.
+        count: number of examples.
+        stamp_dir: folder of user source stamps (the manual folder), or None.
+
+    Yields:
+        ``(key, example)``: the key is the example's index; the example the
+        dict of features (bulky arrays such as the arcs and mask left out).
+    """
+    cfg = config.experiment_config(stamp_dir)
+    ds = pipeline.example_dataset(split, cfg, config.seed, count=count, start=start,
+                                  observed=config.kind == "observed")
+    yield from _records(ds)
+
+
+def _chunk_examples(start, config, split, count, stamp_dir):
+    """One Beam element: the chunk of examples from ``start`` (at most ``beam_chunk``)."""
+    yield from examples_in_range(config, split, start, min(config.beam_chunk, count - start),
+                                 stamp_dir)
+
+
+def _beam_examples(config, split, count, stamp_dir):
+    """A Beam ``PTransform`` making a split's ``(key, example)`` pairs, chunk by chunk."""
+    import apache_beam as beam  # noqa: PLC0415 (optional dependency: only a Beam build needs it)
+
+    starts = list(range(0, count, config.beam_chunk))
+    # Reshuffle spreads the chunks over the runner's workers
+    return (beam.Create(starts) | beam.Reshuffle()
+            | beam.FlatMap(_chunk_examples, config=config, split=split, count=count,
+                           stamp_dir=stamp_dir))
