@@ -44,7 +44,7 @@ __all__ = [
     "train_screen",
 ]
 
-SCREEN_SIZES = {"clean": 4000, "lens_light": 3000, "unlensed": 2500, "edge_cut": 1500,
+SCREEN_SIZES = {"clean": 3000, "lens_light": 2500, "unlensed": 2000, "edge_cut": 1200,
                 "noise": 600}
 """Default number of training images of each kind."""
 

@@ -94,6 +94,9 @@ UNLENSED_SEED = 9173
 UNLENSED_STREAM = 41
 """Seed stream (folded into each example's seed) of an unlensed galaxy's offset."""
 
+UNLENSED_CHUNK = 64
+"""Unlensed galaxies rendered per batch (bounds the memory of the oversampled grids)."""
+
 UNLENSED_OFFSET = 0.3
 """Half-side of the uniform offset of an unlensed galaxy from the field centre, arcsec."""
 
@@ -171,7 +174,15 @@ def unlensed_galaxy_images(cfg, n, seed=UNLENSED_SEED, split="test", start=0):
     """
     stamps = load_stamps(split, cfg)
     geo = ray_geometry(cfg.image, cfg.simulate)
-    seeds = example_seeds(int(seed), split, int(start), n)
+    chunks = [_unlensed_chunk(cfg, stamps, geo, example_seeds(int(seed), split, int(start) + i,
+                                                              min(UNLENSED_CHUNK, n - i)))
+              for i in range(0, n, UNLENSED_CHUNK)]
+    return np.concatenate(chunks) if chunks else np.zeros((0,) + (cfg.image.npix,) * 2, np.float32)
+
+
+def _unlensed_chunk(cfg, stamps, geo, seeds):
+    """Observed unlensed galaxies of the per-example ``seeds``, ``(B, npix, npix)`` float32."""
+    n = int(seeds.shape[0])
     draws = sources.sample_sources(seeds, None, cfg.source, len(stamps))
     images, half = sources.render_sources(draws, stamps, size=int(cfg.simulate.source_pixels),
                                           taper_radius=float(cfg.source.taper_radius))
