@@ -17,7 +17,9 @@ existing non-empty folder only with ``overwrite``):
 Experiments (docs/design.md §8.5, §4): ``shear`` (test lenses with external shear;
 rms errors in bins of gamma, to compare with the paper's ellipticity rms of
 0.11 for gamma < 0.01 and 0.23 for gamma > 0.15), ``psf`` (a non-Gaussian
-Airy-plus-halo PSF) and ``lens-light`` (Sersic lens light in the images).
+Airy-plus-halo PSF) and ``lens-light`` (Sersic lens light in the images; the
+command ``ensai evaluate --experiment lens-light`` runs the two-band comparison
+of :mod:`ensai_tf.lens_light_report` instead).
 :func:`compare_shear` puts several networks (trained with and without shear)
 side by side in bins of gamma.
 

@@ -21,15 +21,18 @@ colour ratios and slightly different Gaussian PSFs per band (docs/design.md §8.
   Gaussian with the same arc signal-to-noise in both bands.
 
 :func:`recover_arcs` runs the real-data steps (Gaussian PSF matching,
-optional lens-core mask, ICA), and :func:`ica_experiment` measures the
-correlation of the recovered arcs with the true (PSF-matched) arcs per colour
+optional lens-core mask, ICA); :func:`recover_arcs_fitted` subtracts a fitted
+lens light from each PSF-matched band first (:mod:`ensai_tf.preprocess.lens_fit`,
+docs/design.md §8.4 "Fitted subtraction"). :func:`ica_experiment` measures the
+correlation of the ICA arcs with the true (PSF-matched) arcs per colour
 ratio and, given a model, the growth of the 68% parameter errors relative to
-the arcs alone (``ensai evaluate --experiment ica``).
+the arcs alone; :mod:`ensai_tf.lens_light_report` writes its report (``ensai
+evaluate --experiment ica``) and compares every path (``--experiment lens-light``).
 """
 
+import dataclasses
 import json
 import pathlib
-import sys
 
 import numpy as np
 import tensorflow as tf
@@ -40,11 +43,10 @@ from ensai_tf import config as config_lib
 from ensai_tf.data import simulate
 from ensai_tf.data.draws import lerp
 from ensai_tf.errors import InputError
-from ensai_tf.evaluate import default_out_dir
 from ensai_tf.inference import load_predictor, predict_images
 from ensai_tf.lensing import light
 from ensai_tf.metrics import error_table
-from ensai_tf.preprocess import ica
+from ensai_tf.preprocess import ica, lens_fit
 from ensai_tf.preprocess.images import normalise_peak
 from ensai_tf.realdata.masks import circular_mask
 from ensai_tf.realdata.psf import FWHM_PER_SIGMA, match_psfs
@@ -54,10 +56,13 @@ __all__ = [
     "sample_two_band",
     "apply_two_band",
     "recover_arcs",
+    "FittedArcs",
+    "recover_arcs_fitted",
+    "simulated_test_arcs",
+    "matched_truth",
+    "arcs_alone",
     "correlation_summary",
     "ica_experiment",
-    "summary_markdown",
-    "evaluate_ica",
 ]
 
 COLOUR_RATIOS = (1.5, 2.0, 3.0, 5.0, 10.0)
@@ -210,6 +215,80 @@ def recover_arcs(blue, red, fwhm_blue, fwhm_red, core_mask_arcsec=None, centre=(
                                name="synthetic two-band lens")
 
 
+@dataclasses.dataclass(frozen=True)
+class FittedArcs:
+    """The outcome of :func:`recover_arcs_fitted`.
+
+    Attributes:
+        arc: ``(H, W)`` float32 arc map, sky about 0, arc peak (the maximum of
+            the 3x3 median-filtered map) about 1, masked pixels exactly 0.
+        residual_blue, residual_red: ``(H, W)`` float64 PSF-matched bands
+            minus their fitted lens light, input flux units.
+        fit_blue, fit_red: the ``params`` dicts of
+            :func:`ensai_tf.preprocess.lens_fit.fit_lens_light`.
+        ica: the :class:`~ensai_tf.preprocess.ica.IcaResult` of the residuals,
+            or None when ICA was skipped.
+    """
+
+    arc: np.ndarray
+    residual_blue: np.ndarray
+    residual_red: np.ndarray
+    fit_blue: dict
+    fit_red: dict
+    ica: object
+
+
+def recover_arcs_fitted(blue, red, fwhm_blue, fwhm_red, centre=(0.0, 0.0), unmix=False,
+                        model="mge", pixel_scale=conventions.PIXEL_SCALE):
+    """PSF-match two bands, subtract a fitted lens light from each, then optionally unmix.
+
+    The red band (where the lens is brightest against the arcs) is fitted
+    first, centre and shape free (:func:`ensai_tf.preprocess.lens_fit.fit_lens_light`);
+    the blue band is fitted with that centre and shape held and the red
+    fit's arc marks as its starting marks, since at large colour ratios the
+    blue lens light is too faint to place (docs/design.md §8.4, "Fitted subtraction").
+
+    Args:
+        blue, red: ``(n, n)`` bands on one grid, exact zeros masked.
+        fwhm_blue, fwhm_red: PSF FWHMs, arcsec (None: no matching; the fits
+            then assume no PSF).
+        centre: ``(x, y)`` guess of the lens centre, arcsec, grid frame.
+        unmix: run ICA (:func:`ensai_tf.preprocess.ica.unmix_two_bands`) on
+            the two residuals and return its arc component; False (default,
+            the better of the two in the lens-light experiment, docs/design.md
+            §8.4): the arc map is the blue residual, peak-normalised.
+        model: the lens-light model, ``"mge"`` or ``"sersic"``.
+        pixel_scale: pixel side, arcsec.
+
+    Returns:
+        :class:`FittedArcs`.
+    """
+    blue = np.asarray(blue, np.float64)
+    red = np.asarray(red, np.float64)
+    fwhm = None
+    if fwhm_blue is not None:
+        blue, red = match_psfs(blue, red, fwhm_blue, fwhm_red, pixel_scale,
+                               keep=np.ones(blue.shape, bool))
+        fwhm = max(fwhm_blue, fwhm_red)
+    model_red, fit_red = lens_fit.fit_lens_light(red, pixel_scale, centre_guess=centre,
+                                                 psf_fwhm=fwhm, model=model)
+    model_blue, fit_blue = lens_fit.fit_lens_light(blue, pixel_scale, psf_fwhm=fwhm, model=model,
+                                                   shape=fit_red, arc_mask=fit_red["arc_mask"])
+    res_blue = np.where(blue != 0, blue - model_blue, 0.0)
+    res_red = np.where(red != 0, red - model_red, 0.0)
+    result = None
+    if unmix:
+        centre_pix = (fit_red["x0"] / pixel_scale + (blue.shape[1] - 1) / 2.0,
+                      fit_red["y0"] / pixel_scale + (blue.shape[0] - 1) / 2.0)
+        result = ica.unmix_two_bands(res_blue, res_red, centre_pix=centre_pix,
+                                     name="lens-subtracted two-band lens")
+        arc = result.arc
+    else:
+        arc = normalise_peak(res_blue, "lens-subtracted blue band").astype(np.float32)
+    return FittedArcs(arc=arc, residual_blue=res_blue, residual_red=res_red, fit_blue=fit_blue,
+                      fit_red=fit_red, ica=result)
+
+
 def correlation_summary(values):
     """Median, 5th percentile and minimum of correlations (dict of floats).
 
@@ -225,14 +304,33 @@ def correlation_summary(values):
             "p5": float(np.percentile(values, 5)), "min": float(values.min())}
 
 
-def _truth(arcs, draws, pixel_scale):
-    """The true arcs at the PSF-matched (broader) resolution."""
+def matched_truth(arcs, draws, pixel_scale=conventions.PIXEL_SCALE):
+    """The true arcs at the PSF-matched (broader) resolution.
+
+    Args:
+        arcs: ``(B, n, n)`` noise-free arcs, peak 1.
+        draws: dict of :func:`sample_two_band` (``fwhm_blue``, ``fwhm_red``).
+        pixel_scale: pixel side, arcsec.
+
+    Returns:
+        ``(B, n, n)`` float64: each lens's arcs blurred by the broader of its
+        two Gaussian PSFs.
+    """
     broad = np.maximum(draws["fwhm_blue"], draws["fwhm_red"])
     return _blur(arcs, broad, pixel_scale)
 
 
-def _arcs_alone(truth, draws):
-    """The true arcs plus the blue band's own noise: the no-lens-light reference."""
+def arcs_alone(truth, draws):
+    """The true arcs plus the blue band's own noise: the no-lens-light reference.
+
+    Args:
+        truth: ``(B, n, n)`` arcs of :func:`matched_truth`.
+        draws: dict of :func:`sample_two_band` (``noise_rms``, ``noise_seed``).
+
+    Returns:
+        ``(B, n, n)`` float64, the arcs with the blue band's noise
+        realisation (rms ``noise_rms`` per arc peak).
+    """
     n = truth.shape[1]
     noise = np.stack([tf.random.stateless_normal([2, n, n], s, dtype=tf.float64).numpy()[0]
                       for s in draws["noise_seed"]])
@@ -277,14 +375,14 @@ def ica_experiment(n=16, seed=0, colour_ratios=COLOUR_RATIOS, config=None, model
         arcs alone and per colour ratio.
     """
     if arcs is None:
-        arcs, params = _simulated_test_arcs(n, seed, config)
+        arcs, params = simulated_test_arcs(n, seed, config)
     arcs = np.asarray(arcs, np.float64)
     arcs = arcs[..., 0] if arcs.ndim == 4 else arcs
     params = np.asarray(params, np.float64)
     pixel_scale = conventions.PIXEL_SCALE
     draws = sample_two_band(np.array([int(seed), 84], np.int64), params, **(draw_kwargs or {}))
-    truth = _truth(arcs, draws, pixel_scale)
-    alone = _arcs_alone(truth, draws)
+    truth = matched_truth(arcs, draws, pixel_scale)
+    alone = arcs_alone(truth, draws)
     summary = {"n_per_ratio": int(len(arcs)), "seed": int(seed),
                "core_mask_arcsec": core_mask_arcsec, "colour_ratios": {},
                "arcs_alone": correlation_summary([ica.arc_correlation(a, t)
@@ -311,8 +409,19 @@ def ica_experiment(n=16, seed=0, colour_ratios=COLOUR_RATIOS, config=None, model
     return summary
 
 
-def _simulated_test_arcs(n, seed, config):
-    """Noise-free arcs ``(n, npix, npix, 1)`` and parameters of ``n`` test-split lenses."""
+def simulated_test_arcs(n, seed=0, config=None):
+    """Noise-free arcs and parameters of the first ``n`` test-split lenses (docs/design.md §8.3).
+
+    Args:
+        n: number of lenses.
+        seed: user seed of the split.
+        config: :class:`~ensai_tf.config.ExperimentConfig` (default the
+            paper preset).
+
+    Returns:
+        ``(arcs, params)``: ``(n, npix, npix, 1)`` arcs, peak 1, and
+        ``(n, 5)`` parameters.
+    """
     cfg = config if config is not None else config_lib.get_preset("paper")
     sim = simulate.simulate(int(n), seed=int(seed), config=cfg, split="test")
     return sim["arcs"], sim["params"]
@@ -346,66 +455,3 @@ def _parameter_errors(model, alone, params, ica_inputs, ratio_of, colour_ratios)
         sel = ratio_of == kappa
         out["ica"][str(kappa)] = error_table(params, pred[sel])
     return out
-
-
-def summary_markdown(summary):
-    """The ICA experiment as a Markdown table (correlation and, if present, 68% errors).
-
-    Args:
-        summary: the summary dict of :func:`ica_experiment`: ``"n_per_ratio"``,
-            ``"colour_ratios"`` (``{ratio: correlation_summary}``), ``"all"``,
-            ``"arcs_alone"`` (:func:`correlation_summary` dicts) and optionally
-            ``"errors"`` (``{"arcs_alone": metrics, "ica": {ratio: metrics}}``
-            of :func:`ensai_tf.metrics.error_table`, in parameter units).
-
-    Returns:
-        str: the Markdown text, ending in a newline.
-    """
-    lines = ["ICA arc recovery on synthetic two-band lenses (docs/design.md §8.4): Pearson correlation "
-             "of the recovered arc component with the true arcs (PSF-matched), "
-             f"{summary['n_per_ratio']} lenses per colour ratio.", "",
-             "| colour ratio | median | 5th percentile | min |", "|---|---|---|---|"]
-    for kappa, s in summary["colour_ratios"].items():
-        lines.append(f"| {kappa} | {s['median']:.3f} | {s['p5']:.3f} | {s['min']:.3f} |")
-    for label, s in (("all", summary["all"]), ("arcs alone (noise ceiling)",
-                                               summary["arcs_alone"])):
-        lines.append(f"| {label} | {s['median']:.3f} | {s['p5']:.3f} | {s['min']:.3f} |")
-    errors = summary.get("errors")
-    if errors:
-        names = conventions.PARAM_NAMES
-        lines += ["", "68% errors (docs/design.md §8.2):", "",
-                  "| input | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        rows = [("arcs alone", errors["arcs_alone"])] + [
-            (f"ICA, colour ratio {k}", v) for k, v in errors["ica"].items()]
-        for label, m in rows:
-            lines.append(f"| {label} | " + " | ".join(f"{m[n]['error68']:.3f}" for n in names)
-                         + " |")
-    return "\n".join(lines) + "\n"
-
-
-def evaluate_ica(model, n=None, out_dir=None, config=None, seed=0):
-    """``ensai evaluate MODEL --experiment ica``: :func:`ica_experiment` with a model.
-
-    Args:
-        model: model folder, SavedModel folder or ``.keras`` file.
-        n: test lenses per colour ratio (default: ``config.evaluate.n``,
-            capped at 200 since every lens is unmixed once per ratio).
-        out_dir: output folder (default ``./ensai_eval/<model name>-ica``,
-            :func:`ensai_tf.evaluate.default_out_dir`).
-        config: :class:`~ensai_tf.config.ExperimentConfig` of the arcs.
-        seed: user seed.
-
-    Returns:
-        The summary dict, also written to ``ica.json`` and ``ica.md``.
-    """
-    cfg = config if config is not None else config_lib.get_preset("paper")
-    n = min(int(cfg.evaluate.n), 200) if n is None else int(n)
-    if n < 1:
-        raise InputError(f"n must be >= 1, got {n}")
-    if out_dir is None:
-        out_dir = default_out_dir(model, "ica")
-    summary = ica_experiment(n=n, seed=seed, config=cfg, model=model, out_dir=out_dir)
-    text = summary_markdown(summary)
-    atomic.write_text(pathlib.Path(out_dir) / "ica.md", text)
-    sys.stdout.write(text)
-    return summary

@@ -11,7 +11,7 @@ own layer and the layers below it, never one above:
 5. models
 6. inference, export, callbacks, run_dir
 7. workflows: train, combine, calibrate, evaluate, reports, prediction,
-   catalog, realdata, twoband, demo
+   catalog, realdata, twoband, lens_light_report, demo
 8. cli
 
 The package ``__init__`` sits above them all: it imports the modules that
@@ -36,7 +36,7 @@ LAYERS = (
     ("models",),
     ("inference", "export", "callbacks", "run_dir", "flags", "screen", "distribute"),
     ("train", "combine", "calibrate", "evaluate", "reports", "prediction", "catalog", "realdata",
-     "twoband", "demo", "trust", "train_screen"),
+     "twoband", "lens_light_report", "demo", "trust", "train_screen"),
     ("cli",),
 )
 """Top-level names of ``ensai_tf``'s modules and subpackages, by layer, lowest first."""

@@ -3,8 +3,10 @@
 import json
 
 import numpy as np
+import pytest
 
-from ensai_tf import cli, conventions, twoband
+from ensai_tf import cli, conventions, lens_light_report, twoband
+from ensai_tf.preprocess import ica
 
 S = conventions.PIXEL_SCALE
 
@@ -46,7 +48,7 @@ def test_ica_experiment_on_ring_lenses(tmp_path):
     assert summary["all"]["median"] > 0.8
     assert summary["all"]["median"] <= summary["arcs_alone"]["median"] + 0.02
     assert (tmp_path / "ica.json").is_file()
-    assert "| 3.0 |" in twoband.summary_markdown(summary)
+    assert "| 3.0 |" in lens_light_report.ica_markdown(summary)
 
 
 def test_cli_evaluate_ica_experiment(tmp_path, constant_model):
@@ -59,3 +61,25 @@ def test_cli_evaluate_ica_experiment(tmp_path, constant_model):
     # a constant model: the same errors on ICA arcs and on arcs alone
     assert summary["errors"]["ica"]["3.0"]["theta_e"] == summary["errors"]["arcs_alone"]["theta_e"]
     assert (tmp_path / "ev" / "ica.md").is_file()
+
+
+def test_fitted_subtraction_recovers_arcs_that_ica_loses():
+    arcs, params = _ring_arcs(1)
+    draws = twoband.sample_two_band(np.array([5, 6]), params)
+    # a low colour ratio and a lens 8 times the arcs in red: ICA's hard case
+    draws = dict(draws, colour_ratio=np.array([1.5]), lens_to_arc=np.array([8.0]))
+    bands = twoband.apply_two_band(arcs, params, draws)
+    truth = twoband.matched_truth(arcs[..., 0], draws)[0]
+    ceiling = ica.arc_correlation(twoband.arcs_alone(truth[None], draws)[0], truth)
+    args = (bands["blue"][0], bands["red"][0], draws["fwhm_blue"][0], draws["fwhm_red"][0])
+    fitted = twoband.recover_arcs_fitted(*args)
+    lost = twoband.recover_arcs(*args).arc
+    assert fitted.ica is None and fitted.arc.dtype == np.float32
+    # the fitted path sits at the noise ceiling; plain ICA falls far below it
+    assert ica.arc_correlation(fitted.arc, truth) > ceiling - 0.02
+    assert ica.arc_correlation(lost, truth) < ceiling - 0.2
+    # the blue fit keeps the red fit's centre and shape
+    assert fitted.fit_blue["x0"] == fitted.fit_red["x0"]
+    assert fitted.fit_blue["q"] == pytest.approx(fitted.fit_red["q"], abs=1e-12)
+    unmixed = twoband.recover_arcs_fitted(*args, unmix=True)
+    assert unmixed.ica is not None and unmixed.arc is unmixed.ica.arc
