@@ -107,9 +107,11 @@ def _cmd_calibrate(args):
 
 def _cmd_evaluate(args):
     evaluate = _workflow("evaluate")
-    if args.symmetrize and (len(args.model) > 1 or args.experiment == "ica"):
+    if args.symmetrize and (len(args.model) > 1 or args.experiment in ("ica", "lens-light")):
         raise InputError("--symmetrize evaluates one model on the test set; it is not available "
-                         "with several models or --experiment ica")
+                         f"with several models or --experiment {args.experiment}")
+    if args.lens_light_model and args.experiment != "lens-light":
+        raise InputError("--lens-light-model is read by --experiment lens-light only")
     if len(args.model) > 1:
         if args.experiment != "shear" or not args.out:
             raise InputError("several models are compared only with --experiment shear and an "
@@ -119,7 +121,13 @@ def _cmd_evaluate(args):
         return
     model = args.model[0]
     if args.experiment == "ica":
-        _workflow("twoband").evaluate_ica(model, n=args.n, out_dir=args.out, config=_resolve_config(args))
+        _workflow("lens_light_report").evaluate_ica(model, n=args.n, out_dir=args.out,
+                                                    config=_resolve_config(args))
+        return
+    if args.experiment == "lens-light":
+        _workflow("lens_light_report").evaluate_lens_light(
+            model, n=args.n, out_dir=args.out, config=_resolve_config(args),
+            lens_light_model=args.lens_light_model, overwrite=args.overwrite)
         return
     if args.experiment == "trust":
         _workflow("trust").evaluate_trust(model, n=args.n, out_dir=args.out,
@@ -275,9 +283,14 @@ def _add_evaluate(sub):
     p.add_argument("--n", type=COUNT, default=None,
                    help="test lenses, 1 to 10^6 (default: config)")
     p.add_argument("--experiment", default=None, choices=(*config_lib.EXPERIMENTS, "ica", "trust"),
-                   help="robustness experiment (docs/design.md §8.5), or ica: arc recovery and error "
-                        "growth of two-band ICA lens-light removal (docs/design.md §8.4), or trust: "
+                   help="robustness experiment (docs/design.md §8.5); ica: arc recovery and error "
+                        "growth of two-band ICA lens-light removal (docs/design.md §8.4); lens-light: "
+                        "the errors of ICA, fitted lens-light subtraction and a lens-light network "
+                        "on two-band lenses against colour ratio and lens brightness; trust: "
                         "interval coverage on shifted sets, quality-flag rates and detection rates")
+    p.add_argument("--lens-light-model", default=None, metavar="FOLDER",
+                   help="with --experiment lens-light: a single-band network trained with lens "
+                        "light, fed the red band as it is")
     p.add_argument("--out", default=None,
                    help="output folder, never the model's own (default: "
                         "./ensai_eval/<model name>[-EXP][-d4])")
