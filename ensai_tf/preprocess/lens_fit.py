@@ -139,8 +139,8 @@ class _Problem:
         self.x, self.y = x[rows, cols], y[rows, cols]
         self.data = image[rows, cols]
         self.keep = keep[rows, cols]
-        used = self.keep if sparse is None else self.keep & sparse[rows, cols]
-        self.xk, self.yk, self.dk = self.x[used], self.y[used], self.data[used]
+        self.used = self.keep if sparse is None else self.keep & sparse[rows, cols]
+        self.xk, self.yk, self.dk = self.x[self.used], self.y[self.used], self.data[self.used]
         self.pixel_scale = pixel_scale
         self.psf_sigma = psf_sigma
         # a pixel is a box: its variance pixel**2 / 12 adds to every Gaussian's
@@ -196,7 +196,7 @@ class _Problem:
         return image
 
     def sersic_solve(self, p):
-        unit = self.sersic_unit(p)[self.keep]
+        unit = self.sersic_unit(p)[self.used]
         design = np.stack([unit, np.ones_like(unit)], axis=1)
         (amp, sky), *_ = np.linalg.lstsq(design, self.dk, rcond=None)
         amp = max(amp, 0.0)
