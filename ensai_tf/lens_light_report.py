@@ -44,6 +44,7 @@ import time
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator
 
 from ensai_tf import atomic, conventions, twoband
 from ensai_tf import config as config_lib
@@ -439,6 +440,8 @@ def plot_lens_light(summary, path):
         ax.set_xticks(ratios)
         ax.set_xticklabels([f"{r:g}" for r in ratios])
         ax.minorticks_off()
+        ax.yaxis.set_major_locator(LogLocator(base=10.0, subs=(1.0, 2.0, 5.0)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.set_xlabel("colour ratio (arcs bluer than the lens by)")
         ax.set_title("all lenses" if b == "all" else f"lens-light brightness B in {b}")
         ax.grid(alpha=0.3)
