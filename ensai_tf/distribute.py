@@ -4,26 +4,25 @@
 machine (``tf.distribute.MirroredStrategy``); ``--strategy multi-worker``
 over several machines (``tf.distribute.MultiWorkerMirroredStrategy``), one
 ``ensai train`` process per machine, each given the cluster by the standard
-``TF_CONFIG`` environment variable (:func:`read_tf_config`).
+``TF_CONFIG`` environment variable (:func:`read_tf_config`). Cluster
+recipes: docs/scaling.md.
 
 The rules (docs/design.md §7.2, §11 rule 4):
 
 - **The global batch is ``train.batch_size``**, split evenly over the
   replicas of all workers: the learning rate, the plateau schedule and the
-  steps per epoch mean what they mean on one machine, and no rate scaling
-  is needed. Step ``s`` trains on examples ``s*B ... s*B + B - 1`` of the
-  train seed stream, the same examples as a one-process run: replica ``r``
-  (counted over all workers) simulates examples ``s*B + r*b ... s*B + r*b +
-  b - 1`` with ``b = B / replicas`` (:func:`training_dataset`). The input is
-  therefore built per worker with
+  steps per epoch mean what they mean on one machine, with no rate scaling.
+  Step ``s`` trains on examples ``s*B ... s*B + B - 1`` of the train seed
+  stream, as a one-process run: replica ``r`` (counted over all workers)
+  simulates examples ``s*B + r*b ... s*B + r*b + b - 1``, ``b = B / replicas``
+  (:func:`training_dataset`), built per worker with
   ``Strategy.distribute_datasets_from_function``, which neither shards nor
-  rebatches, in place of tf.data's auto-sharding: ``AutoShardPolicy.DATA``
+  rebatches. tf.data's auto-sharding is not used: ``AutoShardPolicy.DATA``
   would make every worker simulate every example and keep a part (a
-  ``W``-fold waste of the CPU-bound simulation), and ``FILE`` has no files to
-  split in an online stream. Since every example depends only on its
-  stateless seed, a worker's part is bit for bit the examples a
-  one-process run puts at the same places; only the float32 summation order
-  of the gradient differs.
+  ``W``-fold waste of the CPU-bound simulation), and ``FILE`` has no files
+  to split in an online stream. Every example depending only on its
+  stateless seed, a worker's part is bit for bit the examples a one-process
+  run puts there; only the float32 summation order of the gradient differs.
 - **Every replica evaluates the whole validation set**
   (:func:`replicated_dataset`): the validation loss, summed over replicas
   by Keras' metrics, is the one-process value on every worker, so the
@@ -74,12 +73,14 @@ __all__ = [
     "STRATEGIES",
     "TF_CONFIG_ENV",
     "ClusterTask",
+    "agreed",
     "all_workers",
     "copy_run_state",
     "keras_fit",
     "is_multi_worker",
     "make_strategy",
     "read_tf_config",
+    "replica_batch_size",
     "replicated_dataset",
     "scratch_folder",
     "training_dataset",
@@ -165,10 +166,9 @@ def read_tf_config(environ=None):
     if not isinstance(cluster, dict) or not isinstance(task, dict):
         raise _malformed('it needs a "cluster" object and a "task" object')
     for job, addresses in cluster.items():
-        if not isinstance(addresses, list) or not addresses \
+        if not addresses or not isinstance(addresses, list) \
                 or not all(isinstance(a, str) and a.strip() for a in addresses):
-            raise _malformed(f'cluster job {job!r} must be a non-empty list of "host:port" '
-                             "strings")
+            raise _malformed(f'cluster job {job!r} must be a non-empty list of "host:port"s')
     task_type, index = task.get("type"), task.get("index", 0)
     if task_type not in _WORKER_JOBS:
         raise _malformed(f'task type {task_type!r} cannot train; use "chief" or "worker"')
@@ -213,11 +213,10 @@ def make_strategy(name):
         devices = [d.name for d in gpus] or [d.name for d in tf.config.list_logical_devices("CPU")]
         return tf.distribute.MirroredStrategy(devices=devices)
     read_tf_config()
+    # the runtime starts here (ensai_tf.quiet skips its first op when TF_CONFIG is set)
+    quiet = contextlib.nullcontext() if is_verbose() else native_stderr_filtered()
     try:
-        if is_verbose():
-            return tf.distribute.MultiWorkerMirroredStrategy()
-        # the runtime starts here (ensai_tf.quiet skips its first op when TF_CONFIG is set)
-        with native_stderr_filtered():
+        with quiet:
             return tf.distribute.MultiWorkerMirroredStrategy()
     except RuntimeError as err:
         if "program startup" not in str(err):
@@ -225,6 +224,30 @@ def make_strategy(name):
         raise InputError("--strategy multi-worker must set up TensorFlow before its first "
                          "operation: start it as its own process (ensai train ... --strategy "
                          "multi-worker), not after other TensorFlow work") from None
+
+
+def agreed(strategy, step, elsewhere):
+    """Run ``step()`` on every worker; all then learn whether every worker's step succeeded.
+
+    Args:
+        strategy: the run's strategy (with one process, ``step()`` simply runs).
+        step: no-argument function; an ``EnsaiError`` or ``OSError`` is a failure.
+        elsewhere: the message raised where the step succeeded but another failed.
+
+    Returns:
+        ``step()``'s result.
+
+    Raises:
+        EnsaiError, OSError: this worker's step failed (its own error).
+        ModelDirError: another worker's step failed: a refused run stops everywhere.
+    """
+    try:
+        result, error = step(), None
+    except (EnsaiError, OSError) as err:
+        result, error = None, err
+    if not all_workers(strategy, error is None):
+        raise error or ModelDirError(elsewhere)
+    return result
 
 
 def is_multi_worker(strategy):
@@ -271,23 +294,15 @@ def _mean_over_replicas(values, strategy, reduction):
 def keras_fit(model, strategy):
     """Let ``model.fit`` (and its validation) run under ``MultiWorkerMirroredStrategy``.
 
-    Keras 3.15 with TensorFlow 2.21 stops a multi-worker ``fit`` twice before
-    its first step: it builds the model's metrics from one batch averaged over
-    the workers with ``Strategy.reduce``, which cannot reduce the
-    ``(images, params)`` tuple across workers; and it averages each step's
-    scalar logs with ``Strategy.reduce(..., axis=0)``, which has no axis 0.
-    Inside this block, for this model, the build uses this worker's first
-    replica batch (the same shapes on every worker, no collective step), and
-    scalar logs are averaged over replicas with ``axis=None`` (the mean of
-    equal-sized replica batches: the one-process value). Other strategies
-    run unchanged.
-
-    Args:
-        model: the compiled Keras model (TensorFlow backend).
-        strategy: the run's strategy.
-
-    Yields:
-        ``model``.
+    Keras 3.15 with TensorFlow 2.21 stops a multi-worker ``fit`` twice: it
+    builds the metrics from one batch averaged over the workers with
+    ``Strategy.reduce``, which cannot reduce the ``(images, params)`` tuple,
+    and averages each step's scalar logs with ``Strategy.reduce(..., axis=0)``,
+    which has no axis 0. Inside this block, for ``model``, the build uses this
+    worker's first replica batch (same shapes everywhere, no collective step)
+    and scalar logs are averaged over replicas with ``axis=None`` (equal
+    replica batches: the one-process value). Other strategies run unchanged.
+    Yields ``model``.
     """
     if not is_multi_worker(strategy):
         yield model
@@ -311,16 +326,24 @@ def keras_fit(model, strategy):
         del model._maybe_symbolic_build  # noqa: SLF001
 
 
-def _check_split(strategy, batch_size):
+def replica_batch_size(strategy, batch_size):
+    """Each replica's share of the global batch.
+
+    Args:
+        strategy: the run's strategy.
+        batch_size: the global batch, ``train.batch_size``.
+
+    Returns:
+        int, ``batch_size / replicas``.
+
+    Raises:
+        InputError: ``batch_size`` is not a multiple of the replicas of all workers.
+    """
     replicas = strategy.num_replicas_in_sync
     if batch_size % replicas:
         raise InputError(f"train.batch_size {batch_size} cannot be split evenly over "
                          f"{replicas} replicas; use a multiple of {replicas}")
     return batch_size // replicas
-
-
-def _slice(example, start, count):
-    return tf.nest.map_structure(lambda t: t[start:start + count], example)
 
 
 def _worker_stream(cfg, seed, start_step, per_replica, first_replica, replicas, n_targets):
@@ -329,8 +352,14 @@ def _worker_stream(cfg, seed, start_step, per_replica, first_replica, replicas, 
     if cfg.data.arcs_dir:
         arcs = stored_arcs_dataset(pathlib.Path(os.path.expanduser(cfg.data.arcs_dir)), cfg, seed,
                                    batch, start_step)
+
+        def replica_part(ex, k):  # static shapes, as one process has: the same float round-off
+            lo = (first_replica + k) * per_replica
+            return tf.nest.map_structure(
+                lambda t: tf.ensure_shape(t[lo:lo + per_replica], [per_replica] + t.shape[1:]), ex)
+
         parts = arcs.flat_map(lambda ex: tf.data.Dataset.range(replicas).map(
-            lambda k: _slice(ex, (first_replica + k) * per_replica, per_replica)))
+            lambda k: replica_part(ex, k)))
         stream = parallel_map(parts, lambda ex: observe_stage(ex, cfg, training=True))
     else:
         def first_example(i):
@@ -354,18 +383,16 @@ def training_dataset(strategy, cfg, start_step=0):
 
     Args:
         strategy: the run's strategy.
-        cfg: :class:`~ensai_tf.config.ExperimentConfig` (``data.seed``,
-            ``data.arcs_dir``, ``train.batch_size``).
+        cfg: :class:`~ensai_tf.config.ExperimentConfig` (its data and train batch).
         start_step: the first step (resume).
 
     Returns:
-        ``tf.distribute.DistributedDataset`` of per-replica ``(images,
-        params)`` batches for ``model.fit``.
+        ``tf.distribute.DistributedDataset`` of per-replica ``(images, params)``.
 
     Raises:
         InputError: ``train.batch_size`` is not a multiple of the replicas.
     """
-    per_replica = _check_split(strategy, cfg.train.batch_size)
+    per_replica = replica_batch_size(strategy, cfg.train.batch_size)
     n_targets = config_lib.target_count(cfg)
 
     def dataset_fn(context):
@@ -381,12 +408,11 @@ def replicated_dataset(strategy, make):
 
     Args:
         strategy: the run's strategy.
-        make: no-argument function returning the ``tf.data.Dataset`` of
-            batches (called once per worker).
+        make: no-argument function returning the ``tf.data.Dataset`` of batches.
 
     Returns:
-        ``tf.distribute.DistributedDataset``: each batch goes to every
-        replica, so a metric summed over replicas is the one-process value.
+        ``tf.distribute.DistributedDataset``: each batch goes to every replica,
+        so a metric averaged over replicas is the one-process value.
     """
     def dataset_fn(context):
         replicas = context.num_replicas_in_sync // context.num_input_pipelines
@@ -401,9 +427,8 @@ def replicated_dataset(strategy, make):
 def _remove_stale_scratch(prefix):
     """Delete scratch folders of this prefix whose locking process is gone from this host."""
     for folder in pathlib.Path(tempfile.gettempdir()).glob(prefix + "*"):
-        owner = read_lock_owner(folder / LOCK_NAME)
-        if owner and owner.get("host") == socket.gethostname() \
-                and not process_alive(owner["pid"]):
+        owner = read_lock_owner(folder / LOCK_NAME) or {"pid": os.getpid()}
+        if owner.get("host") == socket.gethostname() and not process_alive(owner["pid"]):
             shutil.rmtree(folder, ignore_errors=True)
 
 
@@ -434,9 +459,8 @@ def scratch_folder(task):
 def copy_run_state(model_dir, scratch, task):
     """Copy what a resumed run reads (:data:`RUN_STATE`) from the chief's folder to ``scratch``.
 
-    Call it after the chief has settled its backup (``ensai train`` agrees on
-    that point first), so every worker restores the same weights, epoch and
-    callback state.
+    Called once the chief has settled its backup, so every worker restores the
+    same weights, epoch and callback state.
 
     Args:
         model_dir: the chief's run folder (read only).
@@ -467,7 +491,7 @@ def worker_lost_error(err, task):
         task: this process's :class:`ClusterTask`.
 
     Returns:
-        :class:`~ensai_tf.errors.EnsaiError` telling to restart every worker with ``--resume``.
+        :class:`~ensai_tf.errors.EnsaiError`: restart every worker with ``--resume``.
     """
     return EnsaiError(f"multi-worker training stopped on {task.name}: another worker failed or "
                       f"cannot be reached (TensorFlow {type(err).__name__}; --debug shows it); "

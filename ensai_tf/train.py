@@ -35,6 +35,11 @@ moment resumes; and a NaN or Inf loss stops the run with a
 :class:`~ensai_tf.errors.NonFiniteLossError` before anything is saved from
 the bad weights. The folder rules are :mod:`ensai_tf.run_dir`, the callbacks
 :mod:`ensai_tf.callbacks`; the combiner is trained by :mod:`ensai_tf.combine`.
+
+Several GPUs or machines (``strategy="mirrored"`` or ``"multi-worker"``)
+train with the same global batch and the same examples per step as one
+process; in a multi-worker run only the chief writes the model folder, the
+other workers run the same steps in scratch folders (:mod:`ensai_tf.distribute`).
 """
 
 import contextlib
@@ -54,10 +59,10 @@ from ensai_tf.calibrate import calibrate_on_validation, write_calibration
 from ensai_tf.callbacks import announce_run, build_callbacks, summarise_run
 from ensai_tf.data.pipeline import make_dataset
 from ensai_tf.dirlock import ModelDirLock
-from ensai_tf.distribute import (all_workers, copy_run_state, keras_fit, make_strategy,
-                                 read_tf_config, replicated_dataset, scratch_folder,
-                                 training_dataset, worker_lost_error)
-from ensai_tf.errors import EnsaiError, InputError, ModelDirError
+from ensai_tf.distribute import (agreed, all_workers, copy_run_state, keras_fit, make_strategy,
+                                 read_tf_config, replica_batch_size, replicated_dataset,
+                                 scratch_folder, training_dataset, worker_lost_error)
+from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.model_dir import (BACKUP_DIR, BEST_KERAS, CALIBRATION_JSON, CONFIG_YAML, LOG_CSV,
                                 MODEL_KERAS, SAVED_MODEL_DIR)
 from ensai_tf.run_dir import (data_cache_dir, prepare_model_dir, remove_backup,
@@ -246,9 +251,11 @@ def train(cfg, model_dir, resume=False, overwrite=False, strategy=None, *, callb
     if strategy == "multi-worker":
         return _train_multi_worker(cfg, model_dir, resume, overwrite, callbacks, verbose)
     start = time.monotonic()
+    strategy = make_strategy(strategy)
+    replica_batch_size(strategy, cfg.train.batch_size)  # refused before the folder is touched
     with ModelDirLock(model_dir, "ensai train"):
         run = _prepare_run(cfg, model_dir, resume, overwrite)
-        return _run(cfg, *run, make_strategy(strategy), callbacks, verbose, start)
+        return _run(cfg, *run, strategy, callbacks, verbose, start)
 
 
 def _prepare_run(cfg, model_dir, resume, overwrite):
@@ -257,21 +264,6 @@ def _prepare_run(cfg, model_dir, resume, overwrite):
     point = resume_point(model_dir, cfg.train.steps_per_epoch) if resume else None
     config_lib.save_config(cfg, model_dir / CONFIG_YAML)
     return model_dir, point
-
-
-def _agreed(strategy, step, elsewhere):
-    """Run ``step()``; every worker then learns whether all steps succeeded.
-
-    A failed step raises its own error here and ``ModelDirError(elsewhere)``
-    on the other workers, so a refused run stops everywhere at once.
-    """
-    try:
-        result, error = step(), None
-    except (EnsaiError, OSError) as err:
-        result, error = None, err
-    if not all_workers(strategy, error is None):
-        raise error or ModelDirError(elsewhere)
-    return result
 
 
 def _train_multi_worker(cfg, model_dir, resume, overwrite, callbacks, verbose):
@@ -284,27 +276,36 @@ def _train_multi_worker(cfg, model_dir, resume, overwrite, callbacks, verbose):
     start = time.monotonic()
     task = read_tf_config()
     strategy = make_strategy("multi-worker")  # before any TensorFlow operation
+    replica_batch_size(strategy, cfg.train.batch_size)  # the same answer on every worker
     chief_failed = f"the chief could not start the run in {str(model_dir)!r} (see its message)"
+    worker_failed = "another worker could not start (see its message)"
     try:
         if task.is_chief:
-            with ModelDirLock(model_dir, "ensai train"):
-                run = _agreed(strategy, lambda: _prepare_run(cfg, model_dir, resume, overwrite),
-                              chief_failed)
-                _agreed(strategy, lambda: None, "another worker could not start (see its message)")
+            lock = ModelDirLock(model_dir, "ensai train")
+
+            def ready_chief():
+                lock.acquire()
+                return _prepare_run(cfg, model_dir, resume, overwrite)
+
+            try:
+                run = agreed(strategy, ready_chief, chief_failed)
+                agreed(strategy, lambda: None, worker_failed)
                 model = _run(cfg, *run, strategy, callbacks, verbose, start, task)
-                all_workers(strategy, True)  # the workers end together (none sees another vanish)
-                return model
+            finally:
+                lock.release()
+            all_workers(strategy, True)  # the workers end together (none sees another vanish)
+            return model
         with scratch_folder(task) as scratch:
             print(f"ensai train: {task.name} of {task.num_workers} workers; the chief writes "
                   f"{model_dir}, this worker writes {scratch} (removed at the end)", flush=True)
-            _agreed(strategy, lambda: None, chief_failed)
+            agreed(strategy, lambda: None, chief_failed)
 
             def ready():
                 if resume:
                     copy_run_state(model_dir, scratch, task)
                 return _prepare_run(cfg, scratch, resume, overwrite)
 
-            run = _agreed(strategy, ready, "another worker could not start (see its message)")
+            run = agreed(strategy, ready, worker_failed)
             with ModelDirLock(scratch, "ensai train"):
                 model = _run(cfg, *run, strategy, callbacks, 0, start, task)
             all_workers(strategy, True)

@@ -238,7 +238,7 @@ SPLIT = textwrap.dedent('''
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from ensai_tf import config, distribute
-    from ensai_tf.data.pipeline import make_dataset
+    from ensai_tf.data.pipeline import make_dataset, pregenerate_arcs
     from ensai_tf.errors import InputError
     cfg = config.apply_overrides(config.get_preset("smoke"),
                                  ["image.npix={npix}", "data.cache_dir=" + sys.argv[1]])
@@ -256,6 +256,13 @@ SPLIT = textwrap.dedent('''
         assert all(np.array_equal(v, rx) for v in local(x))
         assert all(np.array_equal(v, ry) for v in local(y))
     assert len(batches) == len(list(val()))
+    # the same with stored arcs observed online (data.arcs_dir): 6 arcs, batches of 4 wrap around
+    arcs = pregenerate_arcs(sys.argv[1] + "/arcs", 6, config=cfg, progress=False)
+    stored = config.apply_overrides(cfg, ["data.arcs_dir=" + str(arcs)])
+    ref = make_dataset("train", stored, start_step=1).take(3)
+    for (x, y), (rx, ry) in zip(distribute.training_dataset(strategy, stored, start_step=1), ref):
+        assert np.array_equal(np.concatenate(local(x)), rx), "stored-arc images differ"
+        assert np.array_equal(np.concatenate(local(y)), ry), "stored-arc labels differ"
     odd = config.apply_overrides(cfg, ["train.batch_size=3"])
     try:
         distribute.training_dataset(strategy, odd)
@@ -267,8 +274,9 @@ SPLIT = textwrap.dedent('''
 
 def test_each_replica_simulates_its_part_of_the_global_batch_bit_for_bit(tmp_path):
     """Two replicas: their batches of 2, side by side, are the one-process batch of 4 exactly,
-    at a resumed step too; each replica reads every validation batch (MirroredStrategy on two
-    logical CPUs, the same input functions as the multi-worker run)."""
+    at a resumed step too, simulated online or observed from stored arcs; each replica reads
+    every validation batch (MirroredStrategy on two logical CPUs, the same input functions as
+    the multi-worker run)."""
     out = subprocess.run([sys.executable, "-c", SPLIT, str(tmp_path / "cache")],
                          capture_output=True, text=True, timeout=600,
                          env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"))
@@ -332,3 +340,18 @@ def test_a_killed_worker_fails_the_run_and_resuming_both_ends_as_uninterrupted(
             np.testing.assert_allclose(b, a, rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(_log(tmp_path / "run")["val_loss"], _log(root / "run")["val_loss"],
                                rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_a_run_the_chief_refuses_stops_every_worker_and_leaves_the_folder_alone(tmp_path, cache):
+    """A non-empty folder without --resume or --overwrite: the chief says why, the other worker
+    that the chief could not start, both at once; nothing is written and no lock is left."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    chief, worker = run_cluster(tmp_path, "refused", cache)
+    assert chief.returncode != 0 and worker.returncode != 0
+    assert f"model folder {str(run)!r} is not empty" in chief.stderr_text
+    assert f"the chief could not start the run in {str(run)!r}" in worker.stderr_text
+    assert sorted(p.name for p in run.iterdir()) == ["notes.txt"]
+    assert not list(worker.tmp.glob("ensai-train-*"))
