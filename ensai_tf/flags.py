@@ -117,6 +117,9 @@ QUANTILE_BUDGET = {
 With the screening network's labels (:data:`ensai_tf.screen.SCREEN_BUDGET`,
 0.8%) they sum to 2%; flags overlap, so the union flags fewer."""
 
+STATISTICS_CHUNK = 256
+"""Images whose statistics are computed at once (bounds the memory of the float64 copies)."""
+
 FOOTPRINT_TOLERANCE = 1.5
 """Field pixels per axis an input may lack before it counts as a small field."""
 
@@ -275,6 +278,12 @@ def image_statistics(images, params, footprints=None, pixel_scale=conventions.PI
     images = _as_batch(images)
     n, h, w = images.shape
     footprints = [None] * n if footprints is None else list(footprints)
+    if n > STATISTICS_CHUNK:
+        params = np.asarray(params)
+        parts = [image_statistics(images[i:i + STATISTICS_CHUNK], params[i:i + STATISTICS_CHUNK],
+                                  footprints[i:i + STATISTICS_CHUNK], pixel_scale, screen)
+                 for i in range(0, n, STATISTICS_CHUNK)]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
     covered, border = _footprint_masks(footprints, images.shape)
     unmasked = (images != 0) & covered
     bg, rms = _background(images, unmasked)
