@@ -5,10 +5,13 @@ A catalogue is a CSV file with a header line and one row per lens, with the colu
 catalogue's folder unless absolute), ``ra``/``dec`` (ICRS degrees; the file needs a
 celestial WCS) or ``x``/``y`` (0-based file column and row) for the lens position,
 and ``band2``: a second, redder filter (FITS), which sends the row through the
-two-band ICA path of ``ensai predict --bands`` (docs/design.md §8.4) with ``path``
-the bluer band. Without a position a row is predicted at its image's centre,
-exactly as ``ensai predict FILE``; with one, the 7.68 arcsec field is cut around
-it (:func:`ensai_tf.preprocess.window.prepare_lens_file`).
+two-band path of ``ensai predict --bands`` (docs/design.md §8.4; ``lens_light``
+chooses fitted subtraction, ICA or both) with ``path`` the bluer band. Without a
+position a row is predicted at its image's centre, exactly as ``ensai predict FILE``;
+with one, the 7.68 arcsec field is cut around it
+(:func:`ensai_tf.preprocess.window.prepare_lens_file`). A single-band row's lens light
+is fitted and subtracted as ``ensai predict``'s (``subtract_lens_light``). The
+catalogue is read and checked by :mod:`ensai_tf.catalog_rows`.
 
 :func:`predict_catalog` streams: rows are read, prepared and predicted
 ``batch_size`` at a time and appended to the output, flushed after each batch
@@ -20,8 +23,8 @@ catalogue row). Its rules:
   positions) stops the run with one line naming the catalogue line.
 - **Output**: ``ensai predict``'s table (:func:`ensai_tf.tables.output_columns`)
   after a ``catalog_row`` column (0-based catalogue row); ``file`` is the row's
-  ``path`` as written. CSV or JSON lines (``.jsonl``); a ``.json`` array cannot
-  grow row by row and is refused.
+  ``path`` as written; ``lens_light_path`` the lens-light path. CSV or JSON lines
+  (``.jsonl``); a ``.json`` array cannot grow row by row and is refused.
 - **An unusable image is skipped**, not fatal: a missing, corrupt, blank or
   badly-positioned image is reported on stderr (one line naming the catalogue
   line) and in ``<output>.errors.csv`` (:data:`ERROR_COLUMNS`; made only when
@@ -43,9 +46,7 @@ Command line: ``ensai predict MODEL --catalog CSV --out OUT.csv [--shard I/N] [-
 """
 
 import array
-import csv
 import dataclasses
-import math
 import os
 import sys
 import time
@@ -54,15 +55,15 @@ import zlib
 import numpy as np
 
 from ensai_tf import conventions
+from ensai_tf.catalog_rows import CATALOG_COLUMNS, CatalogEntry, iter_catalog, parse_shard
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.flags import FLAG_ADVICE, FLAG_NAMES
 from ensai_tf.inference import result_rows
-from ensai_tf.prediction import load_table_predictor
-from ensai_tf.preprocess.images import PreparedImage
+from ensai_tf.prediction import lens_light_lines, load_table_predictor
 from ensai_tf.preprocess.window import prepare_lens_file
-from ensai_tf.realdata.cutout import cut_two_bands
-from ensai_tf.realdata.pipeline import cutout_row, unmix_cutout
-from ensai_tf.realdata.sky import read_band
+from ensai_tf.realdata.lens_light import (DEFAULT_LENS_LIGHT_PATH, DEFAULT_SINGLE_BAND_MODE,
+                                          check_lens_light_path, check_single_band_mode)
+from ensai_tf.realdata.pipeline import cutout_row, prepare_two_band
 from ensai_tf.tables import AppendTable, append_format, check_writable
 
 __all__ = [
@@ -78,9 +79,6 @@ __all__ = [
     "prepare_entry",
 ]
 
-CATALOG_COLUMNS = ("path", "ra", "dec", "x", "y", "band2")
-"""The columns a catalogue may have (``path`` is required); any other is refused."""
-
 ROW_COLUMN = "catalog_row"
 """First column of the output: the 0-based catalogue row (header excluded) of the lens."""
 
@@ -89,24 +87,6 @@ ERROR_COLUMNS = (ROW_COLUMN, "line", "path", "error")
 line 1), the row's ``path`` and the one-line reason."""
 
 _STDERR_ERRORS = 20  # failures echoed to stderr when an errors file keeps them all
-_RANGES = {"ra": (0.0, 360.0, "degrees"), "dec": (-90.0, 90.0, "degrees"),
-           "x": (-1e6, 1e6, "pixels"), "y": (-1e6, 1e6, "pixels")}
-
-
-@dataclasses.dataclass(frozen=True)
-class CatalogEntry:
-    """One checked catalogue row: ``row`` (0-based, header excluded), ``line`` (in the file,
-    1-based, header included), ``path`` (as written: the output's ``file``), ``file`` and
-    ``band2`` (resolved against the catalogue's folder; ``band2`` None for one band), ``sky``
-    (``(ra, dec)`` degrees) or ``pixel`` (``(x, y)`` 0-based file pixels), or neither."""
-
-    row: int
-    line: int
-    path: str
-    file: str
-    band2: str = None
-    sky: tuple = None
-    pixel: tuple = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,28 +106,6 @@ class CatalogSummary:
     errors: str = None
 
 
-def parse_shard(shard):
-    """A shard as ``(i, n)``, from ``"i/n"`` or a pair, with ``0 <= i < n``.
-
-    Raises:
-        InputError: anything else; the message says what a shard is.
-
-    Example:
-        >>> parse_shard("1/4")
-        (1, 4)
-    """
-    text = shard if isinstance(shard, str) else "/".join(str(v) for v in shard)
-    parts = text.strip().split("/")
-    try:
-        i, n = (int(p) for p in parts) if len(parts) == 2 else (None, None)
-    except ValueError:
-        i, n = None, None
-    if i is None or not 0 <= i < n <= 10**6:
-        raise InputError(f"shard {text[:40]!r} must be I/N with 0 <= I < N <= 10^6, e.g. 0/4 "
-                         "for the first of four parts (rows with catalog_row % N == I)")
-    return i, n
-
-
 def errors_path(output):
     """The errors file beside an output: ``<output>.errors.csv`` (None for ``'-'``).
 
@@ -158,117 +116,14 @@ def errors_path(output):
     return None if str(output) == "-" else f"{output}.errors.csv"
 
 
-def _number(where, name, text):
-    """A finite float in the column's range, None for an empty cell."""
-    if text == "":
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise InputError(f"{where}: {name} {text[:40]!r} is not a number") from None
-    lo, hi, unit = _RANGES[name]
-    if not (math.isfinite(value) and lo <= value <= hi):
-        raise InputError(f"{where}: {name} {text[:40]!r} is out of range; give a value from "
-                         f"{lo:g} to {hi:g} {unit}")
-    return value
-
-
-def _header(catalog, cells, line):
-    """Column name -> cell index, checking the header."""
-    names = [c.strip().lower() for c in cells]
-    where = f"{catalog} line {line}"
-    for name in names:
-        if name not in CATALOG_COLUMNS:
-            raise InputError(f"{where}: unknown column {name[:40]!r}; the columns are path "
-                             "(required), ra, dec, x, y, band2")
-        if names.count(name) > 1:
-            raise InputError(f"{where}: column {name!r} appears twice")
-    if "path" not in names:
-        raise InputError(f"{where}: no 'path' column (the header must name the columns: path "
-                         "and optionally ra, dec, x, y, band2)")
-    for a, b in (("ra", "dec"), ("x", "y")):
-        if (a in names) != (b in names):
-            raise InputError(f"{where}: column {a if a in names else b!r} needs its partner "
-                             f"{b if a in names else a!r}")
-    return {name: k for k, name in enumerate(names)}
-
-
-def _entry(catalog, base, columns, cells, row, line):
-    """A :class:`CatalogEntry` from a row's cells, or an InputError naming the line."""
-    where = f"{catalog} line {line}"
-    if len(cells) != len(columns):
-        raise InputError(f"{where}: {len(cells)} cells where the header has {len(columns)}")
-    cell = {name: cells[k].strip() for name, k in columns.items()}
-    path = cell["path"]
-    if not path:
-        raise InputError(f"{where}: empty path")
-    if "\n" in path or "\r" in path or "\n" in cell.get("band2", ""):
-        raise InputError(f"{where}: a path holds a line break")
-    values = {name: _number(where, name, cell[name]) for name in _RANGES if name in cell}
-    positions = {}
-    for a, b in (("ra", "dec"), ("x", "y")):
-        if (values.get(a) is None) != (values.get(b) is None):
-            raise InputError(f"{where}: {a} and {b} are given together or not at all")
-        if values.get(a) is not None:
-            positions[a] = (values[a], values[b])
-    if len(positions) > 1:
-        raise InputError(f"{where}: give the lens position as ra/dec or as x/y, not both")
-    band2 = cell.get("band2") or None
-    return CatalogEntry(row=row, line=line, path=path, file=os.path.join(base, path),
-                        band2=None if band2 is None else os.path.join(base, band2),
-                        sky=positions.get("ra"), pixel=positions.get("x"))
-
-
-def iter_catalog(catalog, shard=(0, 1)):
-    """Yield the checked rows (:class:`CatalogEntry`) of a catalogue shard, row by row.
-
-    Args:
-        catalog: the catalogue CSV file (see the module's description); blank
-            lines are not rows.
-        shard: ``(i, n)`` or ``"i/n"``: the rows with ``row % n == i``.
-
-    Raises:
-        InputError: a missing or unreadable catalogue, a bad header or a bad
-            cell; the message names the catalogue line.
-    """
-    i, n = parse_shard(shard)
-    catalog = os.fspath(catalog)
-    base = os.path.dirname(catalog)
-    try:
-        with open(catalog, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            columns, row = None, 0
-            for cells in reader:
-                if not cells or (len(cells) == 1 and not cells[0].strip()):
-                    continue
-                if columns is None:
-                    columns = _header(catalog, cells, reader.line_num)
-                    continue
-                entry = _entry(catalog, base, columns, cells, row, reader.line_num)
-                if row % n == i:
-                    yield entry
-                row += 1
-            if columns is None:
-                raise InputError(f"{catalog}: the catalogue is empty; its first line must name "
-                                 "the columns (path and optionally ra, dec, x, y, band2)")
-    except FileNotFoundError:
-        raise InputError(f"catalogue {catalog!r}: no such file") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{catalog}: not a UTF-8 text (CSV) file") from None
-    except csv.Error as err:
-        raise InputError(f"{catalog}: not a readable CSV file ({err})") from None
-    except IsADirectoryError:
-        raise InputError(f"catalogue {catalog!r} is a folder; give its CSV file") from None
-
-
 def prepare_entry(entry, npix=conventions.NPIX, pixel_scale=None, hdu=None, psf_fwhm=None,
-                  cosmic_rays=None):
+                  cosmic_rays=None, lens_light=DEFAULT_LENS_LIGHT_PATH):
     """The network input of one catalogue row.
 
     Args:
         entry: a :class:`CatalogEntry`.
         npix: network input side, pixels.
-        pixel_scale, hdu, psf_fwhm, cosmic_rays: as :func:`predict_catalog`.
+        pixel_scale, hdu, psf_fwhm, cosmic_rays, lens_light: as :func:`predict_catalog`.
 
     Returns:
         ``(item, cutout)``: the :class:`~ensai_tf.preprocess.images.PreparedImage`
@@ -283,13 +138,10 @@ def prepare_entry(entry, npix=conventions.NPIX, pixel_scale=None, hdu=None, psf_
     if entry.band2 is None:
         return prepare_lens_file(entry.file, entry.path, entry.pixel, entry.sky, npix,
                                  pixel_scale, hdu), None
-    bands = [read_band(p, hdu, pixel_scale) for p in (entry.file, entry.band2)]
-    cutout = cut_two_bands(bands[0], bands[1], position=entry.pixel, sky=entry.sky,
-                           psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix)
-    image, _ = unmix_cutout(cutout)
-    item = PreparedImage(name=entry.path, file=entry.path, index=0, image=image,
-                         centre_pix=cutout.frame.centre,
-                         scale_arcsec=(conventions.PIXEL_SCALE,) * 2)
+    item, cutout, _ = prepare_two_band(entry.file, entry.band2, entry.path, entry.pixel,
+                                       entry.sky, psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays,
+                                       npix=npix, hdu=hdu, pixel_scale=pixel_scale,
+                                       lens_light=lens_light)
     return item, cutout
 
 
@@ -319,9 +171,11 @@ class _ErrorLog:
             self._table.close()
 
 
-def _check_request(catalog, out, shard, resume, overwrite, batch_size):
+def _check_request(catalog, out, shard, resume, overwrite, batch_size, lens_light, subtract):
     """Refuse bad arguments before any work; return the shard."""
     shard = parse_shard(shard)
+    check_lens_light_path(lens_light)
+    check_single_band_mode(subtract)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
         raise InputError(f"batch size {batch_size!r} must be an integer >= 1")
@@ -362,7 +216,9 @@ def _done_rows(table, digests, shard):
 
 def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=False,
                     batch_size=100, pixel_scale=None, hdu=None, psf_fwhm=None, cosmic_rays=None,
-                    symmetrize=False, trust_savedmodel=False, progress=True):
+                    symmetrize=False, trust_savedmodel=False, progress=True,
+                    lens_light=DEFAULT_LENS_LIGHT_PATH,
+                    subtract_lens_light=DEFAULT_SINGLE_BAND_MODE):
     """Predict every lens of a catalogue (or of one shard) into a table, streaming.
 
     The catalogue, the output and the rules on failures, shards and resuming
@@ -384,6 +240,10 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
         progress: True prints a line on stderr at each tenth of the rows;
             a callable is called as ``progress(done, total)`` after each batch
             (rows handled by this run, rows it has to handle); False is silent.
+        lens_light: the lens-light path of two-band rows, ``"subtract"``
+            (default), ``"ica"`` or ``"subtract+ica"`` (``ensai predict --lens-light``).
+        subtract_lens_light: single-band rows: ``"auto"`` (default),
+            ``"always"`` or ``"never"`` (:meth:`ensai_tf.prediction.TablePredictor.rows`).
 
     Returns:
         :class:`CatalogSummary`.
@@ -394,7 +254,8 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
         ModelDirError: a missing or corrupt model.
     """
     out, catalog = os.fspath(out), os.fspath(catalog)
-    shard = _check_request(catalog, out, shard, resume, overwrite, batch_size)
+    shard = _check_request(catalog, out, shard, resume, overwrite, batch_size, lens_light,
+                           subtract_lens_light)
     # the whole catalogue is checked before the model loads; resume checks the output against
     # a CRC-32 of each row's path
     digests = array.array("I", (zlib.crc32(e.path.encode()) for e in iter_catalog(catalog)))
@@ -409,14 +270,15 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
         done = _done_rows(table, digests, shard) if resume else bytearray(len(digests))
         errors = _ErrorLog(catalog, errors_path(out))
         # every forward pass has the same size, so a lens's numbers do not depend on its shard
-        state = _Run(predictor, table, progress, total - sum(done), min(batch_size, len(digests)))
+        state = _Run(predictor, table, progress, total - sum(done), min(batch_size, len(digests)),
+                     (lens_light, subtract_lens_light))
         batch = []
         for entry in iter_catalog(catalog, shard):
             if done[entry.row]:
                 continue
             try:
                 batch.append((entry, *prepare_entry(entry, predictor.npix, pixel_scale, hdu,
-                                                    psf_fwhm, cosmic_rays)))
+                                                    psf_fwhm, cosmic_rays, lens_light)))
             except (InputError, OSError, ValueError) as err:
                 if isinstance(err, ModelDirError):
                     raise
@@ -434,7 +296,8 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
             errors.close()
     summary = CatalogSummary(state.written, errors.count, sum(done), total, predictor.seconds,
                              time.perf_counter() - state.start, out, errors_path(out))
-    _print_summary(summary, shard, batch_size, state.flagged)
+    _print_summary(summary, shard, batch_size, state.flagged,
+                   lens_light_lines(predictor, summary.written, subtract_lens_light))
     if summary.written == 0 and summary.failed:
         raise InputError(f"no lens could be predicted: all {summary.failed} failed"
                          + (f"; see {summary.errors}" if summary.errors else ""))
@@ -444,9 +307,10 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
 class _Run:
     """The counters and writes of one :func:`predict_catalog` run."""
 
-    def __init__(self, predictor, table, progress, total, batch_size):
+    def __init__(self, predictor, table, progress, total, batch_size, lens_light):
         self.predictor, self.table, self.progress, self.batch_size = (predictor, table, progress,
                                                                       batch_size)
+        self.path, self.subtract = lens_light
         self.total, self.handled, self.written, self.next_tenth = total, 0, 0, 1
         self.flagged, self.start = {}, time.perf_counter()
 
@@ -455,12 +319,13 @@ class _Run:
         def make_rows(prepared, params):
             rows = []
             for (entry, item, cutout), p in zip(batch, params):
-                row = (cutout_row(cutout, p, entry.path) if cutout is not None
+                row = (cutout_row(cutout, p, entry.path, self.path) if cutout is not None
                        else result_rows([item], p[None])[0])
                 rows.append({ROW_COLUMN: entry.row, **row})
             return rows
 
-        rows = self.predictor.rows([item for _, item, _ in batch], make_rows, self.batch_size)
+        rows = self.predictor.rows([item for _, item, _ in batch], make_rows, self.batch_size,
+                                   self.subtract, [cutout is None for _, _, cutout in batch])
         self.table.write(rows)
         for row in rows:
             for name in row["flags"]:
@@ -481,8 +346,8 @@ class _Run:
             self.next_tenth = self.handled * 10 // self.total + 1
 
 
-def _print_summary(summary, shard, batch_size, flagged):
-    """The closing line on stderr, and one warning line per quality flag raised."""
+def _print_summary(summary, shard, batch_size, flagged, lens_light):
+    """The closing line on stderr, the ``lens_light`` lines, one warning line per flag raised."""
     rate = summary.written / max(summary.wall_seconds, 1e-9)
     ms = 1e3 * summary.network_seconds / max(summary.written, 1)
     failed = f"{summary.failed} failed"
@@ -492,6 +357,8 @@ def _print_summary(summary, shard, batch_size, flagged):
           f"{summary.wall_seconds:.1f} s ({rate:.1f} lenses per second; network {ms:.2f} ms per "
           f"lens, batch {batch_size}); {failed}; {summary.skipped} already there; "
           f"shard {shard[0]}/{shard[1]} of {summary.total} rows", file=sys.stderr)
+    for line in lens_light:
+        print(line, file=sys.stderr)
     for name in FLAG_NAMES:
         if flagged.get(name):
             print(f"ensai predict: warning: {flagged[name]} lens{'es' * (flagged[name] > 1)} "

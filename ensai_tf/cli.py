@@ -138,6 +138,12 @@ def _cmd_evaluate(args):
                       trust_savedmodel=args.trust_savedmodel, overwrite=args.overwrite)
 
 
+# ensai_tf.realdata.lens_light's LENS_LIGHT_PATHS and SINGLE_BAND_MODES, spelled here to keep
+# `ensai --help` fast (tests/realdata/test_lens_light_paths.py checks that they agree)
+LENS_LIGHT_PATHS = ("subtract", "ica", "subtract+ica")
+SINGLE_BAND_MODES = ("auto", "always", "never")
+
+
 def _cmd_predict_catalog(args):
     given = [flag for flag, value in (
         ("image files", args.files), ("--bands", args.bands), ("--ica", args.ica),
@@ -153,7 +159,8 @@ def _cmd_predict_catalog(args):
         resume=args.resume, overwrite=args.overwrite, batch_size=args.batch_size,
         pixel_scale=args.pixel_scale, hdu=args.hdu, psf_fwhm=args.psf_fwhm,
         cosmic_rays=args.cosmic_rays, symmetrize=args.symmetrize,
-        trust_savedmodel=args.trust_savedmodel)
+        trust_savedmodel=args.trust_savedmodel, lens_light=args.lens_light or "subtract",
+        subtract_lens_light=args.subtract_lens_light or "auto")
 
 
 def _cmd_predict(args):
@@ -166,23 +173,26 @@ def _cmd_predict(args):
     _refuse_existing(args.plot, "plot", args.overwrite)
     realdata = _workflow("realdata")
     pair = realdata.band_files(args.bands, args.files, args.ica)
-    if pair is not None and args.symmetrize:
-        raise InputError("--symmetrize is not available with two-band ICA input (--bands/--ica)")
-    if pair is not None and args.x is None and args.y is None and args.ra is None \
-            and args.dec is None:
+    path, mode = realdata.lens_light_request(pair is not None, args.lens_light,
+                                             args.subtract_lens_light, args.ica)
+    if pair is None:
+        _workflow("prediction").predict_files(
+            args.model, args.files, output=args.output, pixel_scale=args.pixel_scale,
+            batch_size=args.batch_size, return_rows=False, symmetrize=args.symmetrize,
+            trust_savedmodel=args.trust_savedmodel, subtract_lens_light=mode,
+            position=None if args.x is None and args.y is None else (args.x, args.y),
+            sky=None if args.ra is None and args.dec is None else (args.ra, args.dec))
+        return
+    if args.symmetrize:
+        raise InputError("--symmetrize is not available with two-band input (--bands/--ica)")
+    if args.x is None and args.y is None and args.ra is None and args.dec is None:
         print("ensai predict: warning: no --x/--y or --ra/--dec given; the lens is assumed at "
               "the centre of the image", file=sys.stderr)
-    if pair is not None:
-        realdata.predict_two_band(
-            args.model, pair[0], pair[1], output=args.output, ra=args.ra, dec=args.dec, x=args.x,
-            y=args.y, masks=args.mask, sky_masks=args.mask_sky, psf_fwhm=args.psf_fwhm,
-            cosmic_rays=args.cosmic_rays, hdu=args.hdu, pixel_scale=args.pixel_scale,
-            plot=args.plot)
-        return
-    _workflow("prediction").predict_files(
-        args.model, args.files, output=args.output, pixel_scale=args.pixel_scale,
-        batch_size=args.batch_size, return_rows=False, symmetrize=args.symmetrize,
-        trust_savedmodel=args.trust_savedmodel)
+    realdata.predict_two_band(
+        args.model, pair[0], pair[1], output=args.output, ra=args.ra, dec=args.dec, x=args.x,
+        y=args.y, masks=args.mask, sky_masks=args.mask_sky, psf_fwhm=args.psf_fwhm,
+        cosmic_rays=args.cosmic_rays, hdu=args.hdu, pixel_scale=args.pixel_scale,
+        plot=args.plot, lens_light=path)
 
 
 def _cmd_export(args):
@@ -319,11 +329,12 @@ def _add_predict(sub):
         "survey catalogues (ensai_tf.catalog)",
         "--catalog FILE.csv: a header and one row per lens; columns path (.npy or FITS, relative "
         "to the catalogue's folder), optional ra,dec (degrees, needs a WCS) or x,y (0-based "
-        "pixels) for the lens position, optional band2 (a redder FITS band: two-band ICA as "
-        "--bands). Rows are appended to --output and flushed batch by batch. An unreadable "
+        "pixels) for the lens position, optional band2 (a redder FITS band: the two-band path "
+        "of --bands). Rows are appended to --output and flushed batch by batch. An unreadable "
         "image does not stop the run: it is reported on stderr and in OUTPUT.errors.csv, and "
         "skipped; a bad catalogue (column, number) stops it before any work. --pixel-scale, "
-        "--hdu, --psf-fwhm and --cosmic-rays apply to every row.")
+        "--hdu, --psf-fwhm, --cosmic-rays, --lens-light (band2 rows) and --subtract-lens-light "
+        "(single-band rows) apply to every row.")
     c.add_argument("--catalog", metavar="FILE.csv", default=None,
                    help="predict every lens of this catalogue")
     c.add_argument("--shard", metavar="I/N", default=None,
@@ -341,19 +352,27 @@ def _add_predict(sub):
     p.add_argument("--symmetrize", action="store_true",
                    help="average each prediction over the 8 flips and rotations of the image "
                         "(point-estimate models; 8x the time per lens)")
-    g = p.add_argument_group("two-band ICA lens-light removal (docs/design.md §8.4)")
+    p.add_argument("--subtract-lens-light", choices=SINGLE_BAND_MODES, default=None,
+                   help="single-band images: auto (default) fits and subtracts the lens light of "
+                        "an image that raises the lens_light flag and predicts the residual; "
+                        "always; never (column lens_light_path: subtract or none)")
+    g = p.add_argument_group("two bands: lens-light removal (docs/design.md §8.4)")
     g.add_argument("--bands", nargs=2, metavar=("BLUE.fits", "RED.fits"),
-                   help="two aligned filters, bluer first: unmix with ICA and predict")
+                   help="two aligned filters, bluer first: remove the lens light and predict")
+    g.add_argument("--lens-light", choices=LENS_LIGHT_PATHS, default=None,
+                   help="subtract (default, the most accurate measured): a smooth lens-light "
+                        "model fitted to each band and subtracted; ica: FastICA of the bands (the "
+                        "paper's; needs arcs clearly bluer than the lens); or subtract+ica")
     g.add_argument("--ica", action="store_true",
-                   help="treat the two positional files as BLUE RED bands (as --bands)")
+                   help="the two positional files are BLUE RED, unmixed by --lens-light ica")
     g.add_argument("--ra", type=_number(float, 0.0, 360.0, " degrees"),
                    help="lens RA, 0 to 360 degrees (ICRS; needs a WCS)")
     g.add_argument("--dec", type=_number(float, -90.0, 90.0, " degrees"),
                    help="lens Dec, -90 to 90 degrees (ICRS)")
     g.add_argument("--x", type=_number(float, -1e6, 1e6, " pixels"),
-                   help="lens column in the blue file, 0-based pixels")
+                   help="lens column in the blue file (or the one image file), 0-based pixels")
     g.add_argument("--y", type=_number(float, -1e6, 1e6, " pixels"),
-                   help="lens row in the blue file, 0-based pixels")
+                   help="lens row in the blue file (or the one image file), 0-based pixels")
     g.add_argument("--mask", action="append", default=[], metavar="X,Y|FILE.reg",
                    help="0.2 arcsec mask at a blue-file pixel, or a DS9 region file "
                         "(circles, points); repeatable")
@@ -368,7 +387,8 @@ def _add_predict(sub):
     g.add_argument("--hdu", default=None,
                    help="HDU index or EXTNAME to read (default: the first image)")
     g.add_argument("--plot", default=None, metavar="FILE.png",
-                   help="diagnostic PNG: bands, ICA components, masks, critical curve")
+                   help="diagnostic PNG: bands, fitted lens light and residual or ICA components, "
+                        "masks, critical curve")
     _add_trust_arg(p)
     p.set_defaults(func=_cmd_predict)
 

@@ -30,20 +30,31 @@ from ensai_tf.inference import (load_calibration, load_predictor, result_rows,
                                 uncertainty_columns)
 from ensai_tf.preprocess.images import iter_prepared, iter_prepared_array
 from ensai_tf.preprocess.reading import FITS_SUFFIXES, as_stack
-from ensai_tf.tables import TableStream, check_writable, output_columns, output_format
+from ensai_tf.preprocess.window import prepare_lens_file
+from ensai_tf.realdata.lens_light import (DEFAULT_SINGLE_BAND_MODE, NO_LENS_LIGHT_PATH,
+                                         check_single_band_mode, subtract_single_band)
+from ensai_tf.tables import (LENS_LIGHT_COLUMN, TableStream, check_writable, output_columns,
+                             output_format)
 
-__all__ = ["DEFAULT_MODEL", "TablePredictor", "load_model", "load_table_predictor", "predict",
-           "predict_files"]
+__all__ = ["DEFAULT_MODEL", "LENS_LIGHT_FLAG", "TablePredictor", "load_model",
+           "load_table_predictor", "lens_light_lines", "predict", "predict_files"]
 
 DEFAULT_MODEL = "combined"
 """The shipped model :func:`predict` uses by default (a folder of ``trained_weights/``)."""
 
+LENS_LIGHT_FLAG = "lens_light"
+"""The quality flag (:mod:`ensai_tf.flags`) whose image gets its lens light subtracted with
+``--subtract-lens-light auto``."""
 
-def _batches(files, npix, pixel_scale, batch_size):
-    """Lists of at most ``batch_size`` prepared images, streamed over the files."""
+
+def _batches(files, npix, pixel_scale, batch_size, position=None, sky=None):
+    """Lists of at most ``batch_size`` prepared images, streamed over the files (the field
+    cut around ``position`` or ``sky`` in the one file when given)."""
     batch = []
     for f in files:
-        for item in iter_prepared(f, npix, pixel_scale):
+        items = (iter_prepared(f, npix, pixel_scale) if position is None and sky is None
+                 else [prepare_lens_file(f, None, position, sky, npix, pixel_scale)])
+        for item in items:
             batch.append(item)
             if len(batch) == batch_size:
                 yield batch
@@ -79,6 +90,10 @@ class TablePredictor:
         calibration: the interval calibration of a Gaussian head, or None.
         thresholds: quality-flag thresholds (:func:`ensai_tf.flags.model_thresholds`).
         seconds: time spent in the network so far (warm-up excluded), seconds.
+        subtracted: names of the single-band images whose lens light was
+            subtracted so far (:meth:`rows`).
+        fit_failures: ``"name: reason"`` of the images whose lens-light fit
+            failed (predicted as given).
     """
 
     predict_fn: object
@@ -88,14 +103,46 @@ class TablePredictor:
     calibration: object
     thresholds: dict
     seconds: float = 0.0
+    subtracted: list = dataclasses.field(default_factory=list)
+    fit_failures: list = dataclasses.field(default_factory=list)
 
     @property
     def columns(self):
         """The table's CSV columns (:func:`ensai_tf.tables.output_columns`)."""
         return output_columns(self.head, self.n_targets)
 
-    def rows(self, prepared, make_rows=result_rows, pad_to=None):
-        """Table rows of a batch: parameters, intervals and shear, quality flags.
+    def _forward(self, prepared, pad_to):
+        """Raw network outputs ``(B, width)`` of prepared images, padded to ``pad_to``."""
+        images = np.stack([p.image for p in prepared])
+        if pad_to is not None and len(images) < pad_to:
+            images = np.concatenate([images, np.repeat(images[-1:], pad_to - len(images), 0)])
+        start = time.perf_counter()
+        raw = np.array(self.predict_fn(images)[:len(prepared)])
+        self.seconds += time.perf_counter() - start
+        return raw
+
+    def _subtract(self, prepared, todo, pad_to):
+        """Fit and subtract the lens light of ``prepared[i]`` for ``i`` in ``todo``, predict
+        them again, and return ``(indices done, their raw outputs, their flag columns)``."""
+        done = []
+        for i in todo:
+            try:
+                image, _ = subtract_single_band(prepared[i].image, name=prepared[i].name)
+            except InputError as err:
+                self.fit_failures.append(" ".join(str(err).split()))
+                continue
+            prepared[i] = dataclasses.replace(prepared[i], image=image)
+            done.append(i)
+        if not done:
+            return done, None, None
+        items = [prepared[i] for i in done]
+        raw = self._forward(items, pad_to)
+        self.subtracted.extend(item.name for item in items)
+        return done, raw, flag_columns(items, raw, self.thresholds)
+
+    def rows(self, prepared, make_rows=result_rows, pad_to=None, subtract="never",
+             eligible=None):
+        """Table rows of a batch: parameters, intervals and shear, quality flags, lens-light path.
 
         Args:
             prepared: non-empty list of :class:`ensai_tf.preprocess.images.PreparedImage`.
@@ -106,24 +153,72 @@ class TablePredictor:
                 (repeating the last), so that an image's numbers do not depend
                 on how many share its batch: CPU kernels may round float32
                 sums differently for another batch size.
+            subtract: single-band lens light
+                (:data:`ensai_tf.realdata.lens_light.SINGLE_BAND_MODES`): ``"auto"`` fits and subtracts it
+                (:func:`ensai_tf.realdata.lens_light.subtract_single_band`) from
+                each image that raises the :data:`LENS_LIGHT_FLAG` flag and
+                predicts the residual again, ``"always"`` from every image,
+                ``"never"`` from none. The row of a subtracted image is that
+                of its residual, flags included; an image whose fit fails is
+                kept as it was (:attr:`fit_failures`).
+            eligible: optional sequence of bools, the images ``subtract`` may
+                touch (False for a two-band arc map); default all.
 
         Returns:
             list of row dicts, one per image, keyed by :attr:`columns`
-            (Gaussian heads add ``covariance``).
+            (Gaussian heads add ``covariance``); ``lens_light_path`` is
+            ``"subtract"`` for a subtracted image, else what ``make_rows``
+            put there, else ``"none"``.
         """
-        images = np.stack([p.image for p in prepared])
-        if pad_to is not None and len(images) < pad_to:
-            images = np.concatenate([images, np.repeat(images[-1:], pad_to - len(images), 0)])
-        start = time.perf_counter()
-        raw = self.predict_fn(images)[:len(prepared)]
-        self.seconds += time.perf_counter() - start
+        check_single_band_mode(subtract)
+        prepared = list(prepared)
+        raw = self._forward(prepared, pad_to)
+        flags = flag_columns(prepared, raw, self.thresholds)
+        eligible = [True] * len(prepared) if eligible is None else list(eligible)
+        todo = [i for i, ok in enumerate(eligible) if ok and (
+            subtract == "always" or (subtract == "auto" and LENS_LIGHT_FLAG in flags[i]["flags"]))]
+        done, raw_done, flags_done = self._subtract(prepared, todo, pad_to)
+        for k, i in enumerate(done):
+            raw[i], flags[i] = raw_done[k], flags_done[k]
         rows = make_rows(prepared, raw[:, :conventions.NUM_PARAMS])
         if raw.shape[1] > conventions.NUM_PARAMS:
             for row, extra in zip(rows, uncertainty_columns(raw, self.calibration)):
                 row.update(extra)
-        for row, extra in zip(rows, flag_columns(prepared, raw, self.thresholds)):
+        for row, extra in zip(rows, flags):
             row.update(extra)
+            row.setdefault(LENS_LIGHT_COLUMN, NO_LENS_LIGHT_PATH)
+        for i in done:
+            rows[i][LENS_LIGHT_COLUMN] = "subtract"
         return rows
+
+
+def lens_light_lines(predictor, total, mode):
+    """The lines ``ensai predict`` prints on stderr about single-band lens light.
+
+    Args:
+        predictor: the :class:`TablePredictor` after its rows were made.
+        total: images predicted.
+        mode: the ``--subtract-lens-light`` mode used.
+
+    Returns:
+        list of str: one info line when images were subtracted, one warning
+        line per failed fit (at most five, then a count).
+    """
+    lines = []
+    k = len(predictor.subtracted)
+    if k:
+        why = ("--subtract-lens-light always" if mode == "always" else
+               f"they raised the {LENS_LIGHT_FLAG} flag; --subtract-lens-light never keeps it")
+        lines.append(f"ensai predict: lens light fitted and subtracted in {k} of {total} "
+                     f"image{'s' * (total != 1)} ({why}); their rows say "
+                     f"{LENS_LIGHT_COLUMN}=subtract and carry the flags of the residual")
+    for failure in predictor.fit_failures[:5]:
+        lines.append(f"ensai predict: warning: {failure}; predicted with its lens light "
+                     f"({LENS_LIGHT_COLUMN}=none)")
+    if len(predictor.fit_failures) > 5:
+        lines.append(f"ensai predict: warning: {len(predictor.fit_failures) - 5} more lens-light "
+                     "fits failed")
+    return lines
 
 
 def load_table_predictor(model, symmetrize=False, trust_savedmodel=False):
@@ -156,8 +251,21 @@ def load_table_predictor(model, symmetrize=False, trust_savedmodel=False):
                           model_thresholds(load_calibration(model)))
 
 
+def _check_position(files, position, sky):
+    """Refuse a lens position that cannot be placed: half given, given twice, several files."""
+    if (position is not None and None in position) or (sky is not None and None in sky):
+        raise InputError("give both --ra and --dec, or both --x and --y")
+    if position is not None and sky is not None:
+        raise InputError("give the lens position as --ra/--dec or as --x/--y, not both")
+    if (position is not None or sky is not None) and len(files) != 1:
+        raise InputError(f"a lens position (--x/--y or --ra/--dec) places the lens in one image; "
+                         f"got {len(files)} files (use --catalog for many lenses at positions)")
+
+
 def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, return_rows=True,
-                  symmetrize=False, trust_savedmodel=False):
+                  symmetrize=False, trust_savedmodel=False,
+                  subtract_lens_light=DEFAULT_SINGLE_BAND_MODE, position=None, sky=None,
+                  thresholds=None):
     """Predict lens parameters for image files and write a table, streaming.
 
     Files are read, prepared, predicted and written ``batch_size`` images at
@@ -180,14 +288,26 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
             rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
             point-estimate models only, 8x the time per lens).
         trust_savedmodel: as :func:`ensai_tf.inference.load_predictor`.
+        subtract_lens_light: ``"auto"`` (default): fit and subtract the lens
+            light of each image that raises the ``lens_light`` flag and
+            predict the residual; ``"always"``; ``"never"``
+            (:meth:`TablePredictor.rows`, docs/design.md §8.4). Each row's
+            ``lens_light_path`` says ``subtract`` or ``none``.
+        position: ``(col, row)`` 0-based pixel of the lens in the one file:
+            the field is cut around it
+            (:func:`ensai_tf.preprocess.window.prepare_lens_file`); or
+        sky: ``(ra, dec)`` ICRS degrees of the lens (the file needs a WCS).
+        thresholds: quality-flag thresholds (:func:`ensai_tf.flags.model_thresholds`)
+            instead of the model's own.
 
     Returns:
         The list of row dicts written (see :func:`result_rows`), or their
         count when ``return_rows`` is False.
 
     Raises:
-        InputError: a bad image file, batch size or output path (the
-            message names it), or ``symmetrize`` with a Gaussian-head model.
+        InputError: a bad image file, batch size, mode, position or output
+            path (the message names it), or ``symmetrize`` with a
+            Gaussian-head model.
         ModelDirError: a missing or corrupt model.
     """
     if not files:
@@ -195,17 +315,21 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
         raise InputError(f"batch size {batch_size!r} must be an integer >= 1 (images per forward pass)")
+    check_single_band_mode(subtract_lens_light)
+    _check_position(files, position, sky)
     check_writable(output)
     output_format(output)
     _check_files(files)  # before the seconds of model loading
     predictor = load_table_predictor(model, symmetrize, trust_savedmodel)
+    if thresholds is not None:
+        predictor.thresholds = thresholds
     table = TableStream(output, predictor.columns)
     kept = [] if return_rows else None
     frames = set()
     flagged = {}
     try:
-        for batch in _batches(files, predictor.npix, pixel_scale, batch_size):
-            rows = predictor.rows(batch)
+        for batch in _batches(files, predictor.npix, pixel_scale, batch_size, position, sky):
+            rows = predictor.rows(batch, subtract=subtract_lens_light)
             for row in rows:
                 for name in row["flags"]:
                     flagged.setdefault(row["file"], {}).setdefault(name, 0)
@@ -224,7 +348,7 @@ def predict_files(model, files, output="-", pixel_scale=None, batch_size=100, re
     print(f"ensai predict: {n} lenses in {elapsed:.3f} s "
           f"({1e3 * elapsed / max(n, 1):.2f} ms per lens, batch {batch_size}); "
           f"PA frame: {', '.join(sorted(frames))}", file=sys.stderr)
-    for line in warning_lines(flagged):
+    for line in lens_light_lines(predictor, n, subtract_lens_light) + warning_lines(flagged):
         print(line, file=sys.stderr)
     return kept if return_rows else n
 
@@ -260,7 +384,7 @@ def _prepared_inputs(images_or_paths, npix, pixel_scale):
 
 
 def predict(images_or_paths, model=None, pixel_scale=None, batch_size=100,
-            trust_savedmodel=False):
+            trust_savedmodel=False, subtract_lens_light=DEFAULT_SINGLE_BAND_MODE):
     """Predict lens parameters, with the image preparation of ``ensai predict``.
 
     Each image is checked, resampled to 0.04 arcsec when ``pixel_scale`` (or
@@ -277,6 +401,8 @@ def predict(images_or_paths, model=None, pixel_scale=None, batch_size=100,
         pixel_scale: pixel side of the images, arcsec (overrides a FITS WCS).
         batch_size: images per forward pass.
         trust_savedmodel: as :func:`ensai_tf.inference.load_predictor`.
+        subtract_lens_light: ``"auto"``, ``"always"`` or ``"never"``, as
+            :func:`predict_files`.
 
     Returns:
         dict of column name -> ``(N,)`` numpy array, the columns of ``ensai
@@ -285,32 +411,26 @@ def predict(images_or_paths, model=None, pixel_scale=None, batch_size=100,
         ``x_pix``/``y_pix`` (input pixels), ``ra_deg``/``dec_deg`` (NaN without
         a celestial WCS), ``flags`` (semicolon-separated quality flags,
         :mod:`ensai_tf.flags`, empty when none), ``ood_percentile`` (0-100,
-        NaN without a reference), and for Gaussian heads ``<name>_std``,
-        ``<name>_lo68``, ``<name>_hi68``.
+        NaN without a reference), for Gaussian heads ``<name>_std``,
+        ``<name>_lo68``, ``<name>_hi68``, and ``lens_light_path``
+        (``"subtract"`` or ``"none"``).
 
     Raises:
-        InputError: bad images or paths.
+        InputError: bad images, paths or mode.
         ModelDirError: a missing or corrupt model.
     """
-    path = _resolve_model(model)
-    predict_fn, npix = load_predictor(path, raw=True, trust_savedmodel=trust_savedmodel)
-    prepared = _prepared_inputs(images_or_paths, npix, pixel_scale)
-    raw = np.concatenate([predict_fn(np.stack([p.image for p in prepared[i:i + batch_size]]))
-                          for i in range(0, len(prepared), max(1, int(batch_size)))])
-    head, n_targets = uncertainty.head_layout(raw.shape[1])
-    rows = result_rows(prepared, raw[:, :conventions.NUM_PARAMS])
-    if raw.shape[1] > conventions.NUM_PARAMS:
-        calibration = load_calibration(path) if head != "point" else None
-        for row, extra in zip(rows, uncertainty_columns(raw, calibration)):
-            row.update(extra)
-    for row, extra in zip(rows, flag_columns(prepared, raw, model_thresholds(load_calibration(path)))):
-        row.update(extra)
-    columns = [c for c in output_columns(head, n_targets)
-               if c not in ("file", "index", "pa_frame", "flags")]
+    check_single_band_mode(subtract_lens_light)
+    predictor = load_table_predictor(_resolve_model(model), trust_savedmodel=trust_savedmodel)
+    prepared = _prepared_inputs(images_or_paths, predictor.npix, pixel_scale)
+    step = max(1, int(batch_size))
+    rows = [row for i in range(0, len(prepared), step)
+            for row in predictor.rows(prepared[i:i + step], subtract=subtract_lens_light)]
+    text = ("file", "index", "pa_frame", "flags", LENS_LIGHT_COLUMN)
     out = {c: np.array([np.nan if r[c] is None else r[c] for r in rows], dtype=np.float64)
-           for c in columns}
+           for c in predictor.columns if c not in text}
     out["pa_frame"] = np.array([r["pa_frame"] for r in rows])
     out["flags"] = np.array([";".join(r["flags"]) for r in rows], dtype=object)
+    out[LENS_LIGHT_COLUMN] = np.array([r[LENS_LIGHT_COLUMN] for r in rows])
     return out
 
 

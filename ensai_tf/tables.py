@@ -38,6 +38,7 @@ __all__ = [
     "AppendTable",
     "FLAG_COLUMNS",
     "INTERVAL_LEVEL",
+    "LENS_LIGHT_COLUMN",
     "OUTPUT_COLUMNS",
     "PA_FRAME_IMAGE",
     "PA_FRAME_SKY",
@@ -56,8 +57,12 @@ PA_FRAME_IMAGE = "image_x_towards_y"
 FLAG_COLUMNS = ("flags", "ood_percentile")
 """Quality columns (:mod:`ensai_tf.flags`): flag names (semicolon-separated in CSV, a list in
 JSON, empty when none) and the out-of-distribution percentile against the validation split."""
+LENS_LIGHT_COLUMN = "lens_light_path"
+"""How the lens light left the image (:mod:`ensai_tf.realdata.lens_light`): ``subtract``,
+``ica`` or ``subtract+ica`` for two bands, ``subtract`` or ``none`` for one; always the last
+column."""
 OUTPUT_COLUMNS = ("file", "index", *conventions.PARAM_NAMES, "q", "pa_deg", "pa_frame",
-                  "x_pix", "y_pix", "ra_deg", "dec_deg", *FLAG_COLUMNS)
+                  "x_pix", "y_pix", "ra_deg", "dec_deg", *FLAG_COLUMNS, LENS_LIGHT_COLUMN)
 """Columns of a point-estimate network's table; see :func:`output_columns` for the others."""
 
 APPEND_FORMATS = ("csv", "jsonl")
@@ -75,16 +80,21 @@ def output_columns(head="point", n_targets=conventions.NUM_PARAMS):
         n_targets: 5, or 7 with the shear.
 
     Returns:
-        ``OUTPUT_COLUMNS``, then ``gamma_1``, ``gamma_2`` for shear outputs,
-        then for Gaussian heads ``<name>_std``, ``<name>_lo68`` and
-        ``<name>_hi68`` per target (JSON rows also carry ``covariance``).
+        ``OUTPUT_COLUMNS`` without its last, then ``gamma_1``, ``gamma_2`` for
+        shear outputs, then for Gaussian heads ``<name>_std``, ``<name>_lo68``
+        and ``<name>_hi68`` per target (JSON rows also carry ``covariance``),
+        and last :data:`LENS_LIGHT_COLUMN`.
+
+    Example:
+        >>> output_columns("diagonal")[-2:]
+        ('y_l_hi68', 'lens_light_path')
     """
     names = conventions.target_names(n_targets)
-    cols = list(OUTPUT_COLUMNS) + list(names[conventions.NUM_PARAMS:])
+    cols = list(OUTPUT_COLUMNS[:-1]) + list(names[conventions.NUM_PARAMS:])
     if head != "point":
         for suffix in ("std", "lo68", "hi68"):
             cols += [f"{name}_{suffix}" for name in names]
-    return tuple(cols)
+    return tuple(cols) + (LENS_LIGHT_COLUMN,)
 
 
 def _csv_cell(value):

@@ -22,7 +22,8 @@ colour ratios and slightly different Gaussian PSFs per band (docs/design.md §8.
 
 :func:`recover_arcs` runs the real-data steps (Gaussian PSF matching,
 optional lens-core mask, ICA); :func:`recover_arcs_fitted` subtracts a fitted
-lens light from each PSF-matched band first (:mod:`ensai_tf.preprocess.lens_fit`,
+lens light from each PSF-matched band instead, as ``ensai predict --bands``
+does by default (:func:`ensai_tf.realdata.lens_light.subtract_two_bands`,
 docs/design.md §8.4 "Fitted subtraction"). :func:`ica_experiment` measures the
 correlation of the ICA arcs with the true (PSF-matched) arcs per colour
 ratio and, given a model, the growth of the 68% parameter errors relative to
@@ -30,7 +31,6 @@ the arcs alone; :mod:`ensai_tf.lens_light_report` writes its report (``ensai
 evaluate --experiment ica``) and compares every path (``--experiment lens-light``).
 """
 
-import dataclasses
 import json
 import pathlib
 
@@ -46,8 +46,9 @@ from ensai_tf.errors import InputError
 from ensai_tf.inference import load_predictor, predict_images
 from ensai_tf.lensing import light
 from ensai_tf.metrics import error_table
-from ensai_tf.preprocess import ica, lens_fit
+from ensai_tf.preprocess import ica
 from ensai_tf.preprocess.images import normalise_peak
+from ensai_tf.realdata.lens_light import subtract_two_bands
 from ensai_tf.realdata.masks import circular_mask
 from ensai_tf.realdata.psf import FWHM_PER_SIGMA, match_psfs
 
@@ -56,7 +57,6 @@ __all__ = [
     "sample_two_band",
     "apply_two_band",
     "recover_arcs",
-    "FittedArcs",
     "recover_arcs_fitted",
     "simulated_test_arcs",
     "matched_truth",
@@ -215,53 +215,29 @@ def recover_arcs(blue, red, fwhm_blue, fwhm_red, core_mask_arcsec=None, centre=(
                                name="synthetic two-band lens")
 
 
-@dataclasses.dataclass(frozen=True)
-class FittedArcs:
-    """The outcome of :func:`recover_arcs_fitted`.
-
-    Attributes:
-        arc: ``(H, W)`` float32 arc map, sky about 0, arc peak (the maximum of
-            the 3x3 median-filtered map) about 1, masked pixels exactly 0.
-        residual_blue, residual_red: ``(H, W)`` float64 PSF-matched bands
-            minus their fitted lens light, input flux units.
-        fit_blue, fit_red: the ``params`` dicts of
-            :func:`ensai_tf.preprocess.lens_fit.fit_lens_light`.
-        ica: the :class:`~ensai_tf.preprocess.ica.IcaResult` of the residuals,
-            or None when ICA was skipped.
-    """
-
-    arc: np.ndarray
-    residual_blue: np.ndarray
-    residual_red: np.ndarray
-    fit_blue: dict
-    fit_red: dict
-    ica: object
-
-
 def recover_arcs_fitted(blue, red, fwhm_blue, fwhm_red, centre=(0.0, 0.0), unmix=False,
                         model="mge", pixel_scale=conventions.PIXEL_SCALE):
     """PSF-match two bands, subtract a fitted lens light from each, then optionally unmix.
 
-    The red band (where the lens is brightest against the arcs) is fitted
-    first, centre and shape free (:func:`ensai_tf.preprocess.lens_fit.fit_lens_light`);
-    the blue band is fitted with that centre and shape held and the red
-    fit's arc marks as its starting marks, since at large colour ratios the
-    blue lens light is too faint to place (docs/design.md §8.4, "Fitted subtraction").
+    The steps after the PSF matching are those of ``ensai predict --bands``
+    (:func:`ensai_tf.realdata.lens_light.subtract_two_bands`): the red band is
+    fitted first, centre and shape free; the blue band with that centre and
+    shape held (docs/design.md §8.4, "Fitted subtraction").
 
     Args:
         blue, red: ``(n, n)`` bands on one grid, exact zeros masked.
         fwhm_blue, fwhm_red: PSF FWHMs, arcsec (None: no matching; the fits
             then assume no PSF).
         centre: ``(x, y)`` guess of the lens centre, arcsec, grid frame.
-        unmix: run ICA (:func:`ensai_tf.preprocess.ica.unmix_two_bands`) on
-            the two residuals and return its arc component; False (default,
-            the better of the two in the lens-light experiment, docs/design.md
-            §8.4): the arc map is the blue residual, peak-normalised.
+        unmix: run ICA on the two residuals and return its arc component;
+            False (default, the better of the two in the lens-light
+            experiment, docs/design.md §8.4): the arc map is the blue
+            residual, peak-normalised.
         model: the lens-light model, ``"mge"`` or ``"sersic"``.
         pixel_scale: pixel side, arcsec.
 
     Returns:
-        :class:`FittedArcs`.
+        :class:`ensai_tf.realdata.lens_light.FittedArcs`.
     """
     blue = np.asarray(blue, np.float64)
     red = np.asarray(red, np.float64)
@@ -270,23 +246,8 @@ def recover_arcs_fitted(blue, red, fwhm_blue, fwhm_red, centre=(0.0, 0.0), unmix
         blue, red = match_psfs(blue, red, fwhm_blue, fwhm_red, pixel_scale,
                                keep=np.ones(blue.shape, bool))
         fwhm = max(fwhm_blue, fwhm_red)
-    model_red, fit_red = lens_fit.fit_lens_light(red, pixel_scale, centre_guess=centre,
-                                                 psf_fwhm=fwhm, model=model)
-    model_blue, fit_blue = lens_fit.fit_lens_light(blue, pixel_scale, psf_fwhm=fwhm, model=model,
-                                                   shape=fit_red, arc_mask=fit_red["arc_mask"])
-    res_blue = np.where(blue != 0, blue - model_blue, 0.0)
-    res_red = np.where(red != 0, red - model_red, 0.0)
-    result = None
-    if unmix:
-        centre_pix = (fit_red["x0"] / pixel_scale + (blue.shape[1] - 1) / 2.0,
-                      fit_red["y0"] / pixel_scale + (blue.shape[0] - 1) / 2.0)
-        result = ica.unmix_two_bands(res_blue, res_red, centre_pix=centre_pix,
-                                     name="lens-subtracted two-band lens")
-        arc = result.arc
-    else:
-        arc = normalise_peak(res_blue, "lens-subtracted blue band").astype(np.float32)
-    return FittedArcs(arc=arc, residual_blue=res_blue, residual_red=res_red, fit_blue=fit_blue,
-                      fit_red=fit_red, ica=result)
+    return subtract_two_bands(blue, red, fwhm, centre, unmix=unmix, model=model,
+                              pixel_scale=pixel_scale)
 
 
 def correlation_summary(values):

@@ -35,8 +35,9 @@ LAYERS = (
     ("preprocess", "losses", "metrics", "symmetry", "calibration", "uncertainty", "tables"),
     ("models",),
     ("inference", "export", "callbacks", "run_dir", "flags", "screen", "distribute"),
-    ("train", "combine", "calibrate", "evaluate", "reports", "prediction", "catalog", "realdata",
-     "twoband", "lens_light_report", "demo", "trust", "train_screen"),
+    ("train", "combine", "calibrate", "evaluate", "reports", "prediction", "catalog",
+     "catalog_rows", "realdata", "twoband", "lens_light_report", "lens_light_paths",
+     "lens_light_tables", "demo", "trust", "train_screen"),
     ("cli",),
 )
 """Top-level names of ``ensai_tf``'s modules and subpackages, by layer, lowest first."""

@@ -16,7 +16,9 @@ from ensai_tf.evaluate import default_out_dir
 from ensai_tf.preprocess.images import normalise_peak
 
 S = conventions.PIXEL_SCALE
-STANDARD = ["arcs alone", "ICA", "fitted subtraction + ICA", "fitted subtraction"]
+STANDARD = ["arcs alone", "ICA", "fitted subtraction + ICA", "fitted subtraction",
+            "single band, lens light left in", "single band, fitted subtraction",
+            "single band, auto"]
 NETWORK = ["lens-light network", "lens-light network, truth-scaled"]
 
 

@@ -37,8 +37,10 @@ def test_readme_two_band_example(tmp_path, capsys):
     assert "--mask" in words
     assert cli.main(words) == 0
     captured = capsys.readouterr()
-    assert "arc component chosen" in captured.out + captured.err
+    # the default lens-light path: the fitted subtraction (docs/design.md §8.4)
+    assert "--lens-light subtract: lens light fitted and subtracted" in captured.err
     (row,) = json.loads((tmp_path / "params.json").read_text())
+    assert row["lens_light_path"] == "subtract"
     for key in ("theta_e", "e_x", "e_y", "x_l", "y_l", "q", "pa_deg", "ra_deg", "dec_deg"):
         assert np.isfinite(row[key]), key
     assert row["pa_frame"] == "east_of_north"

@@ -1,4 +1,4 @@
-"""Real two-band images: FITS cutouts, masks, PSF matching and ICA (docs/design.md §8.4).
+"""Real two-band images: cutouts, masks, PSF matching, lens-light removal (docs/design.md §8.4).
 
 The path from two FITS files of a lens candidate to one network input:
 
@@ -22,12 +22,16 @@ The path from two FITS files of a lens candidate to one network input:
 5. the sharper band is convolved with the Gaussian that brings its PSF to
    the broader one's (:func:`~ensai_tf.realdata.psf.match_psfs`),
    ignoring masked pixels;
-6. the central ``192 x 192`` pixels are kept, user masks (0.2 arcsec discs at
-   listed positions, docs/design.md §8.4 step 2, or circles from a DS9 region
-   file, :mod:`ensai_tf.realdata.masks`) are added, and
-   :func:`ensai_tf.preprocess.ica.unmix_two_bands` separates the arcs
-   (:func:`~ensai_tf.realdata.pipeline.unmix_cutout`), giving the
-   ``(192, 192, 1)`` "masked = 0" network input.
+6. the central ``192 x 192`` pixels are kept and user masks (0.2 arcsec discs
+   at listed positions, docs/design.md §8.4 step 2, or circles from a DS9
+   region file, :mod:`ensai_tf.realdata.masks`) are added;
+7. the lens light goes by one of three paths
+   (:func:`~ensai_tf.realdata.lens_light.separate_arcs`, ``--lens-light``):
+   a fitted smooth model subtracted from each band, the network reading the
+   blue residual (``subtract``, the default); FastICA of the two bands
+   (``ica``, :func:`~ensai_tf.realdata.lens_light.unmix_cutout`); or both
+   (``subtract+ica``), giving the ``(192, 192, 1)`` "masked = 0" network
+   input.
 
 The output grid has x along the blue file's columns and y along its rows
 (docs/design.md §0, no flips); :class:`~ensai_tf.realdata.sky.Frame` maps it
@@ -44,7 +48,11 @@ from ensai_tf.realdata.cosmics import cosmic_ray_centres, detect_cosmic_rays
 from ensai_tf.realdata.cutout import TwoBandCutout, cut_two_bands
 from ensai_tf.realdata.masks import (MASK_RADIUS_ARCSEC, circular_mask, parse_ds9_regions,
                                      parse_mask_specs)
-from ensai_tf.realdata.pipeline import band_files, plot_diagnostic, predict_two_band, unmix_cutout
+from ensai_tf.realdata.lens_light import (LENS_LIGHT_PATHS, SINGLE_BAND_MODES, TwoBandArcs,
+                                          lens_light_request, separate_arcs,
+                                          subtract_single_band, subtract_two_bands, unmix_cutout)
+from ensai_tf.realdata.pipeline import (band_files, plot_diagnostic, predict_two_band,
+                                        prepare_two_band)
 from ensai_tf.realdata.psf import (FWHM_PER_SIGMA, gaussian_sigma_pix, masked_gaussian_blur,
                                    match_psfs)
 from ensai_tf.realdata.sky import (Band, Frame, ellipticity_from_sky, pixel_to_sky_jacobian,
@@ -71,7 +79,15 @@ __all__ = [
     "match_psfs",
     "cut_two_bands",
     "unmix_cutout",
+    "LENS_LIGHT_PATHS",
+    "SINGLE_BAND_MODES",
+    "TwoBandArcs",
+    "lens_light_request",
+    "separate_arcs",
+    "subtract_two_bands",
+    "subtract_single_band",
     "plot_diagnostic",
     "band_files",
+    "prepare_two_band",
     "predict_two_band",
 ]

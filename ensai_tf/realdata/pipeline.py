@@ -1,10 +1,12 @@
 """Two FITS bands to one prediction: ``ensai predict --bands`` (docs/design.md §8.4).
 
 :func:`predict_two_band` reads both bands, cuts and masks them
-(:func:`~ensai_tf.realdata.cutout.cut_two_bands`), separates the arcs with
-ICA (:func:`unmix_cutout`), runs the network, and writes one row with q, the
-position angle east of north and the lens centre in file pixels and RA/Dec;
-:func:`plot_diagnostic` draws the optional diagnostic figure.
+(:func:`~ensai_tf.realdata.cutout.cut_two_bands`), takes the lens light out
+by the chosen path (:func:`ensai_tf.realdata.lens_light.separate_arcs`:
+fitted subtraction by default, ICA, or both), runs the network, and writes
+one row with q, the position angle east of north, the lens centre in file
+pixels and RA/Dec, and the path taken; :func:`plot_diagnostic` draws the
+optional diagnostic figure.
 """
 
 import math
@@ -19,32 +21,19 @@ from ensai_tf.errors import InputError
 from ensai_tf.inference import (load_calibration, load_predictor, predict_images,
                                 uncertainty_columns)
 from ensai_tf.lensing import caustics
-from ensai_tf.preprocess import ica
+from ensai_tf.preprocess.images import PreparedImage
 from ensai_tf.uncertainty import head_layout
 from ensai_tf.realdata.cutout import cut_two_bands
+from ensai_tf.realdata.lens_light import (DEFAULT_LENS_LIGHT_PATH, TwoBandArcs,
+                                          check_lens_light_path, describe_arcs, separate_arcs)
 from ensai_tf.realdata.masks import parse_mask_specs
-from ensai_tf.realdata.sky import pixel_to_sky_jacobian, position_angle_east_of_north, read_band
-from ensai_tf.tables import (PA_FRAME_IMAGE, PA_FRAME_SKY, check_writable, output_columns,
-                             output_format, write_table)
+from ensai_tf.realdata.sky import (Band, pixel_to_sky_jacobian, position_angle_east_of_north,
+                                   read_band)
+from ensai_tf.tables import (LENS_LIGHT_COLUMN, PA_FRAME_IMAGE, PA_FRAME_SKY, check_writable,
+                             output_columns, output_format, write_table)
 
-__all__ = ["unmix_cutout", "plot_diagnostic", "prediction_summary", "cutout_row", "band_files",
-           "predict_two_band"]
-
-
-def unmix_cutout(cutout, **kwargs):
-    """ICA of a :class:`~ensai_tf.realdata.cutout.TwoBandCutout` (docs/design.md §8.4 step 3).
-
-    Args:
-        cutout: :class:`~ensai_tf.realdata.cutout.TwoBandCutout`.
-        **kwargs: passed to :func:`ensai_tf.preprocess.ica.unmix_two_bands`.
-
-    Returns:
-        ``(image, result)``: the ``(npix, npix, 1)`` float32 network input
-        and the :class:`~ensai_tf.preprocess.ica.IcaResult`.
-    """
-    result = ica.unmix_two_bands(cutout.blue, cutout.red, mask=cutout.mask, name=cutout.name,
-                                 **kwargs)
-    return ica.to_network_input(result.arc, cutout.blue.shape[0]), result
+__all__ = ["plot_diagnostic", "prediction_summary", "cutout_row", "band_files",
+           "prepare_two_band", "predict_two_band"]
 
 
 def prediction_summary(row):
@@ -70,13 +59,33 @@ def prediction_summary(row):
     return f"θE {value('theta_e', '.2f')}″ · q {row['q']:.2f} · PA {row['pa_deg']:.0f}°"
 
 
+def _panels(cutout, arcs):
+    """Images and titles of the diagnostic panels before the masks and the curve."""
+    panels = [(cutout.blue, "blue band"), (cutout.red, "red band")]
+    fitted = getattr(arcs, "fitted", None)
+    result = arcs.ica if isinstance(arcs, TwoBandArcs) else arcs
+    if fitted is not None:
+        # the fitted model is the band minus its residual wherever the band is not masked
+        model = np.where(cutout.blue != 0, cutout.blue - fitted.residual_blue, 0.0)
+        panels += [(model, "fitted lens light (blue band)"),
+                   (fitted.residual_blue, "blue band minus the fitted lens light")]
+    if result is not None:
+        of = "of the residuals" if fitted is not None else ""
+        panels += [(result.arc, f"ICA arc component {of}".strip()),
+                   (result.other, f"ICA other component {of}".strip())]
+    return panels
+
+
 def plot_diagnostic(cutout, result, params, path, dpi=100, summary=None):
-    """Diagnostic PNG: both bands, both ICA components, the masks, and the
-    predicted critical curve on the arc component.
+    """Diagnostic PNG: both bands, what took the lens light out, the masks, and the
+    predicted critical curve on the network input.
 
     Args:
         cutout: :class:`~ensai_tf.realdata.cutout.TwoBandCutout`.
-        result: :class:`~ensai_tf.preprocess.ica.IcaResult`.
+        result: the :class:`~ensai_tf.realdata.lens_light.TwoBandArcs` of the
+            path taken (the fitted lens light and the residual for the
+            subtraction paths, the two ICA components for the ICA paths), or
+            an :class:`~ensai_tf.preprocess.ica.IcaResult`.
         params: ``(5,)`` predicted parameters (arcsec, -, -, arcsec,
             arcsec), or None for no curve.
         path: output PNG path.
@@ -87,16 +96,17 @@ def plot_diagnostic(cutout, result, params, path, dpi=100, summary=None):
     Returns:
         The path written, as a str.
     """
-    panels = [cutout.blue, cutout.red, result.arc, result.other, cutout.mask.astype(float),
-              result.arc]
-    titles = ["blue band", "red band", "ICA arc component", "ICA other component",
-              "masks (red: cosmic rays + user)",
-              "predicted critical curve" + (f"\n{summary}" if summary else "")]
-    curves = [None] * 6
+    panels = _panels(cutout, result)
+    arc = result.image[..., 0] if isinstance(result, TwoBandArcs) else result.arc
+    panels += [(cutout.mask.astype(float), "masks (red: cosmic rays + user)"),
+               (arc, "network input, predicted critical curve"
+                + (f"\n{summary}" if summary else ""))]
+    curves = [None] * len(panels)
     if params is not None:
-        curves[5] = {"critical": _critical_curve(params)}
-    masks = [np.zeros_like(cutout.mask)] * 4 + [cutout.mask, cutout.mask]
-    return plotting.contact_sheet(np.stack(panels), path, titles=titles, curves=curves, ncols=3,
+        curves[-1] = {"critical": _critical_curve(params)}
+    masks = [np.zeros_like(cutout.mask)] * (len(panels) - 2) + [cutout.mask, cutout.mask]
+    return plotting.contact_sheet(np.stack([p for p, _ in panels]), path,
+                                  titles=[t for _, t in panels], curves=curves, ncols=3,
                                   masks=np.stack(masks), panel_inches=3.0, dpi=dpi)
 
 
@@ -107,19 +117,22 @@ def _critical_curve(params):
     return np.asarray(curve)[0]
 
 
-def cutout_row(cutout, params, label):
+def cutout_row(cutout, params, label, lens_light_path=DEFAULT_LENS_LIGHT_PATH):
     """One output row (:data:`ensai_tf.tables.OUTPUT_COLUMNS`) with q and PA east of north.
 
     Args:
         cutout: the :class:`~ensai_tf.realdata.cutout.TwoBandCutout` predicted.
         params: ``(5,)`` predicted parameters (arcsec, -, -, arcsec, arcsec).
         label: the row's ``file``.
+        lens_light_path: the path that took the lens light out
+            (:data:`ensai_tf.realdata.lens_light.LENS_LIGHT_PATHS`).
 
     Returns:
         dict: ``file``, ``index`` (0), the five parameters, ``q``, ``pa_deg``
         (degrees east of north with a WCS, else image frame; ``pa_frame``
-        says which), the lens centre ``x_pix``/``y_pix`` in blue-file pixels
-        and ``ra_deg``/``dec_deg`` (degrees, None without a WCS).
+        says which), the lens centre ``x_pix``/``y_pix`` in blue-file pixels,
+        ``ra_deg``/``dec_deg`` (degrees, None without a WCS) and
+        ``lens_light_path``.
     """
     P = conventions.Param
     p = np.asarray(params, dtype=np.float64)
@@ -138,7 +151,8 @@ def cutout_row(cutout, params, label):
         sky = frame.wcs.pixel_to_world(float(col), float(row))
         ra, dec = float(sky.icrs.ra.deg), float(sky.icrs.dec.deg)
     row_out.update({"q": float(q), "pa_deg": pa, "pa_frame": pa_frame, "x_pix": float(col),
-                    "y_pix": float(row), "ra_deg": ra, "dec_deg": dec})
+                    "y_pix": float(row), "ra_deg": ra, "dec_deg": dec,
+                    LENS_LIGHT_COLUMN: lens_light_path})
     return row_out
 
 
@@ -196,10 +210,47 @@ def _check_request(ra, dec, x, y, output, plot):
                          "does not exist")
 
 
+def prepare_two_band(blue, red, label=None, position=None, sky=None, masks=(), psf_fwhm=None,
+                     cosmic_rays=None, npix=conventions.NPIX, hdu=None, pixel_scale=None,
+                     lens_light=DEFAULT_LENS_LIGHT_PATH):
+    """The network input of two bands by one lens-light path (``--bands``, catalogue ``band2``).
+
+    Args:
+        blue, red: FITS files (or :class:`~ensai_tf.realdata.sky.Band`) of the
+            bluer and the redder filter.
+        label: the item's ``name`` and ``file`` (default ``"BLUE + RED"``).
+        position, sky, masks, psf_fwhm, cosmic_rays, npix: as
+            :func:`~ensai_tf.realdata.cutout.cut_two_bands` (``masks`` parsed).
+        hdu, pixel_scale: as :func:`~ensai_tf.realdata.sky.read_band`.
+        lens_light: ``"subtract"``, ``"ica"`` or ``"subtract+ica"``
+            (:func:`~ensai_tf.realdata.lens_light.separate_arcs`).
+
+    Returns:
+        ``(item, cutout, arcs)``: the :class:`~ensai_tf.preprocess.images.PreparedImage`
+        (``centre_pix`` the blue-file pixel of the grid centre), the
+        :class:`~ensai_tf.realdata.cutout.TwoBandCutout` and the
+        :class:`~ensai_tf.realdata.lens_light.TwoBandArcs`.
+
+    Raises:
+        InputError: unreadable or unalignable files, a bad position or path,
+            or a lens-light fit or ICA that cannot run (naming the files).
+    """
+    check_lens_light_path(lens_light)
+    bands = [b if isinstance(b, Band) else read_band(b, hdu, pixel_scale) for b in (blue, red)]
+    cutout = cut_two_bands(bands[0], bands[1], position=position, sky=sky, masks=masks,
+                           psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix)
+    arcs = separate_arcs(cutout, lens_light, psf_fwhm)
+    label = cutout.name if label is None else str(label)
+    item = PreparedImage(name=label, file=label, index=0, image=arcs.image,
+                         centre_pix=cutout.frame.centre,
+                         scale_arcsec=(conventions.PIXEL_SCALE,) * 2)
+    return item, cutout, arcs
+
+
 def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=None,
                      masks=(), sky_masks=(), psf_fwhm=None, cosmic_rays=None, hdu=None,
-                     pixel_scale=None, plot=None):
-    """Lens parameters from two FITS bands via ICA (``ensai predict --bands``).
+                     pixel_scale=None, plot=None, lens_light=DEFAULT_LENS_LIGHT_PATH):
+    """Lens parameters from two FITS bands (``ensai predict --bands``).
 
     Args:
         model: model folder, SavedModel folder or ``.keras`` file.
@@ -217,39 +268,43 @@ def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=
         hdu: HDU index or EXTNAME used in both files; None = first image.
         pixel_scale: arcsec per pixel for files without a WCS.
         plot: optional path of the diagnostic PNG (:func:`plot_diagnostic`).
+        lens_light: how the lens light goes
+            (:data:`ensai_tf.realdata.lens_light.LENS_LIGHT_PATHS`):
+            ``"subtract"`` (default, the most accurate measured,
+            docs/design.md §8.4), ``"ica"`` or ``"subtract+ica"``.
 
     Returns:
         list with one row dict (:data:`ensai_tf.tables.OUTPUT_COLUMNS`): the
         five parameters, ``q = 1 - |e|``, ``pa_deg`` east of north when the
         blue file has a WCS (``pa_frame`` says which), the lens centre in
-        blue-file pixels and RA/Dec.
+        blue-file pixels and RA/Dec, and ``lens_light_path``.
 
     Raises:
-        InputError: bad files, positions, masks or output (naming them).
+        InputError: bad files, positions, masks, path or output (naming them).
         ModelDirError: a missing or corrupt model.
     """
+    check_lens_light_path(lens_light)
     _check_request(ra, dec, x, y, output, plot)
     bands = [read_band(p, hdu, pixel_scale) for p in (blue, red)]
     mask_items = parse_mask_specs(masks, pixel=True) + parse_mask_specs(sky_masks, pixel=False)
     predict_fn, npix = load_predictor(model, raw=True)
-    cutout = cut_two_bands(bands[0], bands[1], position=None if x is None else (x, y),
-                           sky=None if ra is None else (ra, dec), masks=mask_items,
-                           psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix)
-    image, result = unmix_cutout(cutout)
+    _, cutout, arcs = prepare_two_band(bands[0], bands[1], position=None if x is None else (x, y),
+                                       sky=None if ra is None else (ra, dec), masks=mask_items,
+                                       psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix,
+                                       lens_light=lens_light)
     start = time.perf_counter()
-    raw = predict_images(predict_fn, image[None])
+    raw = predict_images(predict_fn, arcs.image[None])
     elapsed = time.perf_counter() - start
     params = raw[0, :conventions.NUM_PARAMS]
-    rows = [cutout_row(cutout, params, cutout.name)]
+    rows = [cutout_row(cutout, params, cutout.name, lens_light)]
     head, n_targets = head_layout(raw.shape[1])
     if raw.shape[1] > conventions.NUM_PARAMS:
         calibration = load_calibration(model) if head != "point" else None
         rows[0].update(uncertainty_columns(raw, calibration)[0])
     write_table(rows, output, columns=output_columns(head, n_targets))
     if plot is not None:
-        plot_diagnostic(cutout, result, params, plot, summary=prediction_summary(rows[0]))
-    print(f"ensai predict --bands: arc component chosen by {result.rule} "
-          f"(blue/red weights {np.round(result.colour, 3).tolist()}); "
+        plot_diagnostic(cutout, arcs, params, plot, summary=prediction_summary(rows[0]))
+    print(f"ensai predict --bands: --lens-light {lens_light}: {describe_arcs(arcs)}; "
           f"{int(cutout.mask.sum())} pixels masked; network {1e3 * elapsed:.1f} ms",
           file=sys.stderr)
     return rows
