@@ -285,8 +285,8 @@ def separate_arcs(cutout, path=DEFAULT_LENS_LIGHT_PATH, psf_fwhm=None):
         fitted = subtract_two_bands(cutout.blue, cutout.red, fwhm, mask=cutout.mask,
                                     unmix=path == "subtract+ica", name=cutout.name)
     except InputError as err:
-        raise InputError(f"{cutout.name}: {err}; --lens-light ica does without the "
-                         "lens-light fit") from None
+        text = str(err) if str(err).startswith(cutout.name) else f"{cutout.name}: {err}"
+        raise InputError(f"{text}; --lens-light ica does without the lens-light fit") from None
     return TwoBandArcs(image=ica.to_network_input(fitted.arc, npix), path=path, ica=fitted.ica,
                        fitted=fitted)
 
@@ -360,5 +360,5 @@ def subtract_single_band(image, centre_guess=(0.0, 0.0), pixel_scale=conventions
         residual = normalise_peak(np.where(data != 0, data - model_image, 0.0),
                                   f"{name} minus its fitted lens light")
     except InputError as err:
-        raise InputError(f"{name}: {err}") from None
+        raise InputError(str(err) if str(err).startswith(name) else f"{name}: {err}") from None
     return residual.astype(np.float32)[..., None], params

@@ -260,3 +260,30 @@ def test_library_refuses_unknown_modes(tmp_path):
         catalog.predict_catalog("m", tmp_path / "c.csv", tmp_path / "o.csv", lens_light="both")
     assert realdata.lens_light_request(True, ica_flag=True) == ("ica", None)
     assert realdata.lens_light_request(False, None, "never") == (None, "never")
+
+
+def test_a_failed_fit_keeps_the_image_or_names_the_way_out(tmp_path, capsys, mean_model):
+    """A single band whose lens region is all masked is predicted as it is, with a warning;
+    two bands whose lens region is masked are refused in one line that names ``ica``."""
+    x, y = lens_fit.image_coordinates((192, 192), S)
+    r = np.hypot(x, y)
+    ring = np.where(r > 3.0, np.exp(-0.5 * ((r - 3.3) / 0.06) ** 2) + 0.01, 0.0)
+    np.save(tmp_path / "far.npy", ring)
+    (row,) = prediction.predict_files(mean_model, [str(tmp_path / "far.npy")],
+                                      output=str(tmp_path / "o.csv"),
+                                      subtract_lens_light="always")
+    err = capsys.readouterr().err
+    assert row["lens_light_path"] == "none"
+    assert row["theta_e"] == pytest.approx(_theta(_prepared(ring).image), abs=1e-6)
+    assert re.search(rf"warning: {re.escape(str(tmp_path / 'far.npy'))}: lens-light fit: only "
+                     r"\d+ unmasked pixels", err), err
+    assert "too few to fit; predicted with its lens light (lens_light_path=none)" in err
+    b, r_file, _, _ = lens_fits(tmp_path)
+    cut = realdata.cut_two_bands(realdata.read_band(b), realdata.read_band(r_file),
+                                 position=(109.5, 109.5),
+                                 masks=[{"frame": "image", "col": 109.5, "row": 109.5,
+                                         "radius_pix": 131.25}])
+    with pytest.raises(InputError, match=r"^.*blue.fits \+ .*red.fits: lens-light fit: only 21 "
+                                         r"unmasked pixels .*; --lens-light ica does without"):
+        realdata.separate_arcs(cut, "subtract")
+    assert realdata.separate_arcs(cut, "ica").path == "ica"
