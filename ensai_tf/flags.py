@@ -247,7 +247,8 @@ def image_statistics(images, params, footprints=None, pixel_scale=conventions.PI
             (``PreparedImage.footprint``); None for the whole field.
         pixel_scale: pixel side, arcsec.
         screen: a :class:`ensai_tf.screen.Screen` whose probabilities join
-            the statistics, or None.
+            the statistics (images of its input side only; other sides, such
+            as a small test network's, are judged by the statistics alone), or None.
 
     Returns:
         dict of ``(N,)`` float64 arrays:
@@ -309,7 +310,7 @@ def image_statistics(images, params, footprints=None, pixel_scale=conventions.PI
         "footprint_fraction": np.minimum(rows / h, cols / w),
         "theta_e": np.asarray(params, dtype=np.float64)[:, conventions.Param.THETA_E],
     }
-    if screen is not None:
+    if screen is not None and tuple(screen.model.input_shape[1:3]) == (h, w):
         probabilities = screen_scores(screen, images)
         for j, label in enumerate(SCREEN_LABELS):
             stats[f"screen_{label}"] = probabilities[:, j]

@@ -19,9 +19,12 @@ import pytest
 
 from ensai_tf import cli, conventions, model_dir
 from ensai_tf.preprocess import images as prep
+from ensai_tf.screen import SCREEN_FOLDER, load_screen
 
 SHIPPED = model_dir.shipped_weights_dir()
-NETWORKS = sorted(p.parent.name for p in SHIPPED.glob(f"*/{model_dir.MODEL_KERAS}"))
+NETWORKS = sorted(p.parent.name for p in SHIPPED.glob(f"*/{model_dir.MODEL_KERAS}")
+                  if p.parent.name != SCREEN_FOLDER)
+"""The shipped lens-measuring networks (the screening network measures no lens)."""
 TOL = 1e-5
 """Absolute tolerance, arcsec or dimensionless: float32 rounding of one forward pass."""
 
@@ -68,6 +71,22 @@ print(json.dumps(out))
     for name in NETWORKS:
         want = _predict_csv(capsys, SHIPPED / name, image, tmp_path / f"{name}.csv")
         np.testing.assert_allclose(got[name], want, atol=TOL, rtol=0, err_msg=name)
+
+
+def test_plain_keras_loads_the_screening_network(tmp_path):
+    if not (SHIPPED / SCREEN_FOLDER).is_dir():
+        pytest.skip("no shipped screening network")
+    prepared = prep.prepare_images(_ring(tmp_path / "ring.npy"))[0].image[None]
+    np.save(tmp_path / "prepared.npy", prepared)
+    got = _run(f"""
+import json, numpy as np
+import keras
+model = keras.models.load_model({str(SHIPPED / SCREEN_FOLDER / model_dir.MODEL_KERAS)!r},
+                                safe_mode=True)
+print(json.dumps(np.asarray(model(np.load({str(tmp_path / 'prepared.npy')!r}))).tolist()))
+""")
+    want = np.asarray(load_screen().model(prepared))
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("export_format", ["savedmodel", "keras"])
