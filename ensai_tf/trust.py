@@ -312,15 +312,9 @@ def interval_report(predict_fn, images, truth, calibration):
 
 
 def prepare_stack(images):
-    """Prepared images and their footprints, as ``ensai predict`` prepares them.
+    """``(N, 192, 192, 1)`` float32 images and their ``N`` footprints.
 
-    Args:
-        images: ``(N, H, W)`` or ``(N, H, W, 1)`` images of any size, 0.04
-            arcsec pixels.
-
-    Returns:
-        ``(prepared, footprints)``: ``(N, 192, 192, 1)`` float32 images and
-        the ``N`` field footprints (:class:`ensai_tf.preprocess.images.PreparedImage`).
+    Prepared as ``ensai predict`` prepares ``(N, H, W[, 1])`` images of 0.04 arcsec pixels.
     """
     images = np.asarray(images)
     items = list(iter_prepared_array(images[..., 0] if images.ndim == 4 else images))

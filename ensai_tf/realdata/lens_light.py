@@ -84,10 +84,7 @@ def check_lens_light_path(path):
         >>> check_lens_light_path("ica")
         'ica'
     """
-    if path not in LENS_LIGHT_PATHS:
-        raise InputError(f"unknown lens-light path {path!r}; choose one of "
-                         f"{', '.join(LENS_LIGHT_PATHS)}")
-    return path
+    return _choice(path, LENS_LIGHT_PATHS, "lens-light path")
 
 
 def check_single_band_mode(mode):
@@ -100,10 +97,14 @@ def check_single_band_mode(mode):
         >>> check_single_band_mode("auto")
         'auto'
     """
-    if mode not in SINGLE_BAND_MODES:
-        raise InputError(f"unknown single-band lens-light mode {mode!r}; choose one of "
-                         f"{', '.join(SINGLE_BAND_MODES)}")
-    return mode
+    return _choice(mode, SINGLE_BAND_MODES, "single-band lens-light mode")
+
+
+def _choice(value, choices, what):
+    """``value`` if it is one of ``choices``, else one line naming ``what`` and the choices."""
+    if value not in choices:
+        raise InputError(f"unknown {what} {value!r}; choose one of {', '.join(choices)}")
+    return value
 
 
 def lens_light_request(two_band, lens_light=None, subtract_lens_light=None, ica_flag=False):
