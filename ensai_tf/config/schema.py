@@ -213,6 +213,9 @@ class ObserveConfig:
     hot_pixel_value: tuple = _range((0.1, 1.0), lo=0.0, doc="hot pixel values (§5.5 [R])")
     mask_chunk: int = _value(5, lo=1, hi=4096, doc="mask tries evaluated per vectorised chunk (§5.6)")
     max_redraws: int = _value(4, lo=0, hi=1000, doc="redraws of non-finite examples (§9 #23 [R])")
+    peak_normalise: bool = _value(False, doc="finally divide each image by its own 3x3-median "
+                                             "peak, as ensai predict scales a user's image; for "
+                                             "networks trained with lens light (§5.7)")
 
 
 @dataclasses.dataclass(frozen=True)

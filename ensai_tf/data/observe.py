@@ -37,8 +37,8 @@ from ensai_tf.data.draws import fold_seeds
 from ensai_tf.data.effects.base import Effect, per_image
 from ensai_tf.data.effects.cosmic_rays import apply_cosmic_rays, sample_cosmic_rays
 from ensai_tf.data.effects.gaussian_noise import apply_noise, noise_spectrum, sample_noise
-from ensai_tf.data.effects.levels import (apply_normalise, apply_zero_bias, sample_normalise,
-                                          sample_zero_bias)
+from ensai_tf.data.effects.levels import (apply_normalise, apply_peak_normalise, apply_zero_bias,
+                                          sample_normalise, sample_zero_bias)
 from ensai_tf.data.effects.masks import apply_masks, mask_from_draws, sample_masks
 from ensai_tf.data.effects.poisson import apply_poisson, sample_poisson
 from ensai_tf.data.effects.psf import (airy_halo_psf, apply_psf, blur_matrices, load_psf,
@@ -70,6 +70,7 @@ __all__ = [
     "apply_normalise",
     "sample_zero_bias",
     "apply_zero_bias",
+    "apply_peak_normalise",
     "sample_masks",
     "mask_from_draws",
     "apply_masks",
@@ -119,6 +120,8 @@ def _chain(arcs, params, seeds, cfg, training, lens_light, kernel, spectrum):
     image = apply_normalise(image, draws, shifted, cfg.norm_threshold)
     image = apply_zero_bias(image, draws)
     image, mask = apply_masks(image, draws, cfg.mask_radius_arcsec)
+    if cfg.peak_normalise:
+        image = apply_peak_normalise(image)  # docs/design.md §5.7: the image's own peak
     return {"image": image, "params": labels, "mask": mask, "draws": draws}
 
 
@@ -138,7 +141,9 @@ def observe(arcs, params, seeds, cfg, training=True, lens_light=None):
     Order (docs/design.md §5.3, code order): shift (labels too) -> lens light (shifted
     identically, added before the PSF, docs/design.md §4 [R]) -> PSF -> Poisson ->
     cosmic rays -> Gaussian noise -> normalisation over arc pixels > 0.4
-    (docs/design.md §5.7) -> zero bias -> masks (exact zeros, last). Examples whose
+    (docs/design.md §5.7) -> zero bias -> masks (exact zeros) -> with
+    ``cfg.peak_normalise``, division by the image's own peak
+    (:func:`apply_peak_normalise`). Examples whose
     image or labels come out non-finite are redrawn from
     ``fold_in(fold_in(seed_i, Effect.REDRAW), attempt)`` up to
     ``cfg.max_redraws`` times, never zeroed (docs/design.md §9 #23 [R]).

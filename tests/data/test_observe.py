@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from astropy.io import fits
+from scipy import ndimage
 
 from ensai_tf import config, conventions
 from ensai_tf.data import noise
 from ensai_tf.data import observe as ob
 from ensai_tf.errors import InputError
+from ensai_tf.preprocess.images import normalise_peak
 
 N = conventions.NPIX
 PS = conventions.PIXEL_SCALE
@@ -252,6 +254,37 @@ def test_apply_normalise_divides_by_the_max_over_bright_arc_pixels():
     out = ob.apply_normalise(tf.constant(image), draws, tf.constant(reference), 0.4).numpy()
     np.testing.assert_allclose(out[0], image[0] / 4.0 * 1.1, rtol=1e-6)
     np.testing.assert_allclose(out[1], image[1] * 0.9, rtol=1e-6)  # no arc pixel > 0.4
+
+
+def test_apply_peak_normalise_matches_the_prediction_scaling_of_a_user_image():
+    # the training-side rule must be the one ensai predict applies (preprocess.normalise_peak)
+    rng = np.random.default_rng(3)
+    image = rng.normal(0.0, 0.05, (3, N, N, 1)).astype(np.float32)
+    image[0, 50:60, 70:80] += 3.0           # a bright block: the peak
+    image[1, 10, 10] = 50.0                 # a lone hot pixel the median ignores
+    image[1, 100:110, 100:110] += 2.0
+    image[2, 90:100, 90:100] += 5.0
+    image[2, 93:97, 93:97] = 0.0            # masked pixels stay exactly 0
+    out = ob.apply_peak_normalise(tf.constant(image)).numpy()
+    for i in range(3):
+        np.testing.assert_allclose(out[i, ..., 0], normalise_peak(image[i, ..., 0]), rtol=1e-5,
+                                   atol=1e-7)
+    assert np.all(out[2, 93:97, 93:97] == 0.0)
+
+
+def test_observe_with_peak_normalise_divides_the_finished_image_by_its_own_peak():
+    arcs, params = _rings(2, seed=5)
+    light = 6.0 * np.exp(-np.hypot(*np.meshgrid(np.arange(N) - 95.5, np.arange(N) - 95.5))
+                         / 8.0)[None, :, :, None].repeat(2, 0).astype(np.float32)
+    out = ob.observe(arcs, params, _seeds([1, 2]), _cfg(peak_normalise=True),
+                     lens_light=light)["image"].numpy()
+    plain = ob.observe(arcs, params, _seeds([1, 2]), _cfg(), lens_light=light)["image"].numpy()
+    for i in range(2):
+        # same draws, one division last: the image ensai predict would make of `plain`
+        np.testing.assert_allclose(out[i, ..., 0], normalise_peak(plain[i, ..., 0]), rtol=1e-5,
+                                   atol=1e-7)
+        median = ndimage.median_filter(plain[i, ..., 0], size=3, mode="nearest")
+        assert median.max() > 2.0  # the lens light, not the arcs (peak ~1), set the scale
 
 
 def test_apply_zero_bias_adds_exactly_one_constant_per_image():

@@ -13,6 +13,7 @@ __all__ = [
     "apply_normalise",
     "sample_zero_bias",
     "apply_zero_bias",
+    "apply_peak_normalise",
 ]
 
 
@@ -82,3 +83,36 @@ def apply_zero_bias(images, draws):
     """
     images = tf.convert_to_tensor(images, tf.float32)
     return images + base.per_image(tf.cast(draws["zero_bias"], tf.float32))
+
+
+def apply_peak_normalise(images):
+    """Divide each image by its own peak, as ``ensai predict`` scales a user's image.
+
+    The peak is the maximum, over unmasked pixels (not exactly 0), of the
+    image's 3 x 3 median (edge pixels repeated), the rule of
+    :func:`ensai_tf.preprocess.images.normalise_peak` (docs/design.md §5.7).
+    With lens light in the image (``simulate.lens_light``) the arcs' scale
+    then depends on the lens light, as it does in a real image; a network
+    trained so (``observe.peak_normalise``) sees the scale it meets in
+    prediction. Deterministic: there is nothing to draw. Masked pixels stay
+    exactly 0; an image without a positive peak is left as it is.
+
+    Args:
+        images: ``(B, n, n, 1)`` float32.
+
+    Returns:
+        ``(B, n, n, 1)`` float32.
+
+    Example:
+        >>> x = tf.fill((1, 5, 5, 1), 2.0)
+        >>> float(tf.reduce_max(apply_peak_normalise(x)))
+        1.0
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    padded = tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="SYMMETRIC")
+    patches = tf.image.extract_patches(padded, sizes=[1, 3, 3, 1], strides=[1, 1, 1, 1],
+                                       rates=[1, 1, 1, 1], padding="VALID")
+    median = tf.math.top_k(patches, k=5, sorted=True).values[..., 4:5]
+    peak = tf.reduce_max(tf.where(images != 0.0, median, -np.inf), axis=[1, 2, 3], keepdims=True)
+    ok = peak > 0
+    return images * tf.where(ok, 1.0 / tf.where(ok, peak, 1.0), 1.0)
