@@ -11,7 +11,10 @@ train split's source stamps and seed streams only:
   (:func:`ensai_tf.trust.edge_cut_images`, ``edge_cut``).
 
 Every image is prepared as ``ensai predict`` prepares a user's image
-(:func:`ensai_tf.trust.prepare_stack`). The thresholds are then fitted on
+(:func:`ensai_tf.trust.prepare_stack`). Training draws one of the eight
+rotations and reflections of the square for every image of every batch
+(:class:`DihedralBatches`): none of the labels depends on orientation, so
+each image counts eight times for the price of one simulation. The thresholds are then fitted on
 clean lenses of the fixed validation split (:func:`ensai_tf.screen.fit_screen_thresholds`),
 and the detection rate of each label is measured on validation-split sets of
 each kind, none of them seen in training. The trust report
@@ -39,6 +42,7 @@ from ensai_tf.models.screen import SCREEN_LABELS, build_screen_model
 from ensai_tf.screen import SCREEN_BUDGET, SCREEN_JSON, fit_screen_thresholds, screen_scores
 
 __all__ = [
+    "DihedralBatches",
     "SCREEN_SIZES",
     "screen_training_set",
     "train_screen",
@@ -53,6 +57,60 @@ TRAIN_SEED = 101
 
 CHECK_N = 1000
 """Validation lenses and validation-split images per kind used for thresholds and detection."""
+
+EPOCHS = 6
+"""Default passes over the training images."""
+
+LEARNING_RATE = 1e-3
+"""Adam's starting learning rate (cosine decay to 0 over the epochs)."""
+
+CACHE_KEY = "key.json"
+"""File of a training-image cache folder naming what it holds (sizes, seed, config)."""
+
+
+class DihedralBatches(keras.utils.PyDataset):
+    """Shuffled batches of images, each in one of its eight dihedral orientations.
+
+    The order and the orientations of epoch ``e`` come from
+    ``numpy.random.default_rng((seed, e))``, so a run is reproducible.
+
+    Args:
+        images: ``(N, H, H, C)`` float32 (square images).
+        labels: ``(N, L)`` float32.
+        batch_size: images per batch.
+        seed: int seed of the order and orientations.
+
+    Example:
+        >>> batches = DihedralBatches(np.zeros((10, 8, 8, 1)), np.zeros((10, 3)), 4, seed=0)
+        >>> len(batches), batches[0][0].shape
+        (3, (4, 8, 8, 1))
+    """
+
+    def __init__(self, images, labels, batch_size, seed):
+        super().__init__()
+        self.images, self.labels = images, labels
+        self.batch_size, self.seed = int(batch_size), int(seed)
+        self.epoch = 0
+        self._draw()
+
+    def _draw(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.order = rng.permutation(len(self.images))
+        self.turns = rng.integers(0, 8, len(self.images))
+
+    def __len__(self):
+        return -(-len(self.images) // self.batch_size)
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        turns = self.turns[index * self.batch_size:(index + 1) * self.batch_size]
+        batch = [np.rot90(self.images[i], t % 4, axes=(0, 1)) for i, t in zip(rows, turns)]
+        batch = [b[:, ::-1] if t >= 4 else b for b, t in zip(batch, turns)]
+        return np.ascontiguousarray(np.stack(batch)), self.labels[rows]
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self._draw()
 
 
 def _stream(cfg, n, seed, batch=50):
@@ -116,19 +174,44 @@ def _check_sets(cfg, n):
     }
 
 
-def train_screen(out_dir, config=None, sizes=None, epochs=6, batch_size=64, check_n=CHECK_N,
-                 overwrite=False, verbose=2):
+def _cached_sets(cfg, sizes, check_n, cache):
+    """The training set and the validation check sets, from ``cache`` when it holds them."""
+    key = {"sizes": sizes, "seed": TRAIN_SEED, "check_n": int(check_n),
+           "config": config_lib.config_to_dict(cfg)}
+    folder = pathlib.Path(cache) if cache else None
+    if folder is not None and (folder / CACHE_KEY).is_file() \
+            and json.loads((folder / CACHE_KEY).read_text()) == json.loads(json.dumps(key)):
+        checks = np.load(folder / "checks.npz")
+        return (np.load(folder / "images.npy"), np.load(folder / "labels.npy"),
+                {k: checks[k] for k in checks.files})
+    images, labels = screen_training_set(cfg, sizes)
+    checks = _check_sets(cfg, check_n)
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / "images.npy", images)
+        np.save(folder / "labels.npy", labels)
+        np.savez(folder / "checks.npz", **checks)
+        atomic.write_text(folder / CACHE_KEY, json.dumps(key, indent=1) + "\n")
+    return images, labels, checks
+
+
+def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64, check_n=CHECK_N,
+                 overwrite=False, cache=None, verbose=2):
     """Train the screening network, fit its thresholds, and write its folder.
 
     Args:
         out_dir: folder to write ``model.keras`` and ``screen.json`` into.
         config: config of the data (default: the ``paper`` preset).
         sizes: training images per kind (default :data:`SCREEN_SIZES`).
-        epochs: passes over the training images.
+        epochs: passes over the training images; the learning rate falls
+            from ``LEARNING_RATE`` to 0 on a cosine over them.
         batch_size: images per step.
         check_n: validation lenses (and images per validation set) for the
             thresholds and the detection rates.
         overwrite: replace an existing screening network in ``out_dir``.
+        cache: optional folder keeping the generated images (several GB), so
+            that another recipe can be trained on the same images; used only
+            when sizes, seed, ``check_n`` and config all match.
         verbose: Keras ``fit`` verbosity.
 
     Returns:
@@ -144,14 +227,17 @@ def train_screen(out_dir, config=None, sizes=None, epochs=6, batch_size=64, chec
         raise InputError(f"{str(out_dir)!r} already holds a screening network; pass "
                          f"overwrite=True to replace it")
     cfg = config if config is not None else config_lib.get_preset("paper")
+    sizes = {k: int(v) for k, v in dict(SCREEN_SIZES, **(sizes or {})).items()}
     start = time.time()
-    images, labels = screen_training_set(cfg, sizes)
-    order = np.random.default_rng(TRAIN_SEED).permutation(len(images))
+    images, labels, check_images = _cached_sets(cfg, sizes, check_n, cache)
     keras.utils.set_random_seed(TRAIN_SEED)
+    batches = DihedralBatches(images, labels, batch_size, seed=TRAIN_SEED)
+    schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, epochs * len(batches))
     model = build_screen_model(npix=images.shape[1])
-    model.compile(keras.optimizers.Adam(1e-3), keras.losses.BinaryCrossentropy(from_logits=True))
-    model.fit(images[order], labels[order], batch_size=batch_size, epochs=epochs, verbose=verbose)
-    checks = {k: screen_scores(model, v) for k, v in _check_sets(cfg, check_n).items()}
+    model.compile(keras.optimizers.Adam(schedule),
+                  keras.losses.BinaryCrossentropy(from_logits=True))
+    model.fit(batches, epochs=epochs, verbose=verbose)
+    checks = {k: screen_scores(model, v) for k, v in check_images.items()}
     thresholds = fit_screen_thresholds(checks["clean"])
     above = {k: v > np.array([thresholds[label] for label in SCREEN_LABELS]) for k, v in
              checks.items()}
@@ -164,8 +250,9 @@ def train_screen(out_dir, config=None, sizes=None, epochs=6, batch_size=64, chec
         "clean_flag_rate": float(above["clean"].any(axis=1).mean()),
         "detection_validation": {k: float(above[k][:, SCREEN_LABELS.index(label)].mean())
                                  for k, label in expected.items()},
-        "sizes": dict(SCREEN_SIZES, **(sizes or {})),
+        "sizes": sizes,
         "epochs": int(epochs),
+        "augmentation": "dihedral (8 orientations), drawn per image and epoch",
         "train_seconds": round(time.time() - start, 1),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -12,7 +12,7 @@ from ensai_tf.model_dir import MODEL_KERAS
 from ensai_tf.models.screen import SCREEN_LABELS, build_screen_model
 from ensai_tf.screen import (SCREEN_BUDGET, SCREEN_JSON, Screen, fit_screen_thresholds,
                              load_screen, screen_scores)
-from ensai_tf.train_screen import screen_training_set
+from ensai_tf.train_screen import DihedralBatches, screen_training_set
 from ensai_tf import config as config_lib
 
 PARAMS = np.array([[1.2, 0.1, -0.05, 0.04, -0.02]])
@@ -102,3 +102,29 @@ def test_training_set_labels_each_kind():
                         + [[1, 0, 0]] * 2, dtype=np.float32)
     np.testing.assert_array_equal(labels, expected)
     assert np.isfinite(images).all()
+
+
+def test_dihedral_batches_give_every_image_once_per_epoch_in_one_of_its_eight_orientations():
+    rng = np.random.default_rng(4)
+    images = rng.normal(size=(10, 6, 6, 1)).astype(np.float32)
+    labels = np.arange(30, dtype=np.float32).reshape(10, 3)
+    batches = DihedralBatches(images, labels, batch_size=4, seed=1)
+    assert len(batches) == 3
+    seen_turns = set()
+    for _ in range(2):
+        rows = []
+        for i in range(len(batches)):
+            x, y = batches[i]
+            for image, label in zip(x, y):
+                row = int(label[0]) // 3
+                rows.append(row)
+                turns = [np.rot90(images[row], k, axes=(0, 1)) for k in range(4)]
+                turns += [t[:, ::-1] for t in turns]
+                matches = [k for k, t in enumerate(turns) if np.array_equal(t, image)]
+                assert matches, "not a rotation or reflection of its own image"
+                seen_turns.add(matches[0])
+        assert sorted(rows) == list(range(10))
+        batches.on_epoch_end()
+    assert len(seen_turns) >= 5  # 20 draws of 8 orientations: the draw is not stuck
+    again = DihedralBatches(images, labels, batch_size=4, seed=1)
+    np.testing.assert_array_equal(again[0][0], DihedralBatches(images, labels, 4, seed=1)[0][0])
