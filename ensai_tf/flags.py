@@ -77,7 +77,8 @@ FLAG_ADVICE = {
     "no_lens": "no lensed arcs found (blank sky, noise or a single galaxy); the parameters are "
                "meaningless",
     "lens_light": "a bright smooth light at the lens centre, which the networks never saw; "
-                  "remove the lens light first, e.g. give two bands with --bands for ICA",
+                  "subtract a fitted lens light (--subtract-lens-light always) or give a "
+                  "second band with --bands",
     "small_field": "the image covers less than the 7.68 arcsec field or the arcs touch its "
                    "edge; give a larger cutout centred on the lens",
     "out_of_distribution": "the predicted lens does not focus the arcs back onto a compact "

@@ -6,10 +6,13 @@ model folder without --resume/--overwrite, unknown --set key (lists the
 valid ones), unwritable output path; and nothing existing is overwritten.
 """
 
+import re
+
 import numpy as np
 import pytest
 
 from ensai_tf import cli
+from ensai_tf.flags import FLAG_ADVICE
 
 
 def _run(capsys, *argv):
@@ -168,3 +171,13 @@ def test_demo_default_weights_folder_without_weights(capsys, tmp_path):
         pytest.skip("weights are installed")
     code, _, err = _run(capsys, "demo", "--out", str(tmp_path / "o"))
     assert code == 2 and "no trained weights are installed" in err
+
+
+def test_every_option_the_flag_advice_names_is_an_option_of_ensai_predict(capsys):
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["predict", "--help"])
+    predict_help = capsys.readouterr().out
+    named = {o for advice in FLAG_ADVICE.values() for o in re.findall(r"--[a-z][a-z-]*", advice)}
+    assert named, "the advice names no option"
+    for option in named:
+        assert re.search(re.escape(option) + r"\b", predict_help), option
