@@ -31,6 +31,7 @@ __all__ = [
     "PROGRESS_MIN_EXAMPLES",
     "SIM_SECTIONS",
     "DATA_SECTIONS",
+    "SIM_CODE_MODULES",
     "CODE_MODULES",
     "default_cache_dir",
     "data_fingerprint",
@@ -49,17 +50,26 @@ SIM_SECTIONS = ("image", "lens", "source", "simulate")
 DATA_SECTIONS = SIM_SECTIONS + ("observe",)
 """Config sections that affect the observed data."""
 
-CODE_MODULES = (
+SIM_CODE_MODULES = (
+    "ensai_tf.lensing.caustics", "ensai_tf.lensing.geometry", "ensai_tf.lensing.light",
+    "ensai_tf.lensing.raytrace", "ensai_tf.lensing.shear", "ensai_tf.lensing.sie",
     "ensai_tf.data.draws", "ensai_tf.data.seeds", "ensai_tf.data.placement",
     "ensai_tf.data.render", "ensai_tf.data.lens_light", "ensai_tf.data.simulate",
+    "ensai_tf.data.stamps", "ensai_tf.data.sources",
+)
+"""Modules whose source is hashed into the key of noise-free arcs (an arc store): the lens
+model, the ray tracing, the sources and the simulator."""
+
+CODE_MODULES = SIM_CODE_MODULES + (
     "ensai_tf.data.effects.base", "ensai_tf.data.effects.shift", "ensai_tf.data.effects.psf",
     "ensai_tf.data.effects.poisson", "ensai_tf.data.effects.cosmic_rays",
     "ensai_tf.data.effects.gaussian_noise", "ensai_tf.data.effects.levels",
-    "ensai_tf.data.effects.masks", "ensai_tf.data.observe", "ensai_tf.data.stamps",
-    "ensai_tf.data.sources", "ensai_tf.data.noise",
+    "ensai_tf.data.effects.masks", "ensai_tf.data.observe", "ensai_tf.data.noise",
 )
-"""Modules whose source is hashed into every cache key: a change to the simulator,
-the observation effects, the sources or the noise models invalidates old caches."""
+"""Modules whose source is hashed into the key of observed data: a change to the simulator,
+the observation effects, the sources or the noise models invalidates old caches. An arc
+store, made before any observation effect, hashes only :data:`SIM_CODE_MODULES`, so a
+change to an observation effect leaves it valid."""
 
 
 def _split_size(split, cfg):
@@ -115,10 +125,12 @@ def data_fingerprint(config, sections=DATA_SECTIONS):
 
     Returns:
         dict with ``"format"``, ``"config"`` (``{section: dict}``),
-        ``"sim_batch_size"`` and ``"code_sha256"``; JSON-serialisable.
+        ``"sim_batch_size"`` and ``"code_sha256"`` (of :data:`CODE_MODULES`, or of
+        :data:`SIM_CODE_MODULES` when ``sections`` leaves out ``observe``);
+        JSON-serialisable.
     """
     code = hashlib.sha256()
-    for name in CODE_MODULES:
+    for name in CODE_MODULES if "observe" in sections else SIM_CODE_MODULES:
         module = importlib.import_module(name)
         code.update(pathlib.Path(module.__file__).read_bytes())
     return {

@@ -7,7 +7,11 @@ the observation chain is always the real one. ``test_real_chain_*`` run the
 real simulator end to end.
 """
 
+import ast
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
 import json
 import pathlib
 import shutil
@@ -19,7 +23,7 @@ import keras
 
 from ensai_tf import config as config_lib
 from ensai_tf import conventions
-from ensai_tf.data import pipeline
+from ensai_tf.data import cache, pipeline
 from ensai_tf.errors import InputError
 from fake_simulator import install as install_fake_simulator  # tests/data/ is on sys.path
 
@@ -195,6 +199,44 @@ def test_cache_key_tracks_data_settings(cfg):
     assert pipeline.cache_key("test", cfg, 0, 5, stamps=np.ones((1, 4, 4))) != base
     unrelated = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, learning_rate=1e-3))
     assert pipeline.cache_key("test", unrelated, 0, 5) == base
+
+
+def _is_module(name):
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # a name inside a module, not a submodule
+        return False
+
+
+def _package_imports(module):
+    """Modules of ensai_tf.data and ensai_tf.lensing that ``module`` imports, transitively."""
+    seen, todo = set(), [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        tree = ast.parse(pathlib.Path(importlib.import_module(name).__file__).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("ensai_tf"):
+                names = [f"{node.module}.{alias.name}" for alias in node.names]
+                todo += [n for n in [node.module] + names if _is_module(n)]
+    return {n for n in seen if n.startswith(("ensai_tf.data.", "ensai_tf.lensing."))
+            and not importlib.import_module(n).__file__.endswith("__init__.py")}
+
+
+def test_arc_stores_hash_the_simulator_code_and_observed_data_also_the_effects(cfg):
+    # every module the simulator (or the observation chain) runs is in its hash list
+    assert _package_imports("ensai_tf.data.simulate") <= set(cache.SIM_CODE_MODULES)
+    assert _package_imports("ensai_tf.data.observe") <= set(cache.CODE_MODULES)
+    arcs = pipeline.data_fingerprint(cfg, cache.SIM_SECTIONS)
+    observed = pipeline.data_fingerprint(cfg)
+    digest = hashlib.sha256()
+    for name in cache.SIM_CODE_MODULES:
+        digest.update(pathlib.Path(importlib.import_module(name).__file__).read_bytes())
+    assert arcs["code_sha256"] == digest.hexdigest()
+    assert observed["code_sha256"] != arcs["code_sha256"]
+    assert "observe" not in arcs["config"] and "observe" in observed["config"]
 
 
 # ----------------------------------------------------------- stored arcs --
