@@ -64,6 +64,9 @@ EPOCHS = 6
 LEARNING_RATE = 1e-3
 """Adam's starting learning rate (cosine decay to 0 over the epochs)."""
 
+STEM = "bin"
+"""Default first halving of the screening network (:data:`ensai_tf.models.screen.STEMS`)."""
+
 CACHE_KEY = "key.json"
 """File of a training-image cache folder naming what it holds (sizes, seed, config)."""
 
@@ -196,7 +199,7 @@ def _cached_sets(cfg, sizes, check_n, cache):
 
 
 def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64, check_n=CHECK_N,
-                 overwrite=False, cache=None, verbose=2):
+                 overwrite=False, cache=None, stem=STEM, verbose=2):
     """Train the screening network, fit its thresholds, and write its folder.
 
     Args:
@@ -212,6 +215,7 @@ def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64,
         cache: optional folder keeping the generated images (several GB), so
             that another recipe can be trained on the same images; used only
             when sizes, seed, ``check_n`` and config all match.
+        stem: the network's first halving (:data:`ensai_tf.models.screen.STEMS`).
         verbose: Keras ``fit`` verbosity.
 
     Returns:
@@ -233,7 +237,7 @@ def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64,
     keras.utils.set_random_seed(TRAIN_SEED)
     batches = DihedralBatches(images, labels, batch_size, seed=TRAIN_SEED)
     schedule = keras.optimizers.schedules.CosineDecay(LEARNING_RATE, epochs * len(batches))
-    model = build_screen_model(npix=images.shape[1])
+    model = build_screen_model(npix=images.shape[1], stem=stem)
     model.compile(keras.optimizers.Adam(schedule),
                   keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(batches, epochs=epochs, verbose=verbose)
@@ -252,6 +256,7 @@ def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64,
                                  for k, label in expected.items()},
         "sizes": sizes,
         "epochs": int(epochs),
+        "stem": stem,
         "augmentation": "dihedral (8 orientations), drawn per image and epoch",
         "train_seconds": round(time.time() - start, 1),
     }

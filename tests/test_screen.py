@@ -9,7 +9,7 @@ import pytest
 from ensai_tf import flags
 from ensai_tf.errors import ModelDirError
 from ensai_tf.model_dir import MODEL_KERAS
-from ensai_tf.models.screen import SCREEN_LABELS, build_screen_model
+from ensai_tf.models.screen import SCREEN_LABELS, STEMS, build_screen_model
 from ensai_tf.screen import (SCREEN_BUDGET, SCREEN_JSON, Screen, fit_screen_thresholds,
                              load_screen, screen_scores)
 from ensai_tf.train_screen import DihedralBatches, screen_training_set
@@ -71,14 +71,20 @@ def _write_screen(folder, model, thresholds):
     (folder / SCREEN_JSON).write_text(json.dumps({"thresholds": thresholds, "fitted_on": "x"}))
 
 
-def test_load_screen_round_trips(tmp_path):
-    model = build_screen_model()
+@pytest.mark.parametrize("stem", STEMS)
+def test_load_screen_round_trips(tmp_path, stem):
+    model = build_screen_model(stem=stem)
     _write_screen(tmp_path / "s", model, dict.fromkeys(SCREEN_LABELS, 0.9))
     screen = load_screen(tmp_path / "s")
     images = np.random.default_rng(2).normal(size=(2, 192, 192, 1)).astype(np.float32)
     np.testing.assert_allclose(screen_scores(screen, images), screen_scores(model, images),
                                rtol=1e-5, atol=1e-7)
     assert screen.thresholds == dict.fromkeys(SCREEN_LABELS, 0.9)
+
+
+def test_unknown_stem_is_refused_by_name():
+    with pytest.raises(ValueError, match="unknown stem 'pool'"):
+        build_screen_model(stem="pool")
 
 
 def test_load_screen_names_a_bad_folder(tmp_path):

@@ -27,6 +27,7 @@ from ensai_tf import conventions
 
 __all__ = [
     "SCREEN_LABELS",
+    "STEMS",
     "build_screen_model",
 ]
 
@@ -37,28 +38,46 @@ WIDTHS = (16, 32, 48, 64)
 """Filters of the four convolution blocks."""
 
 
-def build_screen_model(npix=conventions.NPIX, widths=WIDTHS, dense=64, seed=0):
+STEMS = ("bin", "conv")
+"""How the network first halves the image: ``"bin"`` averages 2 x 2 pixels; ``"conv"``
+applies a 3 x 3 convolution of ``STEM_FILTERS`` filters at full resolution, then 2 x 2 max
+pooling, so the 0.04 arcsec detail that tells a barely resolved ring from a galaxy survives."""
+
+STEM_FILTERS = 8
+"""Filters of the full-resolution convolution of the ``"conv"`` stem."""
+
+
+def build_screen_model(npix=conventions.NPIX, widths=WIDTHS, dense=64, seed=0, stem="bin"):
     """The screening classifier: images ``(B, npix, npix, 1)`` -> logits ``(B, 3)``.
 
-    The image is averaged 2 x 2 (0.08 arcsec pixels: lens light and arcs are
-    both resolved), then four blocks of a 3 x 3 convolution, ReLU and 2 x 2
-    max pooling, a dense layer and one logit per label. The spatial map is
-    flattened rather than pooled globally, so the network knows where light
-    is: at the centre (lens light) or on the border (cut arcs).
+    The image is halved (``stem``: averaged 2 x 2, or convolved at full
+    resolution and max-pooled), then four blocks of a 3 x 3 convolution,
+    ReLU and 2 x 2 max pooling, a dense layer and one logit per label. The
+    spatial map is flattened rather than pooled globally, so the network
+    knows where light is: at the centre (lens light) or on the border (cut
+    arcs).
 
     Args:
         npix: input side, pixels.
         widths: filters of the convolution blocks.
         dense: units of the hidden dense layer.
         seed: weight-initialisation seed.
+        stem: one of :data:`STEMS`.
 
     Returns:
         an uncompiled ``keras.Model`` named ``"screen"``; ``sigmoid`` of its
         outputs are the label probabilities (:data:`SCREEN_LABELS` order).
     """
+    if stem not in STEMS:
+        raise ValueError(f"unknown stem {stem!r}; choose one of {STEMS}")
     init = keras.initializers.GlorotUniform(seed=seed)
     inputs = keras.Input((npix, npix, 1), name="image")
-    x = keras.layers.AveragePooling2D(2, name="bin_2x2")(inputs)
+    if stem == "bin":
+        x = keras.layers.AveragePooling2D(2, name="bin_2x2")(inputs)
+    else:
+        x = keras.layers.Conv2D(STEM_FILTERS, 3, padding="same", activation="relu",
+                                kernel_initializer=init, name="stem_conv")(inputs)
+        x = keras.layers.MaxPooling2D(2, name="stem_pool")(x)
     for i, filters in enumerate(widths):
         x = keras.layers.Conv2D(filters, 3, padding="same", activation="relu",
                                 kernel_initializer=init, name=f"conv_{i}")(x)
