@@ -71,8 +71,8 @@ python tools/ship_weights.py "$WORK/runs" --only combined
 # single networks from the spread of their eight flipped and rotated views, each calibrated on
 # validation lenses; then the combined network's coverage on the test set.
 echo "== calibrating intervals on validation lenses"
-ensai calibrate trained_weights/combined --n 5000
-for NAME in alexnet overfeat ensai_net; do
+ensai calibrate trained_weights/combined --n 10000
+for NAME in alexnet overfeat ensai_net inception_v4; do
     ensai calibrate "trained_weights/$NAME" --n 3000
 done
 ensai evaluate trained_weights/combined --n "$N_TEST" --out "$WORK/eval-combined" --overwrite
@@ -83,4 +83,13 @@ new, old = json.load(open(sys.argv[1])), json.load(open("trained_weights/combine
 new["check"] = old["check"]  # the check subset of tests/test_trained_weights.py stays
 open("trained_weights/combined/metrics.json", "w").write(json.dumps(new, indent=1) + "\n")
 PY
-echo "== done: trained_weights/ holds the new networks, combiner and calibrations"
+for NAME in alexnet overfeat ensai_net inception_v4; do
+    python tools/ship_weights.py "$WORK/reeval" --reevaluate --only "$NAME"
+done
+# The screening network behind the quality flags (docs/design.md §8.7); it fits its own
+# thresholds on clean validation lenses and serves every model.
+if [ ! -f trained_weights/screen/screen.json ]; then
+    echo "== training the screening network"
+    python tools/train_screen.py trained_weights/screen --cache "$WORK/screen_images"
+fi
+echo "== done: trained_weights/ holds the new networks, combiner, calibrations and screen"
