@@ -44,6 +44,7 @@ from ensai_tf.screen import SCREEN_BUDGET, SCREEN_JSON, fit_screen_thresholds, s
 __all__ = [
     "DihedralBatches",
     "SCREEN_SIZES",
+    "screen_thresholds_and_rates",
     "screen_training_set",
     "train_screen",
 ]
@@ -57,6 +58,9 @@ TRAIN_SEED = 101
 
 CHECK_N = 1000
 """Validation lenses and validation-split images per kind used for thresholds and detection."""
+
+THRESHOLD_N = 3000
+"""Clean validation lenses the thresholds are fitted on (30 above a 1% budget)."""
 
 EPOCHS = 6
 """Default passes over the training images."""
@@ -198,8 +202,42 @@ def _cached_sets(cfg, sizes, check_n, cache):
     return images, labels, checks
 
 
+def screen_thresholds_and_rates(model, cfg, check_images, threshold_n=THRESHOLD_N):
+    """Fit a screening network's thresholds and measure its detection rates.
+
+    Args:
+        model: the trained screening network.
+        cfg: config of the data (the ``paper`` preset).
+        check_images: dict of prepared validation-split images
+            (``lens_light``, ``unlensed``, ``edge_cut``), as :func:`train_screen` makes.
+        threshold_n: clean validation lenses the thresholds are fitted on.
+
+    Returns:
+        dict: ``labels``, ``thresholds`` (:func:`ensai_tf.screen.fit_screen_thresholds`
+        with :data:`ensai_tf.screen.SCREEN_BUDGET`), ``budget``, ``fitted_on``,
+        ``clean_flag_rate`` (share of those clean lenses raising any label) and
+        ``detection_validation`` (share of each set raising its label).
+    """
+    wide = config_lib.apply_overrides(cfg, [f"data.val_size={max(threshold_n, cfg.data.val_size)}"])
+    clean, _, _ = collect_fixed_split(wide, threshold_n, "validation")
+    clean_scores = screen_scores(model, trust.prepare_stack(clean)[0])
+    thresholds = fit_screen_thresholds(clean_scores)
+    cut = np.array([thresholds[label] for label in SCREEN_LABELS])
+    expected = {"lens_light": "lens_light", "unlensed": "no_lens", "edge_cut": "edge_cut"}
+    return {
+        "labels": list(SCREEN_LABELS),
+        "thresholds": thresholds,
+        "budget": dict(SCREEN_BUDGET),
+        "fitted_on": f"validation split, {threshold_n} clean lenses",
+        "clean_flag_rate": float((clean_scores > cut).any(axis=1).mean()),
+        "detection_validation": {
+            k: float((screen_scores(model, check_images[k])[:, SCREEN_LABELS.index(label)]
+                      > thresholds[label]).mean()) for k, label in expected.items()},
+    }
+
+
 def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64, check_n=CHECK_N,
-                 overwrite=False, cache=None, stem=STEM, verbose=2):
+                 overwrite=False, cache=None, stem=STEM, threshold_n=None, verbose=2):
     """Train the screening network, fit its thresholds, and write its folder.
 
     Args:
@@ -209,13 +247,14 @@ def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64,
         epochs: passes over the training images; the learning rate falls
             from ``LEARNING_RATE`` to 0 on a cosine over them.
         batch_size: images per step.
-        check_n: validation lenses (and images per validation set) for the
-            thresholds and the detection rates.
+        check_n: images per validation set for the detection rates.
         overwrite: replace an existing screening network in ``out_dir``.
         cache: optional folder keeping the generated images (several GB), so
             that another recipe can be trained on the same images; used only
             when sizes, seed, ``check_n`` and config all match.
         stem: the network's first halving (:data:`ensai_tf.models.screen.STEMS`).
+        threshold_n: clean validation lenses for the thresholds (default
+            :data:`THRESHOLD_N`, at least ``check_n``).
         verbose: Keras ``fit`` verbosity.
 
     Returns:
@@ -232,6 +271,7 @@ def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64,
                          f"overwrite=True to replace it")
     cfg = config if config is not None else config_lib.get_preset("paper")
     sizes = {k: int(v) for k, v in dict(SCREEN_SIZES, **(sizes or {})).items()}
+    threshold_n = max(int(threshold_n or THRESHOLD_N), int(check_n))
     start = time.time()
     images, labels, check_images = _cached_sets(cfg, sizes, check_n, cache)
     keras.utils.set_random_seed(TRAIN_SEED)
@@ -241,25 +281,14 @@ def train_screen(out_dir, config=None, sizes=None, epochs=EPOCHS, batch_size=64,
     model.compile(keras.optimizers.Adam(schedule),
                   keras.losses.BinaryCrossentropy(from_logits=True))
     model.fit(batches, epochs=epochs, verbose=verbose)
-    checks = {k: screen_scores(model, v) for k, v in check_images.items()}
-    thresholds = fit_screen_thresholds(checks["clean"])
-    above = {k: v > np.array([thresholds[label] for label in SCREEN_LABELS]) for k, v in
-             checks.items()}
-    expected = {"lens_light": "lens_light", "unlensed": "no_lens", "edge_cut": "edge_cut"}
-    info = {
-        "labels": list(SCREEN_LABELS),
-        "thresholds": thresholds,
-        "budget": dict(SCREEN_BUDGET),
-        "fitted_on": f"validation split, {check_n} clean lenses",
-        "clean_flag_rate": float(above["clean"].any(axis=1).mean()),
-        "detection_validation": {k: float(above[k][:, SCREEN_LABELS.index(label)].mean())
-                                 for k, label in expected.items()},
+    info = screen_thresholds_and_rates(model, cfg, check_images, threshold_n)
+    info.update({
         "sizes": sizes,
         "epochs": int(epochs),
         "stem": stem,
         "augmentation": "dihedral (8 orientations), drawn per image and epoch",
         "train_seconds": round(time.time() - start, 1),
-    }
+    })
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = atomic.temp_path(out_dir / MODEL_KERAS, ".keras")
     model.save(tmp)

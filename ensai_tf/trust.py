@@ -66,10 +66,13 @@ BAD_SET_FLAGS = {
     "blank_sky": "no_lens",
     "unlensed_galaxy": "no_lens",
     "lens_light": "lens_light",
+    "lens_light_bright": "lens_light",
     "small_cutout": "small_field",
     "edge_cut": "small_field",
 }
-"""The flag each bad set of :func:`bad_sets` must trigger."""
+"""The flag each bad set of :func:`bad_sets` must trigger. ``lens_light`` has the training
+prior's lens light (peak 0.3-10 times the arcs'), ``lens_light_bright`` that of the
+lens-light experiment (1-10 times, :mod:`ensai_tf.lens_light_report`)."""
 
 DEFAULT_N = 200
 """Lenses per set of ``ensai evaluate --experiment trust`` unless ``--n`` says otherwise."""
@@ -358,12 +361,15 @@ def bad_sets(cfg, n, test_images):
     Returns:
         dict set name (the keys of :data:`BAD_SET_FLAGS`) -> images.
     """
-    ll_images, _, _ = collect_fixed_split(config_lib.experiment_config(cfg, "lens-light"), n, "test")
+    ll_cfg = config_lib.experiment_config(cfg, "lens-light")
+    ll_images, _, _ = collect_fixed_split(ll_cfg, n, "test")
+    bright = config_lib.apply_overrides(ll_cfg, ["simulate.lens_light_amplitude=[1.0,10.0]"])
     return {
         "noise": noise_images(n),
         "blank_sky": blank_sky_images(n),
         "unlensed_galaxy": unlensed_galaxy_images(cfg, n),
         "lens_light": ll_images,
+        "lens_light_bright": collect_fixed_split(bright, n, "test")[0],
         "small_cutout": small_cutouts(test_images[:n], 100),
         "edge_cut": edge_cut_images(test_images[:n])[0],
     }

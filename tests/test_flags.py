@@ -11,6 +11,7 @@ from ensai_tf.data.render import render_sie_sersic
 from ensai_tf.inference import load_calibration
 from ensai_tf.model_dir import CALIBRATION_JSON, shipped_weights_dir
 from ensai_tf.prediction import predict_files
+from ensai_tf.screen import SCREEN_BUDGET
 
 PARAMS = np.array([[1.2, 0.1, -0.05, 0.04, -0.02]])
 SOURCE = {"amplitude": [1.0], "n": [1.0], "r_eff": [0.08], "q": [0.8], "angle": [0.3],
@@ -109,3 +110,11 @@ def test_flags_column_in_csv_and_json(tmp_path):
 def test_warning_line_names_file_reason_and_advice():
     (line,) = flags.warning_lines({"a.fits": {"lens_light": 1}})
     assert "a.fits" in line and "lens_light" in line and "--bands" in line
+
+
+def test_the_flag_budgets_sum_to_at_most_two_percent():
+    # every threshold leaves its budget of clean validation lenses flagged; at most 2% of clean
+    # lenses may raise any flag (docs/design.md §8.7), so the budgets may not add up to more
+    total = sum(flags.QUANTILE_BUDGET.values()) + sum(SCREEN_BUDGET.values())
+    assert total <= 0.02 + 1e-12
+    assert all(v >= 0 for v in list(flags.QUANTILE_BUDGET.values()) + list(SCREEN_BUDGET.values()))
