@@ -49,8 +49,8 @@ __all__ = [
     "train_screen",
 ]
 
-SCREEN_SIZES = {"clean": 3000, "lens_light": 2500, "unlensed": 2000, "edge_cut": 1200,
-                "noise": 600}
+SCREEN_SIZES = {"clean": 6000, "lens_light": 5000, "unlensed": 4000, "edge_cut": 2400,
+                "noise": 1200}
 """Default number of training images of each kind."""
 
 TRAIN_SEED = 101
@@ -62,13 +62,13 @@ CHECK_N = 1000
 THRESHOLD_N = 3000
 """Clean validation lenses the thresholds are fitted on (30 above a 1% budget)."""
 
-EPOCHS = 6
+EPOCHS = 30
 """Default passes over the training images."""
 
 LEARNING_RATE = 1e-3
 """Adam's starting learning rate (cosine decay to 0 over the epochs)."""
 
-STEM = "bin"
+STEM = "conv"
 """Default first halving of the screening network (:data:`ensai_tf.models.screen.STEMS`)."""
 
 CACHE_KEY = "key.json"
