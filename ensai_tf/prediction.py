@@ -31,8 +31,10 @@ from ensai_tf.inference import (load_calibration, load_predictor, result_rows,
 from ensai_tf.preprocess.images import iter_prepared, iter_prepared_array
 from ensai_tf.preprocess.reading import FITS_SUFFIXES, as_stack
 from ensai_tf.preprocess.window import prepare_lens_file
-from ensai_tf.realdata.lens_light import (DEFAULT_SINGLE_BAND_MODE, NO_LENS_LIGHT_PATH,
-                                         check_single_band_mode, subtract_single_band)
+from ensai_tf.realdata.lens_light import (DEFAULT_SINGLE_BAND_MODE, NETWORK_LENS_LIGHT_PATH,
+                                         NO_LENS_LIGHT_PATH, check_single_band_mode,
+                                         subtract_single_band)
+from ensai_tf.run_dir import run_config
 from ensai_tf.tables import (LENS_LIGHT_COLUMN, TableStream, check_writable, output_columns,
                              output_format)
 
@@ -94,6 +96,10 @@ class TablePredictor:
             subtracted so far (:meth:`rows`).
         fit_failures: ``"name: reason"`` of the images whose lens-light fit
             failed (predicted as given).
+        lens_light_network: the network was trained on images with their lens
+            light (``simulate.lens_light``): ``"auto"`` subtracts nothing, the
+            ``lens_light`` flag is not raised, and rows say
+            ``lens_light_path=network``.
     """
 
     predict_fn: object
@@ -105,6 +111,7 @@ class TablePredictor:
     seconds: float = 0.0
     subtracted: list = dataclasses.field(default_factory=list)
     fit_failures: list = dataclasses.field(default_factory=list)
+    lens_light_network: bool = False
 
     @property
     def columns(self):
@@ -138,7 +145,15 @@ class TablePredictor:
         items = [prepared[i] for i in done]
         raw = self._forward(items, pad_to)
         self.subtracted.extend(item.name for item in items)
-        return done, raw, flag_columns(items, raw, self.thresholds)
+        return done, raw, self._flags(items, raw)
+
+    def _flags(self, prepared, raw):
+        """The flag columns; a lens-light network's images do not raise ``lens_light``."""
+        columns = flag_columns(prepared, raw, self.thresholds)
+        if self.lens_light_network:
+            for column in columns:
+                column["flags"] = [f for f in column["flags"] if f != LENS_LIGHT_FLAG]
+        return columns
 
     def rows(self, prepared, make_rows=result_rows, pad_to=None, subtract="never",
              eligible=None):
@@ -171,9 +186,11 @@ class TablePredictor:
             put there, else ``"none"``.
         """
         check_single_band_mode(subtract)
+        if self.lens_light_network and subtract == "auto":
+            subtract = "never"  # it was trained on images with their lens light
         prepared = list(prepared)
         raw = self._forward(prepared, pad_to)
-        flags = flag_columns(prepared, raw, self.thresholds)
+        flags = self._flags(prepared, raw)
         eligible = [True] * len(prepared) if eligible is None else list(eligible)
         todo = [i for i, ok in enumerate(eligible) if ok and (
             subtract == "always" or (subtract == "auto" and LENS_LIGHT_FLAG in flags[i]["flags"]))]
@@ -186,7 +203,8 @@ class TablePredictor:
                 row.update(extra)
         for row, extra in zip(rows, flags):
             row.update(extra)
-            row.setdefault(LENS_LIGHT_COLUMN, NO_LENS_LIGHT_PATH)
+            row.setdefault(LENS_LIGHT_COLUMN, NETWORK_LENS_LIGHT_PATH if self.lens_light_network
+                           else NO_LENS_LIGHT_PATH)
         for i in done:
             rows[i][LENS_LIGHT_COLUMN] = "subtract"
         return rows
@@ -205,6 +223,10 @@ def lens_light_lines(predictor, total, mode):
         line per failed fit (at most five, then a count).
     """
     lines = []
+    if predictor.lens_light_network and mode == "auto":
+        lines.append(f"ensai predict: the network was trained on images with their lens light; "
+                     f"images are predicted as given ({LENS_LIGHT_COLUMN}="
+                     f"{NETWORK_LENS_LIGHT_PATH})")
     k = len(predictor.subtracted)
     if k:
         why = ("--subtract-lens-light always" if mode == "always" else
@@ -248,7 +270,8 @@ def load_table_predictor(model, symmetrize=False, trust_savedmodel=False):
         predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
     calibration = load_calibration(model) if head != "point" else None
     return TablePredictor(predict_fn, npix, head, n_targets, calibration,
-                          model_thresholds(load_calibration(model)))
+                          model_thresholds(load_calibration(model)),
+                          lens_light_network=bool(run_config(model).simulate.lens_light))
 
 
 def _check_position(files, position, sky):

@@ -41,6 +41,7 @@ from ensai_tf.preprocess.images import normalise_peak
 
 __all__ = [
     "LENS_LIGHT_PATHS",
+    "NETWORK_LENS_LIGHT_PATH",
     "DEFAULT_LENS_LIGHT_PATH",
     "NO_LENS_LIGHT_PATH",
     "SINGLE_BAND_MODES",
@@ -65,6 +66,10 @@ DEFAULT_LENS_LIGHT_PATH = "subtract"
 
 NO_LENS_LIGHT_PATH = "none"
 """``lens_light_path`` of a single-band image predicted as it was given."""
+
+NETWORK_LENS_LIGHT_PATH = "network"
+"""``lens_light_path`` of an image predicted, lens light and all, by a network trained on
+images with their lens light (``simulate.lens_light``, docs/design.md §4)."""
 
 SINGLE_BAND_MODES = ("auto", "always", "never")
 """``--subtract-lens-light``: subtract a single band's fitted lens light when the image raises

@@ -11,6 +11,7 @@ whether an image raises ``lens_light`` does not depend on which screening networ
 
 import csv
 import json
+import pathlib
 import re
 
 import keras
@@ -19,7 +20,9 @@ import pytest
 from realdata_files import lens_fits
 
 from ensai_tf import catalog, cli, conventions, flags, prediction, realdata, tables
+from ensai_tf import config as config_lib
 from ensai_tf.errors import InputError
+from ensai_tf.model_dir import CONFIG_YAML, MODEL_KERAS
 from ensai_tf.preprocess import lens_fit
 from ensai_tf.preprocess.images import iter_prepared_array
 
@@ -165,6 +168,34 @@ def test_single_band_lens_light_is_subtracted_when_flagged(tmp_path, capsys, mea
     assert json.loads((tmp_path / "auto.json").read_text())[0]["lens_light_path"] == "subtract"
     assert "lens light fitted and subtracted in 1 of 2 images" in err
     assert "lens_light_path=subtract" in err
+
+
+def test_a_network_trained_with_lens_light_predicts_the_image_as_given(tmp_path, capsys,
+                                                                       mean_model):
+    """A model folder whose config.yaml says simulate.lens_light: no subtraction in auto mode,
+    no lens_light flag, lens_light_path=network; asking for a subtraction still subtracts."""
+    folder = tmp_path / "ll_net"
+    folder.mkdir()
+    (folder / MODEL_KERAS).write_bytes(pathlib.Path(mean_model).read_bytes())
+    cfg = config_lib.apply_overrides(config_lib.get_preset("paper"), ["simulate.lens_light=true"])
+    config_lib.save_config(cfg, folder / CONFIG_YAML)
+    np.save(tmp_path / "galaxy.npy", _single_band(3.0))
+    thresholds = flags.model_thresholds(None, screen=False)
+    plain = prediction.predict_files(mean_model, [str(tmp_path / "galaxy.npy")],
+                                     output=str(tmp_path / "plain.csv"),
+                                     subtract_lens_light="never", thresholds=thresholds)
+    assert "lens_light" in plain[0]["flags"]  # the image does show lens light
+    capsys.readouterr()
+    (row,) = prediction.predict_files(str(folder), [str(tmp_path / "galaxy.npy")],
+                                      output=str(tmp_path / "net.csv"), thresholds=thresholds)
+    err = capsys.readouterr().err
+    assert row["lens_light_path"] == "network" and "lens_light" not in row["flags"]
+    assert row["theta_e"] == pytest.approx(plain[0]["theta_e"], abs=1e-6)  # as given
+    assert "trained on images with their lens light" in err
+    (row,) = prediction.predict_files(str(folder), [str(tmp_path / "galaxy.npy")],
+                                      output=str(tmp_path / "always.csv"), thresholds=thresholds,
+                                      subtract_lens_light="always")
+    assert row["lens_light_path"] == "subtract"
 
 
 def test_single_band_always_and_never_on_the_command_line(tmp_path, capsys, mean_model):
