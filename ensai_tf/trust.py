@@ -14,8 +14,7 @@ on fixed simulated sets:
   it (:func:`bad_sets`): pure noise and blank sky, unlensed galaxies, lens
   light left in, small cutouts, and arcs cut by the cutout's edge.
 
-Every set is deterministic: its images depend only on the config and the
-seeds given here.
+Every set is deterministic: its images depend only on the config and seeds.
 """
 
 import json
@@ -27,10 +26,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from scipy import ndimage
 
-from ensai_tf import atomic, flags, reports, uncertainty
-from ensai_tf.calibration import interval_multipliers
+from ensai_tf import atomic, conventions, flags, reports, uncertainty
 from ensai_tf import config as config_lib
-from ensai_tf import conventions
+from ensai_tf.calibration import interval_multipliers
 from ensai_tf.inference import load_calibration, load_predictor, predict_images
 from ensai_tf.preprocess.images import iter_prepared_array
 from ensai_tf.data import sources
