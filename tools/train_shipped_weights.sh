@@ -92,4 +92,34 @@ if [ ! -f trained_weights/screen/screen.json ]; then
     echo "== training the screening network"
     python tools/train_screen.py trained_weights/screen --cache "$WORK/screen_images"
 fi
-echo "== done: trained_weights/ holds the new networks, combiner, calibrations and screen"
+# The single-band network that sees the lens galaxy (docs/design.md §4, §5.7): AlexNet warm-started
+# from the shipped one, first at the arcs' scale, then with every image divided by its own peak.
+if [ ! -f "$WORK/arcs_lens_light/manifest.json" ]; then
+    echo "== pre-generating 20000 noise-free training arcs with lens light"
+    python - "$WORK/arcs_lens_light" <<'EOF'
+import dataclasses, sys
+from ensai_tf import config
+from ensai_tf.data.arcstore import pregenerate_arcs
+cfg = config.get_preset("cpu")
+cfg = dataclasses.replace(cfg, simulate=dataclasses.replace(cfg.simulate, lens_light=True))
+pregenerate_arcs(sys.argv[1], 20000, seed=40, config=cfg)
+EOF
+fi
+LL=(--model alexnet --preset cpu --set simulate.lens_light=true
+    --set "data.arcs_dir=$WORK/arcs_lens_light" --set train.learning_rate=1e-4)
+if [ ! -d "$WORK/runs/alexnet_lens_light_1/saved_model" ]; then
+    ensai train "${LL[@]}" --model-dir "$WORK/runs/alexnet_lens_light_1" \
+        --set train.init_weights=trained_weights/alexnet/model.keras \
+        --set train.time_budget_minutes=85
+fi
+if [ ! -d "$WORK/runs/alexnet_lens_light/saved_model" ]; then
+    ensai train "${LL[@]}" --model-dir "$WORK/runs/alexnet_lens_light" \
+        --set observe.peak_normalise=true \
+        --set "train.init_weights=$WORK/runs/alexnet_lens_light_1/model.keras" \
+        --set train.time_budget_minutes=50
+fi
+ensai evaluate "$WORK/runs/alexnet_lens_light" --set "simulate.lens_light_amplitude=[1.0,10.0]" \
+    --n 2000 --out "$WORK/runs/alexnet_lens_light/eval" --overwrite
+echo "== done: trained_weights/ holds the new networks, combiner, calibrations and screen;"
+echo "   $WORK/runs/alexnet_lens_light is the single-band lens-light network (copy its"
+echo "   model.keras, config.yaml and eval/ reports to trained_weights/alexnet_lens_light)"
