@@ -14,9 +14,9 @@ Every image is prepared as ``ensai predict`` prepares a user's image
 (:func:`ensai_tf.trust.prepare_stack`). Training draws one of the eight
 rotations and reflections of the square for every image of every batch
 (:class:`DihedralBatches`): none of the labels depends on orientation, so
-each image counts eight times for the price of one simulation. The thresholds are then fitted on
-clean lenses of the fixed validation split (:func:`ensai_tf.screen.fit_screen_thresholds`),
-and the detection rate of each label is measured on validation-split sets of
+each image counts eight times for the price of one simulation. The
+thresholds are then fitted on clean lenses of the fixed validation split
+(:func:`ensai_tf.screen.fit_screen_thresholds`), and the detection rate of each label is measured on validation-split sets of
 each kind, none of them seen in training. The trust report
 (``ensai evaluate --experiment trust``) measures it again on test-split sets.
 
@@ -57,7 +57,7 @@ TRAIN_SEED = 101
 """User seed of the screening network's training streams (offsets per kind)."""
 
 CHECK_N = 1000
-"""Validation lenses and validation-split images per kind used for thresholds and detection."""
+"""Validation-split images per kind on which the detection rates are measured."""
 
 THRESHOLD_N = 3000
 """Clean validation lenses the thresholds are fitted on (30 above a 1% budget)."""
