@@ -115,10 +115,9 @@ QUANTILE_BUDGET = {
 }
 """Fraction of the validation split each statistic's threshold may flag on its own.
 
-With the screening network's labels (:data:`ensai_tf.screen.SCREEN_BUDGET`,
-1.55%) they sum to 2%; flags overlap, so the union flags fewer. The screening
-network catches noise, cut arcs and lens light better than the statistics, so
-it has most of the budget (docs/design.md §8.7)."""
+With the screening network's labels (:data:`ensai_tf.screen.SCREEN_BUDGET`, 1.55%) they
+sum to 2%; flags overlap, so the union flags fewer. The screening network catches noise, cut
+arcs and lens light better than the statistics, so it has most (docs/design.md §8.7)."""
 
 STATISTICS_CHUNK = 256
 """Images whose statistics are computed at once (bounds the memory of the float64 copies)."""

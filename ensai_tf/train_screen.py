@@ -168,12 +168,12 @@ def screen_training_set(cfg, sizes=None, seed=TRAIN_SEED):
 
 
 def _check_sets(cfg, n):
-    """Validation-split images of each kind: clean, lens light, unlensed, edge-cut."""
+    """Validation-split images of each bad kind: lens light, unlensed, edge-cut (the clean
+    lenses that fix the thresholds come from :func:`screen_thresholds_and_rates`)."""
     clean, _, _ = collect_fixed_split(cfg, n, "validation")
     lens_light, _, _ = collect_fixed_split(config_lib.experiment_config(cfg, "lens-light"), n,
                                            "validation")
     return {
-        "clean": trust.prepare_stack(clean)[0],
         "lens_light": trust.prepare_stack(lens_light)[0],
         "unlensed": trust.prepare_stack(
             trust.unlensed_galaxy_images(cfg, n, seed=TRAIN_SEED, split="validation"))[0],
