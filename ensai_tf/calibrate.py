@@ -36,7 +36,9 @@ from ensai_tf.flags import fit_flag_thresholds, image_statistics
 from ensai_tf.model_dir import CALIBRATION_JSON, model_source
 from ensai_tf.models import combiner, ensemble
 from ensai_tf.models.loading import float32_model, load_keras_model
+from ensai_tf.preprocess.images import iter_prepared_array
 from ensai_tf.run_dir import data_cache_dir, run_config, trained_keras_file
+from ensai_tf.screen import load_screen
 
 __all__ = [
     "CALIBRATION_PREVIOUS_JSON",
@@ -51,16 +53,27 @@ CALIBRATION_PREVIOUS_JSON = "calibration-previous.json"
 """The calibration that :func:`calibrate` replaced, kept beside the new one."""
 
 
+def _flag_statistics(images, params, screen):
+    """:func:`ensai_tf.flags.image_statistics` of single-band validation images prepared as
+    ``ensai predict`` prepares a user's, with the screening network's probabilities."""
+    images = np.asarray(images)
+    images = images[..., 0] if images.ndim == 4 else images
+    prepared = np.stack([p.image for p in iter_prepared_array(images, npix=images.shape[-1])])
+    return image_statistics(prepared, np.asarray(params)[:, :conventions.NUM_PARAMS],
+                            screen=screen)
+
+
 def _validation_outputs(model, cfg):
     """Raw outputs of ``model``, the truths and the quality-flag statistics
-    (:func:`ensai_tf.flags.image_statistics`) on the fixed validation split, float64."""
+    (:func:`_flag_statistics`) on the fixed validation split, float64."""
     val_ds = make_dataset("validation", cfg, seed=cfg.data.seed,
                           batch_size=cfg.evaluate.batch_size, cache_dir=data_cache_dir(cfg))
     outputs, truths, stats = [], [], []
+    screen = load_screen()
     for images, params in val_ds:
         outputs.append(np.asarray(model(images, training=False), dtype=np.float64))
         truths.append(np.asarray(params, dtype=np.float64))
-        stats.append(image_statistics(np.asarray(images), outputs[-1][:, :conventions.NUM_PARAMS]))
+        stats.append(_flag_statistics(images, outputs[-1], screen))
     stats = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
     return np.concatenate(outputs), np.concatenate(truths), stats
 
@@ -206,7 +219,7 @@ def calibrate_spread(folder, config=None, n=None):
     aligned, mean = _aligned_and_mean(model, method, images, cfg.evaluate.batch_size)
     calibration = fit_spread_calibration(aligned, mean, truth, method)
     calibration["fitted_on"] = f"validation split, {len(truth)} lenses"
-    calibration["flags"] = fit_flag_thresholds(image_statistics(images, mean))
+    calibration["flags"] = fit_flag_thresholds(_flag_statistics(images, mean, load_screen()))
     final = folder / CALIBRATION_JSON
     if final.is_file():
         os.replace(final, folder / CALIBRATION_PREVIOUS_JSON)

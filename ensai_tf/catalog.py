@@ -57,7 +57,8 @@ import numpy as np
 from ensai_tf import conventions
 from ensai_tf.catalog_rows import CATALOG_COLUMNS, CatalogEntry, iter_catalog, parse_shard
 from ensai_tf.errors import InputError, ModelDirError
-from ensai_tf.flags import FLAG_ADVICE, FLAG_NAMES
+from ensai_tf.flag_messages import FLAG_ADVICE
+from ensai_tf.flags import FLAG_NAMES
 from ensai_tf.inference import result_rows
 from ensai_tf.prediction import lens_light_lines, load_table_predictor
 from ensai_tf.preprocess.window import prepare_lens_file

@@ -110,8 +110,8 @@ def _cmd_evaluate(args):
     if args.symmetrize and (len(args.model) > 1 or args.experiment in ("ica", "lens-light")):
         raise InputError("--symmetrize evaluates one model on the test set; it is not available "
                          f"with several models or --experiment {args.experiment}")
-    if args.lens_light_model and args.experiment != "lens-light":
-        raise InputError("--lens-light-model is read by --experiment lens-light only")
+    if (args.lens_light_model or args.two_band_model) and args.experiment != "lens-light":
+        raise InputError("--lens-light-model/--two-band-model go with --experiment lens-light")
     if len(args.model) > 1:
         if args.experiment != "shear" or not args.out:
             raise InputError("several models are compared only with --experiment shear and an "
@@ -126,8 +126,8 @@ def _cmd_evaluate(args):
         return
     if args.experiment == "lens-light":
         _workflow("lens_light_report").evaluate_lens_light(
-            model, n=args.n, out_dir=args.out, config=_resolve_config(args),
-            lens_light_model=args.lens_light_model, overwrite=args.overwrite)
+            model, n=args.n, out_dir=args.out, config=_resolve_config(args), overwrite=args.overwrite,
+            lens_light_model=args.lens_light_model, two_band_model=args.two_band_model)
         return
     if args.experiment == "trust":
         _workflow("trust").evaluate_trust(model, n=args.n, out_dir=args.out,
@@ -192,7 +192,7 @@ def _cmd_predict(args):
         args.model, pair[0], pair[1], output=args.output, ra=args.ra, dec=args.dec, x=args.x,
         y=args.y, masks=args.mask, sky_masks=args.mask_sky, psf_fwhm=args.psf_fwhm,
         cosmic_rays=args.cosmic_rays, hdu=args.hdu, pixel_scale=args.pixel_scale,
-        plot=args.plot, lens_light=path)
+        plot=args.plot, lens_light=path if args.lens_light or args.ica else None)
 
 
 def _cmd_export(args):
@@ -298,9 +298,9 @@ def _add_evaluate(sub):
                         "the errors of ICA, fitted lens-light subtraction and a lens-light network "
                         "on two-band lenses against colour ratio and lens brightness; trust: "
                         "interval coverage on shifted sets, quality-flag rates and detection rates")
-    p.add_argument("--lens-light-model", default=None, metavar="FOLDER",
-                   help="with --experiment lens-light: a single-band network trained with lens "
-                        "light, fed the red band as it is")
+    for flag, what in (("--lens-light-model", "a one-band network trained with lens light"),
+                       ("--two-band-model", "a network trained on both bands")):
+        p.add_argument(flag, default=None, metavar="FOLDER", help=f"--experiment lens-light: {what}")
     p.add_argument("--out", default=None,
                    help="output folder, never the model's own (default: "
                         "./ensai_eval/<model name>[-EXP][-d4])")

@@ -60,16 +60,17 @@ def export_saved_model(model, path, verbose=False):
         ``path`` as a ``pathlib.Path``.
 
     Raises:
-        ValueError: the model does not take ``(B, H, W, 1)`` images or does not
+        ValueError: the model does not take ``(B, H, W, 1)`` (or two-band
+            ``(B, H, W, 2)``) images or does not
             return 5 parameters.
     """
     # the endpoint serves in float32 whatever the training precision was
     model = float32_model(model)
     in_shape = tuple(model.input_shape)
     out_shape = tuple(model.output_shape)
-    if len(in_shape) != 4 or in_shape[-1] != 1:
-        raise ValueError(f"export_saved_model needs a model taking (B, H, W, 1) images, "
-                         f"got input shape {in_shape}")
+    if len(in_shape) != 4 or in_shape[-1] not in (1, 2):
+        raise ValueError(f"export_saved_model needs a model taking (B, H, W, 1) images, or "
+                         f"(B, H, W, 2) for two bands, got input shape {in_shape}")
     try:
         if len(out_shape) != 2:
             raise ValueError("not (B, width)")

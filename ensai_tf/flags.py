@@ -29,7 +29,8 @@ and :func:`quality_flags` turns the statistics into flag names:
 Where the screening network ships (``trained_weights/screen``, :mod:`ensai_tf.screen`),
 its probabilities join the statistics: ``no_lens`` is also raised by its
 ``no_lens`` label (an unlensed galaxy), ``lens_light`` by its ``lens_light``
-label, and ``small_field`` by its ``edge_cut`` label (docs/design.md §8.7).
+label or by its probability times the central peak (``central_light``), and
+``small_field`` by its ``edge_cut`` label (docs/design.md §8.7).
 
 Thresholds are fitted on the fixed validation split (:func:`fit_flag_thresholds`)
 and stored under ``"flags"`` in the model's ``calibration.json``; without them
@@ -57,13 +58,10 @@ from ensai_tf.screen import load_screen, screen_scores
 __all__ = [
     "DEFAULT_THRESHOLDS",
     "FLAG_NAMES",
-    "FLAG_ADVICE",
     "QUANTILE_BUDGET",
     "fit_flag_thresholds",
     "flag_columns",
     "flag_masks",
-    "format_flags",
-    "warning_lines",
     "image_statistics",
     "model_thresholds",
     "ood_percentile",
@@ -73,19 +71,6 @@ __all__ = [
 FLAG_NAMES = ("no_lens", "lens_light", "small_field", "out_of_distribution")
 """The quality flags, in the order they are listed in a row's ``flags``."""
 
-FLAG_ADVICE = {
-    "no_lens": "no lensed arcs found (blank sky, noise or a single galaxy); the parameters are "
-               "meaningless",
-    "lens_light": "a bright smooth light at the lens centre, which the networks never saw; "
-                  "subtract a fitted lens light (--subtract-lens-light always) or give a "
-                  "second band with --bands",
-    "small_field": "the image covers less than the 7.68 arcsec field or the arcs touch its "
-                   "edge; give a larger cutout centred on the lens",
-    "out_of_distribution": "the predicted lens does not focus the arcs back onto a compact "
-                           "source; the image is unlike the training data, treat the numbers "
-                           "with caution",
-}
-"""One line per flag: why it was raised and what to do."""
 
 BRIGHT_FRACTION = 0.2
 """A pixel is bright when its 3x3 median exceeds this fraction of the peak above the background."""
@@ -110,8 +95,9 @@ QUANTILE_BUDGET = {
     "significance": 0.001,
     "concentration": 0.0,
     "central_peak": 0.0005,
+    "central_light": 0.0025,
     "edge_fraction": 0.0,
-    "focus_ratio": 0.003,
+    "focus_ratio": 0.0005,
 }
 """Fraction of the validation split each statistic's threshold may flag on its own.
 
@@ -132,6 +118,7 @@ DEFAULT_THRESHOLDS = {
     "significance": 3.117,
     "concentration": 1.0,
     "central_peak": 0.937,
+    "central_light": 1.0,
     "edge_fraction": 0.11,
     "focus_ratio": 0.921,
     "focus_reference": [0.0, 0.038, 0.05, 0.059, 0.068, 0.075, 0.084, 0.096, 0.107, 0.118, 0.134,
@@ -348,6 +335,8 @@ def fit_flag_thresholds(stats, budget=None):
     share = budget["central_peak"] * n / max(int(wide.sum()), 1)
     out["central_peak"] = float(np.quantile(stats["central_peak"][wide], 1.0 - min(share, 1.0))) \
         if wide.any() else 1.0
+    out["central_light"] = float(np.quantile(_central_light(stats), 1.0 - budget["central_light"])
+                                 ) if "screen_lens_light" in stats else 1.0  # 1: never raised
     levels = np.linspace(0.0, 1.0, REFERENCE_QUANTILES)
     out["focus_reference"] = np.quantile(stats["focus_ratio"], levels).round(6).tolist()
     out["fitted_on"] = f"validation split, {n} lenses"
@@ -372,6 +361,13 @@ def ood_percentile(stats, thresholds):
         return np.full(focus.shape, np.nan)
     levels = np.linspace(0.0, 100.0, reference.size)
     return np.interp(focus, reference, levels, left=0.0, right=100.0)
+
+
+def _central_light(stats):
+    """The screening network's lens-light probability times the central peak: high when both
+    the network suspects lens light and the light peaks at the lens centre, whatever theta_E
+    the lens networks, misled by that light, predict."""
+    return np.asarray(stats["screen_lens_light"]) * np.asarray(stats["central_peak"])
 
 
 def _screen_masks(stats, screen):
@@ -404,11 +400,13 @@ def flag_masks(stats, thresholds=None, npix=conventions.NPIX):
         | (stats["concentration"] > t["concentration"]) | screened["no_lens"]
     small = (stats["footprint_fraction"] < 1.0 - FOOTPRINT_TOLERANCE / npix) \
         | (stats["edge_fraction"] > t["edge_fraction"]) | screened["edge_cut"]
+    central = (stats["central_peak"] > t["central_peak"]) \
+        & (stats["theta_e"] >= LENS_LIGHT_MIN_THETA_E)
+    if "screen_lens_light" in stats:
+        central |= _central_light(stats) > t.get("central_light", 1.0)
     return {
         "no_lens": no_lens,
-        "lens_light": ~no_lens & (((stats["central_peak"] > t["central_peak"])
-                                   & (stats["theta_e"] >= LENS_LIGHT_MIN_THETA_E))
-                                  | screened["lens_light"]),
+        "lens_light": ~no_lens & (central | screened["lens_light"]),
         "small_field": small,
         "out_of_distribution": ~no_lens & (stats["focus_ratio"] > t["focus_ratio"]),
     }
@@ -474,27 +472,3 @@ def model_thresholds(calibration, screen=True):
         merged.update(calibration["flags"])
     merged["screen"] = load_screen() if screen is True else (screen or None)
     return merged
-
-
-def format_flags(names):
-    """A row's ``flags`` cell in CSV: names joined by semicolons, empty when none."""
-    return ";".join(names)
-
-
-def warning_lines(flagged):
-    """One warning line per flagged file: the flags, how many images raised them, what to do.
-
-    Args:
-        flagged: dict file -> dict flag name -> number of images of that file
-            that raised it.
-
-    Returns:
-        list of strings, one per file, in the order given.
-    """
-    lines = []
-    for file, counts in flagged.items():
-        names = [name for name in FLAG_NAMES if counts.get(name)]
-        reasons = "; ".join(f"{name} ({counts[name]} image{'s' * (counts[name] > 1)}): "
-                            f"{FLAG_ADVICE[name]}" for name in names)
-        lines.append(f"ensai predict: warning: {file}: {reasons}")
-    return lines

@@ -36,6 +36,7 @@ from ensai_tf.tables import INTERVAL_LEVEL, PA_FRAME_IMAGE, PA_FRAME_SKY
 __all__ = [
     "ENDPOINT",
     "InferenceModel",
+    "input_bands",
     "load_calibration",
     "load_for_inference",
     "load_predictor",
@@ -206,8 +207,32 @@ def _to_numpy(outputs):
     return np.asarray(outputs)
 
 
+def input_bands(predict_fn):
+    """Bands (input channels) a :func:`load_predictor` function reads: 1, or 2 for a
+    network trained on two bands (docs/design.md §5.10); 1 when the model does not say.
+
+    Example:
+        >>> import keras
+        >>> fn = lambda images: images
+        >>> fn.holder = keras.Sequential([keras.Input((8, 8, 2))])
+        >>> input_bands(fn)
+        2
+    """
+    holder = getattr(predict_fn, "holder", None)
+    shape = getattr(holder, "input_shape", None)
+    if shape is None and hasattr(holder, "serve"):
+        shape = _saved_model_input_shape(holder.serve)
+    return int(shape[-1]) if shape is not None and len(shape) in (3, 4) and shape[-1] else 1
+
+
 def _saved_model_npix(fn):
     """Input side of a SavedModel serving function, or None when unknown."""
+    shape = _saved_model_input_shape(fn)
+    return shape[1] if shape is not None else None
+
+
+def _saved_model_input_shape(fn):
+    """Input shape ``(B, H, W, C)`` of a SavedModel serving function, or None when unknown."""
     signature = getattr(fn, "structured_input_signature", None)
     if signature is None:
         concrete = getattr(fn, "concrete_functions", None) or ()
@@ -215,7 +240,7 @@ def _saved_model_npix(fn):
     if signature is None:
         return None
     specs = [s for s in list(signature[0]) + list(signature[1].values()) if hasattr(s, "shape")]
-    return specs[0].shape[1] if specs and len(specs[0].shape) == 4 else None
+    return tuple(specs[0].shape) if specs and len(specs[0].shape) == 4 else None
 
 
 

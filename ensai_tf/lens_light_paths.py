@@ -24,12 +24,14 @@ from ensai_tf.prediction import LENS_LIGHT_FLAG
 from ensai_tf.preprocess import ica
 from ensai_tf.preprocess.images import PreparedImage, normalise_peak
 from ensai_tf.realdata.lens_light import subtract_single_band
+from ensai_tf.realdata.psf import match_psfs
 
 __all__ = [
     "TwoBandBatch",
     "SingleBand",
     "make_batch",
     "image_path",
+    "stacked_bands_path",
     "single_band_paths",
     "standard_paths",
 ]
@@ -42,6 +44,7 @@ _SINGLE_FITTED = "single band, fitted subtraction"
 _SINGLE_AUTO = "single band, auto"
 _NETWORK = "lens-light network"
 _NETWORK_SCALED = "lens-light network, truth-scaled"
+_TWO_BAND_NETWORK = "two-band network"
 _CHUNK = 100  # images per forward pass of the single-band paths
 
 @dataclasses.dataclass
@@ -243,7 +246,36 @@ def _red_band_truth_scaled(batch, i):
     return batch.red[i] / batch.arc_peak_red[i]
 
 
-def standard_paths(predict_fn, lens_light_fn=None, table_predictor=None):
+def _matched_bands(batch, i):
+    """Lens ``i``'s PSF-matched bands, each over its own peak, as ``(n, n, 2)`` channels."""
+    blue, red = match_psfs(batch.blue[i], batch.red[i], batch.fwhm_blue[i], batch.fwhm_red[i],
+                           batch.pixel_scale)
+    return np.stack([normalise_peak(blue, "blue band"), normalise_peak(red, "red band")],
+                    axis=-1).astype(np.float32)
+
+
+def stacked_bands_path(predict_fn):
+    """The path of a network trained on both bands (docs/design.md §5.10).
+
+    Each lens's bands are PSF-matched and scaled to their own peaks, as
+    ``ensai predict --bands`` prepares them for such a network
+    (:func:`ensai_tf.realdata.lens_light.stack_bands`), and read together.
+
+    Args:
+        predict_fn: a :func:`ensai_tf.inference.load_predictor` function taking
+            ``(B, n, n, 2)`` images (blue, red).
+
+    Returns:
+        ``path(batch)`` -> ``(N, 5)`` float64 parameters.
+    """
+    def path(batch):
+        return predict_images(predict_fn, np.stack([_matched_bands(batch, i)
+                                                    for i in range(len(batch))]))
+
+    return path
+
+
+def standard_paths(predict_fn, lens_light_fn=None, table_predictor=None, two_band_fn=None):
     """The paths of the report, by name, in report order (the ceiling is separate).
 
     Args:
@@ -252,6 +284,7 @@ def standard_paths(predict_fn, lens_light_fn=None, table_predictor=None):
         table_predictor: optional :class:`ensai_tf.prediction.TablePredictor`
             of the evaluated network, for the single-band paths
             (:func:`single_band_paths`).
+        two_band_fn: optional network trained on both bands (:func:`stacked_bands_path`).
 
     Returns:
         dict ``{name: path}``, each path mapping a :class:`TwoBandBatch` to
@@ -265,4 +298,6 @@ def standard_paths(predict_fn, lens_light_fn=None, table_predictor=None):
     if lens_light_fn is not None:
         paths[_NETWORK] = image_path(_red_band, lens_light_fn)
         paths[_NETWORK_SCALED] = image_path(_red_band_truth_scaled, lens_light_fn)
+    if two_band_fn is not None:
+        paths[_TWO_BAND_NETWORK] = stacked_bands_path(two_band_fn)
     return paths

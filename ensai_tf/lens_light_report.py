@@ -33,8 +33,9 @@ two bands into the five parameters:
 
 A path is a function of a :class:`~ensai_tf.lens_light_paths.TwoBandBatch`
 (the lenses of one colour ratio) that returns ``(N, 5)`` parameters
-(:mod:`ensai_tf.lens_light_paths`); :data:`TWO_BAND_NETWORK_PATHS` is the slot
-for a two-band network. The report holds the five 68% errors
+(:mod:`ensai_tf.lens_light_paths`); given a two-band model, ``two-band network``: a
+network trained on both bands (docs/design.md §5.10), fed the PSF-matched bands, each
+scaled to its own peak. The report holds the five 68% errors
 (docs/design.md §8.2, after parity correction) per path, colour ratio and brightness
 bin: ``lens_light.json``, ``lens_light.md`` and ``lens_light.png`` (the
 theta_E error against colour ratio, one line per path, the ceiling dashed).
@@ -69,7 +70,6 @@ __all__ = [
     "BRIGHTNESS_RANGE",
     "BRIGHTNESS_BINS",
     "ARCS_ALONE",
-    "TWO_BAND_NETWORK_PATHS",
     "LENS_LIGHT_JSON",
     "LENS_LIGHT_MD",
     "LENS_LIGHT_PNG",
@@ -96,12 +96,6 @@ BRIGHTNESS_RANGE = (1.0, 10.0)
 
 BRIGHTNESS_BINS = ((1.0, 3.0), (3.0, 10.0))
 """Brightness bins of the report, ``[lo, hi)`` (the last one closed)."""
-
-TWO_BAND_NETWORK_PATHS = {}
-"""Slot for more paths, e.g. a network that reads both bands: ``{name: function}``,
-each function mapping a :class:`~ensai_tf.lens_light_paths.TwoBandBatch` to ``(N, 5)`` parameters (arcsec, -, -,
-arcsec, arcsec). Every entry becomes one more row of the tables and line of the plot
-of :func:`lens_light_experiment` (empty until such a network exists)."""
 
 LENS_LIGHT_JSON = "lens_light.json"
 LENS_LIGHT_MD = "lens_light.md"
@@ -158,7 +152,8 @@ def _load(model, npix_expected, what):
 
 def lens_light_experiment(model, n=16, seed=0, colour_ratios=twoband.COLOUR_RATIOS, config=None,
                           lens_light_model=None, arcs=None, params=None, paths=None,
-                          fit_model="mge", draw_kwargs=None, single_band=True):
+                          fit_model="mge", draw_kwargs=None, single_band=True,
+                          two_band_model=None):
     """The five 68% errors of every path, per colour ratio and brightness bin.
 
     Args:
@@ -171,10 +166,12 @@ def lens_light_experiment(model, n=16, seed=0, colour_ratios=twoband.COLOUR_RATI
         lens_light_model: optional single-band network trained with lens light.
         arcs, params: optional precomputed noise-free arcs ``(n, 192, 192[, 1])``
             and parameters ``(n, 5)`` (skips the simulation).
-        paths: optional extra ``{name: path}`` (as :data:`TWO_BAND_NETWORK_PATHS`).
+        paths: optional extra ``{name: path}``, each mapping a :class:`TwoBandBatch` to
+            ``(N, 5)`` parameters.
         fit_model: lens-light model of the fitted paths, ``"mge"`` or ``"sersic"``.
         draw_kwargs: keyword arguments of :func:`ensai_tf.twoband.sample_two_band`.
         single_band: run the three single-band paths (:func:`single_band_paths`).
+        two_band_model: optional network trained on both bands (docs/design.md §5.10).
 
     Returns:
         dict: ``"paths"`` (names, the ceiling first), ``"colour_ratios"``,
@@ -194,9 +191,11 @@ def lens_light_experiment(model, n=16, seed=0, colour_ratios=twoband.COLOUR_RATI
     predict_fn = _load(model, arcs.shape[1], "model")
     lens_light_fn = (None if lens_light_model is None
                      else _load(lens_light_model, arcs.shape[1], "lens-light model"))
+    two_band_fn = (None if two_band_model is None
+                   else _load(two_band_model, arcs.shape[1], "two-band model"))
     table_predictor = load_table_predictor(model) if single_band else None
-    all_paths = dict(standard_paths(predict_fn, lens_light_fn, table_predictor),
-                     **TWO_BAND_NETWORK_PATHS, **(paths or {}))
+    all_paths = dict(standard_paths(predict_fn, lens_light_fn, table_predictor, two_band_fn),
+                     **(paths or {}))
     draws = twoband.sample_two_band(np.array([int(seed), 84], np.int64), params,
                                     **(draw_kwargs or {}))
     brightness = draw_brightness(seed, len(arcs))
@@ -225,7 +224,8 @@ def lens_light_experiment(model, n=16, seed=0, colour_ratios=twoband.COLOUR_RATI
     rep_bins = {k: np.tile(v, reps) for k, v in bins.items()}
     return {
         "model": str(model), "lens_light_model": None if lens_light_model is None
-        else str(lens_light_model), "n": int(len(arcs)), "seed": int(seed),
+        else str(lens_light_model), "two_band_model": None if two_band_model is None
+        else str(two_band_model), "n": int(len(arcs)), "seed": int(seed),
         "fit_model": fit_model, "colour_ratios": [str(k) for k in colour_ratios],
         "brightness_range": list(BRIGHTNESS_RANGE), "bins": list(bins),
         "counts": {k: int(v.sum()) for k, v in bins.items()}, "paths": list(errors),
@@ -244,8 +244,8 @@ def _seconds(values):
 
 
 def evaluate_lens_light(model, n=None, out_dir=None, config=None, seed=0, lens_light_model=None,
-                        overwrite=False, fit_model="mge"):
-    """``ensai evaluate MODEL --experiment lens-light [--lens-light-model FOLDER]``.
+                        overwrite=False, fit_model="mge", two_band_model=None):
+    """``ensai evaluate MODEL --experiment lens-light [--lens-light-model A] [--two-band-model B]``.
 
     Args:
         model: the network of the arcs paths.
@@ -259,6 +259,7 @@ def evaluate_lens_light(model, n=None, out_dir=None, config=None, seed=0, lens_l
         lens_light_model: optional single-band network trained with lens light.
         overwrite: write into an existing non-empty folder.
         fit_model: lens-light model of the fitted paths.
+        two_band_model: optional network trained on both bands (docs/design.md §5.10).
 
     Returns:
         The summary dict of :func:`lens_light_experiment`, also written to
@@ -269,10 +270,12 @@ def evaluate_lens_light(model, n=None, out_dir=None, config=None, seed=0, lens_l
     if n < 1:
         raise InputError(f"n must be >= 1, got {n}")
     out = check_out_dir(out_dir or default_out_dir(model, EXPERIMENT), model, overwrite)
-    if lens_light_model is not None:
-        check_out_dir(out, lens_light_model, overwrite=True)
+    for other in (lens_light_model, two_band_model):
+        if other is not None:
+            check_out_dir(out, other, overwrite=True)
     summary = lens_light_experiment(model, n=n, seed=seed, config=cfg,
-                                    lens_light_model=lens_light_model, fit_model=fit_model)
+                                    lens_light_model=lens_light_model, fit_model=fit_model,
+                                    two_band_model=two_band_model)
     out.mkdir(parents=True, exist_ok=True)
     atomic.write_text(out / LENS_LIGHT_JSON, json.dumps(summary, indent=1) + "\n")
     text = lens_light_markdown(summary)

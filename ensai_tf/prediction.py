@@ -24,9 +24,10 @@ import time
 import numpy as np
 
 from ensai_tf import conventions, model_dir, symmetry, uncertainty
-from ensai_tf.flags import flag_columns, model_thresholds, warning_lines
+from ensai_tf.flag_messages import warning_lines
+from ensai_tf.flags import flag_columns, model_thresholds
 from ensai_tf.errors import InputError, ModelDirError
-from ensai_tf.inference import (load_calibration, load_predictor, result_rows,
+from ensai_tf.inference import (input_bands, load_calibration, load_predictor, result_rows,
                                 uncertainty_columns)
 from ensai_tf.preprocess.images import iter_prepared, iter_prepared_array
 from ensai_tf.preprocess.reading import FITS_SUFFIXES, as_stack
@@ -257,12 +258,15 @@ def load_table_predictor(model, symmetrize=False, trust_savedmodel=False):
         :class:`TablePredictor`.
 
     Raises:
-        InputError: ``symmetrize`` with a Gaussian-head model.
+        InputError: ``symmetrize`` with a Gaussian-head model, or a two-band model.
         ModelDirError: a missing or corrupt model.
     """
     # averaging over flips and rotations works on point estimates: no spread head then
     predict_fn, npix = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel,
                                       with_spread=not symmetrize)
+    if input_bands(predict_fn) != 1:
+        raise InputError(f"model {str(model)!r} reads two bands (blue and red); give them "
+                         "as --bands BLUE.fits RED.fits")
     if symmetrize:
         predict_fn = symmetry.symmetrize(predict_fn)  # refuses a Gaussian head at the warm-up
     # warm-up: build and trace once, not timed; its width tells the head

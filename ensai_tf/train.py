@@ -323,7 +323,7 @@ def _build_compiled(cfg, resume):
         ``(model, frozen)``: the model and its frozen batch-norm layers.
     """
     t = cfg.train
-    model = models.build_model(cfg.model.name, input_shape=(cfg.image.npix, cfg.image.npix, 1),
+    model = models.build_model(cfg.model.name, input_shape=(cfg.image.npix, cfg.image.npix, cfg.bands.count),
                                **_model_kwargs(cfg))
     model = _float32_outputs(model)
     frozen = freeze_batch_norm(model) if t.freeze_batch_norm else []
@@ -466,6 +466,10 @@ def _load_init_weights(model, path):
             [tuple(w.shape) for w in layer.weights]
         if same:
             layer.set_weights(other.get_weights())
+        elif layer is with_weights[0] and other is not None and _spread_bands(layer, other):
+            print(f"ensai train: init_weights: first layer {layer.name!r} reads "
+                  f"{layer.weights[0].shape[-2]} bands; each starts with the trained "
+                  "single-band kernel over the number of bands", flush=True)
         elif layer is with_weights[-1] and other is not None:
             print(f"ensai train: init_weights: output layer {layer.name!r} has another shape "
                   "in the trained file (a new head); it starts fresh", flush=True)
@@ -474,6 +478,18 @@ def _load_init_weights(model, path):
                                 f"{model.name} network being trained: layer {layer.name!r} "
                                 + ("is missing" if other is None else "has other weight shapes")
                                 + " in the trained file")
+
+
+def _spread_bands(layer, trained):
+    """Give a first layer reading K bands the trained one-band kernel / K per band; True if done."""
+    mine, theirs = layer.get_weights(), trained.get_weights()
+    if len(mine) != len(theirs) or not mine or theirs[0].ndim < 2 or theirs[0].shape[-2] != 1 \
+            or mine[0].shape[:-2] + mine[0].shape[-1:] != theirs[0].shape[:-2] + theirs[0].shape[-1:] \
+            or any(a.shape != b.shape for a, b in zip(mine[1:], theirs[1:])):
+        return False
+    bands = mine[0].shape[-2]
+    layer.set_weights([np.repeat(theirs[0], bands, axis=-2) / bands] + theirs[1:])
+    return True
 
 
 def _model_kwargs(cfg):

@@ -94,12 +94,12 @@ def write_fits():
 
 @pytest.fixture
 def constant_model():
-    """``constant_model(path)``: a ``.keras`` model predicting (1.2, 0.2, 0, 0.04, -0.08) for
-    any 192x192 image; returns its path as a str."""
+    """``constant_model(path, bands=1)``: a ``.keras`` model predicting (1.2, 0.2, 0, 0.04,
+    -0.08) for any 192x192 image of ``bands`` channels; returns its path as a str."""
     import keras
 
-    def make(path):
-        inp = keras.Input((192, 192, 1))
+    def make(path, bands=1):
+        inp = keras.Input((192, 192, bands))
         out = keras.layers.Dense(5, kernel_initializer="zeros",
                                  bias_initializer=keras.initializers.Constant(
                                      [1.2, 0.2, 0.0, 0.04, -0.08]))(

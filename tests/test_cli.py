@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ensai_tf import cli
-from ensai_tf.flags import FLAG_ADVICE
+from ensai_tf.flag_messages import FLAG_ADVICE
 
 
 def _run(capsys, *argv):

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from ensai_tf import flags
+from ensai_tf import flag_messages, flags
 from ensai_tf.calibrate import write_calibration
 from ensai_tf.data.render import render_sie_sersic
 from ensai_tf.inference import load_calibration
@@ -108,7 +108,7 @@ def test_flags_column_in_csv_and_json(tmp_path):
 
 
 def test_warning_line_names_file_reason_and_advice():
-    (line,) = flags.warning_lines({"a.fits": {"lens_light": 1}})
+    (line,) = flag_messages.warning_lines({"a.fits": {"lens_light": 1}})
     assert "a.fits" in line and "lens_light" in line and "--bands" in line
 
 

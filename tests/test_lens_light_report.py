@@ -10,10 +10,11 @@ import json
 import numpy as np
 import pytest
 
-from ensai_tf import cli, conventions, lens_light_report, twoband
+from ensai_tf import cli, conventions, lens_light_paths, lens_light_report, twoband
 from ensai_tf.errors import InputError
 from ensai_tf.evaluate import default_out_dir
 from ensai_tf.preprocess.images import normalise_peak
+from ensai_tf.realdata.psf import match_psfs
 
 S = conventions.PIXEL_SCALE
 STANDARD = ["arcs alone", "ICA", "fitted subtraction + ICA", "fitted subtraction",
@@ -53,7 +54,7 @@ def test_brightness_sets_the_red_band_and_not_the_colour_ratio():
     assert len(high) == 2 and high.colour_ratio == 10.0
 
 
-def test_report_plumbing_with_a_constant_model(tmp_path, constant_model, monkeypatch):
+def test_report_plumbing_with_a_constant_model(tmp_path, constant_model):
     model = constant_model(tmp_path / "m.keras")
     arcs, params = _ring_arcs(3)
     seen = []
@@ -63,10 +64,9 @@ def test_report_plumbing_with_a_constant_model(tmp_path, constant_model, monkeyp
         # the constant model's float32 outputs, so that the errors match exactly
         return np.tile(np.float32([1.2, 0.2, 0.0, 0.04, -0.08]), (len(batch), 1))
 
-    monkeypatch.setitem(lens_light_report.TWO_BAND_NETWORK_PATHS, "two-band network",
-                        two_band_network)
     summary = lens_light_report.lens_light_experiment(
-        model, arcs=arcs, params=params, colour_ratios=(2.0, 5.0), lens_light_model=model)
+        model, arcs=arcs, params=params, colour_ratios=(2.0, 5.0), lens_light_model=model,
+        paths={"two-band network": two_band_network})
     assert summary["paths"] == STANDARD + NETWORK + ["two-band network"]
     assert seen == [(2.0, (3, 192, 192), (3, 192, 192)), (5.0, (3, 192, 192), (3, 192, 192))]
     assert summary["colour_ratios"] == ["2.0", "5.0"]
@@ -88,6 +88,31 @@ def test_report_plumbing_with_a_constant_model(tmp_path, constant_model, monkeyp
     assert (tmp_path / "plot.png").stat().st_size > 10_000
 
 
+def test_two_band_network_reads_matched_bands_scaled_to_their_peaks(tmp_path, constant_model):
+    """The two-band path feeds a (blue, red) network the PSF-matched bands, each of peak 1."""
+    model = constant_model(tmp_path / "two.keras", bands=2)
+    arcs, params = _ring_arcs(2)
+    draws = twoband.sample_two_band(np.array([0, 84], np.int64), params)
+    batch = lens_light_report.make_batch(arcs, params, draws, np.array([2.0, 7.0]), 3.0)
+    seen = []
+
+    def predict_fn(images):
+        seen.append(np.array(images))
+        return np.tile([1.2, 0.2, 0.0, 0.04, -0.08], (len(images), 1))
+
+    out = lens_light_paths.stacked_bands_path(predict_fn)(batch)
+    assert out.shape == (2, 5) and seen[0].shape == (2, 192, 192, 2)
+    for i in range(2):
+        blue, red = match_psfs(batch.blue[i], batch.red[i], batch.fwhm_blue[i], batch.fwhm_red[i])
+        np.testing.assert_allclose(seen[0][i, ..., 0], normalise_peak(blue), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(seen[0][i, ..., 1], normalise_peak(red), rtol=1e-6, atol=1e-7)
+    summary = lens_light_report.lens_light_experiment(
+        constant_model(tmp_path / "m.keras"), arcs=arcs, params=params, colour_ratios=(2.0,),
+        two_band_model=model, single_band=False)
+    assert summary["paths"][-1] == "two-band network"
+    assert summary["two_band_model"] == model
+
+
 def test_cli_evaluate_lens_light(tmp_path, constant_model):
     model = constant_model(tmp_path / "m.keras")
     out = tmp_path / "ev"
@@ -107,8 +132,9 @@ def test_cli_evaluate_lens_light(tmp_path, constant_model):
 
 def test_lens_light_model_needs_the_lens_light_experiment(tmp_path, constant_model, capsys):
     model = constant_model(tmp_path / "m.keras")
-    assert cli.main(["evaluate", model, "--lens-light-model", model, "--n", "2"]) != 0
-    assert "--lens-light-model is read by --experiment lens-light only" in capsys.readouterr().err
+    for flag in ("--lens-light-model", "--two-band-model"):
+        assert cli.main(["evaluate", model, flag, model, "--n", "2"]) != 0
+        assert "go with --experiment lens-light" in capsys.readouterr().err
 
 
 def test_default_folder_and_bad_n(tmp_path, constant_model):

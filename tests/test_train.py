@@ -163,6 +163,29 @@ def test_init_weights_starts_from_a_trained_file(tmp_path, tiny, cache, trained)
         train.train(bad, tmp_path / "c", verbose=0)
 
 
+def test_two_band_run_starts_from_a_one_band_file(tmp_path, tiny, cache, trained):
+    """bands.count=2 (docs/design.md §5.10): the network reads (blue, red) channels, and a
+    one-band init_weights file starts it with its first kernel halved in each band."""
+    first = trained / "a" / "model.keras"
+    source = keras.saving.load_model(first, compile=False)
+    cfg = config.apply_overrides(small_config(cache), [
+        "bands.count=2", "simulate.lens_light=true", f"train.init_weights={first}"])
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["weights"] = [np.array(w) for w in self.model.get_weights()]
+
+    train.train(cfg, tmp_path / "two", verbose=0, callbacks=[Capture()])
+    kernel, trained_kernel = seen["weights"][0], source.get_weights()[0]
+    assert kernel.shape[-2] == 2 and trained_kernel.shape[-2] == 1
+    np.testing.assert_array_equal(kernel, np.repeat(trained_kernel, 2, axis=-2) / 2)
+    for x, y in zip(source.get_weights()[1:], seen["weights"][1:]):
+        np.testing.assert_array_equal(x, y)
+    fn, _ = inference.load_predictor(tmp_path / "two")
+    assert fn(np.zeros((2, NPIX, NPIX, 2), np.float32)).shape == (2, 5)
+
+
 @pytest.mark.parametrize("frozen", [True, False])
 def test_freeze_batch_norm_keeps_the_initial_statistics(tmp_path, cache, monkeypatch, frozen):
     """train.freeze_batch_norm: the batch-norm moving statistics and offset of init_weights

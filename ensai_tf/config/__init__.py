@@ -21,7 +21,7 @@ from ensai_tf.config.experiments import EXPERIMENTS, experiment_config
 from ensai_tf.config.overrides import (apply_overrides, config_from_dict, config_to_dict,
                                        load_config, save_config, valid_keys)
 from ensai_tf.config.presets import PRESETS, get_preset
-from ensai_tf.config.schema import (MAX_QUOTED, ConfigError, DataConfig, EvalConfig, ExperimentConfig,
+from ensai_tf.config.schema import (MAX_QUOTED, BandsConfig, ConfigError, DataConfig, EvalConfig, ExperimentConfig,
                                     ImageConfig, LensPrior, ModelConfig, ObserveConfig,
                                     SimulateConfig, SourceConfig, TrainConfig, quote_value,
                                     target_count)
@@ -36,6 +36,7 @@ __all__ = [
     "SourceConfig",
     "SimulateConfig",
     "ObserveConfig",
+    "BandsConfig",
     "DataConfig",
     "ModelConfig",
     "TrainConfig",

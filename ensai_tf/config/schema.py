@@ -23,6 +23,7 @@ __all__ = [
     "SourceConfig",
     "SimulateConfig",
     "ObserveConfig",
+    "BandsConfig",
     "DataConfig",
     "ModelConfig",
     "TrainConfig",
@@ -219,6 +220,18 @@ class ObserveConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class BandsConfig:
+    """Filters a network reads at once (docs/design.md §5.10)."""
+
+    count: int = _value(1, lo=1, hi=2, doc="1: one filter; 2: two filters as channels (blue, "
+                                            "red), observed apart and PSF-matched (§5.10)")
+    colour_ratio: tuple = _range((1.2, 15.0), lo=0.0, lo_open=True,
+                                 doc="kappa, how much bluer the arcs are than the lens light "
+                                     "(blue/red of the arcs over that of the lens), "
+                                     "log-uniform (§5.10)")
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     """Dataset sizes, seeds and caches (docs/design.md §3.7)."""
 
@@ -300,6 +313,7 @@ class ExperimentConfig:
     source: SourceConfig = dataclasses.field(default_factory=SourceConfig)
     simulate: SimulateConfig = dataclasses.field(default_factory=SimulateConfig)
     observe: ObserveConfig = dataclasses.field(default_factory=ObserveConfig)
+    bands: BandsConfig = dataclasses.field(default_factory=BandsConfig)
     data: DataConfig = dataclasses.field(default_factory=DataConfig)
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)

@@ -33,6 +33,7 @@ __all__ = [
     "DATA_SECTIONS",
     "SIM_CODE_MODULES",
     "CODE_MODULES",
+    "TWO_BAND_CODE_MODULES",
     "default_cache_dir",
     "data_fingerprint",
     "cache_key",
@@ -70,6 +71,11 @@ CODE_MODULES = SIM_CODE_MODULES + (
 the observation effects, the sources or the noise models invalidates old caches. An arc
 store, made before any observation effect, hashes only :data:`SIM_CODE_MODULES`, so a
 change to an observation effect leaves it valid."""
+
+TWO_BAND_CODE_MODULES = ("ensai_tf.data.two_bands",)
+"""Modules hashed besides :data:`CODE_MODULES` into the key of two-band data
+(``bands.count = 2``, docs/design.md §5.10), whose ``bands`` section joins the key too;
+single-band data depend on neither."""
 
 
 def _split_size(split, cfg):
@@ -124,13 +130,19 @@ def data_fingerprint(config, sections=DATA_SECTIONS):
             image, lens, source, simulate and observe).
 
     Returns:
-        dict with ``"format"``, ``"config"`` (``{section: dict}``),
-        ``"sim_batch_size"`` and ``"code_sha256"`` (of :data:`CODE_MODULES`, or of
-        :data:`SIM_CODE_MODULES` when ``sections`` leaves out ``observe``);
-        JSON-serialisable.
+        dict with ``"format"``, ``"config"`` (``{section: dict}``, with ``bands``
+        for two-band data), ``"sim_batch_size"`` and ``"code_sha256"`` (of
+        :data:`CODE_MODULES`, plus :data:`TWO_BAND_CODE_MODULES` for two-band
+        data, or of :data:`SIM_CODE_MODULES` when ``sections`` leaves out
+        ``observe``); JSON-serialisable.
     """
+    two_bands = "observe" in sections and config.bands.count > 1
+    if two_bands:
+        sections = tuple(sections) + ("bands",)
+    modules = SIM_CODE_MODULES if "observe" not in sections else \
+        CODE_MODULES + (TWO_BAND_CODE_MODULES if two_bands else ())
     code = hashlib.sha256()
-    for name in CODE_MODULES if "observe" in sections else SIM_CODE_MODULES:
+    for name in modules:
         module = importlib.import_module(name)
         code.update(pathlib.Path(module.__file__).read_bytes())
     return {

@@ -74,11 +74,21 @@ __all__ = [
     "sample_masks",
     "mask_from_draws",
     "apply_masks",
+    "check_inputs",
+    "redraw_non_finite",
     "observe",
 ]
 
 
-def _check_inputs(arcs, params, seeds, lens_light):
+def check_inputs(arcs, params, seeds, lens_light):
+    """Validate and cast the inputs of :func:`observe`.
+
+    Returns:
+        ``(arcs float32, params, seeds int64, lens_light float32 or None)``.
+
+    Raises:
+        InputError: for inputs of the wrong rank, shape or dtype.
+    """
     arcs = tf.convert_to_tensor(arcs)
     params = tf.convert_to_tensor(params)
     seeds = tf.convert_to_tensor(seeds)
@@ -166,7 +176,7 @@ def observe(arcs, params, seeds, cfg, training=True, lens_light=None):
     Raises:
         InputError: for inputs of the wrong rank, shape or dtype.
     """
-    arcs, params, seeds, lens_light = _check_inputs(arcs, params, seeds, lens_light)
+    arcs, params, seeds, lens_light = check_inputs(arcs, params, seeds, lens_light)
     kernel = psf_kernel(cfg, arcs.shape[1])
     spectrum = noise_spectrum(cfg, arcs.shape[1])
 
@@ -178,10 +188,27 @@ def observe(arcs, params, seeds, cfg, training=True, lens_light=None):
     # same seeds, so the same images.
     run = tf.function(chain, autograph=False).get_concrete_function(
         tf.TensorSpec(seeds.shape, tf.int64))
+    return redraw_non_finite(run, seeds, cfg.max_redraws)
+
+
+def redraw_non_finite(run, seeds, max_redraws):
+    """Run a traced effect chain and redraw its non-finite examples (docs/design.md §9 #23 [R]).
+
+    Args:
+        run: the traced chain, ``(B, 2)`` int64 seeds -> dict with ``"image"``,
+            ``"params"`` and ``"draws"``.
+        seeds: ``(B, 2)`` int64 per-example seeds.
+        max_redraws: attempts at most (``cfg.max_redraws``).
+
+    Returns:
+        the chain's result, every non-finite example replaced by its first
+        finite redraw from ``fold_in(fold_in(seed_i, REDRAW), attempt)``;
+        ``draws["redraw_attempt"]`` (0 = first pass).
+    """
     out = run(seeds)
     out["draws"]["redraw_attempt"] = tf.zeros_like(seeds[:, 0], tf.int32)
-    if cfg.max_redraws > 0:
-        out = _redraw(run, seeds, out, cfg.max_redraws)
+    if max_redraws > 0:
+        out = _redraw(run, seeds, out, max_redraws)
     tf.debugging.Assert(tf.reduce_all(_finite(out)), [
         "observe: examples still non-finite after cfg.max_redraws redraws; "
         "check the input arcs and params for NaN/Inf"])

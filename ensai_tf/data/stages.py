@@ -19,7 +19,7 @@ import tensorflow as tf
 from ensai_tf.conventions import NUM_PARAMS, SHEAR_NAMES
 from ensai_tf.data import observe as observe_lib
 from ensai_tf.data import simulate as simulate_lib
-from ensai_tf.data import sources
+from ensai_tf.data import sources, two_bands
 
 __all__ = [
     "EXAMPLE_KEYS",
@@ -48,8 +48,9 @@ EXAMPLE_KEYS = {
     "attempts": "(B,) int: candidates drawn before acceptance (docs/design.md §3.5)",
     "placement_rule": "(B,) int: source placement rule, 0 = A, 1 = B (docs/design.md §3.3)",
     "lens_light": "(B, n, n, 1) float32: optional lens light (docs/design.md §4 [R])",
-    "image": "(B, n, n, 1) float32: observed image, masked pixels exactly 0",
-    "mask": "(B, n, n, 1) float32: 1 = kept, 0 = masked",
+    "image": "(B, n, n, C) float32: observed image, masked pixels exactly 0; C = bands.count "
+             "(two bands: blue, red, docs/design.md §5.10)",
+    "mask": "(B, n, n, C) float32: 1 = kept, 0 = masked",
     "draws": "dict of (B, ...) tensors: the observation draws (docs/design.md §11 rule 3)",
 }
 """Keys of the canonical example dict (docs/design.md §11 rule 1), with shapes and units.
@@ -134,9 +135,12 @@ def observe_stage(example, config, training):
         the dict with ``"image"``, ``"params"``, ``"clean_params"``,
         ``"mask"`` and ``"draws"``.
     """
-    obs = observe_lib.observe(example["arcs"], example["params"], observe_seeds(example["seed"]),
-                              config.observe, training=training,
-                              lens_light=example.get("lens_light"))
+    args = (example["arcs"], example["params"], observe_seeds(example["seed"]), config.observe)
+    if config.bands.count == 2:
+        obs = two_bands.observe_two_bands(*args, config.bands, training=training,
+                                          lens_light=example.get("lens_light"))
+    else:
+        obs = observe_lib.observe(*args, training=training, lens_light=example.get("lens_light"))
     out = dict(example)
     out["clean_params"] = example["params"]
     out.update(image=obs["image"], params=tf.cast(obs["params"], tf.float32),

@@ -188,7 +188,7 @@ def _write_batches(ds, tmp, n, cfg, progress):
         the contact-sheet lenses: ``{"image", "params", "mask"}`` lists of arrays.
     """
     images, _, _ = open_npy(tmp / "images.npy", np.float32,
-                            (n, cfg.image.npix, cfg.image.npix, 1))
+                            (n, cfg.image.npix, cfg.image.npix, cfg.bands.count))
     draws = pipeline.ArrayStreams(tmp / "draws", n)
     sheet = {"image": [], "params": [], "mask": [], "sources": []}
     filled = 0

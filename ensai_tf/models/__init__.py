@@ -71,7 +71,7 @@ def build_model(name, input_shape=IMAGE_SHAPE, **kwargs):
     Args:
         name: one of ``MODEL_BUILDERS`` (``"inception_v4"``, ``"alexnet"``,
             ``"overfeat"``, ``"ensai_net"``).
-        input_shape: ``(H, W, 1)``, pixels (default 192x192x1).
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands (default 192x192x1).
         **kwargs: passed to the builder (``num_outputs``, ``name``, and
             ``bn_mode`` for Inception-v4).
 

@@ -41,7 +41,7 @@ def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, wi
     """AlexNet regressor (docs/design.md §6.5.2), about 36.8 M trainable parameters.
 
     Args:
-        input_shape: ``(H, W, 1)``, pixels; each side must be in 163..194.
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands; each side must be in 163..194.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
         width: multiplier of every hidden layer's filters and units (1 = the

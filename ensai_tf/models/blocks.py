@@ -82,7 +82,7 @@ def check_input_shape(input_shape, arch, accepts):
     """Raise a ValueError naming the accepted sizes if ``input_shape`` does not fit.
 
     Args:
-        input_shape: ``(H, W, 1)``, pixels.
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands.
         arch: architecture name, for the message.
         accepts: function ``side -> bool`` telling whether one image side,
             pixels, passes every VALID stage of the architecture (all stages
@@ -92,8 +92,8 @@ def check_input_shape(input_shape, arch, accepts):
         ``input_shape`` as a tuple of ints.
     """
     shape = tuple(input_shape)
-    if len(shape) != 3 or shape[-1] != 1:
-        raise ValueError(f"{arch} takes single-channel images of shape (H, W, 1), "
+    if len(shape) != 3 or shape[-1] not in (1, 2):
+        raise ValueError(f"{arch} takes images of shape (H, W, 1), or (H, W, 2) for two bands, "
                          f"got input_shape {shape}")
     if any(s is None or int(s) < 1 for s in shape[:2]):
         raise ValueError(f"{arch} needs a fixed positive image size, got input_shape {shape}")
@@ -118,7 +118,7 @@ def model_input(input_shape, arch, accepts):
     subtraction of a nearly equal offset would lose most digits in bfloat16.
 
     Args:
-        input_shape: ``(H, W, 1)``, pixels.
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands.
         arch: architecture name, for error messages.
         accepts: function ``side -> bool`` of the architecture (see
             :func:`check_input_shape`).

@@ -52,7 +52,7 @@ def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, 
     ``i`` = 1..8, then ``flatten``, ``fc1`` and ``params``.
 
     Args:
-        input_shape: ``(H, W, 1)``, pixels; sides >= 4.
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands; sides >= 4.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
         fc_units: width of the hidden FC layer (512, docs/design.md §6.5.4).

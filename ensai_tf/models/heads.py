@@ -34,7 +34,7 @@ def build_uncertainty_model(name, input_shape, covariance="diagonal", n_targets=
 
     Args:
         name: architecture name for :func:`ensai_tf.models.build_model`.
-        input_shape: ``(H, W, 1)``, pixels.
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands.
         covariance: ``"diagonal"`` or ``"full"``.
         n_targets: 5, or 7 to predict the shear too.
         **kwargs: passed to the builder (not ``num_outputs``).

@@ -140,7 +140,7 @@ def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARC
     """Inception-v4 regressor (docs/design.md §6.5.1), about 41 M trainable parameters.
 
     Args:
-        input_shape: ``(H, W, 1)``, pixels; sides >= 75.
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands; sides >= 75.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
         bn_mode: ``"train"`` (default, docs/design.md §6.5.1 [R]): every conv is

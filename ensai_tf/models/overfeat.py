@@ -40,7 +40,7 @@ def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, w
     from the flattened fc8 map; ``fc8`` keeps the slim name.
 
     Args:
-        input_shape: ``(H, W, 1)``, pixels; sides >= 103.
+        input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands; sides >= 103.
         num_outputs: outputs of the last layer (5 lens parameters).
         name: model name.
         width: multiplier of every hidden layer's filters and units (1 = the

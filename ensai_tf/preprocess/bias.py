@@ -39,8 +39,9 @@ class BiasRemoval(keras.layers.Layer):
         **kwargs: standard layer arguments (``name``, ``dtype``).
 
     Input shape:
-        ``(B, H, W, 1)`` images, image units (any linear flux unit),
-        masked pixels exactly 0; ``H, W >= window``.
+        ``(B, H, W, C)`` images, one band per channel (C = 1, or 2 for
+        two-band networks, docs/design.md §5.10), image units (any linear flux
+        unit), masked pixels exactly 0; ``H, W >= window``.
 
     Output shape:
         Same as the input, same units.
@@ -58,9 +59,9 @@ class BiasRemoval(keras.layers.Layer):
 
     def build(self, input_shape):
         shape = tuple(input_shape)
-        if len(shape) != 4 or shape[-1] != 1:
+        if len(shape) != 4:
             raise ValueError(
-                f"BiasRemoval expects single-channel images of shape (batch, H, W, 1), "
+                f"BiasRemoval expects images of shape (batch, H, W, bands), "
                 f"got input shape {shape}")
         for side in shape[1:3]:
             if side is not None and side < self.window:
@@ -73,7 +74,7 @@ class BiasRemoval(keras.layers.Layer):
         unmasked = ops.cast(ops.not_equal(inputs, 0), inputs.dtype)
         filled = inputs + self.masked_offset * (1.0 - unmasked)
         smoothed = ops.average_pool(filled, pool_size=self.window, strides=1, padding="valid")
-        bias = ops.min(smoothed, axis=(1, 2, 3), keepdims=True)
+        bias = ops.min(smoothed, axis=(1, 2), keepdims=True)  # per image and band
         # masked pixels: 0 - b * 0 = 0 exactly (docs/design.md §6.1 step 5)
         return inputs - bias * unmasked
 

@@ -54,6 +54,7 @@ __all__ = [
     "unmix_cutout",
     "subtract_two_bands",
     "separate_arcs",
+    "stack_bands",
     "describe_arcs",
     "subtract_single_band",
 ]
@@ -178,8 +179,10 @@ class TwoBandArcs:
     """The network input of a two-band cutout and how it was made (:func:`separate_arcs`).
 
     Attributes:
-        image: ``(npix, npix, 1)`` float32 network input, masked pixels exactly 0.
-        path: the path taken, one of :data:`LENS_LIGHT_PATHS`.
+        image: ``(npix, npix, 1)`` float32 network input, masked pixels exactly 0
+            (``(npix, npix, 2)``, blue and red, for a two-band network, :func:`stack_bands`).
+        path: the path taken, one of :data:`LENS_LIGHT_PATHS`, or
+            :data:`NETWORK_LENS_LIGHT_PATH` for a two-band network.
         ica: the :class:`~ensai_tf.preprocess.ica.IcaResult` (``"ica"``: of the
             bands; ``"subtract+ica"``: of the residuals), or None.
         fitted: the :class:`FittedArcs` of the subtraction paths, or None.
@@ -297,6 +300,29 @@ def separate_arcs(cutout, path=DEFAULT_LENS_LIGHT_PATH, psf_fwhm=None):
                        fitted=fitted)
 
 
+def stack_bands(cutout):
+    """The input of a network that reads both bands (docs/design.md §5.10).
+
+    The PSF-matched cutout's blue and red bands as channels, each divided by
+    its own peak (:func:`~ensai_tf.preprocess.images.normalise_peak`, as the
+    network's training images were, docs/design.md §5.7); nothing is fitted or unmixed.
+
+    Args:
+        cutout: :class:`~ensai_tf.realdata.cutout.TwoBandCutout`.
+
+    Returns:
+        :class:`TwoBandArcs` with a ``(npix, npix, 2)`` float32 image (blue, red)
+        and path :data:`NETWORK_LENS_LIGHT_PATH`.
+
+    Raises:
+        InputError: a band that is all masked, constant or without signal.
+    """
+    bands = [normalise_peak(band, f"{cutout.name} ({colour} band)")
+             for band, colour in ((cutout.blue, "blue"), (cutout.red, "red"))]
+    return TwoBandArcs(image=np.stack(bands, axis=-1).astype(np.float32),
+                       path=NETWORK_LENS_LIGHT_PATH)
+
+
 def describe_arcs(arcs):
     """One line on how a :class:`TwoBandArcs` was made, for ``ensai predict``'s stderr.
 
@@ -306,6 +332,8 @@ def describe_arcs(arcs):
         >>> describe_arcs(TwoBandArcs(image=None, path="subtract", fitted=fitted))[:62]
         'lens light fitted and subtracted (red-band fit: centre (0.01, '
     """
+    if arcs.path == NETWORK_LENS_LIGHT_PATH:
+        return "the two-band network reads both PSF-matched bands, each scaled to its own peak"
     parts = []
     if arcs.fitted is not None:
         fit = arcs.fitted.fit_red

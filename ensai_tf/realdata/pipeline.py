@@ -18,14 +18,15 @@ import numpy as np
 
 from ensai_tf import conventions, plotting
 from ensai_tf.errors import InputError
-from ensai_tf.inference import (load_calibration, load_predictor, predict_images,
+from ensai_tf.inference import (input_bands, load_calibration, load_predictor, predict_images,
                                 uncertainty_columns)
 from ensai_tf.lensing import caustics
 from ensai_tf.preprocess.images import PreparedImage
 from ensai_tf.uncertainty import head_layout
 from ensai_tf.realdata.cutout import cut_two_bands
-from ensai_tf.realdata.lens_light import (DEFAULT_LENS_LIGHT_PATH, TwoBandArcs,
-                                          check_lens_light_path, describe_arcs, separate_arcs)
+from ensai_tf.realdata.lens_light import (DEFAULT_LENS_LIGHT_PATH, NETWORK_LENS_LIGHT_PATH,
+                                          TwoBandArcs, check_lens_light_path, describe_arcs,
+                                          separate_arcs, stack_bands)
 from ensai_tf.realdata.masks import parse_mask_specs
 from ensai_tf.realdata.sky import (Band, pixel_to_sky_jacobian, position_angle_east_of_north,
                                    read_band)
@@ -33,7 +34,7 @@ from ensai_tf.tables import (LENS_LIGHT_COLUMN, PA_FRAME_IMAGE, PA_FRAME_SKY, ch
                              output_columns, output_format, write_table)
 
 __all__ = ["plot_diagnostic", "prediction_summary", "cutout_row", "band_files",
-           "prepare_two_band", "predict_two_band"]
+           "two_band_path", "prepare_two_band", "predict_two_band"]
 
 
 def prediction_summary(row):
@@ -210,6 +211,29 @@ def _check_request(ra, dec, x, y, output, plot):
                          "does not exist")
 
 
+def two_band_path(lens_light, bands):
+    """The lens-light path of a two-band request for a model that reads ``bands`` bands.
+
+    A network trained on both bands (docs/design.md §5.10) reads them itself
+    (:data:`~ensai_tf.realdata.lens_light.NETWORK_LENS_LIGHT_PATH`); a one-band
+    network gets ``lens_light``, by default
+    :data:`~ensai_tf.realdata.lens_light.DEFAULT_LENS_LIGHT_PATH`.
+
+    Raises:
+        InputError: a path asked of a two-band network, or an unknown path.
+
+    Example:
+        >>> two_band_path(None, 2), two_band_path(None, 1), two_band_path("ica", 1)
+        ('network', 'subtract', 'ica')
+    """
+    if bands == 2:
+        if lens_light not in (None, NETWORK_LENS_LIGHT_PATH):
+            raise InputError(f"this model reads both bands itself (it was trained on two bands); "
+                             f"--lens-light {lens_light} is for one-band models")
+        return NETWORK_LENS_LIGHT_PATH
+    return check_lens_light_path(lens_light or DEFAULT_LENS_LIGHT_PATH)
+
+
 def prepare_two_band(blue, red, label=None, position=None, sky=None, masks=(), psf_fwhm=None,
                      cosmic_rays=None, npix=conventions.NPIX, hdu=None, pixel_scale=None,
                      lens_light=DEFAULT_LENS_LIGHT_PATH):
@@ -223,7 +247,8 @@ def prepare_two_band(blue, red, label=None, position=None, sky=None, masks=(), p
             :func:`~ensai_tf.realdata.cutout.cut_two_bands` (``masks`` parsed).
         hdu, pixel_scale: as :func:`~ensai_tf.realdata.sky.read_band`.
         lens_light: ``"subtract"``, ``"ica"`` or ``"subtract+ica"``
-            (:func:`~ensai_tf.realdata.lens_light.separate_arcs`).
+            (:func:`~ensai_tf.realdata.lens_light.separate_arcs`), or ``"network"``
+            for a two-band network (:func:`~ensai_tf.realdata.lens_light.stack_bands`).
 
     Returns:
         ``(item, cutout, arcs)``: the :class:`~ensai_tf.preprocess.images.PreparedImage`
@@ -235,11 +260,13 @@ def prepare_two_band(blue, red, label=None, position=None, sky=None, masks=(), p
         InputError: unreadable or unalignable files, a bad position or path,
             or a lens-light fit or ICA that cannot run (naming the files).
     """
-    check_lens_light_path(lens_light)
+    network = lens_light == NETWORK_LENS_LIGHT_PATH
+    if not network:
+        check_lens_light_path(lens_light)
     bands = [b if isinstance(b, Band) else read_band(b, hdu, pixel_scale) for b in (blue, red)]
     cutout = cut_two_bands(bands[0], bands[1], position=position, sky=sky, masks=masks,
                            psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix)
-    arcs = separate_arcs(cutout, lens_light, psf_fwhm)
+    arcs = stack_bands(cutout) if network else separate_arcs(cutout, lens_light, psf_fwhm)
     label = cutout.name if label is None else str(label)
     item = PreparedImage(name=label, file=label, index=0, image=arcs.image,
                          centre_pix=cutout.frame.centre,
@@ -249,7 +276,7 @@ def prepare_two_band(blue, red, label=None, position=None, sky=None, masks=(), p
 
 def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=None,
                      masks=(), sky_masks=(), psf_fwhm=None, cosmic_rays=None, hdu=None,
-                     pixel_scale=None, plot=None, lens_light=DEFAULT_LENS_LIGHT_PATH):
+                     pixel_scale=None, plot=None, lens_light=None):
     """Lens parameters from two FITS bands (``ensai predict --bands``).
 
     Args:
@@ -268,10 +295,11 @@ def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=
         hdu: HDU index or EXTNAME used in both files; None = first image.
         pixel_scale: arcsec per pixel for files without a WCS.
         plot: optional path of the diagnostic PNG (:func:`plot_diagnostic`).
-        lens_light: how the lens light goes
+        lens_light: how the lens light goes for a one-band model
             (:data:`ensai_tf.realdata.lens_light.LENS_LIGHT_PATHS`):
             ``"subtract"`` (default, the most accurate measured,
-            docs/design.md §8.4), ``"ica"`` or ``"subtract+ica"``.
+            docs/design.md §8.4), ``"ica"`` or ``"subtract+ica"``; a model
+            trained on two bands reads them itself (:func:`two_band_path`).
 
     Returns:
         list with one row dict (:data:`ensai_tf.tables.OUTPUT_COLUMNS`): the
@@ -283,11 +311,13 @@ def predict_two_band(model, blue, red, output="-", ra=None, dec=None, x=None, y=
         InputError: bad files, positions, masks, path or output (naming them).
         ModelDirError: a missing or corrupt model.
     """
-    check_lens_light_path(lens_light)
+    if lens_light not in (None, NETWORK_LENS_LIGHT_PATH):
+        check_lens_light_path(lens_light)
     _check_request(ra, dec, x, y, output, plot)
     bands = [read_band(p, hdu, pixel_scale) for p in (blue, red)]
     mask_items = parse_mask_specs(masks, pixel=True) + parse_mask_specs(sky_masks, pixel=False)
     predict_fn, npix = load_predictor(model, raw=True)
+    lens_light = two_band_path(lens_light, input_bands(predict_fn))
     _, cutout, arcs = prepare_two_band(bands[0], bands[1], position=None if x is None else (x, y),
                                        sky=None if ra is None else (ra, dec), masks=mask_items,
                                        psf_fwhm=psf_fwhm, cosmic_rays=cosmic_rays, npix=npix,

@@ -117,10 +117,19 @@ def test_alexnet_range_is_bounded_by_its_4x4_fc6():
 def test_bad_name_channels_and_bn_mode():
     with pytest.raises(ValueError, match="unknown model"):
         build_model("resnet")
-    with pytest.raises(ValueError, match=r"\(H, W, 1\)"):
+    with pytest.raises(ValueError, match=r"\(H, W, 1\), or \(H, W, 2\) for two bands"):
         build_model("ensai_net", input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match="bn_mode"):
         build_model("inception_v4", input_shape=(75, 75, 1), bn_mode="off")
+
+
+def test_two_band_input_builds_and_runs():
+    """Two filters as channels (docs/design.md §5.10): only the first layer's kernel grows."""
+    one = build_model("ensai_net", input_shape=(32, 32, 1))
+    two = build_model("ensai_net", input_shape=(32, 32, 2))
+    assert two.predict_on_batch(np.zeros((1, 32, 32, 2), np.float32)).shape == (1, 5)
+    grown = [(a.shape, b.shape) for a, b in zip(one.weights, two.weights) if a.shape != b.shape]
+    assert len(grown) == 1 and grown[0][1][-2] == 2 and grown[0][0][-2] == 1
 
 
 def test_smallest_accepted_inputs_build_and_run():

@@ -52,6 +52,14 @@ def test_matches_closed_form():
     np.testing.assert_allclose(np.asarray(BiasRemoval()(images)), expected, rtol=1e-6, atol=1e-6)
 
 
+def test_each_band_loses_its_own_bias():
+    """Two bands as channels (docs/design.md §5.10): each is treated as a one-band image."""
+    blue, red = _images(seed=2), _images(seed=3) + 5.0
+    out = np.asarray(BiasRemoval()(np.concatenate([blue, red], axis=-1)))
+    np.testing.assert_array_equal(out[..., :1], np.asarray(BiasRemoval()(blue)))
+    np.testing.assert_array_equal(out[..., 1:], np.asarray(BiasRemoval()(red)))
+
+
 def test_constant_offset_is_removed_exactly():
     images = _images(seed=2)
     base = np.asarray(BiasRemoval()(images))
@@ -68,7 +76,7 @@ def test_fully_masked_windows_never_set_the_bias():
     np.testing.assert_array_equal(out[0, :6, :6, 0], 0.0)
 
 
-@pytest.mark.parametrize("shape", [(24, 24, 3), (24, 24), (2, 2, 1)])
+@pytest.mark.parametrize("shape", [(24, 24, 1, 1), (24, 24), (2, 2, 1)])
 def test_rejects_bad_input_shape(shape):
     with pytest.raises(ValueError, match="BiasRemoval"):
         BiasRemoval()(keras.Input(shape))

@@ -13,7 +13,7 @@ from realdata_files import lens_fits, make_wcs, write_fits
 from ensai_tf import cli, realdata
 from ensai_tf.errors import InputError
 from ensai_tf.preprocess import ica
-from ensai_tf.preprocess.images import fit_to_grid
+from ensai_tf.preprocess.images import fit_to_grid, normalise_peak
 
 
 def test_two_band_cutout_unmixes_to_the_arcs(tmp_path):
@@ -79,6 +79,28 @@ def test_cli_predict_bands(tmp_path, capsys, constant_model):
     # --ica with the positional files is the same path
     rc = cli.main(["predict", model, b, r, "--ica", "--output", str(tmp_path / "q.csv")])
     assert rc == 0
+
+
+def test_a_two_band_network_reads_both_bands(tmp_path, capsys, constant_model):
+    """A model trained on two bands (docs/design.md §5.10) gets the PSF-matched bands, each of
+    peak 1, as channels; it refuses a lens-light path and single-band images."""
+    b, r, _, _ = lens_fits(tmp_path)
+    model = constant_model(tmp_path / "two.keras", bands=2)
+    out = tmp_path / "p.json"
+    rc = cli.main(["predict", model, "--bands", b, r, "--psf-fwhm", "0.07", "0.09",
+                   "--output", str(out), "--plot", str(tmp_path / "d.png")])
+    assert rc == 0, capsys.readouterr().err
+    assert json.loads(out.read_text())[0]["lens_light_path"] == "network"
+    assert "two-band network reads both" in capsys.readouterr().err
+    _, cutout, arcs = realdata.prepare_two_band(b, r, psf_fwhm=(0.07, 0.09), lens_light="network")
+    assert arcs.image.shape == (192, 192, 2)
+    for k, band in enumerate((cutout.blue, cutout.red)):
+        np.testing.assert_allclose(arcs.image[..., k], normalise_peak(band), rtol=1e-6)
+    assert cli.main(["predict", model, "--bands", b, r, "--lens-light", "ica",
+                     "--output", str(tmp_path / "q.json")]) != 0
+    assert "reads both bands itself" in capsys.readouterr().err
+    assert cli.main(["predict", model, b, "--output", str(tmp_path / "s.json")]) != 0
+    assert "reads two bands" in capsys.readouterr().err
 
 
 def test_cli_bad_two_band_input(tmp_path, capsys, constant_model):
