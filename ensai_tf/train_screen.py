@@ -62,7 +62,7 @@ CHECK_N = 1000
 THRESHOLD_N = 3000
 """Clean validation lenses the thresholds are fitted on (30 above a 1% budget)."""
 
-EPOCHS = 30
+EPOCHS = 60
 """Default passes over the training images."""
 
 LEARNING_RATE = 1e-3

@@ -7,7 +7,7 @@ Writes ``OUT_DIR/model.keras`` and ``OUT_DIR/screen.json`` (thresholds fitted on
 clean validation lenses, detection rates on validation-split sets) and prints
 the detection rates; ``trained_weights/screen`` was made with the defaults
 (docs/design.md §8.7): 18,600 training images (2.7 GB in memory, about 18
-minutes to simulate on one core) and 30 epochs (about 40 minutes on one core).
+minutes to simulate on one core) and 60 epochs (about 90 minutes on one core).
 """
 
 import argparse
