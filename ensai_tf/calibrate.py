@@ -73,8 +73,9 @@ def _validation_outputs(model, cfg):
     for images, params in val_ds:
         outputs.append(np.asarray(model(images, training=False), dtype=np.float64))
         truths.append(np.asarray(params, dtype=np.float64))
-        stats.append(_flag_statistics(images, outputs[-1], screen))
-    stats = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]}
+        if images.shape[-1] == 1:  # the quality flags judge one-band images (§8.7)
+            stats.append(_flag_statistics(images, outputs[-1], screen))
+    stats = {k: np.concatenate([s[k] for s in stats]) for k in stats[0]} if stats else None
     return np.concatenate(outputs), np.concatenate(truths), stats
 
 
@@ -101,7 +102,8 @@ def calibrate_on_validation(model, cfg):
     calibration["names"] = list(conventions.target_names(truth.shape[1]))
     calibration["fitted_on"] = f"validation split, {truth.shape[0]} lenses"
     calibration["raw_coverage"] = {str(k): v.tolist() for k, v in raw.items()}
-    calibration["flags"] = fit_flag_thresholds(stats)
+    if stats is not None:
+        calibration["flags"] = fit_flag_thresholds(stats)
     return calibration
 
 
@@ -219,7 +221,8 @@ def calibrate_spread(folder, config=None, n=None):
     aligned, mean = _aligned_and_mean(model, method, images, cfg.evaluate.batch_size)
     calibration = fit_spread_calibration(aligned, mean, truth, method)
     calibration["fitted_on"] = f"validation split, {len(truth)} lenses"
-    calibration["flags"] = fit_flag_thresholds(_flag_statistics(images, mean, load_screen()))
+    if images.shape[-1] == 1:  # the quality flags judge one-band images (docs/design.md §8.7)
+        calibration["flags"] = fit_flag_thresholds(_flag_statistics(images, mean, load_screen()))
     final = folder / CALIBRATION_JSON
     if final.is_file():
         os.replace(final, folder / CALIBRATION_PREVIOUS_JSON)

@@ -361,7 +361,7 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
         predict_fn = symmetry.symmetrize(predict_fn)
     # trace once, untimed, before the test set is simulated: a model that --symmetrize
     # cannot average fails here, not after minutes of simulation
-    predict_fn(np.zeros((1, npix, npix, 1), np.float32))
+    predict_fn(np.zeros((1, npix, npix, cfg.bands.count), np.float32))
     images, true, extras = collect_test_set(cfg, n)
     start = time.perf_counter()
     raw = inference.predict_images(predict_fn, images, cfg.evaluate.batch_size)

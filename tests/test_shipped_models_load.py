@@ -22,9 +22,11 @@ from ensai_tf.preprocess import images as prep
 from ensai_tf.screen import SCREEN_FOLDER, load_screen
 
 SHIPPED = model_dir.shipped_weights_dir()
+TWO_BAND = "alexnet_two_band"
+"""The shipped network that reads two bands (tested on its own below)."""
 NETWORKS = sorted(p.parent.name for p in SHIPPED.glob(f"*/{model_dir.MODEL_KERAS}")
-                  if p.parent.name != SCREEN_FOLDER)
-"""The shipped lens-measuring networks (the screening network measures no lens)."""
+                  if p.parent.name not in (SCREEN_FOLDER, TWO_BAND))
+"""The shipped one-band lens-measuring networks (the screening network measures no lens)."""
 TOL = 1e-5
 """Absolute tolerance, arcsec or dimensionless: float32 rounding of one forward pass."""
 
@@ -71,6 +73,21 @@ print(json.dumps(out))
     for name in NETWORKS:
         want = _predict_csv(capsys, SHIPPED / name, image, tmp_path / f"{name}.csv")
         np.testing.assert_allclose(got[name], want, atol=TOL, rtol=0, err_msg=name)
+
+
+def test_plain_keras_loads_the_two_band_network():
+    """The two-band network (docs/design.md §5.10) reads (blue, red) channels; plain Keras
+    loads it in safe mode and it gives finite parameters."""
+    got = _run(f"""
+import json, numpy as np
+import ensai_tf, keras
+model = keras.models.load_model({str(SHIPPED / TWO_BAND / "model.keras")!r})
+x = np.random.default_rng(0).normal(0.0, 0.05, (2, 192, 192, 2)).astype(np.float32)
+out = np.asarray(model(x, training=False), dtype=np.float64)
+print(json.dumps({{"shape": list(model.input_shape[1:]), "finite": bool(np.isfinite(out).all()),
+                  "outputs": out.shape[1]}}))
+""")
+    assert got == {"shape": [192, 192, 2], "finite": True, "outputs": 5}
 
 
 def test_plain_keras_loads_the_screening_network(tmp_path):

@@ -94,7 +94,7 @@ def test_shipped_metrics_are_on_the_full_test_set():
 
 
 @pytest.mark.parametrize("name", ("alexnet", "ensai_net", "overfeat", "inception_v4",
-                                  "alexnet_shear"))
+                                  "alexnet_shear", "alexnet_lens_light", "alexnet_two_band"))
 def test_shipped_training_log_covers_every_stage(name):
     """log.csv: stages 1, 2, ... in order, each with epochs 0, 1, ... and finite losses."""
     import csv

@@ -118,8 +118,24 @@ if [ ! -d "$WORK/runs/alexnet_lens_light/saved_model" ]; then
         --set "train.init_weights=$WORK/runs/alexnet_lens_light_1/model.keras" \
         --set train.time_budget_minutes=50
 fi
-ensai evaluate "$WORK/runs/alexnet_lens_light" --set "simulate.lens_light_amplitude=[1.0,10.0]" \
-    --n 2000 --out "$WORK/runs/alexnet_lens_light/eval" --overwrite
+# the test lenses with their lens light, each image over its own peak, as the network was trained
+LL_TEST=(--set simulate.lens_light=true --set observe.peak_normalise=true
+         --set "simulate.lens_light_amplitude=[1.0,10.0]" --n 10000)
+ensai calibrate "$WORK/runs/alexnet_lens_light" --n 3000
+ensai evaluate "$WORK/runs/alexnet_lens_light" "${LL_TEST[@]}" \
+    --out "$WORK/runs/alexnet_lens_light/eval" --overwrite
+# The two-band network (docs/design.md §5.10): the same arcs and lens light in blue and red as
+# channels, warm-started from the single-band lens-light network.
+if [ ! -d "$WORK/runs/alexnet_two_band/saved_model" ]; then
+    ensai train "${LL[@]}" --model-dir "$WORK/runs/alexnet_two_band" \
+        --set bands.count=2 --set observe.peak_normalise=true \
+        --set "train.init_weights=$WORK/runs/alexnet_lens_light/model.keras" \
+        --set train.time_budget_minutes=75
+fi
+ensai calibrate "$WORK/runs/alexnet_two_band" --n 3000
+ensai evaluate "$WORK/runs/alexnet_two_band" "${LL_TEST[@]}" --set bands.count=2 \
+    --out "$WORK/runs/alexnet_two_band/eval" --overwrite
 echo "== done: trained_weights/ holds the new networks, combiner, calibrations and screen;"
-echo "   $WORK/runs/alexnet_lens_light is the single-band lens-light network (copy its"
-echo "   model.keras, config.yaml and eval/ reports to trained_weights/alexnet_lens_light)"
+echo "   $WORK/runs/alexnet_lens_light and $WORK/runs/alexnet_two_band are the lens-light"
+echo "   networks (copy their model.keras, config.yaml, log.csv and eval/ reports to"
+echo "   trained_weights/alexnet_lens_light and trained_weights/alexnet_two_band)"
