@@ -446,9 +446,9 @@ def freeze_batch_norm(model):
 def _load_init_weights(model, path):
     """Start from the weights of a trained ``.keras`` file of the same architecture.
 
-    Weights are copied layer by layer, matched by name. Only the output layer
-    may differ in shape (a new head: Gaussian outputs or the shear);
-    it then keeps its fresh initialisation, and the message says so.
+    Weights are copied layer by layer, matched by name. Only the output layer may differ in
+    shape (a new head: Gaussian outputs or the shear; it keeps its fresh initialisation, and the
+    message says so), and the first one in its bands (:func:`_spread_bands`).
     """
     source = pathlib.Path(path).expanduser()
     if not source.is_file() or source.suffix != ".keras":
@@ -462,14 +462,11 @@ def _load_init_weights(model, path):
     with_weights = [layer for layer in model.layers if layer.weights]
     for layer in with_weights:
         other = by_name.get(layer.name)
-        same = other is not None and [tuple(w.shape) for w in other.weights] == \
-            [tuple(w.shape) for w in layer.weights]
-        if same:
+        if other is not None and [w.shape for w in other.weights] == [w.shape for w in layer.weights]:
             layer.set_weights(other.get_weights())
         elif layer is with_weights[0] and other is not None and _spread_bands(layer, other):
-            print(f"ensai train: init_weights: first layer {layer.name!r} reads "
-                  f"{layer.weights[0].shape[-2]} bands; each starts with the trained "
-                  "single-band kernel over the number of bands", flush=True)
+            print(f"ensai train: init_weights: first layer {layer.name!r} starts with the "
+                  "trained one-band kernel over the number of bands", flush=True)
         elif layer is with_weights[-1] and other is not None:
             print(f"ensai train: init_weights: output layer {layer.name!r} has another shape "
                   "in the trained file (a new head); it starts fresh", flush=True)
@@ -483,12 +480,12 @@ def _load_init_weights(model, path):
 def _spread_bands(layer, trained):
     """Give a first layer reading K bands the trained one-band kernel / K per band; True if done."""
     mine, theirs = layer.get_weights(), trained.get_weights()
-    if len(mine) != len(theirs) or not mine or theirs[0].ndim < 2 or theirs[0].shape[-2] != 1 \
-            or mine[0].shape[:-2] + mine[0].shape[-1:] != theirs[0].shape[:-2] + theirs[0].shape[-1:] \
+    want = mine[0].shape[:-2] + (1,) + mine[0].shape[-1:]  # the kernel, one band in
+    if len(mine) != len(theirs) or theirs[0].shape != want \
             or any(a.shape != b.shape for a, b in zip(mine[1:], theirs[1:])):
         return False
-    bands = mine[0].shape[-2]
-    layer.set_weights([np.repeat(theirs[0], bands, axis=-2) / bands] + theirs[1:])
+    layer.set_weights([np.repeat(theirs[0], bands := mine[0].shape[-2], axis=-2) / bands]
+                      + theirs[1:])
     return True
 
 

@@ -76,6 +76,7 @@ __all__ = [
     "apply_masks",
     "check_inputs",
     "redraw_non_finite",
+    "run_chain",
     "observe",
 ]
 
@@ -176,17 +177,41 @@ def observe(arcs, params, seeds, cfg, training=True, lens_light=None):
     Raises:
         InputError: for inputs of the wrong rank, shape or dtype.
     """
+    def chain(arcs, params, seeds, lens_light, kernel, spectrum):
+        return _chain(arcs, params, seeds, cfg, training, lens_light, kernel, spectrum)
+
+    return run_chain(chain, arcs, params, seeds, cfg, lens_light)
+
+
+def run_chain(chain, arcs, params, seeds, cfg, lens_light=None):
+    """Check the inputs, trace an effect chain once and run it with its redraws.
+
+    The shared driver of :func:`observe` and of the two-band chain
+    (:func:`ensai_tf.data.two_bands.observe_two_bands`).
+
+    Args:
+        chain: ``chain(arcs, params, seeds, lens_light, kernel, spectrum)`` -> dict with
+            ``"image"``, ``"params"``, ``"mask"`` and ``"draws"``.
+        arcs, params, seeds, lens_light: as :func:`observe`.
+        cfg: :class:`ensai_tf.config.ObserveConfig` (PSF kernel, noise spectrum, redraws).
+
+    Returns:
+        the result of :func:`redraw_non_finite`.
+
+    Raises:
+        InputError: for inputs of the wrong rank, shape or dtype.
+    """
     arcs, params, seeds, lens_light = check_inputs(arcs, params, seeds, lens_light)
     kernel = psf_kernel(cfg, arcs.shape[1])
     spectrum = noise_spectrum(cfg, arcs.shape[1])
 
-    def chain(example_seeds):
-        return _chain(arcs, params, example_seeds, cfg, training, lens_light, kernel, spectrum)
+    def traced(example_seeds):
+        return chain(arcs, params, example_seeds, lens_light, kernel, spectrum)
 
     # The chain is traced once and called for the first pass and for every redraw: tracing it
     # a second time inside the while loop doubled the time to build a pipeline. Same ops,
     # same seeds, so the same images.
-    run = tf.function(chain, autograph=False).get_concrete_function(
+    run = tf.function(traced, autograph=False).get_concrete_function(
         tf.TensorSpec(seeds.shape, tf.int64))
     return redraw_non_finite(run, seeds, cfg.max_redraws)
 

@@ -42,8 +42,8 @@ from ensai_tf.data.draws import fold_seeds, lerp
 from ensai_tf.data.effects.base import Effect, effect_draws
 from ensai_tf.data.observe import (apply_cosmic_rays, apply_masks, apply_noise, apply_normalise,
                                    apply_peak_normalise, apply_poisson, apply_psf, apply_shift,
-                                   apply_zero_bias, blur_matrices, check_inputs, noise_spectrum,
-                                   psf_kernel, redraw_non_finite, sample_cosmic_rays, sample_masks,
+                                   apply_zero_bias, blur_matrices, run_chain, sample_cosmic_rays,
+                                   sample_masks,
                                    sample_noise, sample_normalise, sample_poisson, sample_psf,
                                    sample_shift, sample_zero_bias, shift_params)
 
@@ -208,14 +208,7 @@ def observe_two_bands(arcs, params, seeds, cfg, bands_cfg, training=True, lens_l
     Raises:
         InputError: for inputs of the wrong rank, shape or dtype.
     """
-    arcs, params, seeds, lens_light = check_inputs(arcs, params, seeds, lens_light)
-    kernel = psf_kernel(cfg, arcs.shape[1])
-    spectrum = noise_spectrum(cfg, arcs.shape[1])
+    def chain(arcs, params, seeds, lens_light, kernel, spectrum):
+        return _chain(arcs, params, seeds, cfg, bands_cfg, training, lens_light, kernel, spectrum)
 
-    def chain(example_seeds):
-        return _chain(arcs, params, example_seeds, cfg, bands_cfg, training, lens_light, kernel,
-                      spectrum)
-
-    run = tf.function(chain, autograph=False).get_concrete_function(
-        tf.TensorSpec(seeds.shape, tf.int64))
-    return redraw_non_finite(run, seeds, cfg.max_redraws)
+    return run_chain(chain, arcs, params, seeds, cfg, lens_light)
