@@ -43,9 +43,10 @@ __all__ = [
     "PAPER_ORDER",
 ]
 
-NETWORK_NAMES = ("inception_v4", "alexnet", "overfeat", "ensai_net")
-"""The four paper networks, by the names ``build_model``, configs and ``ensai train --model``
-use (docs/design.md §6.5); their combiner order is :data:`PAPER_ORDER`."""
+NETWORK_NAMES = ("inception_v4", "alexnet", "overfeat", "ensai_net", "resnet")
+"""The four paper networks and the project's residual network, by the names ``build_model``,
+configs and ``ensai train --model`` use (docs/design.md §6.5); the paper's combiner order is
+:data:`PAPER_ORDER`."""
 
 PAPER_ORDER = ("overfeat", "ensai_net", "alexnet", "inception_v4")
 """Combiner order of the paper's code, models [5, 8, 9, 11]; the first is the parity

@@ -1,4 +1,4 @@
-"""The four paper networks and their registry (docs/design.md §6.4, §6.5).
+"""The four paper networks, the project's residual network and their registry (docs/design.md §6.5).
 
 ``build_model(name, input_shape, **kwargs)`` builds one of ``MODEL_BUILDERS``;
 ``min_input_side(name)`` is the smallest square input it accepts. The
@@ -8,7 +8,7 @@ combiner (docs/design.md §7.4) lives in :mod:`ensai_tf.models.combiner`.
 import types
 
 from ensai_tf.conventions import IMAGE_SHAPE, PAPER_ORDER
-from ensai_tf.models import alexnet, blocks, ensai_net, inception_v4, overfeat
+from ensai_tf.models import alexnet, blocks, ensai_net, inception_v4, overfeat, resnet
 
 __all__ = ["MODEL_BUILDERS", "PAPER_ORDER", "build_model", "accepted_sides", "min_input_side"]
 
@@ -17,6 +17,7 @@ MODEL_BUILDERS = types.MappingProxyType({
     "alexnet": alexnet.build_alexnet,
     "overfeat": overfeat.build_overfeat,
     "ensai_net": ensai_net.build_ensai_net,
+    "resnet": resnet.build_resnet,
 })
 """Architecture name -> builder ``(input_shape, num_outputs, name, ...) -> keras.Model``."""
 
@@ -26,6 +27,7 @@ _ACCEPTS = types.MappingProxyType({
     "alexnet": alexnet.accepts_side,
     "overfeat": overfeat.accepts_side,
     "ensai_net": ensai_net.accepts_side,
+    "resnet": resnet.accepts_side,
 })
 
 
@@ -66,11 +68,11 @@ def min_input_side(name):
 
 
 def build_model(name, input_shape=IMAGE_SHAPE, **kwargs):
-    """Build a paper network by name (docs/design.md §6.5).
+    """Build a network by name (docs/design.md §6.5).
 
     Args:
-        name: one of ``MODEL_BUILDERS`` (``"inception_v4"``, ``"alexnet"``,
-            ``"overfeat"``, ``"ensai_net"``).
+        name: one of ``MODEL_BUILDERS`` (the paper's ``"inception_v4"``,
+            ``"alexnet"``, ``"overfeat"``, ``"ensai_net"``, and ``"resnet"``).
         input_shape: ``(H, W, C)``, pixels, C = 1 or 2 bands (default 192x192x1).
         **kwargs: passed to the builder (``num_outputs``, ``name``, and
             ``bn_mode`` for Inception-v4).

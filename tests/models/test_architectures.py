@@ -1,4 +1,4 @@
-"""The four paper networks: shapes, sizes, defaults and serialisation (docs/design.md §6.3-§6.5)."""
+"""The five networks: shapes, sizes, defaults and serialisation (docs/design.md §6.3-§6.5)."""
 
 import keras
 import numpy as np
@@ -9,8 +9,9 @@ from ensai_tf.losses import ParityMSE
 from ensai_tf.models import MODEL_BUILDERS, accepted_sides, build_model, min_input_side
 from ensai_tf.preprocess.bias import BiasRemoval
 
-# docs/design.md §6.4 trainable parameter counts, millions
-SPEC_PARAMS = {"alexnet": 36.8, "overfeat": 41.0, "ensai_net": 77.6, "inception_v4": 41.0}
+# docs/design.md §6.4 and §6.5.5 trainable parameter counts, millions
+SPEC_PARAMS = {"alexnet": 36.8, "overfeat": 41.0, "ensai_net": 77.6, "inception_v4": 41.0,
+               "resnet": 9.6}
 
 # docs/design.md §6.4/§6.5 intermediate output shapes at 192^2
 SPEC_SHAPES = {
@@ -27,9 +28,12 @@ SPEC_SHAPES = {
                      "Mixed_5a": (21, 21, 384), "Mixed_5e": (21, 21, 384),
                      "Mixed_6a": (10, 10, 1024), "Mixed_6h": (10, 10, 1024),
                      "Mixed_7a": (4, 4, 1536), "Mixed_7d": (4, 4, 1536)},
+    "resnet": {"coordinates": (192, 192, 3), "stem1": (192, 192, 32), "stem1_blur": (96, 96, 32),
+               "stem2_blur": (48, 48, 64), "block1_out": (48, 48, 128),
+               "block3_blur": (6, 6, 512), "head_flatten": (4608,), "fc": (1024,)},
 }
 
-MIN_SIDES = {"alexnet": 163, "overfeat": 103, "ensai_net": 4, "inception_v4": 75}
+MIN_SIDES = {"alexnet": 163, "overfeat": 103, "ensai_net": 4, "inception_v4": 75, "resnet": 4}
 
 
 def _count(weights):
@@ -116,7 +120,7 @@ def test_alexnet_range_is_bounded_by_its_4x4_fc6():
 
 def test_bad_name_channels_and_bn_mode():
     with pytest.raises(ValueError, match="unknown model"):
-        build_model("resnet")
+        build_model("vgg16")
     with pytest.raises(ValueError, match=r"\(H, W, 1\), or \(H, W, 2\) for two bands"):
         build_model("ensai_net", input_shape=(32, 32, 3))
     with pytest.raises(ValueError, match="bn_mode"):
