@@ -25,6 +25,7 @@ from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS
 from ensai_tf.models import combiner
 from ensai_tf.run_dir import (data_cache_dir, prepare_model_dir, run_config, save_keras_atomic,
                               trained_keras_file)
+from ensai_tf.symmetry import VIEW_SETS
 from ensai_tf.train import compile_model, export_saved_model_atomic
 
 __all__ = ["train_combiner"]
@@ -34,8 +35,10 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
                    overwrite=False, *, verbose="auto"):
     """Train the combiner of frozen trained networks (docs/design.md §7.4).
 
-    The backbones' ``model.keras`` files are loaded and frozen; only the
-    combination weights (20 per-parameter weights by default) are trained,
+    The backbones' ``model.keras`` files are loaded and frozen, each averaging
+    its predictions over ``train.combine_views`` views of the image
+    (:func:`ensai_tf.models.combiner.with_views`); only the
+    combination weights (5 per network and parameter by default) are trained,
     with Adam at ``train.combine_learning_rate`` (docs/design.md §7.4 [R]: 1e-3), on
     freshly simulated validation-distribution lenses drawn with
     ``train.combine_seed``, never the fixed validation or test sets.
@@ -106,7 +109,9 @@ def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, ver
     model_dir = prepare_model_dir(model_dir, overwrite=overwrite)
     config_lib.save_config(config, model_dir / CONFIG_YAML)
     keras.utils.set_random_seed(t.seed)
-    backbones = combiner.load_backbones([str(p) for p in paths])
+    views = VIEW_SETS[t.combine_views]
+    backbones = [combiner.with_views(b, views)
+                 for b in combiner.load_backbones([str(p) for p in paths])]
     val_ds = pipeline.make_dataset("validation", config, seed=config.data.seed,
                                    batch_size=config.evaluate.batch_size,
                                    cache_dir=data_cache_dir(config))
@@ -124,7 +129,7 @@ def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, ver
     trained = model.evaluate(val_ds, verbose=0, return_dict=True)
     # the record (backbone files relative to model_dir, their SHA-256, the
     # combination weights) lets the combiner ship without copying its backbones
-    summary = {**combiner.combiner_record(model, paths, model_dir), "steps": steps,
+    summary = {**combiner.combiner_record(model, paths, model_dir, views), "steps": steps,
                "plain_average_validation": {k: float(v) for k, v in plain.items()},
                "trained_validation": {k: float(v) for k, v in trained.items()}}
     _check_finite(summary, model_dir)

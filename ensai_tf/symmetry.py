@@ -32,6 +32,7 @@ it by some elements.
 
 import itertools
 
+import keras
 import numpy as np
 from keras import ops
 
@@ -41,6 +42,9 @@ from ensai_tf.losses import parity_correct
 
 __all__ = [
     "DIHEDRAL_GROUP",
+    "VIEW_SETS",
+    "DihedralImages",
+    "DihedralParams",
     "coordinate_matrix",
     "transform_images",
     "transform_params",
@@ -52,6 +56,19 @@ DIHEDRAL_GROUP = tuple(itertools.product((False, True), repeat=3))
 
 An element acts on ``img[row, col]`` by transposing first (``img[col, row]``),
 then reversing the rows, then reversing the columns.
+"""
+
+VIEW_SETS = {
+    1: DIHEDRAL_GROUP[:1],
+    2: (DIHEDRAL_GROUP[0], DIHEDRAL_GROUP[4]),
+    4: tuple(DIHEDRAL_GROUP[i] for i in (0, 3, 5, 6)),
+    8: DIHEDRAL_GROUP,
+}
+"""Views averaged by a combined network with ``train.combine_views`` = 1, 2, 4 or 8.
+
+1: the image as given; 2: and its transpose (x and y swapped, which also
+averages the e_x and e_y outputs' errors); 4: the four rotations; 8: all of
+D4 (docs/design.md §8.6).
 """
 
 
@@ -196,3 +213,61 @@ def symmetrize(predict_fn, elements=DIHEDRAL_GROUP):
         return np.mean(np.asarray(aligned, dtype=np.float64), axis=0)
 
     return averaged
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class DihedralImages(keras.layers.Layer):
+    """Images seen through one element of D4 (an exact pixel permutation).
+
+    Args:
+        element: ``(transpose, flip_rows, flip_cols)`` of
+            :data:`ensai_tf.symmetry.DIHEDRAL_GROUP`.
+    """
+
+    def __init__(self, element, **kwargs):
+        super().__init__(**kwargs)
+        self.element = [bool(v) for v in element]
+
+    def call(self, images):
+        transpose, flip_rows, flip_cols = self.element
+        if transpose:
+            images = ops.transpose(images, (0, 2, 1, 3))
+        if flip_rows:
+            images = ops.flip(images, axis=1)
+        if flip_cols:
+            images = ops.flip(images, axis=2)
+        return images
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"element": self.element})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class DihedralParams(keras.layers.Layer):
+    """Lens parameters mapped back from the frame of one D4 element (``M^-1 p``).
+
+    Input and output ``(B, 5)``, target units; a linear map
+    (:func:`ensai_tf.symmetry.transform_params` with ``inverse=True``).
+
+    Args:
+        element: ``(transpose, flip_rows, flip_cols)``.
+    """
+
+    def __init__(self, element, **kwargs):
+        super().__init__(**kwargs)
+        self.element = [bool(v) for v in element]
+        self.matrix = transform_params(np.eye(conventions.NUM_PARAMS), tuple(self.element), inverse=True)
+
+    def call(self, params):
+        params = ops.cast(params[:, :conventions.NUM_PARAMS], "float32")
+        return ops.matmul(params, ops.convert_to_tensor(self.matrix, "float32"))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], conventions.NUM_PARAMS)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"element": self.element})
+        return config

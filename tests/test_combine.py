@@ -13,14 +13,16 @@ from training_helpers import NPIX, small_config
 
 def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys):
     """Two tiny trained networks -> combiner (through the console entry point, which calls
-    combine.train_combiner): 10 trainable scalars, backbones frozen, folders refused and kept."""
+    combine.train_combiner), each averaging two views: 10 trainable scalars, backbones
+    frozen, folders refused and kept."""
     cfg = small_config(cache)
     a, b = trained / "a", trained / "b"
     before = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
                                                            compile=False).get_weights()]
     args = ["combine", "--models", str(a), str(b),
             "--model-dir", str(tmp_path / "c"), "--steps", "2", "--preset", "smoke",
-            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}"]
+            f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}",
+            "--set=train.combine_views=2"]
     assert cli.main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("ensai combine: trained the per_parameter combination of 2 networks "
@@ -30,6 +32,7 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys
         assert (tmp_path / "c" / name).is_file(), name
     summary = json.loads((tmp_path / "c" / "combiner.json").read_text())
     assert summary["steps"] == 2
+    assert summary["views"] == [[False, False, False], [True, False, False]]
     assert set(summary) >= {"plain_average_validation", "trained_validation"}
     model = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5

@@ -293,6 +293,9 @@ class TrainConfig:
     combine_seed: int = _value(7, lo=3, doc="data seed of the combiner's validation-distribution "
                                             "data; >= 3 so it never equals the train/val/test "
                                             "split seeds 0/1/2 (§7.4 [R], §8.3)")
+    combine_views: int = _value(1, choices=(1, 2, 4, 8), doc="views of the image each backbone "
+                                "of a combined network averages over: 1 as given, 2 and its "
+                                "transpose, 4 rotations, 8 all flips and rotations (§8.6)")
 
 
 @dataclasses.dataclass(frozen=True)

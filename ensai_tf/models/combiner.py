@@ -27,12 +27,13 @@ from ensai_tf.conventions import NUM_PARAMS
 from ensai_tf.errors import ModelDirError
 from ensai_tf.losses import parity_correct
 from ensai_tf.models.loading import load_keras_model
+from ensai_tf.symmetry import DIHEDRAL_GROUP, DihedralImages, DihedralParams
 from ensai_tf.uncertainty import head_layout
 
 __all__ = ["COMBINE_MODES", "MAX_BACKBONES", "MAX_RECORD_BYTES", "ParityAlign",
            "PerParameterWeights", "PointEstimate", "backbone_files", "build_combiner",
            "combiner_record", "load_backbones", "load_combined",
-           "point_estimate_backbone", "trusted_roots"]
+           "point_estimate_backbone", "trusted_roots", "with_views"]
 
 COMBINE_MODES = ("per_parameter", "dense")
 
@@ -206,6 +207,36 @@ def point_estimate_backbone(model):
     return keras.Model(inputs, outputs, name=name)
 
 
+def with_views(model, elements):
+    """A point-estimate network that averages its predictions over views of the image.
+
+    Each view is a flip or rotation of the pixel grid (docs/design.md §8.6); its
+    prediction is mapped back to the image's frame, aligned in parity with the
+    first view's, and the views are averaged with equal, frozen weights.
+
+    Args:
+        model: images ``(B, N, N, C)`` -> ``(B, 5)`` point estimates.
+        elements: the views, elements of :data:`ensai_tf.symmetry.DIHEDRAL_GROUP`
+            (``ensai_tf.symmetry.VIEW_SETS[n]``).
+
+    Returns:
+        ``model`` itself for the identity alone, else a ``keras.Model`` of the
+        same name and signature that calls ``model`` once per view.
+    """
+    elements = [tuple(bool(v) for v in g) for g in elements]
+    if elements == [DIHEDRAL_GROUP[0]]:
+        return model
+    name = model.name
+    model.name = f"{name}_one_view"
+    inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="images")
+    views = [DihedralParams(g, dtype="float32", name=f"back_{k}")(
+        model(DihedralImages(g, name=f"view_{k}")(inputs), training=False))
+        for k, g in enumerate(elements)]
+    aligned = ParityAlign(reference=0, dtype="float32", name="view_align")(views)
+    mean = PerParameterWeights(dtype="float32", name="view_mean", trainable=False)(aligned)
+    return keras.Model(inputs, mean, name=name)
+
+
 def build_combiner(backbones, reference=0, mode="per_parameter", name="combiner"):
     """The combined network of docs/design.md §7.4.
 
@@ -296,7 +327,7 @@ def load_backbones(paths):
     return models
 
 
-def combiner_record(model, backbone_paths, folder):
+def combiner_record(model, backbone_paths, folder, views=DIHEDRAL_GROUP[:1]):
     """What ``combiner.json`` needs to rebuild ``model`` from its backbone files.
 
     Args:
@@ -305,11 +336,13 @@ def combiner_record(model, backbone_paths, folder):
             in order.
         folder: the folder ``combiner.json`` is written to; the paths are
             stored relative to it.
+        views: the views each backbone averages over (:func:`with_views`).
 
     Returns:
         Dict with ``backbones`` (relative paths), ``backbone_sha256``,
-        ``reference``, ``mode`` and ``weights`` (the combination weights as
-        nested lists; float32 values survive JSON exactly).
+        ``reference``, ``mode``, ``weights`` (the combination weights as
+        nested lists; float32 values survive JSON exactly) and ``views``
+        (``[transpose, flip_rows, flip_cols]`` per view).
     """
     folder = pathlib.Path(folder).resolve()
     align = model.get_layer("parity_align")
@@ -318,7 +351,8 @@ def combiner_record(model, backbone_paths, folder):
                           for p in backbone_paths],
             "backbone_sha256": [model_dir.file_sha256(p) for p in backbone_paths],
             "reference": int(align.reference), "mode": params.mode,
-            "weights": [w.tolist() for w in params.get_weights()]}
+            "weights": [w.tolist() for w in params.get_weights()],
+            "views": [[bool(v) for v in g] for g in views]}
 
 
 def backbone_files(folder, record):
@@ -360,6 +394,12 @@ def _check_record(record, where):
                             f"{len(backbones) - 1}")
     if not isinstance(record["mode"], str) or record["mode"] not in COMBINE_MODES:
         raise ModelDirError(f"{where!r}: 'mode' must be one of {', '.join(COMBINE_MODES)}")
+    views = record.get("views", [list(DIHEDRAL_GROUP[0])])
+    if not (isinstance(views, list) and 1 <= len(views) <= len(DIHEDRAL_GROUP)
+            and all(isinstance(g, list) and tuple(g) in DIHEDRAL_GROUP for g in views)
+            and len({tuple(g) for g in views}) == len(views)):
+        raise ModelDirError(f"{where!r}: 'views' must be a list of distinct [transpose, "
+                            "flip_rows, flip_cols] triples of true/false")
 
 
 def _check_backbone_places(folder, paths, where):
@@ -434,7 +474,8 @@ def load_combined(folder, trust=False):
             raise ModelDirError(f"backbone {str(path)!r} is not the file the combiner in "
                                 f"{str(folder)!r} was trained on (SHA-256 differs); run "
                                 "'ensai combine' again on the current networks")
-    backbones = load_backbones(paths)
+    views = record.get("views", [list(DIHEDRAL_GROUP[0])])
+    backbones = [with_views(b, views) for b in load_backbones(paths)]
     try:
         model = build_combiner(backbones, reference=record["reference"], mode=record["mode"])
         model.get_layer("params").set_weights(

@@ -36,7 +36,7 @@ from keras import ops
 
 from ensai_tf.conventions import NUM_PARAMS
 from ensai_tf.models.combiner import ParityAlign
-from ensai_tf.symmetry import DIHEDRAL_GROUP, transform_params
+from ensai_tf.symmetry import DIHEDRAL_GROUP, DihedralImages, DihedralParams
 
 __all__ = [
     "ALIGN_LAYER",
@@ -123,64 +123,6 @@ def with_spread(model, scale, floor):
                          "layer); only those have a member spread") from None
     out = EnsembleSpread(scale, floor, dtype="float32", name="spread")([aligned, model.output])
     return keras.Model(model.input, out, name=model.name)
-
-
-@keras.saving.register_keras_serializable(package="ensai_tf")
-class DihedralImages(keras.layers.Layer):
-    """Images seen through one element of D4 (an exact pixel permutation).
-
-    Args:
-        element: ``(transpose, flip_rows, flip_cols)`` of
-            :data:`ensai_tf.symmetry.DIHEDRAL_GROUP`.
-    """
-
-    def __init__(self, element, **kwargs):
-        super().__init__(**kwargs)
-        self.element = [bool(v) for v in element]
-
-    def call(self, images):
-        transpose, flip_rows, flip_cols = self.element
-        if transpose:
-            images = ops.transpose(images, (0, 2, 1, 3))
-        if flip_rows:
-            images = ops.flip(images, axis=1)
-        if flip_cols:
-            images = ops.flip(images, axis=2)
-        return images
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"element": self.element})
-        return config
-
-
-@keras.saving.register_keras_serializable(package="ensai_tf")
-class DihedralParams(keras.layers.Layer):
-    """Lens parameters mapped back from the frame of one D4 element (``M^-1 p``).
-
-    Input and output ``(B, 5)``, target units; a linear map
-    (:func:`ensai_tf.symmetry.transform_params` with ``inverse=True``).
-
-    Args:
-        element: ``(transpose, flip_rows, flip_cols)``.
-    """
-
-    def __init__(self, element, **kwargs):
-        super().__init__(**kwargs)
-        self.element = [bool(v) for v in element]
-        self.matrix = transform_params(np.eye(NUM_PARAMS), tuple(self.element), inverse=True)
-
-    def call(self, params):
-        params = ops.cast(params[:, :NUM_PARAMS], "float32")
-        return ops.matmul(params, ops.convert_to_tensor(self.matrix, "float32"))
-
-    def compute_output_shape(self, input_shape):
-        return (input_shape[0], NUM_PARAMS)
-
-    def get_config(self):
-        config = super().get_config()
-        config.update({"element": self.element})
-        return config
 
 
 def with_dihedral_spread(model, scale, floor):

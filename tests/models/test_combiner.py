@@ -250,3 +250,56 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
     (folder / "combiner.json").write_text(json.dumps({"weights": []}))
     with pytest.raises(ModelDirError, match=r"lacks \['backbones'"):
         inference.load_predictor(folder)
+
+
+@pytest.mark.parametrize("count", [2, 4, 8])
+def test_with_views_is_the_numpy_average_over_views(count):
+    """A backbone averaging over views equals ensai_tf.symmetry.symmetrize of the plain one."""
+    from ensai_tf import symmetry
+
+    net = tiny_backbone("a", seed=3)
+    views = symmetry.VIEW_SETS[count]
+    averaged = combiner.with_views(net, views)
+    x = _images(4, seed=6)
+    expected = symmetry.symmetrize(net.predict_on_batch, views)(x)
+    assert averaged.name == "a" and len(views) == count
+    np.testing.assert_allclose(averaged.predict_on_batch(x), expected, rtol=0, atol=2e-6)
+    assert combiner.with_views(net, symmetry.VIEW_SETS[1]) is net
+
+
+def test_a_view_averaged_combiner_round_trips_and_is_equivariant(tmp_path):
+    """combiner.json with views rebuilds the same network; with all eight views its theta_E
+    is exactly the same for a turned image, and bad views are refused with the field named."""
+    import json
+
+    from ensai_tf import symmetry
+    from ensai_tf.errors import ModelDirError
+
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    paths = [nets / "a.keras", nets / "b.keras"]
+    tiny_backbone("a", seed=1).save(paths[0])
+    tiny_backbone("b", seed=2).save(paths[1])
+    views = symmetry.VIEW_SETS[8]
+    backbones = [combiner.with_views(b, views) for b in combiner.load_backbones(paths)]
+    model = combiner.build_combiner(backbones)
+    folder = tmp_path / "combined"
+    folder.mkdir()
+    record = combiner.combiner_record(model, paths, folder, views)
+    assert record["views"][1] == [False, False, True]
+    (folder / "combiner.json").write_text(json.dumps(record))
+    x = _images(3, seed=8)
+    rebuilt = combiner.load_combined(folder)
+    np.testing.assert_allclose(rebuilt.predict_on_batch(x), model.predict_on_batch(x),
+                               rtol=0, atol=1e-6)
+    turned = symmetry.transform_images(x, (True, True, False))
+    np.testing.assert_allclose(rebuilt.predict_on_batch(turned)[:, 0],
+                               rebuilt.predict_on_batch(x)[:, 0], rtol=1e-5)
+    (folder / "combiner.json").write_text(json.dumps({**record, "views": [[True, 0]]}))
+    with pytest.raises(ModelDirError, match="'views' must be a list of distinct"):
+        combiner.load_combined(folder)
+    del record["views"]  # a record from before views: one view, the image as given
+    (folder / "combiner.json").write_text(json.dumps(record))
+    single = combiner.build_combiner(combiner.load_backbones(paths))
+    np.testing.assert_allclose(combiner.load_combined(folder).predict_on_batch(x),
+                               single.predict_on_batch(x), rtol=0, atol=1e-6)
