@@ -6,7 +6,9 @@ catalogue's folder unless absolute), ``ra``/``dec`` (ICRS degrees; the file need
 celestial WCS) or ``x``/``y`` (0-based file column and row) for the lens position,
 and ``band2``: a second, redder filter (FITS), which sends the row through the
 two-band path of ``ensai predict --bands`` (docs/design.md §8.4; ``lens_light``
-chooses fitted subtraction, ICA or both) with ``path`` the bluer band. Without a
+chooses fitted subtraction, ICA or both) with ``path`` the bluer band; a network
+trained on two bands (docs/design.md §5.10) reads both itself, and then every row
+needs its ``band2``. Without a
 position a row is predicted at its image's centre, exactly as ``ensai predict FILE``;
 with one, the 7.68 arcsec field is cut around it
 (:func:`ensai_tf.preprocess.window.prepare_lens_file`). A single-band row's lens light
@@ -64,7 +66,7 @@ from ensai_tf.prediction import lens_light_lines, load_table_predictor
 from ensai_tf.preprocess.window import prepare_lens_file
 from ensai_tf.realdata.lens_light import (DEFAULT_LENS_LIGHT_PATH, DEFAULT_SINGLE_BAND_MODE,
                                           check_lens_light_path, check_single_band_mode)
-from ensai_tf.realdata.pipeline import cutout_row, prepare_two_band
+from ensai_tf.realdata.pipeline import cutout_row, prepare_two_band, two_band_path
 from ensai_tf.tables import AppendTable, append_format, check_writable
 
 __all__ = [
@@ -118,13 +120,15 @@ def errors_path(output):
 
 
 def prepare_entry(entry, npix=conventions.NPIX, pixel_scale=None, hdu=None, psf_fwhm=None,
-                  cosmic_rays=None, lens_light=DEFAULT_LENS_LIGHT_PATH):
+                  cosmic_rays=None, lens_light=DEFAULT_LENS_LIGHT_PATH, bands=1):
     """The network input of one catalogue row.
 
     Args:
         entry: a :class:`CatalogEntry`.
         npix: network input side, pixels.
-        pixel_scale, hdu, psf_fwhm, cosmic_rays, lens_light: as :func:`predict_catalog`.
+        pixel_scale, hdu, psf_fwhm, cosmic_rays: as :func:`predict_catalog`.
+        lens_light: the two-band path (:func:`ensai_tf.realdata.pipeline.two_band_path`).
+        bands: bands the network reads; 2 needs the row's ``band2``.
 
     Returns:
         ``(item, cutout)``: the :class:`~ensai_tf.preprocess.images.PreparedImage`
@@ -136,6 +140,9 @@ def prepare_entry(entry, npix=conventions.NPIX, pixel_scale=None, hdu=None, psf_
     """
     if isinstance(hdu, str) and hdu.strip().lstrip("-").isdigit():
         hdu = int(hdu)  # "--hdu 1" from the command line is an index
+    if entry.band2 is None and bands == 2:
+        raise InputError(f"{entry.path}: the model reads two bands (it was trained on blue and "
+                         "red); give this row its band2")
     if entry.band2 is None:
         return prepare_lens_file(entry.file, entry.path, entry.pixel, entry.sky, npix,
                                  pixel_scale, hdu), None
@@ -175,7 +182,8 @@ class _ErrorLog:
 def _check_request(catalog, out, shard, resume, overwrite, batch_size, lens_light, subtract):
     """Refuse bad arguments before any work; return the shard."""
     shard = parse_shard(shard)
-    check_lens_light_path(lens_light)
+    if lens_light is not None:
+        check_lens_light_path(lens_light)
     check_single_band_mode(subtract)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
             or batch_size < 1:
@@ -218,8 +226,7 @@ def _done_rows(table, digests, shard):
 def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=False,
                     batch_size=100, pixel_scale=None, hdu=None, psf_fwhm=None, cosmic_rays=None,
                     symmetrize=False, trust_savedmodel=False, progress=True,
-                    lens_light=DEFAULT_LENS_LIGHT_PATH,
-                    subtract_lens_light=DEFAULT_SINGLE_BAND_MODE):
+                    lens_light=None, subtract_lens_light=DEFAULT_SINGLE_BAND_MODE):
     """Predict every lens of a catalogue (or of one shard) into a table, streaming.
 
     The catalogue, the output and the rules on failures, shards and resuming
@@ -241,8 +248,10 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
         progress: True prints a line on stderr at each tenth of the rows;
             a callable is called as ``progress(done, total)`` after each batch
             (rows handled by this run, rows it has to handle); False is silent.
-        lens_light: the lens-light path of two-band rows, ``"subtract"``
-            (default), ``"ica"`` or ``"subtract+ica"`` (``ensai predict --lens-light``).
+        lens_light: the lens-light path of two-band rows for a one-band
+            network, ``"subtract"`` (None: the default), ``"ica"`` or
+            ``"subtract+ica"`` (``ensai predict --lens-light``); a two-band
+            network reads both bands itself and refuses a path.
         subtract_lens_light: single-band rows: ``"auto"`` (default),
             ``"always"`` or ``"never"`` (:meth:`ensai_tf.prediction.TablePredictor.rows`).
 
@@ -261,7 +270,8 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
     # a CRC-32 of each row's path
     digests = array.array("I", (zlib.crc32(e.path.encode()) for e in iter_catalog(catalog)))
     total = len(range(shard[0], len(digests), shard[1]))
-    predictor = load_table_predictor(model, symmetrize, trust_savedmodel)
+    predictor = load_table_predictor(model, symmetrize, trust_savedmodel, two_band=True)
+    lens_light = two_band_path(lens_light, predictor.bands)
     table = AppendTable(out, (ROW_COLUMN, *predictor.columns), resume=resume)
     errors = None
     try:
@@ -279,7 +289,8 @@ def predict_catalog(model, catalog, out, shard=(0, 1), resume=False, overwrite=F
                 continue
             try:
                 batch.append((entry, *prepare_entry(entry, predictor.npix, pixel_scale, hdu,
-                                                    psf_fwhm, cosmic_rays, lens_light)))
+                                                    psf_fwhm, cosmic_rays, lens_light,
+                                                    predictor.bands)))
             except (InputError, OSError, ValueError) as err:
                 if isinstance(err, ModelDirError):
                     raise

@@ -159,7 +159,7 @@ def _cmd_predict_catalog(args):
         resume=args.resume, overwrite=args.overwrite, batch_size=args.batch_size,
         pixel_scale=args.pixel_scale, hdu=args.hdu, psf_fwhm=args.psf_fwhm,
         cosmic_rays=args.cosmic_rays, symmetrize=args.symmetrize,
-        trust_savedmodel=args.trust_savedmodel, lens_light=args.lens_light or "subtract",
+        trust_savedmodel=args.trust_savedmodel, lens_light=args.lens_light,
         subtract_lens_light=args.subtract_lens_light or "auto")
 
 

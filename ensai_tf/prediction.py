@@ -101,6 +101,8 @@ class TablePredictor:
             light (``simulate.lens_light``): ``"auto"`` subtracts nothing, the
             ``lens_light`` flag is not raised, and rows say
             ``lens_light_path=network``.
+        bands: bands the network reads (2: blue and red as channels, docs/design.md
+            §5.10); the quality flags of a two-band image are those of its red band.
     """
 
     predict_fn: object
@@ -113,6 +115,7 @@ class TablePredictor:
     subtracted: list = dataclasses.field(default_factory=list)
     fit_failures: list = dataclasses.field(default_factory=list)
     lens_light_network: bool = False
+    bands: int = 1
 
     @property
     def columns(self):
@@ -150,6 +153,8 @@ class TablePredictor:
 
     def _flags(self, prepared, raw):
         """The flag columns; a lens-light network's images do not raise ``lens_light``."""
+        if self.bands > 1:  # the red band, the last channel
+            prepared = [dataclasses.replace(p, image=p.image[..., -1:]) for p in prepared]
         columns = flag_columns(prepared, raw, self.thresholds)
         if self.lens_light_network:
             for column in columns:
@@ -244,7 +249,7 @@ def lens_light_lines(predictor, total, mode):
     return lines
 
 
-def load_table_predictor(model, symmetrize=False, trust_savedmodel=False):
+def load_table_predictor(model, symmetrize=False, trust_savedmodel=False, two_band=False):
     """Load a model for ``ensai predict``'s tables, run its warm-up, read its calibration.
 
     Args:
@@ -253,29 +258,35 @@ def load_table_predictor(model, symmetrize=False, trust_savedmodel=False):
             rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
             point-estimate models only, 8x the time per lens).
         trust_savedmodel: as :func:`ensai_tf.inference.load_predictor`.
+        two_band: accept a network that reads two bands (a catalogue whose
+            rows have ``band2``).
 
     Returns:
         :class:`TablePredictor`.
 
     Raises:
-        InputError: ``symmetrize`` with a Gaussian-head model, or a two-band model.
+        InputError: ``symmetrize`` with a Gaussian-head or two-band model, or
+            a two-band model without ``two_band``.
         ModelDirError: a missing or corrupt model.
     """
     # averaging over flips and rotations works on point estimates: no spread head then
     predict_fn, npix = load_predictor(model, raw=True, trust_savedmodel=trust_savedmodel,
                                       with_spread=not symmetrize)
-    if input_bands(predict_fn) != 1:
+    bands = input_bands(predict_fn)
+    if bands != 1 and (symmetrize or not two_band):
         raise InputError(f"model {str(model)!r} reads two bands (blue and red); give them "
-                         "as --bands BLUE.fits RED.fits")
+                         "as --bands BLUE.fits RED.fits, or as a catalogue's path and band2"
+                         + (" (without --symmetrize)" if two_band else ""))
     if symmetrize:
         predict_fn = symmetry.symmetrize(predict_fn)  # refuses a Gaussian head at the warm-up
     # warm-up: build and trace once, not timed; its width tells the head
     head, n_targets = uncertainty.head_layout(
-        predict_fn(np.zeros((1, npix, npix, 1), np.float32)).shape[1])
+        predict_fn(np.zeros((1, npix, npix, bands), np.float32)).shape[1])
     calibration = load_calibration(model) if head != "point" else None
     return TablePredictor(predict_fn, npix, head, n_targets, calibration,
                           model_thresholds(load_calibration(model)),
-                          lens_light_network=bool(run_config(model).simulate.lens_light))
+                          lens_light_network=bool(run_config(model).simulate.lens_light),
+                          bands=bands)
 
 
 def _check_position(files, position, sky):

@@ -342,3 +342,40 @@ def test_the_table_streams_to_stdout(tmp_path, model, arc_image, capsys):
     assert code == 0 and "2 lenses written to -" in err
     rows = list(csv.DictReader(out.splitlines()))
     assert [(r["catalog_row"], r["file"]) for r in rows] == [("0", "a.npy"), ("1", "a.npy")]
+
+
+def test_a_two_band_network_reads_band2_rows_itself(tmp_path, arc_image, celestial_wcs,
+                                                    write_fits, capsys):
+    """A network trained on two bands gets both bands of a band2 row, as ``ensai predict
+    --bands`` feeds it (lens_light_path=network); a row without band2 is skipped with its
+    reason, and a lens-light path is refused before any work."""
+    import keras
+
+    inp = keras.Input((192, 192, 2))
+    pooled = keras.layers.GlobalAveragePooling2D()(inp)  # depends on both bands
+    keras.Model(inp, keras.layers.Dense(5, kernel_initializer="ones")(pooled)).save(
+        tmp_path / "two.keras")
+    model = str(tmp_path / "two.keras")
+    arcs = arc_image(220) - 0.01
+    y, x = np.mgrid[0:220, 0:220] - 109.5
+    lens = np.exp(-np.hypot(x, y) / 8.0)
+    wcs = celestial_wcs(0.04, 220)
+    blue = write_fits(tmp_path / "b.fits", arcs + 0.5 * lens + 0.05, wcs)
+    red = write_fits(tmp_path / "r.fits", arcs / 1.5 + 3.0 * lens + 0.05, wcs)
+    np.save(tmp_path / "one.npy", arc_image())
+    (tmp_path / "cat.csv").write_text("path,band2,x,y\nb.fits,r.fits,109.5,109.5\none.npy,,,\n")
+    summary = catalog.predict_catalog(model, tmp_path / "cat.csv", tmp_path / "out.jsonl")
+    assert (summary.written, summary.failed) == (1, 1)
+    assert "line 3: one.npy: the model reads two bands" in capsys.readouterr().err
+    (row,) = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    (expected,) = realdata.predict_two_band(model, blue, red, output=str(tmp_path / "b.json"),
+                                            x=109.5, y=109.5)
+    assert row["lens_light_path"] == expected["lens_light_path"] == "network"
+    for key in ("theta_e", "e_x", "x_pix", "ra_deg"):
+        assert row[key] == pytest.approx(expected[key], rel=1e-5), key
+    assert isinstance(row["flags"], list)  # those of the red band
+    with pytest.raises(InputError, match="reads both bands itself"):
+        catalog.predict_catalog(model, tmp_path / "cat.csv", tmp_path / "o2.csv",
+                                lens_light="ica")
+    with pytest.raises(InputError, match="reads two bands"):
+        load_table_predictor(model)
