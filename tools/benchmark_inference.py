@@ -2,23 +2,24 @@
 
 Prints, measured in one run on this machine:
 
-1. the time per lens of the combined model at batch 100 (a trained model
-   given with --model, else the four paper networks built untrained behind
-   the combiner: timing does not depend on the weights; --network NAME
-   times one untrained network instead);
+1. the time per lens of the combined model at batch 100 (trained models
+   given with --model, each timed in the same run, e.g. a combined network
+   with and without averaging over views; else the four paper networks built
+   untrained behind the combiner: timing does not depend on the weights;
+   --network NAME times one untrained network instead);
 2. when lenstronomy is installed, the wall time of a particle-swarm fit
    (FittingSequence, PSO) of the same simulated lens with an SIE and an
    elliptical Sersic source, and the ratio of the two (docs/design.md §10.2: the paper
    claims ~10^7 against maximum-likelihood modelling; the goal here is
-   >= 10^6).
+   >= 10^6), against the first model; --no-fit skips it.
 
 The lens is rendered once with lenstronomy (SIE + elliptical Sersic source,
 Gaussian PSF, noise) on the package's 192 x 192, 0.04" grid (x = column,
 y = row, docs/design.md §0), normalised to peak 1, and fed to both methods.
 
 Usage:
-    python tools/benchmark_inference.py [--model DIR] [--network NAME]
-        [--batch 100] [--repeats 3] [--particles 60] [--iterations 100]
+    python tools/benchmark_inference.py [--model DIR [DIR ...]] [--network NAME]
+        [--batch 100] [--repeats 3] [--particles 60] [--iterations 100] [--no-fit]
 """
 
 import argparse
@@ -152,14 +153,17 @@ def time_lenstronomy_fit(image, noise_rms, particles=60, iterations=100):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="trained model folder (default: untrained)")
+    parser.add_argument("--model", nargs="+", default=[None],
+                        help="trained model folders, each timed in this run (default: untrained)")
     parser.add_argument("--network", default="combined",
-                        choices=("combined", "overfeat", "ensai_net", "alexnet", "inception_v4"),
+                        choices=("combined", "overfeat", "ensai_net", "alexnet", "inception_v4",
+                                 "resnet"),
                         help="untrained network to time when --model is not given")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--particles", type=int, default=60)
     parser.add_argument("--iterations", type=int, default=100)
+    parser.add_argument("--no-fit", action="store_true", help="time the networks only")
     args = parser.parse_args(argv)
     try:
         image, noise_rms, _ = render_lens()
@@ -169,10 +173,16 @@ def main(argv=None):
         y, x = conventions.pixel_grid()
         image = np.exp(-0.5 * ((np.hypot(x, y) - 1.2) / 0.08) ** 2)
         noise_rms = None
-    per_lens, label = time_network(args.model, args.network, image, args.batch, args.repeats)
-    print(f"network: {label}")
-    print(f"  time per lens at batch {args.batch}: {1e3 * per_lens:.2f} ms "
-          f"({1.0 / per_lens:.1f} lenses/s, best of {args.repeats})")
+    times = []
+    for model in args.model:
+        per_lens, label = time_network(model, args.network, image, args.batch, args.repeats)
+        times.append(per_lens)
+        print(f"network: {label}")
+        print(f"  time per lens at batch {args.batch}: {1e3 * per_lens:.2f} ms "
+              f"({1.0 / per_lens:.1f} lenses/s, best of {args.repeats})")
+    per_lens = times[0]
+    if args.no_fit:
+        return 0
     if not have_lenstronomy:
         print("lenstronomy is not installed: no classical fit to compare with")
         return 0
