@@ -65,7 +65,8 @@ from ensai_tf.inference import result_rows
 from ensai_tf.prediction import lens_light_lines, load_table_predictor
 from ensai_tf.preprocess.window import prepare_lens_file
 from ensai_tf.realdata.lens_light import (DEFAULT_LENS_LIGHT_PATH, DEFAULT_SINGLE_BAND_MODE,
-                                          check_lens_light_path, check_single_band_mode)
+                                          NETWORK_LENS_LIGHT_PATH, check_lens_light_path,
+                                          check_single_band_mode)
 from ensai_tf.realdata.pipeline import cutout_row, prepare_two_band, two_band_path
 from ensai_tf.tables import AppendTable, append_format, check_writable
 
@@ -140,9 +141,11 @@ def prepare_entry(entry, npix=conventions.NPIX, pixel_scale=None, hdu=None, psf_
     """
     if isinstance(hdu, str) and hdu.strip().lstrip("-").isdigit():
         hdu = int(hdu)  # "--hdu 1" from the command line is an index
-    if entry.band2 is None and bands == 2:
-        raise InputError(f"{entry.path}: the model reads two bands (it was trained on blue and "
-                         "red); give this row its band2")
+    if bands == 2:
+        if entry.band2 is None:
+            raise InputError(f"{entry.path}: the model reads two bands (it was trained on blue "
+                             "and red); give this row its band2")
+        lens_light = NETWORK_LENS_LIGHT_PATH  # the network separates the lens light itself
     if entry.band2 is None:
         return prepare_lens_file(entry.file, entry.path, entry.pixel, entry.sky, npix,
                                  pixel_scale, hdu), None
@@ -182,7 +185,7 @@ class _ErrorLog:
 def _check_request(catalog, out, shard, resume, overwrite, batch_size, lens_light, subtract):
     """Refuse bad arguments before any work; return the shard."""
     shard = parse_shard(shard)
-    if lens_light is not None:
+    if lens_light not in (None, NETWORK_LENS_LIGHT_PATH):
         check_lens_light_path(lens_light)
     check_single_band_mode(subtract)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \

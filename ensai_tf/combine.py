@@ -38,7 +38,7 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     The backbones' ``model.keras`` files are loaded and frozen, each averaging
     its predictions over ``train.combine_views`` views of the image
     (:func:`ensai_tf.models.combiner.with_views`); only the
-    combination weights (5 per network and parameter by default) are trained,
+    combination weights (one per network and parameter by default) are trained,
     with Adam at ``train.combine_learning_rate`` (docs/design.md §7.4 [R]: 1e-3), on
     freshly simulated validation-distribution lenses drawn with
     ``train.combine_seed``, never the fixed validation or test sets.

@@ -102,7 +102,8 @@ class TablePredictor:
             ``lens_light`` flag is not raised, and rows say
             ``lens_light_path=network``.
         bands: bands the network reads (2: blue and red as channels, docs/design.md
-            §5.10); the quality flags of a two-band image are those of its red band.
+            §5.10); the quality flags of a two-band image are those of its blue band,
+            the first channel, as ``ensai calibrate`` fits them.
     """
 
     predict_fn: object
@@ -153,8 +154,6 @@ class TablePredictor:
 
     def _flags(self, prepared, raw):
         """The flag columns; a lens-light network's images do not raise ``lens_light``."""
-        if self.bands > 1:  # the red band, the last channel
-            prepared = [dataclasses.replace(p, image=p.image[..., -1:]) for p in prepared]
         columns = flag_columns(prepared, raw, self.thresholds)
         if self.lens_light_network:
             for column in columns:

@@ -1,18 +1,16 @@
 """Training: one network with ``model.fit`` on the online pipeline.
 
-``train`` follows the Model Garden driver shape: write
-the resolved config into the model folder first, seed Keras, build and
-compile the network (Adam + the parity-min loss, docs/design.md §7.1-7.2), fit on the
-endless online training stream with the fixed validation set, and finish by
-exporting a SavedModel. A killed run continues with ``resume=True`` from the
-last completed epoch: Keras' ``BackupAndRestore`` restores weights and
-optimiser state, and the training stream restarts at the matching step
-(``make_dataset(start_step=...)``), so an interrupted and resumed run ends
-with the same weights as an uninterrupted one. A finished run continues with
-``resume=True`` and a larger ``train.epochs`` or a new
-``train.time_budget_minutes``: from its ``model.keras`` (the best-validation
-weights and the optimiser state saved with them), at the step after its
-last logged epoch, keeping its best validation loss.
+``train`` follows the Model Garden driver shape: write the resolved config into the model
+folder first, seed Keras, build and compile the network (Adam + the parity-min loss,
+docs/design.md §7.1-7.2), fit on the endless online training stream with the fixed validation
+set, and finish by exporting a SavedModel. A killed run continues with ``resume=True`` from the
+last completed epoch: Keras' ``BackupAndRestore`` restores weights and optimiser state, and the
+training stream restarts at the matching step (``make_dataset(start_step=...)``), so an
+interrupted and resumed run ends with the same weights as an uninterrupted one. A finished run
+continues with ``resume=True`` and a larger ``train.epochs`` or a new
+``train.time_budget_minutes``: from its ``model.keras`` (the best-validation weights and the
+optimiser state saved with them), at the step after its last logged epoch, keeping its best
+validation loss.
 
 It prints what it does: the run it starts or resumes (epoch, step, best
 validation loss), after each epoch the estimated time left
@@ -478,14 +476,16 @@ def _load_init_weights(model, path):
 
 
 def _spread_bands(layer, trained):
-    """Give a first layer reading K bands the trained one-band kernel / K per band; True if done."""
+    """Give a first layer reading K bands the trained one-band kernel / K per band (input
+    channels after the band, such as resnet's coordinates, keep theirs); True if done."""
     mine, theirs = layer.get_weights(), trained.get_weights()
-    want = mine[0].shape[:-2] + (1,) + mine[0].shape[-1:]  # the kernel, one band in
-    if len(mine) != len(theirs) or theirs[0].shape != want \
-            or any(a.shape != b.shape for a, b in zip(mine[1:], theirs[1:])):
+    k, m = (theirs or [np.zeros((1, 1))])[0], mine[0]
+    bands = m.shape[-2] - k.shape[-2] + 1
+    if len(mine) != len(theirs) or bands < 2 or k.shape[:-2] + k.shape[-1:] != m.shape[:-2] \
+            + m.shape[-1:] or any(a.shape != b.shape for a, b in zip(mine[1:], theirs[1:])):
         return False
-    layer.set_weights([np.repeat(theirs[0], bands := mine[0].shape[-2], axis=-2) / bands]
-                      + theirs[1:])
+    layer.set_weights([np.concatenate([np.repeat(k[..., :1, :], bands, -2) / bands,
+                                       k[..., 1:, :]], axis=-2)] + theirs[1:])
     return True
 
 

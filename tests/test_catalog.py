@@ -348,7 +348,7 @@ def test_a_two_band_network_reads_band2_rows_itself(tmp_path, arc_image, celesti
                                                     write_fits, capsys):
     """A network trained on two bands gets both bands of a band2 row, as ``ensai predict
     --bands`` feeds it (lens_light_path=network); a row without band2 is skipped with its
-    reason, and a lens-light path is refused before any work."""
+    reason, and a lens-light path is refused before any lens is predicted."""
     import keras
 
     inp = keras.Input((192, 192, 2))
@@ -373,7 +373,7 @@ def test_a_two_band_network_reads_band2_rows_itself(tmp_path, arc_image, celesti
     assert row["lens_light_path"] == expected["lens_light_path"] == "network"
     for key in ("theta_e", "e_x", "x_pix", "ra_deg"):
         assert row[key] == pytest.approx(expected[key], rel=1e-5), key
-    assert isinstance(row["flags"], list)  # those of the red band
+    assert isinstance(row["flags"], list)  # those of the blue band
     with pytest.raises(InputError, match="reads both bands itself"):
         catalog.predict_catalog(model, tmp_path / "cat.csv", tmp_path / "o2.csv",
                                 lens_light="ica")

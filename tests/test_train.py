@@ -186,6 +186,28 @@ def test_two_band_run_starts_from_a_one_band_file(tmp_path, tiny, cache, trained
     assert fn(np.zeros((2, NPIX, NPIX, 2), np.float32)).shape == (2, 5)
 
 
+def test_two_band_resnet_keeps_its_coordinate_weights(tmp_path, cache):
+    """resnet's first convolution reads the band(s) and two coordinate channels: from a
+    one-band file the band's kernel is halved into blue and red, the coordinates' kept."""
+    cfg = config.apply_overrides(small_config(cache), ["model.name=resnet"])
+    one = ensai_tf.models.build_model("resnet", input_shape=(NPIX, NPIX, 1),
+                                      width=cfg.model.width)
+    one.save(tmp_path / "one.keras")
+    cfg = config.apply_overrides(cfg, ["bands.count=2", "simulate.lens_light=true",
+                                       f"train.init_weights={tmp_path / 'one.keras'}"])
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["stem"] = self.model.get_layer("stem1").get_weights()[0]
+
+    train.train(cfg, tmp_path / "two", verbose=0, callbacks=[Capture()])
+    source = one.get_layer("stem1").get_weights()[0]  # (3, 3, band + x + y, filters)
+    assert source.shape[-2] == 3 and seen["stem"].shape[-2] == 4
+    np.testing.assert_array_equal(seen["stem"][..., :2, :], np.repeat(source[..., :1, :], 2, -2) / 2)
+    np.testing.assert_array_equal(seen["stem"][..., 2:, :], source[..., 1:, :])
+
+
 @pytest.mark.parametrize("frozen", [True, False])
 def test_freeze_batch_norm_keeps_the_initial_statistics(tmp_path, cache, monkeypatch, frozen):
     """train.freeze_batch_norm: the batch-norm moving statistics and offset of init_weights

@@ -20,6 +20,7 @@ Usage::
 
 import argparse
 import csv
+import math
 import pathlib
 import sys
 
@@ -38,10 +39,18 @@ def last_epochs(log_csv, epochs):
     return rows[-epochs:]
 
 
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return math.nan
+
+
 def reuse_ratios(rows):
-    """``{"loss": (train, val, val / train), name: val_rms / rms, ...}`` averaged over ``rows``."""
+    """``{"loss": (train, val, val / train), name: val_rms / rms, ...}`` averaged over ``rows``
+    (NaN where a cell is empty or not a number)."""
     def mean(key):
-        return sum(float(r[key]) for r in rows) / len(rows)
+        return sum(_number(r.get(key)) for r in rows) / len(rows)
 
     train, val = mean("loss"), mean("val_loss")
     out = {"loss": (train, val, val / train)}
@@ -49,6 +58,13 @@ def reuse_ratios(rows):
         if f"{name}_rms" in rows[0] and f"val_{name}_rms" in rows[0]:
             out[name] = mean(f"val_{name}_rms") / mean(f"{name}_rms")
     return out
+
+
+def _head(run):
+    """The model head of a run folder (``model.head`` in its config.yaml; "point" if none)."""
+    from ensai_tf.run_dir import run_config  # the package only when a folder is read
+
+    return run_config(run).model.head
 
 
 def main():
@@ -67,11 +83,13 @@ def main():
         if not log.is_file():
             sys.exit(f"arc_reuse: {run} has no log.csv")
         rows = last_epochs(log, args.epochs)
-        if "val_loss" not in rows[0] or rows[0]["loss"].startswith("-"):
-            print(f"| {run} | — | (Gaussian-head negative log-likelihood: no MSE to compare) |")
+        if "val_loss" not in rows[0]:
+            print(f"| {run} | — | (no validation loss in its log.csv) |")
             continue
         ratios = reuse_ratios(rows)
         train, val, ratio = ratios["loss"]
+        if _head(run) != "point":  # a negative log-likelihood: its ratio means nothing
+            train = val = ratio = math.nan
         cells = " | ".join(f"{ratios[p]:.2f}" if p in ratios else "—" for p in PARAMS)
         print(f"| {run} | {len(rows)} | {train:.5f} | {val:.5f} | {ratio:.2f} | {cells} |")
 

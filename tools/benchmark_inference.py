@@ -109,7 +109,9 @@ def time_network(model_path, network, image, batch=100, repeats=3):
         def fn(x):
             return model(x, training=False)
 
+    bands = inference.input_bands(fn) if model_path else 1
     images = np.repeat(image[None, :, :, None].astype(np.float32), batch, axis=0)
+    images = np.repeat(images, bands, axis=-1)  # a two-band network gets the image in both
     np.asarray(fn(images))
     best = np.inf
     for _ in range(repeats):
@@ -156,8 +158,7 @@ def main(argv=None):
     parser.add_argument("--model", nargs="+", default=[None],
                         help="trained model folders, each timed in this run (default: untrained)")
     parser.add_argument("--network", default="combined",
-                        choices=("combined", "overfeat", "ensai_net", "alexnet", "inception_v4",
-                                 "resnet"),
+                        choices=("combined",) + conventions.NETWORK_NAMES,
                         help="untrained network to time when --model is not given")
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--repeats", type=int, default=3)

@@ -221,7 +221,8 @@ def with_views(model, elements):
 
     Returns:
         ``model`` itself for the identity alone, else a ``keras.Model`` of the
-        same name and signature that calls ``model`` once per view.
+        same name and signature that calls ``model`` once per view; ``model``
+        is then renamed ``<name>_one_view``.
     """
     elements = [tuple(bool(v) for v in g) for g in elements]
     if elements == [DIHEDRAL_GROUP[0]]:
@@ -230,7 +231,7 @@ def with_views(model, elements):
     model.name = f"{name}_one_view"
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="images")
     views = [DihedralParams(g, dtype="float32", name=f"back_{k}")(
-        model(DihedralImages(g, name=f"view_{k}")(inputs), training=False))
+        model(DihedralImages(g, dtype="float32", name=f"view_{k}")(inputs), training=False))
         for k, g in enumerate(elements)]
     aligned = ParityAlign(reference=0, dtype="float32", name="view_align")(views)
     mean = PerParameterWeights(dtype="float32", name="view_mean", trainable=False)(aligned)

@@ -1,6 +1,6 @@
 """Network 5: a residual network of this project's own (beyond the paper, docs/design.md §6.5.5 [R]).
 
-Designed for accuracy per CPU-hour at 192^2, and for the lens centre, the
+Designed for accuracy per CPU-minute at 192^2, and for the lens centre, the
 weakest output of the paper's networks:
 
 * two **coordinate channels** (x and y of every pixel, in units of the
@@ -39,6 +39,7 @@ ARCH = "resnet"
 
 STAGE_FILTERS = (128, 256, 512)
 """Filters of the three residual stages at ``width = 1`` (stem 32 and 64; head 128, then 1024 units)."""
+
 
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class CoordinateChannels(keras.layers.Layer):
@@ -89,7 +90,8 @@ class BlurPool(keras.layers.Layer):
     taken over the pixels inside the image), which is several times faster
     to train on a CPU than the depthwise convolution. The output side is
     ``ceil(side / 2)``; pixel ``j`` of the output is centred on input pixel
-    ``2 j + 1``. It has no weights.
+    ``2 j + 1``, so the grid is anchored at the first row and column, not at
+    the image centre (docs/design.md §6.5.5). It has no weights.
 
     Input shape:
         ``(B, H, W, C)``.
@@ -126,7 +128,7 @@ def accepts_side(side):
 
 
 def _conv(x, filters, kernel, name, activation="relu", initializer="he_normal"):
-    """SAME convolution with bias (zero) and He-normal weights."""
+    """SAME convolution with a zero bias and ``initializer`` weights (He-normal by default)."""
     return keras.layers.Conv2D(filters, kernel, padding="same", activation=activation,
                                kernel_initializer=initializer, name=name)(x)
 
