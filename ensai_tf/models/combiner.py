@@ -33,7 +33,7 @@ from ensai_tf.uncertainty import head_layout
 __all__ = ["COMBINE_MODES", "MAX_BACKBONES", "MAX_RECORD_BYTES", "ParityAlign",
            "PerParameterWeights", "PointEstimate", "backbone_files", "build_combiner",
            "combiner_record", "load_backbones", "load_combined",
-           "point_estimate_backbone", "trusted_roots", "with_views"]
+           "point_estimate_backbone", "trusted_roots", "aligned_views", "with_views"]
 
 COMBINE_MODES = ("per_parameter", "dense")
 
@@ -207,6 +207,17 @@ def point_estimate_backbone(model):
     return keras.Model(inputs, outputs, name=name)
 
 
+def aligned_views(model, inputs, elements, align_name):
+    """``(views, aligned)``: ``model``'s ``(B, 5)`` predictions for each view (``elements`` of
+    :data:`ensai_tf.symmetry.DIHEDRAL_GROUP`) of the images ``inputs``, mapped back to the image
+    frame, and their ``(B, len(elements), 5)`` stack aligned in parity with the first by the
+    :class:`ParityAlign` layer ``align_name``."""
+    views = [DihedralParams(g, dtype="float32", name=f"back_{k}")(
+        model(DihedralImages(g, dtype="float32", name=f"view_{k}")(inputs), training=False))
+        for k, g in enumerate(elements)]
+    return views, ParityAlign(reference=0, dtype="float32", name=align_name)(views)
+
+
 def with_views(model, elements):
     """A point-estimate network that averages its predictions over views of the image.
 
@@ -230,10 +241,7 @@ def with_views(model, elements):
     name = model.name
     model.name = f"{name}_one_view"
     inputs = keras.Input(shape=tuple(model.input_shape[1:]), name="images")
-    views = [DihedralParams(g, dtype="float32", name=f"back_{k}")(
-        model(DihedralImages(g, dtype="float32", name=f"view_{k}")(inputs), training=False))
-        for k, g in enumerate(elements)]
-    aligned = ParityAlign(reference=0, dtype="float32", name="view_align")(views)
+    _, aligned = aligned_views(model, inputs, elements, "view_align")
     mean = PerParameterWeights(dtype="float32", name="view_mean", trainable=False)(aligned)
     return keras.Model(inputs, mean, name=name)
 

@@ -35,7 +35,7 @@ import scipy.optimize
 from keras import ops
 
 from ensai_tf.conventions import NUM_PARAMS
-from ensai_tf.models.combiner import ParityAlign
+from ensai_tf.models.combiner import aligned_views
 from ensai_tf.symmetry import DIHEDRAL_GROUP, DihedralImages, DihedralParams
 
 __all__ = [
@@ -141,12 +141,7 @@ def with_dihedral_spread(model, scale, floor):
         ``keras.Model`` images -> ``(B, 10)``, calling ``model`` eight times per image.
     """
     inputs = keras.Input(model.input_shape[1:], name="images")
-    views = []
-    for k, element in enumerate(DIHEDRAL_GROUP):
-        turned = DihedralImages(element, name=f"view_{k}")(inputs)
-        views.append(DihedralParams(element, dtype="float32", name=f"back_{k}")(
-            model(turned, training=False)))
-    aligned = ParityAlign(reference=0, dtype="float32", name=ALIGN_LAYER)(views)
+    views, aligned = aligned_views(model, inputs, DIHEDRAL_GROUP, ALIGN_LAYER)
     out = EnsembleSpread(scale, floor, dtype="float32", name="spread")([aligned, views[0]])
     return keras.Model(inputs, out, name=model.name)
 
