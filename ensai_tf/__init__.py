@@ -34,7 +34,7 @@ start_tensorflow()
 # Importing the modules that define custom Keras objects registers them with Keras.
 from ensai_tf import losses, metrics, uncertainty  # noqa: E402, F401
 from ensai_tf.models import combiner, ensemble, heads  # noqa: E402, F401
-from ensai_tf.preprocess import bias  # noqa: E402, F401
+from ensai_tf.preprocess import bias, stretch  # noqa: E402, F401
 
 __version__ = "0.1.0"
 

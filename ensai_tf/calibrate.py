@@ -34,7 +34,7 @@ from ensai_tf.errors import ModelDirError
 from ensai_tf.evaluate import collect_fixed_split
 from ensai_tf.flags import fit_flag_thresholds, image_statistics
 from ensai_tf.model_dir import CALIBRATION_JSON, model_source
-from ensai_tf.models import combiner, ensemble
+from ensai_tf.models import ensemble, stored_combiner
 from ensai_tf.models.loading import float32_model, load_keras_model
 from ensai_tf.preprocess.images import iter_prepared_array
 from ensai_tf.run_dir import data_cache_dir, run_config, trained_keras_file
@@ -141,7 +141,7 @@ def _point_network(folder):
     kind, source = model_source(folder)
     if kind not in ("keras", "combined"):
         raise ModelDirError(f"{str(folder)!r} holds no model.keras or combiner.json to calibrate")
-    model = combiner.load_combined(source) if kind == "combined" else load_keras_model(source)
+    model = stored_combiner.load_combined(source) if kind == "combined" else load_keras_model(source)
     if model.output_shape[-1] != conventions.NUM_PARAMS:
         return None, None
     members = any(layer.name == ensemble.ALIGN_LAYER for layer in model.layers)

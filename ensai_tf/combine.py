@@ -10,6 +10,7 @@ and ``model.keras``.
 
 import json
 import math
+import pathlib
 import time
 
 import keras
@@ -19,16 +20,17 @@ from ensai_tf import config as config_lib
 from ensai_tf.callbacks import StopOnNonFinite, format_duration
 from ensai_tf.data import pipeline
 from ensai_tf.dirlock import ModelDirLock
+from ensai_tf.config import ConfigError
 from ensai_tf.errors import ModelDirError, NonFiniteLossError
 from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS, SAVED_MODEL_DIR,
                                 TENSORBOARD_DIR)
-from ensai_tf.models import combiner
+from ensai_tf.models import combiner, stored_combiner
 from ensai_tf.run_dir import (data_cache_dir, prepare_model_dir, run_config, save_keras_atomic,
                               trained_keras_file)
 from ensai_tf.symmetry import VIEW_SETS
 from ensai_tf.train import compile_model, export_saved_model_atomic
 
-__all__ = ["train_combiner"]
+__all__ = ["backbone_name", "backbone_views", "train_combiner"]
 
 
 def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", steps=None,
@@ -37,7 +39,8 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
 
     The backbones' ``model.keras`` files are loaded and frozen, each averaging
     its predictions over ``train.combine_views`` views of the image
-    (:func:`ensai_tf.models.combiner.with_views`); only the
+    (:func:`ensai_tf.models.combiner.with_views`; one view for those named in
+    ``train.single_view_backbones``, :func:`backbone_views`); only the
     combination weights (one per network and parameter by default) are trained,
     with Adam at ``train.combine_learning_rate`` (docs/design.md §7.4 [R]: 1e-3), on
     freshly simulated validation-distribution lenses drawn with
@@ -55,9 +58,9 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
 
     Returns:
         ``(model, summary)``: the trained combiner and the dict written to
-        ``combiner.json``: :func:`ensai_tf.models.combiner.combiner_record`
+        ``combiner.json``: :func:`ensai_tf.models.stored_combiner.combiner_record`
         (the backbone files and the combination weights, from which
-        :func:`~ensai_tf.models.combiner.load_combined` rebuilds the model
+        :func:`~ensai_tf.models.stored_combiner.load_combined` rebuilds the model
         without ``model.keras``), and the validation loss of the plain
         average of the sign-aligned networks and of the trained combination.
 
@@ -68,22 +71,62 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
             is exported.
     """
     paths = [trained_keras_file(d) for d in model_dirs]
+    names = [backbone_name(d) for d in model_dirs]
     if config is None:
         config = run_config(model_dirs[0])
     t = config.train
+    backbone_views(names, t)  # an unknown name fails here, before any file is written
     steps = t.combine_steps if steps is None else int(steps)
     if steps < 1:
         raise ModelDirError(f"combiner steps {steps} must be >= 1")
     started = time.monotonic()
     with ModelDirLock(model_dir, "ensai combine"):
-        model, summary = _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite,
-                                                verbose)
+        model, summary = _train_combiner_locked(paths, names, model_dir, config, mode, steps,
+                                                overwrite, verbose)
     loss, plain = summary["trained_validation"]["loss"], summary["plain_average_validation"]["loss"]
     print(f"ensai combine: trained the {mode} combination of {len(paths)} networks for {steps} "
           f"steps in {format_duration(time.monotonic() - started)}; validation loss {loss:.4g} "
           f"(plain average {plain:.4g}); wrote {model_dir} ({COMBINER_JSON}, {MODEL_KERAS}, "
           f"{SAVED_MODEL_DIR}/, {LOG_CSV}, {CONFIG_YAML})", flush=True)
     return model, summary
+
+
+def backbone_name(path):
+    """The name ``train.single_view_backbones`` knows a backbone by: its folder's name
+    (``trained_weights/alexnet`` -> ``"alexnet"``), or a ``.keras`` file's stem."""
+    path = pathlib.Path(path)
+    return path.stem if path.suffix == ".keras" else path.resolve().name
+
+
+def backbone_views(names, train_config):
+    """The views each backbone averages (docs/design.md §8.6).
+
+    Args:
+        names: the backbones' names (:func:`backbone_name`), in order.
+        train_config: the ``train`` section: ``combine_views`` views for every
+            backbone but those in ``single_view_backbones``, which see the
+            image as given.
+
+    Returns:
+        list (one per backbone) of view tuples of :data:`ensai_tf.symmetry.VIEW_SETS`.
+
+    Raises:
+        ConfigError: a name in ``single_view_backbones`` is not a backbone.
+
+    Example:
+        >>> from ensai_tf import config
+        >>> t = config.apply_overrides(config.get_preset("paper"), [
+        ...     "train.combine_views=2", "train.single_view_backbones=[ensai_net]"]).train
+        >>> [len(v) for v in backbone_views(["alexnet", "ensai_net"], t)]
+        [2, 1]
+    """
+    unknown = sorted(set(train_config.single_view_backbones) - set(names))
+    if unknown:
+        raise ConfigError(f"train.single_view_backbones: {', '.join(unknown)} "
+                          f"{'is' if len(unknown) == 1 else 'are'} not among the backbones "
+                          f"({', '.join(names)})")
+    return [VIEW_SETS[1] if name in train_config.single_view_backbones
+            else VIEW_SETS[train_config.combine_views] for name in names]
 
 
 def _fresh_lenses(config):
@@ -104,14 +147,15 @@ def _check_finite(summary, model_dir):
                                      "train.combine_learning_rate and retry with --overwrite")
 
 
-def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, verbose):
+def _train_combiner_locked(paths, names, model_dir, config, mode, steps, overwrite,
+                           verbose):
     t = config.train
     model_dir = prepare_model_dir(model_dir, overwrite=overwrite)
     config_lib.save_config(config, model_dir / CONFIG_YAML)
     keras.utils.set_random_seed(t.seed)
-    views = VIEW_SETS[t.combine_views]
-    backbones = [combiner.with_views(b, views)
-                 for b in combiner.load_backbones([str(p) for p in paths])]
+    views = backbone_views(names, t)
+    backbones = [combiner.with_views(b, v)
+                 for b, v in zip(combiner.load_backbones([str(p) for p in paths]), views)]
     val_ds = pipeline.make_dataset("validation", config, seed=config.data.seed,
                                    batch_size=config.evaluate.batch_size,
                                    cache_dir=data_cache_dir(config))
@@ -129,7 +173,7 @@ def _train_combiner_locked(paths, model_dir, config, mode, steps, overwrite, ver
     trained = model.evaluate(val_ds, verbose=0, return_dict=True)
     # the record (backbone files relative to model_dir, their SHA-256, the
     # combination weights) lets the combiner ship without copying its backbones
-    summary = {**combiner.combiner_record(model, paths, model_dir, views), "steps": steps,
+    summary = {**stored_combiner.combiner_record(model, paths, model_dir, views), "steps": steps,
                "plain_average_validation": {k: float(v) for k, v in plain.items()},
                "trained_validation": {k: float(v) for k, v in trained.items()}}
     _check_finite(summary, model_dir)

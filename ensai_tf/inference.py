@@ -29,7 +29,7 @@ import tensorflow as tf
 from ensai_tf import calibration as calibration_lib
 from ensai_tf import conventions, model_dir, uncertainty
 from ensai_tf.errors import InputError, ModelDirError
-from ensai_tf.models import combiner, ensemble
+from ensai_tf.models import ensemble, stored_combiner
 from ensai_tf.models.loading import load_keras_model
 from ensai_tf.tables import INTERVAL_LEVEL, PA_FRAME_IMAGE, PA_FRAME_SKY
 
@@ -121,7 +121,7 @@ def _load_holder(kind, source, trust=False, with_spread=True):
     if kind == "saved_model":
         holder = load_for_inference(source)
         return holder, _saved_model_npix(holder.serve)
-    holder = (combiner.load_combined(source, trust) if kind == "combined"
+    holder = (stored_combiner.load_combined(source, trust) if kind == "combined"
               else load_keras_model(source))
     if with_spread:
         holder = _with_spread(holder, source)
@@ -136,7 +136,7 @@ def load_predictor(path, raw=False, trust_savedmodel=False, with_spread=True):
             SavedModel folder, or a ``.keras`` file. Which file of a folder
             is loaded follows :func:`ensai_tf.model_dir.model_source`:
             ``model.keras`` (safe mode), else ``combiner.json``
-            (:func:`ensai_tf.models.combiner.load_combined`), else a
+            (:func:`ensai_tf.models.stored_combiner.load_combined`), else a
             SavedModel when it is the only model there.
         raw: return the whole head output instead of the five parameters
             (the shear and the Gaussian head's variances too;

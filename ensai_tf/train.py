@@ -494,7 +494,8 @@ def _model_kwargs(cfg):
     n_targets = config_lib.target_count(cfg)
     num_outputs = (n_targets if cfg.model.head == "point"
                    else uncertainty.num_outputs_for(cfg.model.head, n_targets))
-    kwargs = {"width": cfg.model.width, "num_outputs": num_outputs}
+    kwargs = {"width": cfg.model.width, "num_outputs": num_outputs,
+              "input_stretch": cfg.model.input_stretch}
     if cfg.model.name == "inception_v4":
         kwargs["bn_mode"] = cfg.model.bn_mode
     return kwargs

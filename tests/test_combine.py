@@ -13,8 +13,9 @@ from training_helpers import NPIX, small_config
 
 def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys):
     """Two tiny trained networks -> combiner (through the console entry point, which calls
-    combine.train_combiner), each averaging two views: 10 trainable scalars, backbones
-    frozen, folders refused and kept."""
+    combine.train_combiner), the first averaging two views and the second, named in
+    train.single_view_backbones, one: 10 trainable scalars, backbones frozen, folders
+    refused and kept."""
     cfg = small_config(cache)
     a, b = trained / "a", trained / "b"
     before = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
@@ -22,7 +23,7 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys
     args = ["combine", "--models", str(a), str(b),
             "--model-dir", str(tmp_path / "c"), "--steps", "2", "--preset", "smoke",
             f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}",
-            "--set=train.combine_views=2"]
+            "--set=train.combine_views=2", "--set=train.single_view_backbones=[b]"]
     assert cli.main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("ensai combine: trained the per_parameter combination of 2 networks "
@@ -32,7 +33,8 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys
         assert (tmp_path / "c" / name).is_file(), name
     summary = json.loads((tmp_path / "c" / "combiner.json").read_text())
     assert summary["steps"] == 2
-    assert summary["views"] == [[False, False, False], [True, False, False]]
+    assert summary["views"] == [[[False, False, False], [True, False, False]],
+                                [[False, False, False]]]
     assert set(summary) >= {"plain_average_validation", "trained_validation"}
     model = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
@@ -54,3 +56,14 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys
         combine.train_combiner([a], tmp_path / "c", config=cfg, steps=1)
     with pytest.raises(ModelDirError, match="has no model.keras"):
         combine.train_combiner([tmp_path / "nothing"], tmp_path / "d", config=cfg, steps=1)
+
+
+def test_an_unknown_single_view_backbone_is_refused_before_anything_is_written(tmp_path, cache,
+                                                                              trained):
+    from ensai_tf import config as config_lib
+
+    cfg = config_lib.apply_overrides(small_config(cache), ["train.single_view_backbones=[b, zz]"])
+    with pytest.raises(config_lib.ConfigError,
+                       match=r"single_view_backbones: zz is not among the backbones \(a, b\)"):
+        combine.train_combiner([trained / "a", trained / "b"], tmp_path / "c", config=cfg)
+    assert not (tmp_path / "c").exists()

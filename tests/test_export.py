@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from ensai_tf import export, inference
+from ensai_tf import export, inference, symmetry
 from ensai_tf.conventions import PARAM_NAMES
 from ensai_tf.models import build_model, combiner, loading
 from ensai_tf.preprocess.bias import BiasRemoval
@@ -84,11 +84,13 @@ def test_keras_file_through_the_same_loader(ensai_net_small, tmp_path):
         predict(np.zeros((1, 16, 16, 1), np.float32))
 
 
-@pytest.mark.parametrize("gaussian", [False, True])
-def test_combiner_exports_and_reloads(tmp_path, gaussian):
+@pytest.mark.parametrize("gaussian, views", [(False, 1), (True, 1), (True, 2)])
+def test_combiner_exports_and_reloads(tmp_path, gaussian, views):
+    """Also with each backbone averaging two views, as the shipped combination does."""
     nets = [tiny_backbone(f"net{i}", seed=i) for i in range(4)]
     if gaussian:  # a Gaussian-head network joins through PointEstimate
         nets.append(combiner.point_estimate_backbone(tiny_backbone("shear", seed=4, width=14)))
+    nets = [combiner.with_views(net, symmetry.VIEW_SETS[views]) for net in nets]
     model = combiner.build_combiner(nets)
     x = _images(seed=1)
     export.export_saved_model(model, tmp_path / "sm")

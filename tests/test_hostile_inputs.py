@@ -20,7 +20,7 @@ from ensai_tf.config import ConfigError, load_config, quote_value
 from ensai_tf.data import writer
 from ensai_tf.dirlock import ModelDirLock
 from ensai_tf.errors import InputError, ModelDirError
-from ensai_tf.models import combiner
+from ensai_tf.models import stored_combiner
 from ensai_tf.realdata import masks, psf
 
 
@@ -181,7 +181,7 @@ def test_simulate_refuses_more_lenses_than_the_disk_holds(tmp_path, monkeypatch)
 
 
 def _record(folder, backbones):
-    shipped = json.loads((combiner.trusted_roots(folder)[1] / "combined"
+    shipped = json.loads((stored_combiner.trusted_roots(folder)[1] / "combined"
                           / "combiner.json").read_text())
     folder.mkdir(parents=True)
     (folder / "combiner.json").write_text(json.dumps({**shipped, "backbones": backbones}))
@@ -192,7 +192,7 @@ def _record(folder, backbones):
 def test_combiner_backbones_outside_its_folder_are_refused_before_reading(tmp_path, backbones):
     folder = _record(tmp_path / "deep" / "comb", backbones)
     with pytest.raises(ModelDirError, match="outside the folder.*--trust-savedmodel"):
-        combiner.load_combined(folder)
+        stored_combiner.load_combined(folder)
 
 
 def test_combiner_record_of_hostile_shapes_is_refused(tmp_path):
@@ -202,10 +202,10 @@ def test_combiner_record_of_hostile_shapes_is_refused(tmp_path):
                 {"reference": 99}, {"mode": "exec"}, {"backbones": ["b.keras"] * 10**5}):
         (folder / "combiner.json").write_text(json.dumps({**record, **bad}))
         with pytest.raises(ModelDirError, match="combiner.json"):
-            combiner.load_combined(folder)
+            stored_combiner.load_combined(folder)
     (folder / "combiner.json").write_text("[" * 100000 + "]" * 100000)
     with pytest.raises(ModelDirError, match="nested too deeply|not a combiner"):
-        combiner.load_combined(folder)
+        stored_combiner.load_combined(folder)
 
 
 def test_os_errors_become_one_line_naming_the_path(capsys, tmp_path):

@@ -54,9 +54,9 @@ SINGLE_FILES = ("model.keras", "config.yaml", "log.csv")
 UNCERTAINTY_FILES = SINGLE_FILES + ("calibration.json",)
 COMBINED_FILES = ("config.yaml", "log.csv", "combiner.json")
 # The combined model ships by reference to the shipped backbones (combiner.json,
-# ensai_tf.models.combiner.load_combined): a model.keras of five backbones is
+# ensai_tf.models.stored_combiner.load_combined): a model.keras of five backbones is
 # 54.5 MB, over the 50 MB per-file limit, and would copy 46+ MB that ship beside it;
-# `export_saved_model(combiner.load_combined("trained_weights/combined"), ...)`
+# `export_saved_model(stored_combiner.load_combined("trained_weights/combined"), ...)`
 # makes a SavedModel from it on the user's machine.
 REPORTS = ("metrics.json", "table1.md", "figure1.png")
 MAX_FILE_MB = 50.0  # decimal megabytes, as the project's limit
@@ -154,13 +154,13 @@ def _ship_combiner(run, out):
     import numpy as np
 
     from ensai_tf import inference, model_dir
-    from ensai_tf.models import combiner
+    from ensai_tf.models import stored_combiner
 
     record = json.loads((run / "combiner.json").read_text())
     if "weights" not in record:
         sys.exit(f"{run}: its combiner.json has no combination weights; run 'ensai combine' again")
     backbones = []
-    for path, sha in zip(combiner.backbone_files(run, record), record["backbone_sha256"]):
+    for path, sha in zip(stored_combiner.backbone_files(run, record), record["backbone_sha256"]):
         if path.name != "model.keras" or path.parent.parent != DEST.resolve():
             sys.exit(f"{run}: backbone {path} is not a shipped network; run 'ensai combine "
                      "--models trained_weights/NAME ...' after shipping the networks")
@@ -309,9 +309,9 @@ def print_table():
             seen = f"{epochs * cfg['steps_per_epoch'] * cfg['batch_size'] / 1e3:.0f}k"
         params = "-"
         if name == "combined":
-            from ensai_tf.models import combiner
+            from ensai_tf.models import stored_combiner
 
-            params = f"{combiner.load_combined(DEST / name).count_params() / 1e6:.2f}"
+            params = f"{stored_combiner.load_combined(DEST / name).count_params() / 1e6:.2f}"
         elif (DEST / name / "model.keras").is_file():
             import keras
 

@@ -79,7 +79,7 @@ def main():
     from ensai_tf.conventions import PARAM_NAMES
     from ensai_tf.evaluate import collect_test_set
     from ensai_tf.metrics import error_table
-    from ensai_tf.models import combiner
+    from ensai_tf.models import combiner, stored_combiner
 
     folder = pathlib.Path(args.model)
     try:
@@ -88,7 +88,7 @@ def main():
         sys.exit(f"view_study: {folder} has no readable combiner.json ({err})")
     if record.get("mode") != "per_parameter":
         sys.exit("view_study: only per-parameter combinations are supported")
-    backbones = combiner.load_backbones(combiner.backbone_files(folder, record))
+    backbones = combiner.load_backbones(stored_combiner.backbone_files(folder, record))
     images, true, _ = collect_test_set(config_lib.get_preset("paper"), args.n)
     preds, ms = backbone_views(backbones, images)
     print(f"{folder}: {len(backbones)} backbones, {args.n} test lenses; ms per lens and view: "

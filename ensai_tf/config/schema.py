@@ -258,6 +258,8 @@ class ModelConfig:
                            "the parity-aware Gaussian NLL")
     shear_outputs: bool = _value(False, doc="also predict the external shear (gamma_1, "
                                             "gamma_2); needs lens.shear")
+    input_stretch: float = _value(0.0, lo=0.0, doc="softening of an asinh stretch after the bias "
+                                                   "removal, image units (§6.1.1); 0 = linear")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -296,6 +298,11 @@ class TrainConfig:
     combine_views: int = _value(1, choices=(1, 2, 4, 8), doc="views of the image each backbone "
                                 "of a combined network averages over: 1 as given, 2 and its "
                                 "transpose, 4 rotations, 8 all flips and rotations (§8.6)")
+    single_view_backbones: tuple = dataclasses.field(
+        default=(), metadata={"kind": "names", "doc": "backbones of a combined network (the "
+                              "folder names given to --models) that see the image as given "
+                              "only, whatever combine_views: the slow ones, to keep the time "
+                              "per lens down (§8.6)"})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -87,6 +87,10 @@ def _check_field(key, f, value):
             raise ConfigError(f"{key}: {quote_value(value)} is not one of {', '.join(choices)}")
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             _check_bound(key, value, meta)
+    elif kind == "names":
+        if not all(isinstance(v, str) and v for v in value) or len(set(value)) != len(value):
+            raise ConfigError(f"{key}: {quote_value(value)} must be a list of distinct names, "
+                              f"e.g. '{key}=[ensai_net,inception_v4]'")
     elif kind == "dirs":
         for d in value:
             if not os.path.isdir(os.path.expanduser(str(d))):

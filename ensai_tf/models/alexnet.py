@@ -37,7 +37,8 @@ def accepts_side(side):
     return s == FC6_KERNEL
 
 
-def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, width=1.0):
+def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH,
+                  width=1.0, input_stretch=0.0):
     """AlexNet regressor (docs/design.md §6.5.2), about 36.8 M trainable parameters.
 
     Args:
@@ -46,6 +47,8 @@ def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, wi
         name: model name.
         width: multiplier of every hidden layer's filters and units (1 = the
             paper's network; the ``cpu`` preset uses a narrower one).
+        input_stretch: softening of the asinh input stretch, image units
+            (docs/design.md §6.1.1); 0 leaves the image linear.
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -55,7 +58,7 @@ def build_alexnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, wi
     Raises:
         ValueError: ``input_shape`` does not fit, naming the smallest input.
     """
-    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
+    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side, input_stretch)
     x = blocks.conv(x, 64, 11, "conv1", strides=4, padding="valid", width=width)
     x = blocks.max_pool(x, 3, "pool1")
     x = blocks.conv(x, 192, 5, "conv2", width=width)

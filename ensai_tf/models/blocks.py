@@ -11,6 +11,7 @@ import keras
 
 from ensai_tf.conventions import NUM_PARAMS
 from ensai_tf.preprocess.bias import WINDOW, BiasRemoval
+from ensai_tf.preprocess.stretch import AsinhStretch
 
 __all__ = [
     "BN_MODES",
@@ -110,7 +111,7 @@ def check_input_shape(input_shape, arch, accepts):
                      f"accepts is {sides[0]}x{sides[0]}x1 ({span})")
 
 
-def model_input(input_shape, arch, accepts):
+def model_input(input_shape, arch, accepts, input_stretch=0.0):
     """Checked ``keras.Input`` and its bias-removed version (docs/design.md §6.1).
 
     The bias-removal layer is the first layer of every network (docs/design.md §6.1
@@ -122,14 +123,20 @@ def model_input(input_shape, arch, accepts):
         arch: architecture name, for error messages.
         accepts: function ``side -> bool`` of the architecture (see
             :func:`check_input_shape`).
+        input_stretch: softening of an :class:`~ensai_tf.preprocess.stretch.AsinhStretch`
+            after the bias removal, image units (docs/design.md §6.1.1); 0 (the
+            default, the paper's networks) leaves the image linear.
 
     Returns:
         ``(inputs, x)``: the input tensor named ``"images"`` and the output
-        of the ``"bias_removal"`` layer.
+        of the ``"bias_removal"`` layer (or of the ``"stretch"`` layer after it).
     """
     shape = check_input_shape(input_shape, arch, accepts)
     inputs = keras.Input(shape=shape, name="images")
-    return inputs, BiasRemoval(name="bias_removal", dtype="float32")(inputs)
+    x = BiasRemoval(name="bias_removal", dtype="float32")(inputs)
+    if input_stretch:
+        x = AsinhStretch(input_stretch, name="stretch", dtype="float32")(x)
+    return inputs, x
 
 
 def scaled(filters, width=1.0):

@@ -45,7 +45,7 @@ def accepts_side(side):
 
 
 def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, fc_units=512,
-                    width=1.0):
+                    width=1.0, input_stretch=0.0):
     """The 8-module network (docs/design.md §6.5.4), about 77.6 M trainable parameters at 192^2.
 
     Layers are named ``conv{i}`` (primary) and ``conv{i}_1x1`` for module
@@ -58,6 +58,8 @@ def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, 
         fc_units: width of the hidden FC layer (512, docs/design.md §6.5.4).
         width: multiplier of every hidden layer's filters and units (1 = the
             paper's network; the ``cpu`` preset uses a narrower one).
+        input_stretch: softening of the asinh input stretch, image units
+            (docs/design.md §6.1.1); 0 leaves the image linear.
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -66,7 +68,7 @@ def build_ensai_net(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, 
     Raises:
         ValueError: ``input_shape`` does not fit, naming the smallest input.
     """
-    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
+    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side, input_stretch)
     for i, (depth, kernel, stride, act, act_1x1) in enumerate(MODULES, start=1):
         x = blocks.conv(x, depth, kernel, f"conv{i}", strides=stride, activation=act,
                         width=width)

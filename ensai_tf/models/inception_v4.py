@@ -136,7 +136,7 @@ def _inception_c(x, s, unit):
 
 
 def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH,
-                       bn_mode="train", width=1.0):
+                       bn_mode="train", width=1.0, input_stretch=0.0):
     """Inception-v4 regressor (docs/design.md §6.5.1), about 41 M trainable parameters.
 
     Args:
@@ -150,6 +150,8 @@ def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARC
             release's never-updated BN amounts to.
         width: multiplier of every hidden layer's filters and units (1 = the
             paper's network; the ``cpu`` preset uses a narrower one).
+        input_stretch: softening of the asinh input stretch, image units
+            (docs/design.md §6.1.1); 0 leaves the image linear.
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -162,7 +164,7 @@ def build_inception_v4(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARC
     if bn_mode not in blocks.BN_MODES:
         raise ValueError(f"bn_mode must be one of {blocks.BN_MODES}, got {bn_mode!r}")
     unit = functools.partial(blocks.conv_bn, bn_mode=bn_mode, width=width)
-    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
+    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side, input_stretch)
     x = _stem(x, unit)
     for s in ("Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_5e"):
         x = _inception_a(x, s, unit)

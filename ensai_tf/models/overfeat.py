@@ -33,7 +33,8 @@ def accepts_side(side):
     return blocks.valid_size(s, 2, 1) >= 1
 
 
-def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, width=1.0):
+def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH,
+                   width=1.0, input_stretch=0.0):
     """Overfeat regressor (docs/design.md §6.5.3), about 41.0 M trainable parameters.
 
     The layer ``params`` is the code's final linear FC1 (Glorot, bias 0)
@@ -45,6 +46,8 @@ def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, w
         name: model name.
         width: multiplier of every hidden layer's filters and units (1 = the
             paper's network; the ``cpu`` preset uses a narrower one).
+        input_stretch: softening of the asinh input stretch, image units
+            (docs/design.md §6.1.1); 0 leaves the image linear.
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, 1)`` (masked
@@ -53,7 +56,7 @@ def build_overfeat(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, w
     Raises:
         ValueError: ``input_shape`` does not fit, naming the smallest input.
     """
-    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
+    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side, input_stretch)
     x = blocks.conv(x, 64, 11, "conv1", strides=4, padding="valid", width=width)
     x = blocks.max_pool(x, 2, "pool1")
     x = blocks.conv(x, 256, 5, "conv2", padding="valid", width=width)

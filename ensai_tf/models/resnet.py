@@ -144,7 +144,8 @@ def _residual_block(x, filters, name):
     return keras.layers.Activation("relu", name=f"{name}_out")(y)
 
 
-def build_resnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, width=1.0):
+def build_resnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH,
+                 width=1.0, input_stretch=0.0):
     """Residual regressor with coordinate channels and a position-preserving head.
 
     Args:
@@ -153,6 +154,8 @@ def build_resnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, wid
         name: model name.
         width: multiplier of every hidden layer's filters and units (the
             ``cpu`` preset uses 0.25).
+        input_stretch: softening of the asinh input stretch, image units
+            (docs/design.md §6.1.1); 0 leaves the image linear.
 
     Returns:
         Functional ``keras.Model`` from images ``(B, H, W, C)`` (masked
@@ -167,7 +170,7 @@ def build_resnet(input_shape=IMAGE_SHAPE, num_outputs=NUM_PARAMS, name=ARCH, wid
         >>> model.output_shape
         (None, 5)
     """
-    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side)
+    inputs, x = blocks.model_input(input_shape, ARCH, accepts_side, input_stretch)
     x = CoordinateChannels(name="coordinates")(x)
     x = _conv(x, blocks.scaled(32, width), 3, "stem1")
     x = BlurPool(name="stem1_blur")(x)

@@ -7,7 +7,7 @@ import pytest
 from ensai_tf import model_dir
 from ensai_tf.conventions import ELLIPTICITY_INDICES
 from ensai_tf.losses import ParityMSE
-from ensai_tf.models import build_model, combiner
+from ensai_tf.models import build_model, combiner, stored_combiner
 from ensai_tf.preprocess.bias import BiasRemoval
 
 SIDE = 75  # the smallest input Inception-v4 takes: keeps the BN backbone cheap
@@ -218,7 +218,7 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
     params.set_weights([rng.normal(size=w.shape).astype(np.float32) for w in params.get_weights()])
     folder = tmp_path / "combined"
     folder.mkdir()
-    record = combiner.combiner_record(model, paths, folder)
+    record = stored_combiner.combiner_record(model, paths, folder)
     assert record["backbones"] == ["../nets/a.keras", "../nets/g.keras"]
     assert record["reference"] == 1 and record["mode"] == mode
     (folder / "combiner.json").write_text(json.dumps(record))
@@ -226,7 +226,7 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
     assert model_dir.model_source(nets)[0] is None
 
     x = _images(3, seed=5)
-    rebuilt = combiner.load_combined(folder)
+    rebuilt = stored_combiner.load_combined(folder)
     np.testing.assert_array_equal(rebuilt.predict_on_batch(x), model.predict_on_batch(x))
     predict_fn, npix = inference.load_predictor(folder)
     assert npix == SIDE
@@ -239,11 +239,11 @@ def test_combiner_stored_by_reference_rebuilds_the_same_network(tmp_path, mode):
         inference.load_predictor(folder)
     (nets / "a.keras").unlink()
     with pytest.raises(ModelDirError, match=r"a\.keras.*does not exist"):
-        combiner.load_combined(folder)
+        stored_combiner.load_combined(folder)
     (nets / "a.keras").write_bytes(original)
     (folder / "combiner.json").write_text(json.dumps({**record, "weights": [[1.0, 2.0]]}))
     with pytest.raises(ModelDirError, match="combination weights do not fit"):
-        combiner.load_combined(folder)
+        stored_combiner.load_combined(folder)
     (folder / "combiner.json").write_text("{not json")
     with pytest.raises(ModelDirError, match="combiner.json.*not valid JSON"):
         inference.load_predictor(folder)
@@ -285,11 +285,11 @@ def test_a_view_averaged_combiner_round_trips_and_is_equivariant(tmp_path):
     model = combiner.build_combiner(backbones)
     folder = tmp_path / "combined"
     folder.mkdir()
-    record = combiner.combiner_record(model, paths, folder, views)
+    record = stored_combiner.combiner_record(model, paths, folder, views)
     assert record["views"][1] == [False, False, True]
     (folder / "combiner.json").write_text(json.dumps(record))
     x = _images(3, seed=8)
-    rebuilt = combiner.load_combined(folder)
+    rebuilt = stored_combiner.load_combined(folder)
     np.testing.assert_allclose(rebuilt.predict_on_batch(x), model.predict_on_batch(x),
                                rtol=0, atol=1e-6)
     turned = symmetry.transform_images(x, (True, True, False))
@@ -297,9 +297,44 @@ def test_a_view_averaged_combiner_round_trips_and_is_equivariant(tmp_path):
                                rebuilt.predict_on_batch(x)[:, 0], rtol=1e-5)
     (folder / "combiner.json").write_text(json.dumps({**record, "views": [[True, 0]]}))
     with pytest.raises(ModelDirError, match="'views' must be a list of distinct"):
-        combiner.load_combined(folder)
+        stored_combiner.load_combined(folder)
     del record["views"]  # a record from before views: one view, the image as given
     (folder / "combiner.json").write_text(json.dumps(record))
     single = combiner.build_combiner(combiner.load_backbones(paths))
-    np.testing.assert_allclose(combiner.load_combined(folder).predict_on_batch(x),
+    np.testing.assert_allclose(stored_combiner.load_combined(folder).predict_on_batch(x),
                                single.predict_on_batch(x), rtol=0, atol=1e-6)
+
+
+def test_backbones_may_average_different_views(tmp_path):
+    """A record with one view set per backbone rebuilds each backbone's own average; a
+    record whose per-backbone list does not match the backbones is refused."""
+    import json
+
+    from ensai_tf import symmetry
+    from ensai_tf.errors import ModelDirError
+
+    nets = tmp_path / "nets"
+    nets.mkdir()
+    paths = [nets / "a.keras", nets / "b.keras"]
+    tiny_backbone("a", seed=1).save(paths[0])
+    tiny_backbone("b", seed=2).save(paths[1])
+    views = [symmetry.VIEW_SETS[4], symmetry.VIEW_SETS[1]]
+    backbones = [combiner.with_views(b, v)
+                 for b, v in zip(combiner.load_backbones(paths), views)]
+    model = combiner.build_combiner(backbones)
+    folder = tmp_path / "combined"
+    folder.mkdir()
+    record = stored_combiner.combiner_record(model, paths, folder, views)
+    assert [len(v) for v in record["views"]] == [4, 1]
+    assert stored_combiner.record_views(record) == [list(v) for v in views]
+    (folder / "combiner.json").write_text(json.dumps(record))
+    x = _images(3, seed=9)
+    rebuilt = stored_combiner.load_combined(folder)
+    np.testing.assert_allclose(rebuilt.predict_on_batch(x), model.predict_on_batch(x),
+                               rtol=0, atol=1e-6)
+    # the same views for both backbones are stored as one list, as before
+    same = stored_combiner.combiner_record(model, paths, folder, [views[0], views[0]])
+    assert same["views"] == [list(g) for g in views[0]]
+    (folder / "combiner.json").write_text(json.dumps({**record, "views": record["views"][:1]}))
+    with pytest.raises(ModelDirError, match="or 2 such lists, one per backbone"):
+        stored_combiner.load_combined(folder)
