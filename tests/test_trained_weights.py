@@ -10,6 +10,7 @@ within 2 percentage points of nominal.
 """
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -175,3 +176,43 @@ def test_shear_network_calibrated_coverage_is_nominal_on_the_shear_test_set():
     for level, row in data["coverage"]["calibrated"].items():
         for name, fraction in row.items():
             assert abs(fraction - float(level)) <= 0.02, (level, name, fraction)
+
+
+def test_the_training_script_runs_every_stage_of_the_stage_table(tmp_path):
+    """tools/train_shipped_weights.sh (dry run) trains each network's stages as
+    trained_weights/README.md's stage table records them: the same stages, first learning
+    rate, wall-clock budget and training arcs (count, pregenerate_arcs seed, shear), and as
+    many stages as each shipped log.csv holds."""
+    import csv
+    import re
+    import subprocess
+
+    root = WEIGHTS.parent
+    table = (WEIGHTS / "README.md").read_text().split("| network | stage | lr |")[1]
+    rows = {}
+    for line in table.split("\n\n")[0].splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "`combined`":
+            continue
+        rows[(cells[0].strip("`"), int(cells[1]))] = (float(cells[2].split()[0]), float(cells[5]),
+                                                     cells[7])
+    out = subprocess.run(["bash", str(root / "tools/train_shipped_weights.sh"), str(tmp_path)],
+                         env={**os.environ, "DRY_RUN": "1"}, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, check=True, timeout=60).stdout
+    pools = {m[1]: (int(m[2]), int(m[3]), "lens.shear=true" in m[4]) for m in re.finditer(
+        r"\+ pregenerate_arcs \S+/arcs/(\S+) (\d+) (\d+)(.*)", out)}
+    stages = {(m[1], int(m[2])): (float(m[3]), float(m[4]), pools[m[5]]) for m in re.finditer(
+        r"== (\w+), stage (\d+): lr (\S+), (\d+) min, arcs (\S+)", out)}
+    assert set(stages) == set(rows)
+    for key, (lr, minutes, arcs) in rows.items():
+        got_lr, got_minutes, (count, seed, shear) = stages[key]
+        assert (got_lr, got_minutes) == (lr, minutes), key
+        assert shear == ("shear" in arcs), key
+        if arcs[0].isdigit():
+            assert count == int(arcs.split()[0].replace(",", "")), key
+        if arcs.endswith(")"):
+            assert seed == int(arcs.rsplit("(", 1)[1].rstrip(")")), key
+    for name in {net for net, _ in rows}:
+        with open(WEIGHTS / name / "log.csv", newline="") as f:
+            logged = {int(r["stage"]) for r in csv.DictReader(f)}
+        assert logged == {k for net, k in rows if net == name}, name

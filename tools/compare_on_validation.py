@@ -12,6 +12,9 @@ each model against the first.
 Usage::
 
     python tools/compare_on_validation.py trained_weights/alexnet runs/alexnet --n 2000
+
+``--best`` prints only the model with the lowest parity MSE, for scripts
+(``tools/train_shipped_weights.sh`` keeps a stage only when it is that model).
 """
 
 import argparse
@@ -37,6 +40,8 @@ def main():
                         help="model folders or .keras files; changes are relative to the first")
     parser.add_argument("--n", type=int, default=2000,
                         help="validation lenses (default: 2000)")
+    parser.add_argument("--best", action="store_true",
+                        help="print only the model with the lowest parity MSE")
     args = parser.parse_args()
 
     from ensai_tf import config as config_lib, evaluate
@@ -47,6 +52,9 @@ def main():
         args.n, cfg.data.val_size)))
     images, true, _ = evaluate.collect_fixed_split(cfg, args.n, "validation")
     rows = [(m, *score(m, images, true, cfg.evaluate.batch_size)) for m in args.models]
+    if args.best:
+        print(min(rows, key=lambda row: row[1])[0])
+        return
     print(f"{args.n} validation lenses (paper preset, seed {cfg.data.seed}); 68% errors, "
           "arcsec for theta_E, x, y")
     print("| model | parity MSE | " + " | ".join(PARAM_NAMES) + " |")

@@ -1,141 +1,183 @@
 #!/usr/bin/env bash
-# How the weights in trained_weights/ were made, on the project's
-# 2-core CPU: pre-generate noise-free training arcs once (docs/design.md §1 step 1, the
-# paper's own set-up), train the four networks one after another with the
-# `cpu` preset and a wall-clock budget each, train the combiner, evaluate
-# everything on the fixed test set and copy the results into trained_weights/
-# (tools/ship_weights.py).
+# Every stage of every network in trained_weights/, from scratch, on the project's 2-core CPU,
+# as the stage table of trained_weights/README.md records it: the training-arc sets and their
+# pregenerate_arcs seeds, the learning rates, the wall-clock budgets and the options of each
+# stage. Then the combiner, the interval calibrations, the test-set reports and the screening
+# network.
 #
-# Usage: tools/train_shipped_weights.sh [WORK_DIR] [MINUTES_PER_NETWORK] [N_ARCS] [N_TEST]
-# Defaults: scratch/shipped 25 30000 10000. Each step is skipped when its
-# output exists, so the script can be rerun after an interruption; a killed
-# training resumes from its last completed epoch (--resume).
+# A stage starts from the network's weights in trained_weights/ (train.init_weights) and is
+# shipped only when it beats them on the first 2,000 lenses of the fixed validation split
+# (tools/compare_on_validation.py --best), never judged on the test set; tools/ship_weights.py
+# then appends its epochs to the network's log.csv as the next stage. The first stage of each
+# network trains from nothing (alexnet_shear's from the shipped alexnet) on both cores, every
+# later stage on one core, as they were. Budgets are wall-clock minutes, so on another machine a
+# stage runs for the same time, not the same number of epochs.
+#
+# Usage: tools/train_shipped_weights.sh [WORK_DIR] [N_TEST]
+# Defaults: scratch/shipped 10000. About 21 hours of training. Each step is skipped when its
+# output exists, so the script can be rerun after an interruption; a killed stage resumes from
+# its last completed epoch (--resume). DRY_RUN=1 prints the commands without running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-scratch/shipped}
-MINUTES=${2:-25}
-N_ARCS=${3:-30000}
-N_TEST=${4:-10000}
-NETS=(alexnet ensai_net overfeat inception_v4)
-mkdir -p "$WORK"
+N_TEST=${2:-10000}
 export TF_CPP_MIN_LOG_LEVEL=2
+SHIPPED=trained_weights
 
-if [ ! -f "$WORK/arcs/manifest.json" ]; then
-    echo "== pre-generating $N_ARCS noise-free training arcs"
-    python - "$WORK/arcs" "$N_ARCS" <<'EOF'
-import sys
-from ensai_tf import config
-from ensai_tf.data.pipeline import pregenerate_arcs
-pregenerate_arcs(sys.argv[1], int(sys.argv[2]), config=config.get_preset("cpu"))
-EOF
-fi
+run() {  # print a command (on stderr), then run it unless DRY_RUN is set
+    echo "+ $*" >&2
+    if [ -z "${DRY_RUN:-}" ]; then "$@"; fi
+}
 
-for net in "${NETS[@]}"; do
-    dir="$WORK/runs/$net"
-    if [ -d "$dir/saved_model" ]; then
-        continue
-    fi
-    flag=()
-    if [ -d "$dir/backup" ]; then
-        flag=(--resume)
-    fi
-    echo "== training $net for $MINUTES min"
-    ensai train --model "$net" --preset cpu --model-dir "$dir" "${flag[@]}" \
-        --set "data.arcs_dir=$WORK/arcs" --set "train.time_budget_minutes=$MINUTES"
-done
-
-for net in "${NETS[@]}"; do
-    if [ ! -f "$WORK/runs/$net/eval/metrics.json" ]; then
-        echo "== evaluating $net on $N_TEST test lenses"
-        ensai evaluate "$WORK/runs/$net" --n "$N_TEST" --out "$WORK/runs/$net/eval" --overwrite
-    fi
-done
-
-# The combined network ships by reference to the shipped backbone files
-# (combiner.json with their SHA-256), so the networks are shipped first and the
-# combiner merges those very files. docs/design.md §7.4: Overfeat is the parity reference.
-if [ ! -d "$WORK/runs/combined/saved_model" ]; then
-    echo "== shipping the four networks"
-    python tools/ship_weights.py "$WORK/runs" --only "${NETS[@]}"
-    echo "== training the combiner"
-    ensai combine --models trained_weights/overfeat trained_weights/ensai_net \
-        trained_weights/alexnet trained_weights/inception_v4 \
-        --model-dir "$WORK/runs/combined" --overwrite
-fi
-if [ ! -f "$WORK/runs/combined/eval/metrics.json" ]; then
-    echo "== evaluating combined on $N_TEST test lenses"
-    ensai evaluate "$WORK/runs/combined" --n "$N_TEST" --out "$WORK/runs/combined/eval" --overwrite
-fi
-python tools/ship_weights.py "$WORK/runs" --only combined
-# Per-lens intervals (docs/design.md §6.7): the combined network from its members' spread, the
-# single networks from the spread of their eight flipped and rotated views, each calibrated on
-# validation lenses; then the combined network's coverage on the test set.
-echo "== calibrating intervals on validation lenses"
-ensai calibrate trained_weights/combined --n 10000
-for NAME in alexnet overfeat ensai_net inception_v4; do
-    ensai calibrate "trained_weights/$NAME" --n 3000
-done
-ensai evaluate trained_weights/combined --n "$N_TEST" --out "$WORK/eval-combined" --overwrite
-cp "$WORK/eval-combined/"{table1.md,figure1.png,calibration.png} trained_weights/combined/
-python - "$WORK/eval-combined/metrics.json" <<'PY'
-import json, sys
-new, old = json.load(open(sys.argv[1])), json.load(open("trained_weights/combined/metrics.json"))
-new["check"] = old["check"]  # the check subset of tests/test_trained_weights.py stays
-open("trained_weights/combined/metrics.json", "w").write(json.dumps(new, indent=1) + "\n")
-PY
-for NAME in alexnet overfeat ensai_net inception_v4; do
-    python tools/ship_weights.py "$WORK/reeval" --reevaluate --only "$NAME"
-done
-# The screening network behind the quality flags (docs/design.md §8.7); it fits its own
-# thresholds on clean validation lenses and serves every model.
-if [ ! -f trained_weights/screen/screen.json ]; then
-    echo "== training the screening network"
-    python tools/train_screen.py trained_weights/screen --cache "$WORK/screen_images"
-fi
-# The single-band network that sees the lens galaxy (docs/design.md §4, §5.7): AlexNet warm-started
-# from the shipped one, first at the arcs' scale, then with every image divided by its own peak.
-if [ ! -f "$WORK/arcs_lens_light/manifest.json" ]; then
-    echo "== pre-generating 20000 noise-free training arcs with lens light"
-    python - "$WORK/arcs_lens_light" <<'EOF'
-import dataclasses, sys
+pregenerate_arcs() {  # pregenerate_arcs DIR COUNT SEED [OVERRIDE...] (cpu preset + overrides)
+    python -c 'import sys
 from ensai_tf import config
 from ensai_tf.data.arcstore import pregenerate_arcs
-cfg = config.get_preset("cpu")
-cfg = dataclasses.replace(cfg, simulate=dataclasses.replace(cfg.simulate, lens_light=True))
-pregenerate_arcs(sys.argv[1], 20000, seed=40, config=cfg)
-EOF
+cfg = config.apply_overrides(config.get_preset("cpu"), sys.argv[4:])
+pregenerate_arcs(sys.argv[1], int(sys.argv[2]), seed=int(sys.argv[3]), config=cfg)' "$@"
+}
+
+arcs() {  # arcs NAME COUNT SEED [OVERRIDE...]: noise-free training arcs, made once
+    local dir="$WORK/arcs/$1"
+    shift
+    if [ ! -f "$dir/manifest.json" ]; then run pregenerate_arcs "$dir" "$@"; fi
+}
+
+stage() {  # stage NET K ARCS LR MINUTES [--set ... ...]: train stage K, ship it if better
+    local net=$1 k=$2 arcs_name=$3 lr=$4 minutes=$5
+    shift 5
+    local runs="$WORK/stage$k" dir="$WORK/stage$k/$net"
+    if [ -f "$dir/stage_done" ]; then return 0; fi
+    local pin=(taskset -c 0) from=(--set "train.init_weights=$SHIPPED/$net/model.keras")
+    if [ "$k" = 1 ]; then
+        pin=()
+        from=()
+        if [ "$net" = alexnet_shear ]; then
+            from=(--set "train.init_weights=$SHIPPED/alexnet/model.keras")
+        fi
+    fi
+    local resume=()
+    if [ -d "$dir/backup" ]; then resume=(--resume); fi
+    echo "== $net, stage $k: lr $lr, $minutes min, arcs $arcs_name"
+    run "${pin[@]}" ensai train --preset cpu --model-dir "$dir" "${resume[@]}" "${from[@]}" \
+        --set "data.arcs_dir=$WORK/arcs/$arcs_name" --set "train.learning_rate=$lr" \
+        --set "train.time_budget_minutes=$minutes" "$@"
+    local best="$dir"
+    if [ -f "$SHIPPED/$net/model.keras" ] && [ "$k" != 1 ]; then
+        best=$(run python tools/compare_on_validation.py "$SHIPPED/$net" "$dir" --n 2000 --best)
+    fi
+    if [ -n "${DRY_RUN:-}" ] || [ "$best" = "$dir" ]; then
+        ship "$net" "$runs"
+    fi
+    if [ -z "${DRY_RUN:-}" ]; then echo "kept: $best" > "$dir/stage_done"; fi
+}
+
+ship() {  # ship NET RUNS: evaluate RUNS/NET on the test set and copy it into trained_weights/
+    local net=$1 runs=$2
+    if [ "$net" = alexnet_shear ]; then
+        run ensai calibrate "$runs/$net" --preset paper --experiment shear --n 3000
+        run ensai evaluate "$SHIPPED/alexnet" "$runs/$net" --experiment shear \
+            --out "$runs/shear_cmp" --overwrite
+    fi
+    run ensai evaluate "$runs/$net" --n "$N_TEST" --out "$runs/$net/eval" --overwrite
+    run python tools/ship_weights.py "$runs" --only "$net"
+}
+
+# The training arcs of every stage: (name, count, pregenerate_arcs seed, options)
+arcs pool0 20000 0
+arcs pool0_30k 30000 0
+for seed in 19 20 21 22; do arcs "pool$seed" 20000 "$seed"; done
+arcs shear 20000 0 lens.shear=true
+arcs shear23 20000 23 lens.shear=true
+arcs lens_light 20000 40 simulate.lens_light=true
+
+FREEZE=(--set train.freeze_batch_norm=true)
+SHEAR=(--model alexnet --set lens.shear=true --set model.shear_outputs=true
+       --set model.head=diagonal --set data.val_size=1000)
+#     network       stage arcs       lr     minutes
+stage alexnet       1 pool0      3e-4 25 --model alexnet
+stage alexnet       2 pool0_30k  1e-4 44 --model alexnet
+stage alexnet       3 pool20     3e-5 71 --model alexnet
+stage overfeat      1 pool0      3e-4 25 --model overfeat
+stage overfeat      2 pool0_30k  1e-4 42 --model overfeat
+stage overfeat      3 pool20     3e-5 71 --model overfeat
+stage ensai_net     1 pool0      3e-4 25 --model ensai_net
+stage ensai_net     2 pool0      3e-4 30 --model ensai_net
+stage ensai_net     3 pool19     3e-5 66 --model ensai_net
+stage ensai_net     4 pool21     3e-5 102 --model ensai_net
+stage inception_v4  1 pool0      3e-4 25 --model inception_v4
+stage inception_v4  2 pool0      3e-5 30 --model inception_v4
+stage inception_v4  3 pool20     3e-5 81 --model inception_v4 "${FREEZE[@]}"
+stage inception_v4  4 pool21     3e-5 105 --model inception_v4 "${FREEZE[@]}"
+stage inception_v4  5 pool22     3e-5 98 --model inception_v4 "${FREEZE[@]}"
+stage alexnet_shear 1 shear      3e-4 30 "${SHEAR[@]}"
+stage alexnet_shear 2 shear23    3e-5 81 "${SHEAR[@]}"
+
+# The screening network behind the quality flags (docs/design.md §8.7): it fits its own
+# thresholds on clean validation lenses and serves every model, so it comes before the
+# calibrations, which fit the flag thresholds with it.
+if [ ! -f "$WORK/screen/screen.json" ]; then
+    run python tools/train_screen.py "$WORK/screen" --cache "$WORK/screen_images"
 fi
+run cp "$WORK/screen/model.keras" "$WORK/screen/screen.json" "$SHIPPED/screen/"
+
+# Intervals of the single networks (docs/design.md §6.7): the spread of their eight views,
+# calibrated on validation lenses, then their coverage on the test set.
+for net in alexnet overfeat ensai_net inception_v4; do
+    run ensai calibrate "$SHIPPED/$net" --n 3000
+    run python tools/ship_weights.py "$WORK/reeval" --reevaluate --only "$net"
+done
+
+# The combined network ships by reference to the shipped backbone files (combiner.json with
+# their SHA-256); docs/design.md §7.4: Overfeat is the parity reference. Every backbone
+# averages two views but the two slow ones (docs/design.md §8.6).
+if [ ! -f "$WORK/combine/combined/combiner.json" ]; then
+    run ensai combine --models "$SHIPPED/overfeat" "$SHIPPED/ensai_net" "$SHIPPED/alexnet" \
+        "$SHIPPED/inception_v4" "$SHIPPED/alexnet_shear" --model-dir "$WORK/combine/combined" \
+        --steps 800 --set train.combine_views=2 \
+        --set "train.single_view_backbones=[ensai_net,inception_v4]" --overwrite
+    run ensai evaluate "$WORK/combine/combined" --n "$N_TEST" --out "$WORK/combine/combined/eval" \
+        --overwrite
+    run python tools/ship_weights.py "$WORK/combine" --only combined
+fi
+run ensai calibrate "$SHIPPED/combined" --n 10000
+run python tools/ship_weights.py "$WORK/reeval" --reevaluate --only combined
+run ensai evaluate "$SHIPPED/combined" --experiment trust --n 500 --out "$WORK/trust" --overwrite
+if [ -z "${DRY_RUN:-}" ]; then
+    cp "$WORK/reeval/combined/calibration.png" "$WORK/trust/"{trust.md,trust.json} \
+        "$WORK/trust/"{reliability.png,flag_rates.png} "$SHIPPED/combined/"
+fi
+
+# The single-band network that sees the lens galaxy (docs/design.md §4, §5.7): AlexNet
+# warm-started from the shipped one, first at the arcs' scale, then with every image divided by
+# its own peak; and the two-band network (docs/design.md §5.10) warm-started from it.
 LL=(--model alexnet --preset cpu --set simulate.lens_light=true
-    --set "data.arcs_dir=$WORK/arcs_lens_light" --set train.learning_rate=1e-4)
-if [ ! -d "$WORK/runs/alexnet_lens_light_1/saved_model" ]; then
-    ensai train "${LL[@]}" --model-dir "$WORK/runs/alexnet_lens_light_1" \
-        --set train.init_weights=trained_weights/alexnet/model.keras \
-        --set train.time_budget_minutes=85
+    --set "data.arcs_dir=$WORK/arcs/lens_light" --set train.learning_rate=1e-4)
+LL_TEST=(--set simulate.lens_light=true --set observe.peak_normalise=true
+         --set "simulate.lens_light_amplitude=[1.0,10.0]")
+if [ ! -d "$WORK/lens_light/stage1/saved_model" ]; then
+    run ensai train "${LL[@]}" --model-dir "$WORK/lens_light/stage1" \
+        --set "train.init_weights=$SHIPPED/alexnet/model.keras" --set train.time_budget_minutes=85
 fi
-if [ ! -d "$WORK/runs/alexnet_lens_light/saved_model" ]; then
-    ensai train "${LL[@]}" --model-dir "$WORK/runs/alexnet_lens_light" \
+if [ ! -d "$WORK/lens_light/alexnet_lens_light/saved_model" ]; then
+    run taskset -c 0 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/alexnet_lens_light" \
         --set observe.peak_normalise=true \
-        --set "train.init_weights=$WORK/runs/alexnet_lens_light_1/model.keras" \
+        --set "train.init_weights=$WORK/lens_light/stage1/model.keras" \
         --set train.time_budget_minutes=50
 fi
-# the test lenses with their lens light, each image over its own peak, as the network was trained
-LL_TEST=(--set simulate.lens_light=true --set observe.peak_normalise=true
-         --set "simulate.lens_light_amplitude=[1.0,10.0]" --n 10000)
-ensai calibrate "$WORK/runs/alexnet_lens_light" --n 3000
-ensai evaluate "$WORK/runs/alexnet_lens_light" "${LL_TEST[@]}" \
-    --out "$WORK/runs/alexnet_lens_light/eval" --overwrite
-# The two-band network (docs/design.md §5.10): the same arcs and lens light in blue and red as
-# channels, warm-started from the single-band lens-light network.
-if [ ! -d "$WORK/runs/alexnet_two_band/saved_model" ]; then
-    ensai train "${LL[@]}" --model-dir "$WORK/runs/alexnet_two_band" \
+run ensai calibrate "$WORK/lens_light/alexnet_lens_light" --n 3000
+run ensai evaluate "$WORK/lens_light/alexnet_lens_light" "${LL_TEST[@]}" --n "$N_TEST" \
+    --out "$WORK/lens_light/alexnet_lens_light/eval" --overwrite
+if [ ! -d "$WORK/lens_light/alexnet_two_band/saved_model" ]; then
+    run taskset -c 0 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/alexnet_two_band" \
         --set bands.count=2 --set observe.peak_normalise=true \
-        --set "train.init_weights=$WORK/runs/alexnet_lens_light/model.keras" \
+        --set "train.init_weights=$WORK/lens_light/alexnet_lens_light/model.keras" \
         --set train.time_budget_minutes=75
 fi
-ensai calibrate "$WORK/runs/alexnet_two_band" --n 3000
-ensai evaluate "$WORK/runs/alexnet_two_band" "${LL_TEST[@]}" --set bands.count=2 \
-    --out "$WORK/runs/alexnet_two_band/eval" --overwrite
-echo "== done: trained_weights/ holds the new networks, combiner, calibrations and screen;"
-echo "   $WORK/runs/alexnet_lens_light and $WORK/runs/alexnet_two_band are the lens-light"
-echo "   networks (copy their model.keras, config.yaml, log.csv and eval/ reports to"
-echo "   trained_weights/alexnet_lens_light and trained_weights/alexnet_two_band)"
+run ensai calibrate "$WORK/lens_light/alexnet_two_band" --n 3000
+run ensai evaluate "$WORK/lens_light/alexnet_two_band" "${LL_TEST[@]}" --set bands.count=2 \
+    --n 2000 --out "$WORK/lens_light/alexnet_two_band/eval" --overwrite
+echo "== done: trained_weights/ holds every stage's winner, the combiner, the calibrations and the"
+echo "   screen; $WORK/lens_light/alexnet_lens_light and alexnet_two_band are the lens-light"
+echo "   networks (copy their model.keras, config.yaml, log.csv, calibration.json and eval/"
+echo "   reports to trained_weights/alexnet_lens_light and trained_weights/alexnet_two_band)"
