@@ -208,16 +208,26 @@ def test_two_band_resnet_keeps_its_coordinate_weights(tmp_path, cache):
     np.testing.assert_array_equal(seen["stem"][..., 2:, :], source[..., 1:, :])
 
 
+@pytest.fixture(scope="module")
+def bn_first(tmp_path_factory, cache):
+    """A tiny batch-norm network trained once, the start of both fine-tuning tests below."""
+    path = tmp_path_factory.mktemp("bn") / "first"
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ensai_tf.models, "build_model", tiny_bn_model)
+        train.train(small_config(cache, steps=3), path, verbose=0)
+    return path
+
+
 @pytest.mark.parametrize("frozen", [True, False])
-def test_freeze_batch_norm_keeps_the_initial_statistics(tmp_path, cache, monkeypatch, frozen):
+def test_freeze_batch_norm_keeps_the_initial_statistics(tmp_path, cache, monkeypatch, frozen,
+                                                        bn_first):
     """train.freeze_batch_norm: the batch-norm moving statistics and offset of init_weights
     survive fine-tuning exactly while the convolution learns; unfrozen, the statistics move."""
     monkeypatch.setattr(ensai_tf.models, "build_model", tiny_bn_model)
     cfg = small_config(cache, steps=3)
-    train.train(cfg, tmp_path / "first", verbose=0)
-    first = keras.saving.load_model(tmp_path / "first" / "model.keras", compile=False)
+    first = keras.saving.load_model(bn_first / "model.keras", compile=False)
     tuned_cfg = config.apply_overrides(cfg, [
-        f"train.init_weights={tmp_path / 'first' / 'model.keras'}",
+        f"train.init_weights={bn_first / 'model.keras'}",
         f"train.freeze_batch_norm={str(frozen).lower()}"])
     train.train(tuned_cfg, tmp_path / "tuned", verbose=0)
     tuned = keras.saving.load_model(tmp_path / "tuned" / "model.keras", compile=False)
