@@ -10,6 +10,7 @@ and ``model.keras``.
 
 import json
 import math
+import os
 import pathlib
 import time
 
@@ -20,7 +21,6 @@ from ensai_tf import config as config_lib
 from ensai_tf.callbacks import StopOnNonFinite, format_duration
 from ensai_tf.data import pipeline
 from ensai_tf.dirlock import ModelDirLock
-from ensai_tf.config import ConfigError
 from ensai_tf.errors import ModelDirError, NonFiniteLossError
 from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS, SAVED_MODEL_DIR,
                                 TENSORBOARD_DIR)
@@ -94,8 +94,8 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
 def backbone_name(path):
     """The name ``train.single_view_backbones`` knows a backbone by: its folder's name
     (``trained_weights/alexnet`` -> ``"alexnet"``), or a ``.keras`` file's stem."""
-    path = pathlib.Path(path)
-    return path.stem if path.suffix == ".keras" else path.resolve().name
+    path = pathlib.Path(os.path.abspath(path))
+    return path.stem if path.suffix == ".keras" else path.name
 
 
 def backbone_views(names, train_config):
@@ -111,7 +111,8 @@ def backbone_views(names, train_config):
         list (one per backbone) of view tuples of :data:`ensai_tf.symmetry.VIEW_SETS`.
 
     Raises:
-        ConfigError: a name in ``single_view_backbones`` is not a backbone.
+        ConfigError: a name in ``single_view_backbones`` is not a backbone, or
+            the backbones' names are not distinct.
 
     Example:
         >>> from ensai_tf import config
@@ -120,9 +121,14 @@ def backbone_views(names, train_config):
         >>> [len(v) for v in backbone_views(["alexnet", "ensai_net"], t)]
         [2, 1]
     """
-    unknown = sorted(set(train_config.single_view_backbones) - set(names))
+    named = set(train_config.single_view_backbones)
+    if named and len(set(names)) < len(names):
+        raise config_lib.ConfigError(f"train.single_view_backbones: the backbones' names "
+                                     f"({', '.join(names)}) are not distinct; give each "
+                                     "network its own folder")
+    unknown = sorted(named - set(names))
     if unknown:
-        raise ConfigError(f"train.single_view_backbones: {', '.join(unknown)} "
+        raise config_lib.ConfigError(f"train.single_view_backbones: {', '.join(unknown)} "
                           f"{'is' if len(unknown) == 1 else 'are'} not among the backbones "
                           f"({', '.join(names)})")
     return [VIEW_SETS[1] if name in train_config.single_view_backbones

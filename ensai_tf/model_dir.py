@@ -7,7 +7,7 @@ owns its file names, so no other module spells them, and the loading rule
 
 1. ``model.keras`` whenever it exists. It is data, read with Keras' safe mode.
 2. Otherwise ``combiner.json``, a combined network stored by reference to its
-   backbone files (:mod:`ensai_tf.models.combiner`).
+   backbone files (:mod:`ensai_tf.models.stored_combiner`).
 3. A SavedModel (``saved_model/`` or a folder holding ``saved_model.pb``) only
    when it is the only model in the folder, or when the caller trusts it.
    SavedModels are programs: loading one runs the graph its author wrote.

@@ -67,3 +67,15 @@ def test_an_unknown_single_view_backbone_is_refused_before_anything_is_written(t
                        match=r"single_view_backbones: zz is not among the backbones \(a, b\)"):
         combine.train_combiner([trained / "a", trained / "b"], tmp_path / "c", config=cfg)
     assert not (tmp_path / "c").exists()
+
+
+def test_backbone_names_are_folder_names_and_must_be_distinct_to_be_named(tmp_path):
+    from ensai_tf import config as config_lib
+
+    assert combine.backbone_name(tmp_path / "alexnet") == "alexnet"
+    assert combine.backbone_name(tmp_path / "alexnet" / "net.keras") == "net"
+    t = config_lib.apply_overrides(config_lib.get_preset("paper"), [
+        "train.combine_views=4", "train.single_view_backbones=[model]"]).train
+    with pytest.raises(config_lib.ConfigError, match=r"names \(model, model\) are not distinct"):
+        combine.backbone_views(["model", "model"], t)
+    assert [len(v) for v in combine.backbone_views(["a", "model"], t)] == [4, 1]

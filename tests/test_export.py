@@ -86,7 +86,7 @@ def test_keras_file_through_the_same_loader(ensai_net_small, tmp_path):
 
 @pytest.mark.parametrize("gaussian, views", [(False, 1), (True, 1), (True, 2)])
 def test_combiner_exports_and_reloads(tmp_path, gaussian, views):
-    """Also with each backbone averaging two views, as the shipped combination does."""
+    """Also with each backbone averaging two views (the image and its transpose)."""
     nets = [tiny_backbone(f"net{i}", seed=i) for i in range(4)]
     if gaussian:  # a Gaussian-head network joins through PointEstimate
         nets.append(combiner.point_estimate_backbone(tiny_backbone("shear", seed=4, width=14)))

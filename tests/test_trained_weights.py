@@ -181,8 +181,8 @@ def test_shear_network_calibrated_coverage_is_nominal_on_the_shear_test_set():
 def test_the_training_script_runs_every_stage_of_the_stage_table(tmp_path):
     """tools/train_shipped_weights.sh (dry run) trains each network's stages as
     trained_weights/README.md's stage table records them: the same stages, first learning
-    rate, wall-clock budget and training arcs (count, pregenerate_arcs seed, shear), and as
-    many stages as each shipped log.csv holds."""
+    rate, wall-clock budget and training arcs (count, pregenerate_arcs seed, shear), as many
+    stages as each shipped log.csv holds, and the shipped combiner's views."""
     import csv
     import re
     import subprocess
@@ -216,3 +216,10 @@ def test_the_training_script_runs_every_stage_of_the_stage_table(tmp_path):
         with open(WEIGHTS / name / "log.csv", newline="") as f:
             logged = {int(r["stage"]) for r in csv.DictReader(f)}
         assert logged == {k for net, k in rows if net == name}, name
+    # and the combiner with the views of the shipped one
+    import yaml
+
+    shipped = yaml.safe_load((WEIGHTS / "combined" / "config.yaml").read_text())["train"]
+    combine = next(line for line in out.splitlines() if line.startswith("+ ensai combine"))
+    assert f"train.combine_views={shipped['combine_views']} " in combine
+    assert f"train.single_view_backbones=[{','.join(shipped['single_view_backbones'])}]" in combine

@@ -14,9 +14,10 @@
 # stage runs for the same time, not the same number of epochs.
 #
 # Usage: tools/train_shipped_weights.sh [WORK_DIR] [N_TEST]
-# Defaults: scratch/shipped 10000. About 21 hours of training. Each step is skipped when its
-# output exists, so the script can be rerun after an interruption; a killed stage resumes from
-# its last completed epoch (--resume). DRY_RUN=1 prints the commands without running them.
+# Defaults: scratch/shipped 10000. About 21 hours of training. Arc sets, stages and trainings
+# whose output exists are skipped, so the script can be rerun after an interruption (a killed
+# stage resumes from its last completed epoch, --resume); calibrations and evaluations run again.
+# DRY_RUN=1 prints the commands without running them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-scratch/shipped}
@@ -59,9 +60,13 @@ stage() {  # stage NET K ARCS LR MINUTES [--set ... ...]: train stage K, ship it
     local resume=()
     if [ -d "$dir/backup" ]; then resume=(--resume); fi
     echo "== $net, stage $k: lr $lr, $minutes min, arcs $arcs_name"
-    run "${pin[@]}" ensai train --preset cpu --model-dir "$dir" "${resume[@]}" "${from[@]}" \
-        --set "data.arcs_dir=$WORK/arcs/$arcs_name" --set "train.learning_rate=$lr" \
-        --set "train.time_budget_minutes=$minutes" "$@"
+    if [ ! -f "$dir/model.keras" ]; then
+        # ${a[@]+"${a[@]}"}: an empty array expands to nothing under set -u in every bash
+        run ${pin[@]+"${pin[@]}"} ensai train --preset cpu --model-dir "$dir" \
+            ${resume[@]+"${resume[@]}"} ${from[@]+"${from[@]}"} \
+            --set "data.arcs_dir=$WORK/arcs/$arcs_name" --set "train.learning_rate=$lr" \
+            --set "train.time_budget_minutes=$minutes" "$@"
+    fi
     local best="$dir"
     if [ -f "$SHIPPED/$net/model.keras" ] && [ "$k" != 1 ]; then
         best=$(run python tools/compare_on_validation.py "$SHIPPED/$net" "$dir" --n 2000 --best)
@@ -91,6 +96,14 @@ arcs shear 20000 0 lens.shear=true
 arcs shear23 20000 23 lens.shear=true
 arcs lens_light 20000 40 simulate.lens_light=true
 
+# The screening network behind the quality flags (docs/design.md §8.7): it fits its own
+# thresholds on clean validation lenses and serves every model, so it comes before every
+# calibration (alexnet_shear's among the stages), which fit the flag thresholds with it.
+if [ ! -f "$WORK/screen/screen.json" ]; then
+    run python tools/train_screen.py "$WORK/screen" --cache "$WORK/screen_images"
+fi
+run cp "$WORK/screen/model.keras" "$WORK/screen/screen.json" "$SHIPPED/screen/"
+
 FREEZE=(--set train.freeze_batch_norm=true)
 SHEAR=(--model alexnet --set lens.shear=true --set model.shear_outputs=true
        --set model.head=diagonal --set data.val_size=1000)
@@ -113,14 +126,6 @@ stage inception_v4  5 pool22     3e-5 98 --model inception_v4 "${FREEZE[@]}"
 stage alexnet_shear 1 shear      3e-4 30 "${SHEAR[@]}"
 stage alexnet_shear 2 shear23    3e-5 81 "${SHEAR[@]}"
 
-# The screening network behind the quality flags (docs/design.md §8.7): it fits its own
-# thresholds on clean validation lenses and serves every model, so it comes before the
-# calibrations, which fit the flag thresholds with it.
-if [ ! -f "$WORK/screen/screen.json" ]; then
-    run python tools/train_screen.py "$WORK/screen" --cache "$WORK/screen_images"
-fi
-run cp "$WORK/screen/model.keras" "$WORK/screen/screen.json" "$SHIPPED/screen/"
-
 # Intervals of the single networks (docs/design.md §6.7): the spread of their eight views,
 # calibrated on validation lenses, then their coverage on the test set.
 for net in alexnet overfeat ensai_net inception_v4; do
@@ -129,12 +134,12 @@ for net in alexnet overfeat ensai_net inception_v4; do
 done
 
 # The combined network ships by reference to the shipped backbone files (combiner.json with
-# their SHA-256); docs/design.md §7.4: Overfeat is the parity reference. Every backbone
-# averages two views but the two slow ones (docs/design.md §8.6).
+# their SHA-256); docs/design.md §7.4: Overfeat is the parity reference. The three AlexNet-sized
+# backbones average four rotations of the image, the two slow ones see it as given (§8.6).
 if [ ! -f "$WORK/combine/combined/combiner.json" ]; then
     run ensai combine --models "$SHIPPED/overfeat" "$SHIPPED/ensai_net" "$SHIPPED/alexnet" \
         "$SHIPPED/inception_v4" "$SHIPPED/alexnet_shear" --model-dir "$WORK/combine/combined" \
-        --steps 800 --set train.combine_views=2 \
+        --steps 800 --set train.combine_views=4 \
         --set "train.single_view_backbones=[ensai_net,inception_v4]" --overwrite
     run ensai evaluate "$WORK/combine/combined" --n "$N_TEST" --out "$WORK/combine/combined/eval" \
         --overwrite

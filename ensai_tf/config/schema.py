@@ -258,7 +258,7 @@ class ModelConfig:
                            "the parity-aware Gaussian NLL")
     shear_outputs: bool = _value(False, doc="also predict the external shear (gamma_1, "
                                             "gamma_2); needs lens.shear")
-    input_stretch: float = _value(0.0, lo=0.0, doc="softening of an asinh stretch after the bias "
+    input_stretch: float = _value(0.0, lo=0.0, hi=100.0, doc="softening of an asinh stretch after the bias "
                                                    "removal, image units (§6.1.1); 0 = linear")
 
 

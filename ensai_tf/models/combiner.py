@@ -29,7 +29,6 @@ __all__ = ["COMBINE_MODES", "ParityAlign", "PerParameterWeights", "PointEstimate
 COMBINE_MODES = ("per_parameter", "dense")
 
 
-
 @keras.saving.register_keras_serializable(package="ensai_tf")
 class ParityAlign(keras.layers.Layer):
     """Sign-aligns each network's ellipticity to the reference network's (docs/design.md §7.4 step 2).

@@ -66,7 +66,7 @@ def combiner_record(model, backbone_paths, folder, views=DIHEDRAL_GROUP[:1]):
 def _per_backbone(views, count):
     """``views`` (one view set, or one per backbone) as a list of ``count`` view sets."""
     views = list(views)
-    if views and all(isinstance(v, bool) for v in views[0]):
+    if views and not isinstance(views[0][0], (list, tuple)):  # one view set: triples of flags
         return [views] * count
     if len(views) != count:
         raise ValueError(f"{len(views)} view sets for {count} backbones")

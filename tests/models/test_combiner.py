@@ -332,9 +332,13 @@ def test_backbones_may_average_different_views(tmp_path):
     rebuilt = stored_combiner.load_combined(folder)
     np.testing.assert_allclose(rebuilt.predict_on_batch(x), model.predict_on_batch(x),
                                rtol=0, atol=1e-6)
-    # the same views for both backbones are stored as one list, as before
+    # the same views for both backbones are stored as one list, as before; one view set is
+    # recognised by its depth, whatever the type of its flags
     same = stored_combiner.combiner_record(model, paths, folder, [views[0], views[0]])
     assert same["views"] == [list(g) for g in views[0]]
+    as_ints = stored_combiner.combiner_record(model, paths, folder, [(1, 0, 0), (0, 0, 0)])
+    assert as_ints["views"] == [[True, False, False], [False, False, False]]
     (folder / "combiner.json").write_text(json.dumps({**record, "views": record["views"][:1]}))
     with pytest.raises(ModelDirError, match="or 2 such lists, one per backbone"):
         stored_combiner.load_combined(folder)
+
