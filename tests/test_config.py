@@ -121,3 +121,14 @@ def test_unknown_key_suggests_the_closest_valid_keys():
 def test_a_bad_range_shows_the_bracket_syntax():
     with pytest.raises(config.ConfigError, match=r"write it as 'lens\.theta_e=\[0\.1,3\.0\]'"):
         config.apply_overrides(config.get_preset("paper"), ["lens.theta_e=0.5,2.5"])
+
+
+def test_a_list_setting_without_brackets_shows_the_list_syntax():
+    with pytest.raises(config.ConfigError, match=r"'ensai_net' is not a list; write it as "
+                                                 r"'train\.single_view_backbones=\[A,B\]'"):
+        config.apply_overrides(config.get_preset("paper"), ["train.single_view_backbones=ensai_net"])
+    cfg = config.apply_overrides(config.get_preset("paper"),
+                                 ["train.single_view_backbones=[ensai_net, inception_v4]"])
+    assert cfg.train.single_view_backbones == ("ensai_net", "inception_v4")
+    # the resolved config saved beside a model reads back the same
+    assert config.config_from_dict(config.config_to_dict(cfg)) == cfg

@@ -130,6 +130,9 @@ def _coerce(key, value, default):
             return tuple(value)
     except (TypeError, ValueError, OverflowError, RecursionError, yaml.YAMLError):
         pass
+    if default == ():
+        raise ConfigError(f"{key}: {quote_value(value)} is not a list; write it as "
+                          f"'{key}=[A,B]' (quoted for the shell; default [])")
     if isinstance(default, tuple):
         example = ",".join(str(v) for v in default)
         raise ConfigError(f"{key}: {quote_value(value)} is not a valid range; write it as "
