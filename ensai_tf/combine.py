@@ -129,8 +129,8 @@ def backbone_views(names, train_config):
     unknown = sorted(named - set(names))
     if unknown:
         raise config_lib.ConfigError(f"train.single_view_backbones: {', '.join(unknown)} "
-                          f"{'is' if len(unknown) == 1 else 'are'} not among the backbones "
-                          f"({', '.join(names)})")
+                                     f"{'is' if len(unknown) == 1 else 'are'} not among the "
+                                     f"backbones ({', '.join(names)})")
     return [VIEW_SETS[1] if name in train_config.single_view_backbones
             else VIEW_SETS[train_config.combine_views] for name in names]
 
