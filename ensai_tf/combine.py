@@ -75,13 +75,13 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     if config is None:
         config = run_config(model_dirs[0])
     t = config.train
-    backbone_views(names, t)  # an unknown name fails here, before any file is written
+    views = backbone_views(names, t)  # an unknown name fails here, before any file is written
     steps = t.combine_steps if steps is None else int(steps)
     if steps < 1:
         raise ModelDirError(f"combiner steps {steps} must be >= 1")
     started = time.monotonic()
     with ModelDirLock(model_dir, "ensai combine"):
-        model, summary = _train_combiner_locked(paths, names, model_dir, config, mode, steps,
+        model, summary = _train_combiner_locked(paths, views, model_dir, config, mode, steps,
                                                 overwrite, verbose)
     loss, plain = summary["trained_validation"]["loss"], summary["plain_average_validation"]["loss"]
     print(f"ensai combine: trained the {mode} combination of {len(paths)} networks for {steps} "
@@ -131,8 +131,8 @@ def backbone_views(names, train_config):
         raise config_lib.ConfigError(f"train.single_view_backbones: {', '.join(unknown)} "
                                      f"{'is' if len(unknown) == 1 else 'are'} not among the "
                                      f"backbones ({', '.join(names)})")
-    return [VIEW_SETS[1] if name in train_config.single_view_backbones
-            else VIEW_SETS[train_config.combine_views] for name in names]
+    return [VIEW_SETS[1] if name in named else VIEW_SETS[train_config.combine_views]
+            for name in names]
 
 
 def _fresh_lenses(config):
@@ -153,13 +153,12 @@ def _check_finite(summary, model_dir):
                                      "train.combine_learning_rate and retry with --overwrite")
 
 
-def _train_combiner_locked(paths, names, model_dir, config, mode, steps, overwrite,
+def _train_combiner_locked(paths, views, model_dir, config, mode, steps, overwrite,
                            verbose):
     t = config.train
     model_dir = prepare_model_dir(model_dir, overwrite=overwrite)
     config_lib.save_config(config, model_dir / CONFIG_YAML)
     keras.utils.set_random_seed(t.seed)
-    views = backbone_views(names, t)
     backbones = [combiner.with_views(b, v)
                  for b, v in zip(combiner.load_backbones([str(p) for p in paths]), views)]
     val_ds = pipeline.make_dataset("validation", config, seed=config.data.seed,

@@ -492,10 +492,9 @@ def _spread_bands(layer, trained):
 def _model_kwargs(cfg):
     """Keyword arguments of ``build_model`` from the model section of a config."""
     n_targets = config_lib.target_count(cfg)
-    num_outputs = (n_targets if cfg.model.head == "point"
-                   else uncertainty.num_outputs_for(cfg.model.head, n_targets))
-    kwargs = {"width": cfg.model.width, "num_outputs": num_outputs,
-              "input_stretch": cfg.model.input_stretch}
+    kwargs = {"width": cfg.model.width, "input_stretch": cfg.model.input_stretch,
+              "num_outputs": n_targets if cfg.model.head == "point"
+              else uncertainty.num_outputs_for(cfg.model.head, n_targets)}
     if cfg.model.name == "inception_v4":
         kwargs["bn_mode"] = cfg.model.bn_mode
     return kwargs

@@ -49,6 +49,7 @@ stage() {  # stage NET K ARCS LR MINUTES [--set ... ...]: train stage K, ship it
     shift 5
     local runs="$WORK/stage$k" dir="$WORK/stage$k/$net"
     if [ -f "$dir/stage_done" ]; then return 0; fi
+    local model=${net%_shear}  # alexnet_shear is an AlexNet
     local pin=(taskset -c 0) from=(--set "train.init_weights=$SHIPPED/$net/model.keras")
     if [ "$k" = 1 ]; then
         pin=()
@@ -62,7 +63,7 @@ stage() {  # stage NET K ARCS LR MINUTES [--set ... ...]: train stage K, ship it
     echo "== $net, stage $k: lr $lr, $minutes min, arcs $arcs_name"
     if [ ! -f "$dir/model.keras" ]; then
         # ${a[@]+"${a[@]}"}: an empty array expands to nothing under set -u in every bash
-        run ${pin[@]+"${pin[@]}"} ensai train --preset cpu --model-dir "$dir" \
+        run ${pin[@]+"${pin[@]}"} ensai train --model "$model" --preset cpu --model-dir "$dir" \
             ${resume[@]+"${resume[@]}"} ${from[@]+"${from[@]}"} \
             --set "data.arcs_dir=$WORK/arcs/$arcs_name" --set "train.learning_rate=$lr" \
             --set "train.time_budget_minutes=$minutes" "$@"
@@ -105,24 +106,24 @@ fi
 run cp "$WORK/screen/model.keras" "$WORK/screen/screen.json" "$SHIPPED/screen/"
 
 FREEZE=(--set train.freeze_batch_norm=true)
-SHEAR=(--model alexnet --set lens.shear=true --set model.shear_outputs=true
+SHEAR=(--set lens.shear=true --set model.shear_outputs=true
        --set model.head=diagonal --set data.val_size=1000)
 #     network       stage arcs       lr     minutes
-stage alexnet       1 pool0      3e-4 25 --model alexnet
-stage alexnet       2 pool0_30k  1e-4 44 --model alexnet
-stage alexnet       3 pool20     3e-5 71 --model alexnet
-stage overfeat      1 pool0      3e-4 25 --model overfeat
-stage overfeat      2 pool0_30k  1e-4 42 --model overfeat
-stage overfeat      3 pool20     3e-5 71 --model overfeat
-stage ensai_net     1 pool0      3e-4 25 --model ensai_net
-stage ensai_net     2 pool0      3e-4 30 --model ensai_net
-stage ensai_net     3 pool19     3e-5 66 --model ensai_net
-stage ensai_net     4 pool21     3e-5 102 --model ensai_net
-stage inception_v4  1 pool0      3e-4 25 --model inception_v4
-stage inception_v4  2 pool0      3e-5 30 --model inception_v4
-stage inception_v4  3 pool20     3e-5 81 --model inception_v4 "${FREEZE[@]}"
-stage inception_v4  4 pool21     3e-5 105 --model inception_v4 "${FREEZE[@]}"
-stage inception_v4  5 pool22     3e-5 98 --model inception_v4 "${FREEZE[@]}"
+stage alexnet       1 pool0      3e-4 25
+stage alexnet       2 pool0_30k  1e-4 44
+stage alexnet       3 pool20     3e-5 71
+stage overfeat      1 pool0      3e-4 25
+stage overfeat      2 pool0_30k  1e-4 42
+stage overfeat      3 pool20     3e-5 71
+stage ensai_net     1 pool0      3e-4 25
+stage ensai_net     2 pool0      3e-4 30
+stage ensai_net     3 pool19     3e-5 66
+stage ensai_net     4 pool21     3e-5 102
+stage inception_v4  1 pool0      3e-4 25
+stage inception_v4  2 pool0      3e-5 30
+stage inception_v4  3 pool20     3e-5 81 "${FREEZE[@]}"
+stage inception_v4  4 pool21     3e-5 105 "${FREEZE[@]}"
+stage inception_v4  5 pool22     3e-5 98 "${FREEZE[@]}"
 stage alexnet_shear 1 shear      3e-4 30 "${SHEAR[@]}"
 stage alexnet_shear 2 shear23    3e-5 81 "${SHEAR[@]}"
 
