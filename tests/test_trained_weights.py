@@ -46,19 +46,34 @@ def check_set():
     return images, params
 
 
+@pytest.fixture(scope="module")
+def predictor():
+    """``predictor(name, raw=False)``: ``inference.load_predictor`` of a shipped network,
+    loaded once per module (loading and tracing the combined network takes longer than
+    predicting the check lenses)."""
+    loaded = {}
+
+    def get(name, raw=False):
+        if (name, raw) not in loaded:
+            loaded[name, raw] = inference.load_predictor(WEIGHTS / name, raw=raw)
+        return loaded[name, raw]
+
+    return get
+
+
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_model_loads_and_predicts_finite_values(name, check_set):
-    predict_fn, npix = inference.load_predictor(WEIGHTS / name)
+def test_shipped_model_loads_and_predicts_finite_values(name, check_set, predictor):
+    predict_fn, npix = predictor(name)
     assert npix == 192
     pred = inference.predict_images(predict_fn, check_set[0][:7], 4)
     assert pred.shape == (7, 5) and np.all(np.isfinite(pred))
 
 
 @pytest.mark.parametrize("name", SHIPPED)
-def test_shipped_metrics_are_reproduced_on_the_check_subset(name, check_set):
+def test_shipped_metrics_are_reproduced_on_the_check_subset(name, check_set, predictor):
     stored = _metrics(name)["check"]
     n = stored["n"]
-    predict_fn, _ = inference.load_predictor(WEIGHTS / name)
+    predict_fn, _ = predictor(name)
     pred = inference.predict_images(predict_fn, check_set[0][:n], 50)
     got = metrics.error_table(check_set[1][:n], pred)
     for p in PARAM_NAMES:
@@ -142,8 +157,8 @@ def test_ensai_demo_runs_end_to_end(tmp_path, capsys):
         assert (tmp_path / "demo" / f).is_file()
 
 
-def test_shear_network_is_a_gaussian_head_with_shear_and_a_calibration(check_set):
-    raw_fn, _ = inference.load_predictor(WEIGHTS / UNCERTAINTY, raw=True)
+def test_shear_network_is_a_gaussian_head_with_shear_and_a_calibration(check_set, predictor):
+    raw_fn, _ = predictor(UNCERTAINTY, raw=True)
     raw = inference.predict_images(raw_fn, check_set[0][:3], 3)
     assert uncertainty.head_layout(raw.shape[1]) == ("diagonal", 7)
     assert np.all(np.isfinite(uncertainty.gaussian_summary(raw)["std"]))
@@ -151,11 +166,11 @@ def test_shear_network_is_a_gaussian_head_with_shear_and_a_calibration(check_set
     assert cal is not None and "validation" in cal["fitted_on"]
 
 
-def test_shear_network_reproduces_its_stored_coverage(check_set):
+def test_shear_network_reproduces_its_stored_coverage(check_set, predictor):
     """Same weights and lenses: each coverage fraction within 2 lenses of the stored one."""
     stored = _metrics(UNCERTAINTY)["check"]
     n = stored["n"]
-    raw_fn, _ = inference.load_predictor(WEIGHTS / UNCERTAINTY, raw=True)
+    raw_fn, _ = predictor(UNCERTAINTY, raw=True)
     summary = uncertainty.gaussian_summary(inference.predict_images(raw_fn, check_set[0][:n], 50))
     cal = inference.load_calibration(WEIGHTS / UNCERTAINTY)
     cal5 = dict(cal, multipliers=np.asarray(cal["multipliers"])[:, :5].tolist())
