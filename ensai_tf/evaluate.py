@@ -41,6 +41,7 @@ from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions, inference, losses, reports, symmetry, uncertainty
 from ensai_tf.data import pipeline
+from ensai_tf.data.cache import find_split_cache
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.metrics import error_table
 from ensai_tf.callbacks import format_duration
@@ -235,13 +236,17 @@ def collect_fixed_split(cfg, n, split):
     if n > getattr(cfg.data, size_key):
         raise config_lib.ConfigError(f"--n {n} exceeds the fixed {split} set's size "
                                      f"data.{size_key} = {getattr(cfg.data, size_key)}")
-    # example i depends only on its index (stateless seeds), so materialising
-    # just the first n gives the same lenses without simulating the rest
-    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{size_key: n}))
-    _, info = pipeline.make_dataset(split, cfg, seed=cfg.data.seed,
-                                    batch_size=cfg.evaluate.batch_size,
-                                    cache_dir=cfg.data.cache_dir or None, with_info=True)
-    arrays = pipeline.load_cache(info["cache_path"])
+    # example i depends only on its index (stateless seeds): a bigger cache of the split
+    # holds the same first n lenses, and materialising just n simulates no others
+    found = find_split_cache(split, cfg, cfg.data.seed, n, cfg.data.cache_dir or None)
+    if found is not None:
+        arrays = pipeline.load_cache(found, verify=False)  # find_split_cache verified it
+    else:
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{size_key: n}))
+        _, info = pipeline.make_dataset(split, cfg, seed=cfg.data.seed,
+                                        batch_size=cfg.evaluate.batch_size,
+                                        cache_dir=cfg.data.cache_dir or None, with_info=True)
+        arrays = pipeline.load_cache(info["cache_path"])
     images = np.asarray(arrays["image"][:n], dtype=np.float32)
     params = np.asarray(arrays["params"][:n], dtype=np.float64)
     extras = {k: np.asarray(v[:n]) for k, v in arrays.items()

@@ -175,6 +175,24 @@ def test_collect_fixed_split_reads_the_validation_set_not_the_test_set(cache):
         evaluate.collect_fixed_split(cfg, 2, "train")
 
 
+def test_collect_fixed_split_reads_the_first_lenses_of_a_bigger_cache(tmp_path):
+    """A verified cache of the whole split serves any first n lenses: nothing new is
+    simulated, and they are the lenses a cache of just n holds (stateless seeds)."""
+    from ensai_tf.data import pipeline
+
+    cfg = _smoke_cfg(tmp_path / "cache")
+    small, small_true, _ = evaluate.collect_fixed_split(cfg, 4, "test")
+    pipeline.materialise_split("test", cfg, cache_dir=str(tmp_path / "cache"))
+    folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
+    assert len(folders) == 2  # the 4 lenses and the whole split
+    images, true, extras = evaluate.collect_fixed_split(cfg, 6, "test")
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == folders
+    assert images.shape[0] == true.shape[0] == 6
+    assert all(len(v) == 6 for v in extras.values())
+    np.testing.assert_array_equal(images[:4], small)
+    np.testing.assert_array_equal(true[:4], small_true)
+
+
 # ----------------------------------------------- Gaussian heads and shear
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "data_fingerprint",
     "cache_key",
     "materialise_split",
+    "find_split_cache",
     "cached_dataset",
 ]
 
@@ -225,6 +226,47 @@ def materialise_split(split, config=None, seed=None, size=None, cache_dir=None, 
         return _publish(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def find_split_cache(split, config, seed, min_size, cache_dir=None):
+    """A verified cache of a fixed split that holds at least its first ``min_size`` examples.
+
+    Example ``i`` of a split depends only on its index (stateless seeds), so the
+    first ``n`` examples of a bigger cache of the same split, config and seed are
+    the examples a cache of ``n`` would hold: ``ensai evaluate --n 200`` after a
+    full ``ensai evaluate`` reads them instead of simulating them again.
+
+    Args:
+        split: ``"validation"`` or ``"test"``.
+        config: the resolved :class:`ensai_tf.config.ExperimentConfig`.
+        seed: user seed.
+        min_size: the number of examples needed.
+        cache_dir: parent folder (default :func:`default_cache_dir`).
+
+    Returns:
+        ``pathlib.Path`` of the smallest such verified cache folder, or None.
+
+    Example:
+        >>> from ensai_tf import config
+        >>> cfg = config.get_preset("smoke")
+        >>> find_split_cache("test", cfg, 0, 4, cache_dir="/nonexistent") is None
+        True
+    """
+    check_split(split)
+    parent = pathlib.Path(os.path.expanduser(str(cache_dir))) if cache_dir else \
+        default_cache_dir(config)
+    stamps = load_stamps(split, config)
+    found = []
+    for folder in parent.glob(f"{split}-*") if parent.is_dir() else ():
+        manifest = read_manifest(folder)
+        size = manifest.get("size") if isinstance(manifest, dict) else None
+        if not isinstance(size, int) or size < min_size:
+            continue
+        key = cache_key(split, config, seed, size, stamps=stamps)
+        # the key is checked before the files are hashed
+        if manifest.get("key") == key and verify_cache(folder, key) is not None:
+            found.append((size, folder))
+    return min(found)[1] if found else None
 
 
 def _npy_records(path, row_shape, dtype):
