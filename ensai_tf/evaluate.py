@@ -31,7 +31,6 @@ calibration plot ``calibration.png``. Networks with shear outputs add the
 errors of ``gamma_1`` and ``gamma_2`` when the test lenses have shear.
 """
 
-import dataclasses
 import pathlib
 import time
 
@@ -41,7 +40,6 @@ from ensai_tf import atomic
 from ensai_tf import config as config_lib
 from ensai_tf import conventions, inference, losses, reports, symmetry, uncertainty
 from ensai_tf.data import pipeline
-from ensai_tf.data.cache import find_split_cache
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.metrics import error_table
 from ensai_tf.callbacks import format_duration
@@ -238,15 +236,11 @@ def collect_fixed_split(cfg, n, split):
                                      f"data.{size_key} = {getattr(cfg.data, size_key)}")
     # example i depends only on its index (stateless seeds): a bigger cache of the split
     # holds the same first n lenses, and materialising just n simulates no others
-    found = find_split_cache(split, cfg, cfg.data.seed, n, cfg.data.cache_dir or None)
-    if found is not None:
-        arrays = pipeline.load_cache(found, verify=False)  # find_split_cache verified it
-    else:
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, **{size_key: n}))
-        _, info = pipeline.make_dataset(split, cfg, seed=cfg.data.seed,
-                                        batch_size=cfg.evaluate.batch_size,
-                                        cache_dir=cfg.data.cache_dir or None, with_info=True)
-        arrays = pipeline.load_cache(info["cache_path"])
+    cache_dir = cfg.data.cache_dir or None
+    path = pipeline.find_split_cache(split, cfg, cfg.data.seed, n, cache_dir)
+    if path is None:
+        path = pipeline.materialise_split(split, cfg, cfg.data.seed, size=n, cache_dir=cache_dir)
+    arrays = pipeline.load_cache(path, verify=False)  # just verified or just written
     images = np.asarray(arrays["image"][:n], dtype=np.float32)
     params = np.asarray(arrays["params"][:n], dtype=np.float64)
     extras = {k: np.asarray(v[:n]) for k, v in arrays.items()

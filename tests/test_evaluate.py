@@ -177,20 +177,33 @@ def test_collect_fixed_split_reads_the_validation_set_not_the_test_set(cache):
 
 def test_collect_fixed_split_reads_the_first_lenses_of_a_bigger_cache(tmp_path):
     """A verified cache of the whole split serves any first n lenses: nothing new is
-    simulated, and they are the lenses a cache of just n holds (stateless seeds)."""
+    simulated, and they are bit for bit the lenses a cache of just n holds (stateless seeds),
+    the last two of which it made in a batch of 2 instead of 4; the smallest cache that
+    verifies is read, a corrupt one never."""
     from ensai_tf.data import pipeline
 
-    cfg = _smoke_cfg(tmp_path / "cache")
-    small, small_true, _ = evaluate.collect_fixed_split(cfg, 4, "test")
-    pipeline.materialise_split("test", cfg, cache_dir=str(tmp_path / "cache"))
-    folders = sorted(p.name for p in (tmp_path / "cache").iterdir())
-    assert len(folders) == 2  # the 4 lenses and the whole split
-    images, true, extras = evaluate.collect_fixed_split(cfg, 6, "test")
-    assert sorted(p.name for p in (tmp_path / "cache").iterdir()) == folders
-    assert images.shape[0] == true.shape[0] == 6
-    assert all(len(v) == 6 for v in extras.values())
-    np.testing.assert_array_equal(images[:4], small)
-    np.testing.assert_array_equal(true[:4], small_true)
+    folder = tmp_path / "cache"
+    cfg = _smoke_cfg(folder)
+    assert cfg.data.sim_batch_size == 4 and cfg.data.test_size == 16
+    small, small_true, _ = evaluate.collect_fixed_split(cfg, 6, "test")
+    (six,) = folder.iterdir()
+    full = pipeline.materialise_split("test", cfg, cache_dir=str(folder))
+    seed = cfg.data.seed
+    assert pipeline.find_split_cache("test", cfg, seed, 5, folder) == six
+    assert pipeline.find_split_cache("test", cfg, seed, 7, folder) == full
+    assert pipeline.find_split_cache("test", cfg, seed, 17, folder) is None
+    assert pipeline.find_split_cache("validation", cfg, seed, 1, folder) is None
+    images, true, extras = evaluate.collect_fixed_split(cfg, 7, "test")
+    assert sorted(folder.iterdir()) == sorted([six, full])
+    assert images.shape[0] == true.shape[0] == 7 and all(len(v) == 7 for v in extras.values())
+    np.testing.assert_array_equal(images[:6], small)
+    np.testing.assert_array_equal(true[:6], small_true)
+    data = bytearray((full / "image.npy").read_bytes())
+    data[-1] ^= 1
+    (full / "image.npy").write_bytes(bytes(data))
+    assert pipeline.find_split_cache("test", cfg, seed, 7, folder) is None
+    with pytest.raises(InputError, match="never cached"):
+        pipeline.find_split_cache("train", cfg, seed, 1, folder)
 
 
 # ----------------------------------------------- Gaussian heads and shear

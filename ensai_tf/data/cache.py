@@ -97,6 +97,12 @@ def default_cache_dir(config=None):
     return pathlib.Path(os.path.expanduser(configured or "~/.cache/ensai_tf"))
 
 
+def _cache_parent(cfg, cache_dir):
+    """The folder holding the split caches: ``cache_dir``, else :func:`default_cache_dir`."""
+    return pathlib.Path(os.path.expanduser(str(cache_dir))) if cache_dir else \
+        default_cache_dir(cfg)
+
+
 def _publish(tmp, final):
     """Move a finished temporary folder into place atomically.
 
@@ -204,8 +210,7 @@ def materialise_split(split, config=None, seed=None, size=None, cache_dir=None, 
     size = positive_int("size", _split_size(split, cfg) if size is None else size)
     stamps = load_stamps(split, cfg)
     key = cache_key(split, cfg, seed, size, stamps=stamps)
-    parent = pathlib.Path(os.path.expanduser(str(cache_dir))) if cache_dir else \
-        default_cache_dir(cfg)
+    parent = _cache_parent(cfg, cache_dir)
     final = parent / f"{split}-{key[:20]}"
     if verify_cache(final, key) is not None:
         return final
@@ -234,39 +239,49 @@ def find_split_cache(split, config, seed, min_size, cache_dir=None):
     Example ``i`` of a split depends only on its index (stateless seeds), so the
     first ``n`` examples of a bigger cache of the same split, config and seed are
     the examples a cache of ``n`` would hold: ``ensai evaluate --n 200`` after a
-    full ``ensai evaluate`` reads them instead of simulating them again.
+    full ``ensai evaluate`` reads them instead of simulating them again. (A cache
+    of ``n`` makes its last examples in a smaller batch; on a CPU they are
+    bit-identical, elsewhere batched float maths may round differently.)
 
     Args:
         split: ``"validation"`` or ``"test"``.
-        config: the resolved :class:`ensai_tf.config.ExperimentConfig`.
-        seed: user seed.
+        config: :class:`ensai_tf.config.ExperimentConfig` (default: paper).
+        seed: user seed (default ``config.data.seed``).
         min_size: the number of examples needed.
         cache_dir: parent folder (default :func:`default_cache_dir`).
 
     Returns:
-        ``pathlib.Path`` of the smallest such verified cache folder, or None.
+        ``pathlib.Path`` of the smallest such cache folder that verifies, or None.
+
+    Raises:
+        InputError: the train split (never cached), or a bad ``min_size`` or seed.
 
     Example:
         >>> from ensai_tf import config
-        >>> cfg = config.get_preset("smoke")
-        >>> find_split_cache("test", cfg, 0, 4, cache_dir="/nonexistent") is None
+        >>> find_split_cache("test", config.get_preset("smoke"), 0, 4, "/nonexistent") is None
         True
     """
     check_split(split)
-    parent = pathlib.Path(os.path.expanduser(str(cache_dir))) if cache_dir else \
-        default_cache_dir(config)
-    stamps = load_stamps(split, config)
-    found = []
+    if split == "train":
+        raise InputError("the train split is an endless online stream and is never cached")
+    cfg, seed = resolve_config(config, seed)
+    min_size = positive_int("min_size", min_size)
+    parent = _cache_parent(cfg, cache_dir)
+    stamps = load_stamps(split, cfg)
+    candidates = []
     for folder in parent.glob(f"{split}-*") if parent.is_dir() else ():
         manifest = read_manifest(folder)
         size = manifest.get("size") if isinstance(manifest, dict) else None
-        if not isinstance(size, int) or size < min_size:
+        if isinstance(size, bool) or not isinstance(size, int) or size < min_size:
             continue
-        key = cache_key(split, config, seed, size, stamps=stamps)
-        # the key is checked before the files are hashed
-        if manifest.get("key") == key and verify_cache(folder, key) is not None:
-            found.append((size, folder))
-    return min(found)[1] if found else None
+        key = cache_key(split, cfg, seed, size, stamps=stamps)
+        if manifest.get("key") == key:
+            candidates.append((size, str(folder), key))
+    # only the chosen cache is hashed: the smallest one that verifies
+    for _, folder, key in sorted(candidates):
+        if verify_cache(folder, key) is not None:
+            return pathlib.Path(folder)
+    return None
 
 
 def _npy_records(path, row_shape, dtype):

@@ -47,7 +47,7 @@ from ensai_tf.data.arcstore import ORDER_STREAM, pregenerate_arcs, stored_arcs_d
 from ensai_tf.data.arrays import (CACHE_FORMAT, ArrayStreams, CacheError, flatten_example,
                                   load_cache, progress_bar, read_manifest, verify_cache)
 from ensai_tf.data.cache import (PROGRESS_MIN_EXAMPLES, cache_key, cached_dataset, data_fingerprint,
-                                 default_cache_dir, materialise_split)
+                                 default_cache_dir, find_split_cache, materialise_split)
 from ensai_tf.data.examples import (SPLITS, check_split, example_dataset, positive_int,
                                     recreate_examples, resolve_config)
 from ensai_tf.data.stages import (EXAMPLE_KEYS, OBSERVE_STREAM, clean_stage, load_stamps,
@@ -78,6 +78,7 @@ __all__ = [
     "cache_key",
     "default_cache_dir",
     "materialise_split",
+    "find_split_cache",
     "verify_cache",
     "load_cache",
     "recreate_examples",
