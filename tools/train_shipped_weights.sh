@@ -96,6 +96,7 @@ for seed in 19 20 21 22; do arcs "pool$seed" 20000 "$seed"; done
 arcs shear 20000 0 lens.shear=true
 arcs shear23 20000 23 lens.shear=true
 arcs lens_light 20000 40 simulate.lens_light=true
+arcs lens_light41 20000 41 simulate.lens_light=true
 
 # The screening network behind the quality flags (docs/design.md §8.7): it fits its own
 # thresholds on clean validation lenses and serves every model, so it comes before every
@@ -156,28 +157,36 @@ fi
 
 # The single-band network that sees the lens galaxy (docs/design.md §4, §5.7): AlexNet
 # warm-started from the shipped one, first at the arcs' scale, then with every image divided by
-# its own peak; and the two-band network (docs/design.md §5.10) warm-started from it.
-LL=(--model alexnet --preset cpu --set simulate.lens_light=true
-    --set "data.arcs_dir=$WORK/arcs/lens_light" --set train.learning_rate=1e-4)
+# its own peak, then on 20,000 fresh arcs; and the two-band network (docs/design.md §5.10)
+# warm-started from the second stage.
+LL=(--model alexnet --preset cpu --set simulate.lens_light=true --set train.learning_rate=1e-4)
 LL_TEST=(--set simulate.lens_light=true --set observe.peak_normalise=true
          --set "simulate.lens_light_amplitude=[1.0,10.0]")
 if [ ! -d "$WORK/lens_light/stage1/saved_model" ]; then
     run ensai train "${LL[@]}" --model-dir "$WORK/lens_light/stage1" \
+        --set "data.arcs_dir=$WORK/arcs/lens_light" \
         --set "train.init_weights=$SHIPPED/alexnet/model.keras" --set train.time_budget_minutes=85
 fi
-if [ ! -d "$WORK/lens_light/alexnet_lens_light/saved_model" ]; then
-    run taskset -c 0 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/alexnet_lens_light" \
-        --set observe.peak_normalise=true \
+if [ ! -d "$WORK/lens_light/stage2/saved_model" ]; then
+    run taskset -c 0 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/stage2" \
+        --set "data.arcs_dir=$WORK/arcs/lens_light" --set observe.peak_normalise=true \
         --set "train.init_weights=$WORK/lens_light/stage1/model.keras" \
         --set train.time_budget_minutes=50
+fi
+if [ ! -d "$WORK/lens_light/alexnet_lens_light/saved_model" ]; then
+    run taskset -c 1 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/alexnet_lens_light" \
+        --set "data.arcs_dir=$WORK/arcs/lens_light41" --set observe.peak_normalise=true \
+        --set "train.init_weights=$WORK/lens_light/stage2/model.keras" \
+        --set train.time_budget_minutes=60
 fi
 run ensai calibrate "$WORK/lens_light/alexnet_lens_light" --n 3000
 run ensai evaluate "$WORK/lens_light/alexnet_lens_light" "${LL_TEST[@]}" --n "$N_TEST" \
     --out "$WORK/lens_light/alexnet_lens_light/eval" --overwrite
 if [ ! -d "$WORK/lens_light/alexnet_two_band/saved_model" ]; then
     run taskset -c 0 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/alexnet_two_band" \
-        --set bands.count=2 --set observe.peak_normalise=true \
-        --set "train.init_weights=$WORK/lens_light/alexnet_lens_light/model.keras" \
+        --set "data.arcs_dir=$WORK/arcs/lens_light" --set bands.count=2 \
+        --set observe.peak_normalise=true \
+        --set "train.init_weights=$WORK/lens_light/stage2/model.keras" \
         --set train.time_budget_minutes=75
 fi
 run ensai calibrate "$WORK/lens_light/alexnet_two_band" --n 3000
