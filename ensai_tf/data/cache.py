@@ -103,6 +103,14 @@ def _cache_parent(cfg, cache_dir):
         default_cache_dir(cfg)
 
 
+def _check_fixed_split(split):
+    """Refuse an unknown split and the train split, which is never cached."""
+    check_split(split)
+    if split == "train":
+        raise InputError("the train split is an endless online stream and is never cached; "
+                         "use pregenerate_arcs for stored training arcs")
+
+
 def _publish(tmp, final):
     """Move a finished temporary folder into place atomically.
 
@@ -202,10 +210,7 @@ def materialise_split(split, config=None, seed=None, size=None, cache_dir=None, 
     Returns:
         ``pathlib.Path`` of the verified cache folder.
     """
-    check_split(split)
-    if split == "train":
-        raise InputError("the train split is an endless online stream and is never cached; "
-                         "use pregenerate_arcs for stored training arcs")
+    _check_fixed_split(split)
     cfg, seed = resolve_config(config, seed)
     size = positive_int("size", _split_size(split, cfg) if size is None else size)
     stamps = load_stamps(split, cfg)
@@ -261,9 +266,7 @@ def find_split_cache(split, config, seed, min_size, cache_dir=None):
         >>> find_split_cache("test", config.get_preset("smoke"), 0, 4, "/nonexistent") is None
         True
     """
-    check_split(split)
-    if split == "train":
-        raise InputError("the train split is an endless online stream and is never cached")
+    _check_fixed_split(split)
     cfg, seed = resolve_config(config, seed)
     min_size = positive_int("min_size", min_size)
     parent = _cache_parent(cfg, cache_dir)
@@ -276,11 +279,11 @@ def find_split_cache(split, config, seed, min_size, cache_dir=None):
             continue
         key = cache_key(split, cfg, seed, size, stamps=stamps)
         if manifest.get("key") == key:
-            candidates.append((size, str(folder), key))
+            candidates.append((size, folder, key))
     # only the chosen cache is hashed: the smallest one that verifies
     for _, folder, key in sorted(candidates):
         if verify_cache(folder, key) is not None:
-            return pathlib.Path(folder)
+            return folder
     return None
 
 
