@@ -32,13 +32,14 @@ errors of ``gamma_1`` and ``gamma_2`` when the test lenses have shear.
 """
 
 import pathlib
+import sys
 import time
 
 import numpy as np
 
 from ensai_tf import atomic
 from ensai_tf import config as config_lib
-from ensai_tf import conventions, inference, losses, reports, symmetry, uncertainty
+from ensai_tf import conventions, inference, losses, reports, run_dir, symmetry, uncertainty
 from ensai_tf.data import pipeline
 from ensai_tf.errors import InputError, ModelDirError
 from ensai_tf.metrics import error_table
@@ -63,6 +64,11 @@ SHEAR_BIN_EDGES = (0.0, 0.01, 0.05, 0.10, 0.15, 0.30)
 
 DEFAULT_EVAL_ROOT = "ensai_eval"
 """Folder, relative to the working directory, of the default evaluation output folders."""
+
+_INPUT_SETTINGS = (("simulate", "lens_light"), ("observe", "peak_normalise"))
+"""Test-data settings that change what a network's input images look like (docs/design.md §8.3):
+scoring a network on test lenses that differ from its training lenses in one of them is allowed,
+with a warning."""
 
 _PAPER_ROW_BY_MODEL = {"inception_v4": "Network 1 (Inception-v4)", "alexnet": "Network 2 (AlexNet)",
                        "overfeat": "Network 3 (Overfeat)", "ensai_net": "Network 4 (own design)"}
@@ -116,6 +122,44 @@ def _model_label(model_path):
                 return "combined"
             return name
     return path.name
+
+
+def _setting_text(value):
+    """A setting as ``--set`` writes it: ``true``/``false`` for booleans."""
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _check_input_settings(model, cfg):
+    """Compare the test data with the lenses the model was trained on (its ``config.yaml``).
+
+    A different band count cannot be scored and is refused. A different lens-light or
+    normalisation setting is scored, with one warning line on stderr that names the settings
+    and the ``--set`` options that would match the training lenses: without them a network
+    trained with lens light is silently scored on lenses without it.
+
+    Raises:
+        ConfigError: the model reads another number of bands than the test images have.
+    """
+    folder = _model_folder(model)
+    try:
+        trained = run_dir.run_config(folder)
+    except config_lib.ConfigError:
+        return  # an unreadable config.yaml: nothing to compare (its model file is checked later)
+    if trained.bands.count != cfg.bands.count:
+        raise config_lib.ConfigError(
+            f"the model reads {trained.bands.count}-band images (bands.count in its "
+            f"{CONFIG_YAML}) but the test config has bands.count = {cfg.bands.count}; add "
+            f"--set bands.count={trained.bands.count}")
+    differ = [(f"{section}.{name}", getattr(getattr(trained, section), name),
+               getattr(getattr(cfg, section), name)) for section, name in _INPUT_SETTINGS
+              if getattr(getattr(trained, section), name) != getattr(getattr(cfg, section), name)]
+    if differ:
+        was = ", ".join(f"{key}={_setting_text(t)}" for key, t, _ in differ)
+        now = ", ".join(f"{key}={_setting_text(c)}" for key, _, c in differ)
+        sets = " ".join(f"--set {key}={_setting_text(t)}" for key, t, _ in differ)
+        print(f"ensai evaluate: warning: {folder.name} was trained with {was} but these "
+              f"test lenses have {now}; add {sets} to score it on lenses like its training",
+              file=sys.stderr, flush=True)
 
 
 def _model_folder(model):
@@ -329,7 +373,9 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
         config: the resolved config that defines the test data (default:
             the paper preset, whose test split is the fixed test set of
             docs/design.md §8.3; a model's own training config is deliberately not
-            used, so every model is scored on the same lenses).
+            used, so every model is scored on the same lenses; where its training lenses
+            differ in lens light or normalisation, a warning line names the ``--set``
+            options that match them).
         symmetrize: average each prediction over the eight flips and
             rotations of the image (:func:`ensai_tf.symmetry.symmetrize`;
             point-estimate models only, 8x the time per lens).
@@ -345,7 +391,8 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
 
     Raises:
         ModelDirError: missing or corrupt model.
-        ConfigError: bad ``n`` or experiment.
+        ConfigError: bad ``n`` or experiment; a model that reads another number of
+            bands than ``config.bands.count``.
         InputError: ``symmetrize`` with a Gaussian-head model; an output
             folder refused by :func:`check_out_dir`.
     """
@@ -353,6 +400,8 @@ def evaluate(model, n=None, experiment=None, out_dir=None, config=None, symmetri
     out_dir = check_out_dir(out_dir or default_out_dir(model, experiment, symmetrize), model,
                             overwrite)
     cfg, n = _test_config(config, experiment, n)
+    if experiment is None:  # an experiment changes the test lenses on purpose
+        _check_input_settings(model, cfg)
     # averaging over flips and rotations works on point estimates: no spread head then
     predict_fn, npix = _load_scorer(model, cfg, trust_savedmodel, with_spread=not symmetrize)
     calibration = inference.load_calibration(model)

@@ -147,6 +147,38 @@ def test_evaluate_twice_refuses_without_overwrite(tmp_path, tiny_keras_model, ca
                           overwrite=True)
 
 
+def test_evaluate_warns_when_the_model_was_trained_on_other_images(tmp_path, tiny_keras_model,
+                                                                    cache, capsys):
+    """A network trained with lens light and peak normalisation, scored on the default test
+    lenses (no lens light), is scored with one warning line naming both settings and the --set
+    options that match its training; one trained like the test lenses gets no warning; one that
+    reads two bands is refused before any lens is simulated."""
+    import shutil
+
+    cfg = _smoke_cfg(cache)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    model = folder / MODEL_KERAS
+    shutil.copy(tiny_keras_model, model)
+    trained = config.apply_overrides(cfg, ["simulate.lens_light=true",
+                                           "observe.peak_normalise=true"])
+    config.save_config(trained, folder / "config.yaml")
+    evaluate.evaluate(str(folder), n=4, out_dir=tmp_path / "ev", config=cfg)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert warnings == [
+        "ensai evaluate: warning: m was trained with simulate.lens_light=true, "
+        "observe.peak_normalise=true but these test lenses have simulate.lens_light=false, "
+        "observe.peak_normalise=false; add --set simulate.lens_light=true --set "
+        "observe.peak_normalise=true to score it on lenses like its training"]
+    config.save_config(cfg, folder / "config.yaml")
+    evaluate.evaluate(str(folder), n=4, out_dir=tmp_path / "ev", config=cfg, overwrite=True)
+    assert "warning" not in capsys.readouterr().err
+    config.save_config(config.apply_overrides(cfg, ["bands.count=2"]), folder / "config.yaml")
+    with pytest.raises(config.ConfigError, match=r"reads 2-band images .* --set bands.count=2"):
+        evaluate.evaluate(str(folder), n=4, out_dir=tmp_path / "ev2", config=cfg)
+    assert not (tmp_path / "ev2").exists()
+
+
 def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model, cache):
     with pytest.raises(config.ConfigError, match="exceeds the fixed test set"):
         evaluate.evaluate(tiny_keras_model, n=10_000, out_dir=tmp_path / "ev",
