@@ -97,6 +97,7 @@ arcs shear 20000 0 lens.shear=true
 arcs shear23 20000 23 lens.shear=true
 arcs lens_light 20000 40 simulate.lens_light=true
 arcs lens_light41 20000 41 simulate.lens_light=true
+arcs lens_light42 20000 42 simulate.lens_light=true
 
 # The screening network behind the quality flags (docs/design.md §8.7): it fits its own
 # thresholds on clean validation lenses and serves every model, so it comes before every
@@ -157,7 +158,7 @@ fi
 
 # The single-band network that sees the lens galaxy (docs/design.md §4, §5.7): AlexNet
 # warm-started from the shipped one, first at the arcs' scale, then with every image divided by
-# its own peak, then on 20,000 fresh arcs; and the two-band network (docs/design.md §5.10)
+# its own peak, then twice on 20,000 fresh arcs; and the two-band network (docs/design.md §5.10)
 # warm-started from the second stage.
 LL=(--model alexnet --preset cpu --set simulate.lens_light=true --set train.learning_rate=1e-4)
 LL_TEST=(--set simulate.lens_light=true --set observe.peak_normalise=true
@@ -173,10 +174,16 @@ if [ ! -d "$WORK/lens_light/stage2/saved_model" ]; then
         --set "train.init_weights=$WORK/lens_light/stage1/model.keras" \
         --set train.time_budget_minutes=50
 fi
-if [ ! -d "$WORK/lens_light/alexnet_lens_light/saved_model" ]; then
-    run taskset -c 1 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/alexnet_lens_light" \
+if [ ! -d "$WORK/lens_light/stage3/saved_model" ]; then
+    run taskset -c 1 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/stage3" \
         --set "data.arcs_dir=$WORK/arcs/lens_light41" --set observe.peak_normalise=true \
         --set "train.init_weights=$WORK/lens_light/stage2/model.keras" \
+        --set train.time_budget_minutes=60
+fi
+if [ ! -d "$WORK/lens_light/alexnet_lens_light/saved_model" ]; then
+    run taskset -c 1 ensai train "${LL[@]}" --model-dir "$WORK/lens_light/alexnet_lens_light" \
+        --set "data.arcs_dir=$WORK/arcs/lens_light42" --set observe.peak_normalise=true \
+        --set "train.init_weights=$WORK/lens_light/stage3/model.keras" \
         --set train.time_budget_minutes=60
 fi
 run ensai calibrate "$WORK/lens_light/alexnet_lens_light" --n 3000
