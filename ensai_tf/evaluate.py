@@ -141,6 +141,8 @@ def _check_input_settings(model, cfg):
         ConfigError: the model reads another number of bands than the test images have.
     """
     folder = _model_folder(model)
+    if not (folder / CONFIG_YAML).is_file():
+        return  # a bare .keras file: its training config is unknown
     try:
         trained = run_dir.run_config(folder)
     except config_lib.ConfigError:

@@ -152,7 +152,8 @@ def test_evaluate_warns_when_the_model_was_trained_on_other_images(tmp_path, tin
     """A network trained with lens light and peak normalisation, scored on the default test
     lenses (no lens light), is scored with one warning line naming both settings and the --set
     options that match its training; one trained like the test lenses gets no warning; one that
-    reads two bands is refused before any lens is simulated."""
+    reads two bands is refused before any lens is simulated; one without a config.yaml is not
+    compared."""
     import shutil
 
     cfg = _smoke_cfg(cache)
@@ -177,6 +178,10 @@ def test_evaluate_warns_when_the_model_was_trained_on_other_images(tmp_path, tin
     with pytest.raises(config.ConfigError, match=r"reads 2-band images .* --set bands.count=2"):
         evaluate.evaluate(str(folder), n=4, out_dir=tmp_path / "ev2", config=cfg)
     assert not (tmp_path / "ev2").exists()
+    # without a config.yaml the training images are unknown: nothing is compared
+    (folder / "config.yaml").unlink()
+    evaluate.evaluate(str(folder), n=4, out_dir=tmp_path / "ev", config=cfg, overwrite=True)
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_evaluate_refuses_n_beyond_the_test_set(tmp_path, tiny_keras_model, cache):
