@@ -152,9 +152,9 @@ def _check_input_settings(model, cfg):
             f"the model reads {trained.bands.count}-band images (bands.count in its "
             f"{CONFIG_YAML}) but the test config has bands.count = {cfg.bands.count}; add "
             f"--set bands.count={trained.bands.count}")
-    differ = [(f"{section}.{name}", getattr(getattr(trained, section), name),
-               getattr(getattr(cfg, section), name)) for section, name in _INPUT_SETTINGS
-              if getattr(getattr(trained, section), name) != getattr(getattr(cfg, section), name)]
+    settings = [(f"{section}.{name}", getattr(getattr(trained, section), name),
+                 getattr(getattr(cfg, section), name)) for section, name in _INPUT_SETTINGS]
+    differ = [(key, t, c) for key, t, c in settings if t != c]
     if differ:
         was = ", ".join(f"{key}={_setting_text(t)}" for key, t, _ in differ)
         now = ", ".join(f"{key}={_setting_text(c)}" for key, _, c in differ)
