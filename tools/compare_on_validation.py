@@ -15,6 +15,13 @@ Usage::
 
 ``--best`` prints only the model with the lowest parity MSE, for scripts
 (``tools/train_shipped_weights.sh`` keeps a stage only when it is that model).
+``--set KEY=VALUE`` (repeatable) changes the validation lenses as it does for
+``ensai evaluate``, for networks trained on other images; for the lens-light
+networks::
+
+    python tools/compare_on_validation.py trained_weights/alexnet_lens_light RUN \
+        --set simulate.lens_light=true --set observe.peak_normalise=true \
+        --set "simulate.lens_light_amplitude=[1.0,10.0]"
 """
 
 import argparse
@@ -42,12 +49,17 @@ def main():
                         help="validation lenses (default: 2000)")
     parser.add_argument("--best", action="store_true",
                         help="print only the model with the lowest parity MSE")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the validation lenses (repeatable)")
     args = parser.parse_args()
 
     from ensai_tf import config as config_lib, evaluate
     from ensai_tf.conventions import PARAM_NAMES
 
-    cfg = config_lib.get_preset("paper")
+    try:
+        cfg = config_lib.apply_overrides(config_lib.get_preset("paper"), args.set)
+    except config_lib.ConfigError as err:
+        raise SystemExit(f"compare_on_validation: {err}") from None
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, val_size=max(
         args.n, cfg.data.val_size)))
     images, true, _ = evaluate.collect_fixed_split(cfg, args.n, "validation")
@@ -55,8 +67,9 @@ def main():
     if args.best:
         print(min(rows, key=lambda row: row[1])[0])
         return
-    print(f"{args.n} validation lenses (paper preset, seed {cfg.data.seed}); 68% errors, "
-          "arcsec for theta_E, x, y")
+    settings = "".join(f", {s}" for s in args.set)
+    print(f"{args.n} validation lenses (paper preset{settings}, seed {cfg.data.seed}); "
+          "68% errors, arcsec for theta_E, x, y")
     print("| model | parity MSE | " + " | ".join(PARAM_NAMES) + " |")
     print("|---|---|" + "---|" * len(PARAM_NAMES))
     base_loss, base_table = rows[0][1], rows[0][2]
