@@ -315,4 +315,8 @@ def cached_dataset(path, batch_size, n_targets=NUM_PARAMS):
             raise CacheError(f"{str(path)!r}: big-endian arrays are not supported")
         ds = _npy_records(path / entry["file"], shape, dtype).batch(batch_size)
         parts[name] = parallel_map(ds, lambda raw, s=tuple(shape), d=dtype: _decode(raw, s, d))
-    return tf.data.Dataset.zip(parts)
+    # the record files do not tell tf.data their length; stating it lets Keras count the
+    # batches of evaluate() and fit(validation_data=...) instead of warning, at the end of
+    # each pass, that the input "ran out of data"
+    batches = -(-int(manifest["size"]) // int(batch_size))
+    return tf.data.Dataset.zip(parts).apply(tf.data.experimental.assert_cardinality(batches))

@@ -131,6 +131,24 @@ def test_cached_split_reads_back_every_example_in_order(val_cache):
     assert np.any(stored["image"] != 0)
 
 
+@pytest.mark.parametrize("batch_size", (3, 4))
+def test_cached_split_states_its_batch_count_so_keras_does_not_warn(val_cache, batch_size):
+    """6 examples: 2 batches of 3, or a batch of 4 and a tail of 2; Keras's evaluate() then
+    knows the count and gives no "ran out of data" warning."""
+    import warnings
+
+    cfg, _ = val_cache
+    ds = pipeline.make_dataset("validation", cfg, batch_size=batch_size)
+    assert int(ds.cardinality()) == 2 == len(list(ds))
+    model = keras.Sequential([keras.Input((conventions.NPIX, conventions.NPIX, 1)),
+                              keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(5)])
+    model.compile(loss="mse")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.evaluate(ds, verbose=0)
+    assert not [w for w in caught if "ran out of data" in str(w.message)]
+
+
 def test_labels_change_only_by_the_recorded_shift(val_cache):
     """docs/design.md §5.2: params = clean params + 0.04 * (m, n) on x_L, y_L; nothing else moves."""
     stored = pipeline.load_cache(val_cache[1])
