@@ -4,9 +4,9 @@ Every shipped model loads and gives finite ``(B, 5)`` predictions; each one
 reproduces the check metrics stored in its ``metrics.json`` (written by
 ``tools/ship_weights.py`` on the first lenses of the fixed test set); each
 beats the trivial prior-mean predictor by a wide margin; ``ensai demo`` runs
-end to end. The uncertainty-aware shear network also reproduces its
-stored interval coverage and its calibrated coverage on the full test set is
-within 2 percentage points of nominal.
+end to end. The Gaussian-head networks also reproduce their stored interval
+coverage, and the shear network's calibrated coverage on its full test set
+is within 2 percentage points of nominal.
 """
 
 import json
@@ -19,8 +19,9 @@ from ensai_tf import cli, config, evaluate, inference, metrics, model_dir, repor
 from ensai_tf.conventions import PARAM_NAMES
 
 WEIGHTS = model_dir.shipped_weights_dir()
-SHIPPED = ("alexnet", "ensai_net", "overfeat", "inception_v4", "combined", "alexnet_shear")
-UNCERTAINTY = "alexnet_shear"
+SHIPPED = ("alexnet", "ensai_net", "overfeat", "inception_v4", "combined", "alexnet_shear",
+           "alexnet_gaussian")
+UNCERTAINTY = ("alexnet_shear", "alexnet_gaussian")  # Gaussian heads, with calibration.json
 
 # Relative tolerance of the reproduced 68% errors: the same weights on the
 # same (stateless-seeded) lenses, predicted in float32 (loading.float32_model),
@@ -110,7 +111,8 @@ def test_shipped_metrics_are_on_the_full_test_set():
 
 
 @pytest.mark.parametrize("name", ("alexnet", "ensai_net", "overfeat", "inception_v4",
-                                  "alexnet_shear", "alexnet_lens_light", "alexnet_two_band"))
+                                  "alexnet_shear", "alexnet_gaussian", "alexnet_lens_light",
+                                  "alexnet_two_band"))
 def test_shipped_training_log_covers_every_stage(name):
     """log.csv: stages 1, 2, ... in order, each with epochs 0, 1, ... and finite losses."""
     import csv
@@ -127,12 +129,13 @@ def test_shipped_training_log_covers_every_stage(name):
 
 def test_shipped_combined_refers_to_the_shipped_networks():
     """combined/ holds no copy of its backbones: its combiner.json names the shipped model.keras
-    of the four paper networks and the shear network, unchanged since it was trained
-    (SHA-256), and their 5 x 5 combination weights."""
+    of the four paper networks and the two Gaussian-head AlexNets, unchanged since it was
+    trained (SHA-256), and their 6 x 5 combination weights."""
     folder = WEIGHTS / "combined"
     assert model_dir.model_source(folder)[0] == "combined"
     record = json.loads((folder / "combiner.json").read_text())
-    names = ("overfeat", "ensai_net", "alexnet", "inception_v4", "alexnet_shear")
+    names = ("overfeat", "ensai_net", "alexnet", "inception_v4", "alexnet_shear",
+             "alexnet_gaussian")
     assert [(folder / p).resolve() for p in record["backbones"]] == [
         (WEIGHTS / n / "model.keras").resolve() for n in names]
     assert [model_dir.file_sha256(folder / p) for p in record["backbones"]] == \
@@ -157,22 +160,25 @@ def test_ensai_demo_runs_end_to_end(tmp_path, capsys):
         assert (tmp_path / "demo" / f).is_file()
 
 
-def test_shear_network_is_a_gaussian_head_with_shear_and_a_calibration(check_set, predictor):
-    raw_fn, _ = predictor(UNCERTAINTY, raw=True)
+@pytest.mark.parametrize("name, outputs", (("alexnet_shear", 7), ("alexnet_gaussian", 5)))
+def test_gaussian_networks_have_a_diagonal_head_and_a_calibration(name, outputs, check_set,
+                                                                   predictor):
+    raw_fn, _ = predictor(name, raw=True)
     raw = inference.predict_images(raw_fn, check_set[0][:3], 3)
-    assert uncertainty.head_layout(raw.shape[1]) == ("diagonal", 7)
+    assert uncertainty.head_layout(raw.shape[1]) == ("diagonal", outputs)
     assert np.all(np.isfinite(uncertainty.gaussian_summary(raw)["std"]))
-    cal = inference.load_calibration(WEIGHTS / UNCERTAINTY)
+    cal = inference.load_calibration(WEIGHTS / name)
     assert cal is not None and "validation" in cal["fitted_on"]
 
 
-def test_shear_network_reproduces_its_stored_coverage(check_set, predictor):
+@pytest.mark.parametrize("name", UNCERTAINTY)
+def test_gaussian_networks_reproduce_their_stored_coverage(name, check_set, predictor):
     """Same weights and lenses: each coverage fraction within 2 lenses of the stored one."""
-    stored = _metrics(UNCERTAINTY)["check"]
+    stored = _metrics(name)["check"]
     n = stored["n"]
-    raw_fn, _ = predictor(UNCERTAINTY, raw=True)
+    raw_fn, _ = predictor(name, raw=True)
     summary = uncertainty.gaussian_summary(inference.predict_images(raw_fn, check_set[0][:n], 50))
-    cal = inference.load_calibration(WEIGHTS / UNCERTAINTY)
+    cal = inference.load_calibration(WEIGHTS / name)
     cal5 = dict(cal, multipliers=np.asarray(cal["multipliers"])[:, :5].tolist())
     got = reports.coverage_report(check_set[1][:n], summary["mean"][:, :5],
                                   summary["std"][:, :5], cal5)
@@ -186,8 +192,18 @@ def test_shear_network_calibrated_coverage_is_nominal_on_the_shear_test_set():
     """The shear network's targets, as measured by ensai evaluate --experiment shear on the 10,000 test
     lenses simulated like its training data (with shear): the validation-fitted calibration
     puts 68% and 95% of the truths inside, within 2 percentage points."""
-    data = json.loads((WEIGHTS / UNCERTAINTY / "metrics_shear.json").read_text())
+    data = json.loads((WEIGHTS / "alexnet_shear" / "metrics_shear.json").read_text())
     assert data["n"] == 10000 and data["experiment"] == "shear"
+    for level, row in data["coverage"]["calibrated"].items():
+        for name, fraction in row.items():
+            assert abs(fraction - float(level)) <= 0.02, (level, name, fraction)
+
+
+def test_gaussian_network_calibrated_coverage_is_nominal_on_the_test_set():
+    """alexnet_gaussian is trained on lenses like the test set's: its validation-fitted
+    calibration puts 68% and 95% of the 10,000 test truths inside, within 2 percentage points."""
+    data = _metrics("alexnet_gaussian")
+    assert data["n"] == 10000 and data["experiment"] is None
     for level, row in data["coverage"]["calibrated"].items():
         for name, fraction in row.items():
             assert abs(fraction - float(level)) <= 0.02, (level, name, fraction)

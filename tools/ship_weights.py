@@ -22,9 +22,10 @@ the next stage, so the log (and the images-seen count) covers all its training.
 Existing files in ``trained_weights/<name>/`` are replaced (the old versions
 stay in git history). Fails if a file exceeds 50 MB or the folder 150 MB.
 
-``alexnet_shear`` (AlexNet with a diagonal Gaussian head and the
-shear outputs, trained on lenses with shear) also ships its
-``calibration.json`` and ``calibration.png``, and from ``RUNS/shear_cmp`` (the
+The Gaussian-head networks, ``alexnet_gaussian`` (AlexNet with a diagonal
+Gaussian head) and ``alexnet_shear`` (the same with the shear outputs, trained
+on lenses with shear), also ship their ``calibration.json`` and
+``calibration.png``; ``alexnet_shear`` also, from ``RUNS/shear_cmp`` (the
 shear comparison, ``ensai evaluate trained_weights/alexnet RUNS/alexnet_shear
 --experiment shear --out RUNS/shear_cmp``) ``shear_comparison.md`` and this
 network's shear-lens report as ``metrics_shear.json`` and
@@ -33,9 +34,9 @@ network's shear-lens report as ``metrics_shear.json`` and
 ``--reevaluate`` re-measures the folders already in ``trained_weights/`` in
 place, with the package's current inference (float32): with
 ``--check-only`` just ``metrics.json["check"]``; otherwise also the full
-test-set reports and, for ``alexnet_shear``, its calibration (``ensai
-calibrate --preset paper --experiment shear --n 3000``) and the shear
-comparison with ``alexnet``.
+test-set reports and, for the Gaussian-head networks, their calibration
+(``ensai calibrate --preset paper --n 3000``, with ``--experiment shear`` for
+``alexnet_shear``) and the shear comparison of ``alexnet_shear`` with ``alexnet``.
 """
 
 import argparse
@@ -48,7 +49,8 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DEST = ROOT / "trained_weights"
 NETWORKS = ("alexnet", "ensai_net", "overfeat", "inception_v4")
-UNCERTAINTY_NETWORKS = ("alexnet_shear",)
+UNCERTAINTY_NETWORKS = ("alexnet_shear", "alexnet_gaussian")
+SHEAR_NETWORKS = ("alexnet_shear",)
 ALL_NAMES = NETWORKS + ("combined",) + UNCERTAINTY_NETWORKS
 SINGLE_FILES = ("model.keras", "config.yaml", "log.csv")
 UNCERTAINTY_FILES = SINGLE_FILES + ("calibration.json",)
@@ -212,7 +214,7 @@ def ship(runs, check_n, only=None):
         for f in reports:
             _copy(run / "eval" / f, out / f)
         comparison = runs / "shear_cmp"
-        if name in UNCERTAINTY_NETWORKS and (comparison / "shear_comparison.md").is_file():
+        if name in SHEAR_NETWORKS and (comparison / "shear_comparison.md").is_file():
             # ensai evaluate trained_weights/alexnet RUNS/alexnet_shear --experiment shear
             #     --out RUNS/shear_cmp: this network is the second one compared
             _copy(comparison / "shear_comparison.md", out / "shear_comparison.md")
@@ -260,14 +262,15 @@ def reevaluate(work, check_n, only=None, check_only=False):
         out = DEST / name
         if not check_only:
             if name in UNCERTAINTY_NETWORKS:
-                calibrate.calibrate(out, config=cfg, n=3000, experiment="shear")
+                calibrate.calibrate(out, config=cfg, n=3000,
+                                    experiment="shear" if name in SHEAR_NETWORKS else None)
                 (out / "calibration-previous.json").unlink()
             reports = REPORTS + (("calibration.png",) if name in UNCERTAINTY_NETWORKS else ())
             evaluate.evaluate(str(out), n=cfg.data.test_size, out_dir=str(work / name), config=cfg,
                               overwrite=True)
             for f in reports:
                 _copy(work / name / f, out / f)
-            if name in UNCERTAINTY_NETWORKS:
+            if name in SHEAR_NETWORKS:
                 comparison = work / "shear_cmp"
                 evaluate.compare_shear([str(DEST / "alexnet"), str(out)], str(comparison),
                                        config=cfg, overwrite=True)

@@ -9,8 +9,9 @@
 # shipped only when it beats them on the first 2,000 lenses of the fixed validation split
 # (tools/compare_on_validation.py --best), never judged on the test set; tools/ship_weights.py
 # then appends its epochs to the network's log.csv as the next stage. The first stage of each
-# network trains from nothing (alexnet_shear's from the shipped alexnet) on both cores, every
-# later stage on one core, as they were. Budgets are wall-clock minutes, so on another machine a
+# network trains from nothing on both cores (alexnet_shear's from the shipped alexnet; that of
+# alexnet_gaussian from the shipped alexnet on one core), every later stage on one core, as they
+# were. Budgets are wall-clock minutes, so on another machine a
 # stage runs for the same time, not the same number of epochs.
 #
 # Usage: tools/train_shipped_weights.sh [WORK_DIR] [N_TEST]
@@ -49,14 +50,17 @@ stage() {  # stage NET K ARCS LR MINUTES [--set ... ...]: train stage K, ship it
     shift 5
     local runs="$WORK/stage$k" dir="$WORK/stage$k/$net"
     if [ -f "$dir/stage_done" ]; then return 0; fi
-    local model=${net%_shear}  # alexnet_shear is an AlexNet
+    local model=${net%_shear}  # alexnet_shear and alexnet_gaussian are AlexNets
+    model=${model%_gaussian}
     local pin=(taskset -c 0) from=(--set "train.init_weights=$SHIPPED/$net/model.keras")
     if [ "$k" = 1 ]; then
         pin=()
         from=()
-        if [ "$net" = alexnet_shear ]; then
-            from=(--set "train.init_weights=$SHIPPED/alexnet/model.keras")
-        fi
+        case $net in
+            alexnet_shear) from=(--set "train.init_weights=$SHIPPED/alexnet/model.keras") ;;
+            alexnet_gaussian) from=(--set "train.init_weights=$SHIPPED/alexnet/model.keras")
+                              pin=(taskset -c 0) ;;
+        esac
     fi
     local resume=()
     if [ -d "$dir/backup" ]; then resume=(--resume); fi
@@ -85,6 +89,9 @@ ship() {  # ship NET RUNS: evaluate RUNS/NET on the test set and copy it into tr
         run ensai evaluate "$SHIPPED/alexnet" "$runs/$net" --experiment shear \
             --out "$runs/shear_cmp" --overwrite
     fi
+    if [ "$net" = alexnet_gaussian ]; then
+        run ensai calibrate "$runs/$net" --preset paper --n 3000
+    fi
     run ensai evaluate "$runs/$net" --n "$N_TEST" --out "$runs/$net/eval" --overwrite
     run python tools/ship_weights.py "$runs" --only "$net"
 }
@@ -92,7 +99,7 @@ ship() {  # ship NET RUNS: evaluate RUNS/NET on the test set and copy it into tr
 # The training arcs of every stage: (name, count, pregenerate_arcs seed, options)
 arcs pool0 20000 0
 arcs pool0_30k 30000 0
-for seed in 19 20 21 22; do arcs "pool$seed" 20000 "$seed"; done
+for seed in 19 20 21 22 24; do arcs "pool$seed" 20000 "$seed"; done
 arcs shear 20000 0 lens.shear=true
 arcs shear23 20000 23 lens.shear=true
 arcs lens_light 20000 40 simulate.lens_light=true
@@ -108,26 +115,28 @@ fi
 run cp "$WORK/screen/model.keras" "$WORK/screen/screen.json" "$SHIPPED/screen/"
 
 FREEZE=(--set train.freeze_batch_norm=true)
+GAUSSIAN=(--set model.head=diagonal)
 SHEAR=(--set lens.shear=true --set model.shear_outputs=true
        --set model.head=diagonal --set data.val_size=1000)
-#     network       stage arcs       lr     minutes
-stage alexnet       1 pool0      3e-4 25
-stage alexnet       2 pool0_30k  1e-4 44
-stage alexnet       3 pool20     3e-5 71
-stage overfeat      1 pool0      3e-4 25
-stage overfeat      2 pool0_30k  1e-4 42
-stage overfeat      3 pool20     3e-5 71
-stage ensai_net     1 pool0      3e-4 25
-stage ensai_net     2 pool0      3e-4 30
-stage ensai_net     3 pool19     3e-5 66
-stage ensai_net     4 pool21     3e-5 102
-stage inception_v4  1 pool0      3e-4 25
-stage inception_v4  2 pool0      3e-5 30
-stage inception_v4  3 pool20     3e-5 81 "${FREEZE[@]}"
-stage inception_v4  4 pool21     3e-5 105 "${FREEZE[@]}"
-stage inception_v4  5 pool22     3e-5 98 "${FREEZE[@]}"
-stage alexnet_shear 1 shear      3e-4 30 "${SHEAR[@]}"
-stage alexnet_shear 2 shear23    3e-5 81 "${SHEAR[@]}"
+#     network          k arcs       lr   min
+stage alexnet          1 pool0      3e-4  25
+stage alexnet          2 pool0_30k  1e-4  44
+stage alexnet          3 pool20     3e-5  71
+stage overfeat         1 pool0      3e-4  25
+stage overfeat         2 pool0_30k  1e-4  42
+stage overfeat         3 pool20     3e-5  71
+stage ensai_net        1 pool0      3e-4  25
+stage ensai_net        2 pool0      3e-4  30
+stage ensai_net        3 pool19     3e-5  66
+stage ensai_net        4 pool21     3e-5 102
+stage inception_v4     1 pool0      3e-4  25
+stage inception_v4     2 pool0      3e-5  30
+stage inception_v4     3 pool20     3e-5  81 "${FREEZE[@]}"
+stage inception_v4     4 pool21     3e-5 105 "${FREEZE[@]}"
+stage inception_v4     5 pool22     3e-5  98 "${FREEZE[@]}"
+stage alexnet_shear    1 shear      3e-4  30 "${SHEAR[@]}"
+stage alexnet_shear    2 shear23    3e-5  81 "${SHEAR[@]}"
+stage alexnet_gaussian 1 pool24     1e-4  70 "${GAUSSIAN[@]}"
 
 # Intervals of the single networks (docs/design.md §6.7): the spread of their eight views,
 # calibrated on validation lenses, then their coverage on the test set.
@@ -137,12 +146,12 @@ for net in alexnet overfeat ensai_net inception_v4; do
 done
 
 # The combined network ships by reference to the shipped backbone files (combiner.json with
-# their SHA-256); docs/design.md §7.4: Overfeat is the parity reference. The three AlexNet-sized
+# their SHA-256); docs/design.md §7.4: Overfeat is the parity reference. The four AlexNet-sized
 # backbones average four rotations of the image, the two slow ones see it as given (§8.6).
 if [ ! -f "$WORK/combine/combined/combiner.json" ]; then
     run ensai combine --models "$SHIPPED/overfeat" "$SHIPPED/ensai_net" "$SHIPPED/alexnet" \
-        "$SHIPPED/inception_v4" "$SHIPPED/alexnet_shear" --model-dir "$WORK/combine/combined" \
-        --steps 800 --set train.combine_views=4 \
+        "$SHIPPED/inception_v4" "$SHIPPED/alexnet_shear" "$SHIPPED/alexnet_gaussian" \
+        --model-dir "$WORK/combine/combined" --steps 800 --set train.combine_views=4 \
         --set "train.single_view_backbones=[ensai_net,inception_v4]" --overwrite
     run ensai evaluate "$WORK/combine/combined" --n "$N_TEST" --out "$WORK/combine/combined/eval" \
         --overwrite

@@ -168,7 +168,8 @@ def point_estimate_backbone(model):
     """``model`` if it outputs the five parameters, else it wrapped in :class:`PointEstimate`.
 
     Deviation from docs/design.md §7.4, which merges the four point-estimate networks:
-    a Gaussian-head or shear network (``trained_weights/alexnet_shear``)
+    a Gaussian-head or shear network (``trained_weights/alexnet_gaussian``,
+    ``trained_weights/alexnet_shear``)
     joins the combination through its predictive means, which are trained on
     the same five targets in the same units.
 
