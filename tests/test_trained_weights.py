@@ -5,8 +5,8 @@ reproduces the check metrics stored in its ``metrics.json`` (written by
 ``tools/ship_weights.py`` on the first lenses of the fixed test set); each
 beats the trivial prior-mean predictor by a wide margin; ``ensai demo`` runs
 end to end. The Gaussian-head networks also reproduce their stored interval
-coverage, and the shear network's calibrated coverage on its full test set
-is within 2 percentage points of nominal.
+coverage, and the calibrated coverage of each on its full test set (with
+shear for the shear network) is within 2 percentage points of nominal.
 """
 
 import json
