@@ -188,25 +188,20 @@ def test_gaussian_networks_reproduce_their_stored_coverage(name, check_set, pred
                 assert abs(got[kind][level][p] - row[p]) <= 2 / n + 1e-9, (kind, level, p)
 
 
-def test_shear_network_calibrated_coverage_is_nominal_on_the_shear_test_set():
-    """The shear network's targets, as measured by ensai evaluate --experiment shear on the 10,000 test
-    lenses simulated like its training data (with shear): the validation-fitted calibration
-    puts 68% and 95% of the truths inside, within 2 percentage points."""
-    data = json.loads((WEIGHTS / "alexnet_shear" / "metrics_shear.json").read_text())
-    assert data["n"] == 10000 and data["experiment"] == "shear"
+@pytest.mark.parametrize("name, report, experiment", (
+    ("alexnet_shear", "metrics_shear.json", "shear"),
+    ("alexnet_gaussian", "metrics.json", None)))
+def test_gaussian_networks_calibrated_coverage_is_nominal_on_their_test_set(name, report,
+                                                                          experiment):
+    """Each Gaussian-head network on the 10,000 test lenses simulated like its training data
+    (with shear for the shear network, as ensai evaluate --experiment shear measures it): the
+    validation-fitted calibration puts 68% and 95% of the truths inside, within 2 percentage
+    points."""
+    data = json.loads((WEIGHTS / name / report).read_text())
+    assert data["n"] == 10000 and data["experiment"] == experiment
     for level, row in data["coverage"]["calibrated"].items():
-        for name, fraction in row.items():
-            assert abs(fraction - float(level)) <= 0.02, (level, name, fraction)
-
-
-def test_gaussian_network_calibrated_coverage_is_nominal_on_the_test_set():
-    """alexnet_gaussian is trained on lenses like the test set's: its validation-fitted
-    calibration puts 68% and 95% of the 10,000 test truths inside, within 2 percentage points."""
-    data = _metrics("alexnet_gaussian")
-    assert data["n"] == 10000 and data["experiment"] is None
-    for level, row in data["coverage"]["calibrated"].items():
-        for name, fraction in row.items():
-            assert abs(fraction - float(level)) <= 0.02, (level, name, fraction)
+        for param, fraction in row.items():
+            assert abs(fraction - float(level)) <= 0.02, (level, param, fraction)
 
 
 def test_the_training_script_runs_every_stage_of_the_stage_table(tmp_path):
