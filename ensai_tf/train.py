@@ -444,9 +444,12 @@ def freeze_batch_norm(model):
 def _load_init_weights(model, path):
     """Start from the weights of a trained ``.keras`` file of the same architecture.
 
-    Weights are copied layer by layer, matched by name. Only the output layer may differ in
-    shape (a new head: Gaussian outputs or the shear; it keeps its fresh initialisation, and the
-    message says so), and the first one in its bands (:func:`_spread_bands`).
+    Weights are copied layer by layer, matched by name. Only the output layers may differ in
+    shape (a new head: Gaussian outputs or the shear; they keep their fresh initialisation, and
+    the message says so) and the first one in its bands (:func:`_spread_bands`). The output
+    layers are the trailing layers with weights, after the last one that fits, whose kernels
+    map onto the outputs: AlexNet's ``fc8``, or Overfeat's ``fc8`` and the ``params`` Dense
+    behind it.
     """
     source = pathlib.Path(path).expanduser()
     if not source.is_file() or source.suffix != ".keras":
@@ -458,16 +461,36 @@ def _load_init_weights(model, path):
         raise ModelDirError(f"train.init_weights {str(source)!r} cannot be loaded: {err}") from None
     by_name = {layer.name: layer for layer in trained.layers}
     with_weights = [layer for layer in model.layers if layer.weights]
-    for layer in with_weights:
+
+    def fits(layer):
         other = by_name.get(layer.name)
-        if other is not None and [w.shape for w in other.weights] == [w.shape for w in layer.weights]:
+        return other is not None and [w.shape for w in other.weights] == [w.shape for w in
+                                                                           layer.weights]
+
+    def output_sized(layer):  # a layer of the head: its kernel maps onto the outputs
+        return by_name.get(layer.name) is not None and layer.weights[0].shape[-1] == width
+
+    width = model.output_shape[-1]
+    head_start = len(with_weights)
+    while head_start > 1 and not fits(with_weights[head_start - 1]) \
+            and output_sized(with_weights[head_start - 1]):
+        head_start -= 1
+    fresh = [layer.name for layer in with_weights[head_start:]]
+    for index, layer in enumerate(with_weights):
+        other = by_name.get(layer.name)
+        if fits(layer):
             layer.set_weights(other.get_weights())
-        elif layer is with_weights[0] and other is not None and _spread_bands(layer, other):
+        elif index == 0 and other is not None and _spread_bands(layer, other):
             print(f"ensai train: init_weights: first layer {layer.name!r} starts with the "
                   "trained one-band kernel over the number of bands", flush=True)
-        elif layer is with_weights[-1] and other is not None:
-            print(f"ensai train: init_weights: output layer {layer.name!r} has another shape "
-                  "in the trained file (a new head); it starts fresh", flush=True)
+        elif index == head_start:
+            print(f"ensai train: init_weights: output layer{'s' if len(fresh) > 1 else ''} "
+                  f"{', '.join(repr(n) for n in fresh)} "
+                  f"{'have' if len(fresh) > 1 else 'has'} another shape in the trained file "
+                  f"(a new head); {'they start' if len(fresh) > 1 else 'it starts'} fresh",
+                  flush=True)
+        elif index > head_start:
+            continue
         else:
             raise ModelDirError(f"train.init_weights {str(source)!r} does not fit the "
                                 f"{model.name} network being trained: layer {layer.name!r} "

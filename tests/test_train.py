@@ -23,7 +23,8 @@ import ensai_tf.models
 from ensai_tf import cli, config, export, inference, run_dir, train, uncertainty
 from ensai_tf.errors import ModelDirError, NonFiniteLossError
 from ensai_tf.model_dir import CALIBRATION_JSON
-from training_helpers import NPIX, leftovers, small_config, tiny_bn_model, tiny_model
+from training_helpers import (NPIX, leftovers, small_config, tiny_bn_model, tiny_model,
+                              tiny_two_output_layers_model)
 
 
 def _event_tags(folder):
@@ -365,6 +366,29 @@ def test_gaussian_shear_head_trains_warm_from_a_point_network_and_calibrates(tmp
     loaded = tf.saved_model.load(str(tmp_path / "b" / "saved_model"))
     out = loaded.serve(tf.zeros((1, NPIX, NPIX, 1)))
     assert {"gamma_1", "gamma_2", "gamma_1_std", "covariance"} <= set(out)
+
+
+def test_a_new_head_of_two_output_sized_layers_starts_fresh(tmp_path, cache, monkeypatch,
+                                                            capsys):
+    """Overfeat ends in fc8 and a params Dense, both sized by the outputs: a Gaussian head
+    (10 outputs) warm-started from a 5-output file copies every other layer and names both."""
+    monkeypatch.setattr(ensai_tf.models, "build_model", tiny_two_output_layers_model)
+    tiny_two_output_layers_model("overfeat", input_shape=(NPIX, NPIX, 1)).save(
+        tmp_path / "point.keras")
+    point = keras.saving.load_model(tmp_path / "point.keras", compile=False)
+    cfg = config.apply_overrides(small_config(cache), [
+        "model.head=diagonal", f"train.init_weights={tmp_path / 'point.keras'}"])
+    seen = {}
+
+    class Capture(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            seen["conv1"] = [np.array(w) for w in self.model.get_layer("conv1").get_weights()]
+
+    model = train.train(cfg, tmp_path / "run", verbose=0, callbacks=[Capture()])
+    assert model.output_shape == (None, 10)
+    for x, y in zip(point.get_layer("conv1").get_weights(), seen["conv1"]):
+        np.testing.assert_array_equal(x, y)
+    assert "output layers 'fc8', 'params' have another shape" in capsys.readouterr().out
 
 
 def test_init_weights_refuses_a_network_whose_hidden_layers_differ(tmp_path, tiny, cache):

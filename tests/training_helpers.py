@@ -32,6 +32,18 @@ def tiny_model(name, input_shape=(192, 192, 1), **kwargs):
     return keras.Model(inputs, outputs, name=f"tiny_{name}")
 
 
+def tiny_two_output_layers_model(name, input_shape=(192, 192, 1), **kwargs):
+    """``tiny_model`` ending as Overfeat does, in two layers sized by the outputs (``fc8``, then
+    the ``params`` Dense; test only)."""
+    inputs = keras.Input(input_shape)
+    x = BiasRemoval()(inputs)
+    x = keras.layers.Conv2D(4, 5, strides=4, activation="relu", name="conv1")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    x = keras.layers.Dense(kwargs.get("num_outputs", 5), name="fc8")(x)
+    outputs = keras.layers.Dense(kwargs.get("num_outputs", 5), dtype="float32", name="params")(x)
+    return keras.Model(inputs, outputs, name=f"tiny_two_{name}")
+
+
 def tiny_bn_model(name, input_shape=(192, 192, 1), **kwargs):
     """``tiny_model`` with a batch-norm layer after its convolution (test only)."""
     inputs = keras.Input(input_shape)
