@@ -262,9 +262,11 @@ def _add_combine(sub):
                         "Gaussian-head or shear network joins through its five means")
     p.add_argument("--model-dir", required=True, help="output folder")
     p.add_argument("--mode", default="per_parameter", choices=("per_parameter", "dense"),
-                   help="20 per-parameter weights (paper) or a full Dense layer")
+                   help="5 weights per network, one per parameter (paper), or a full Dense layer")
     p.add_argument("--steps", type=_number(int, 1, 10**7), default=None,
-                   help="training steps, 1 to 10^7 (default: config)")
+                   help="batches of fresh lenses the frozen networks predict, over whose "
+                        "predictions the weights are then fitted for train.combine_epochs "
+                        "epochs; 1 to 10^7 (default: train.combine_steps)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_config_args(p, default_preset="cpu")
     p.set_defaults(func=_cmd_combine)

@@ -15,10 +15,12 @@ import pathlib
 import time
 
 import keras
+import numpy as np
 
-from ensai_tf import atomic
+from ensai_tf import atomic, losses, metrics
 from ensai_tf import config as config_lib
 from ensai_tf.callbacks import StopOnNonFinite, format_duration
+from ensai_tf.conventions import NUM_PARAMS, PARAM_NAMES
 from ensai_tf.data import pipeline
 from ensai_tf.dirlock import ModelDirLock
 from ensai_tf.errors import ModelDirError, NonFiniteLossError
@@ -27,10 +29,14 @@ from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS
 from ensai_tf.models import combiner, stored_combiner
 from ensai_tf.run_dir import (data_cache_dir, prepare_model_dir, run_config, save_keras_atomic,
                               trained_keras_file)
-from ensai_tf.symmetry import VIEW_SETS
+from ensai_tf.symmetry import AXIS_VIEWS, VIEW_SETS
 from ensai_tf.train import compile_model, export_saved_model_atomic
 
 __all__ = ["backbone_name", "backbone_views", "train_combiner"]
+
+HEAD_BATCH = 256
+"""Batch of the combination weights' fit over the cached predictions (and of their
+evaluation): a few hundred lenses per Adam step of a 30-weight layer."""
 
 
 def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", steps=None,
@@ -83,11 +89,14 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     with ModelDirLock(model_dir, "ensai combine"):
         model, summary = _train_combiner_locked(paths, views, model_dir, config, mode, steps,
                                                 overwrite, verbose)
-    loss, plain = summary["trained_validation"]["loss"], summary["plain_average_validation"]["loss"]
-    print(f"ensai combine: trained the {mode} combination of {len(paths)} networks for {steps} "
-          f"steps in {format_duration(time.monotonic() - started)}; validation loss {loss:.4g} "
-          f"(plain average {plain:.4g}); wrote {model_dir} ({COMBINER_JSON}, {MODEL_KERAS}, "
-          f"{SAVED_MODEL_DIR}/, {LOG_CSV}, {CONFIG_YAML})", flush=True)
+    mse = summary["trained_validation"]["parity_mse"]
+    plain = summary["plain_average_validation"]["parity_mse"]
+    print(f"ensai combine: fitted the {mode} combination of {len(paths)} networks to their "
+          f"predictions of {summary['lenses']:,} fresh lenses ({t.combine_epochs} epochs of "
+          f"{t.combine_loss}) in {format_duration(time.monotonic() - started)}; validation "
+          f"parity MSE {mse:.4g} (plain average {plain:.4g}); wrote {model_dir} "
+          f"({COMBINER_JSON}, {MODEL_KERAS}, {SAVED_MODEL_DIR}/, {LOG_CSV}, {CONFIG_YAML})",
+          flush=True)
     return model, summary
 
 
@@ -105,34 +114,42 @@ def backbone_views(names, train_config):
         names: the backbones' names (:func:`backbone_name`), in order.
         train_config: the ``train`` section: ``combine_views`` views for every
             backbone but those in ``single_view_backbones``, which see the
-            image as given.
+            image as given, and those in ``axis_view_backbones``, which average
+            :data:`ensai_tf.symmetry.AXIS_VIEWS`.
 
     Returns:
-        list (one per backbone) of view tuples of :data:`ensai_tf.symmetry.VIEW_SETS`.
+        list (one per backbone) of view tuples of :data:`ensai_tf.symmetry.VIEW_SETS`
+        or :data:`ensai_tf.symmetry.AXIS_VIEWS`.
 
     Raises:
-        ConfigError: a name in ``single_view_backbones`` is not a backbone, or
+        ConfigError: a name in either list is not a backbone or is in both, or
             the backbones' names are not distinct.
 
     Example:
         >>> from ensai_tf import config
         >>> t = config.apply_overrides(config.get_preset("paper"), [
-        ...     "train.combine_views=2", "train.single_view_backbones=[ensai_net]"]).train
-        >>> [len(v) for v in backbone_views(["alexnet", "ensai_net"], t)]
-        [2, 1]
+        ...     "train.combine_views=2", "train.single_view_backbones=[ensai_net]",
+        ...     "train.axis_view_backbones=[overfeat]"]).train
+        >>> [len(v) for v in backbone_views(["alexnet", "ensai_net", "overfeat"], t)]
+        [2, 1, 4]
     """
-    named = set(train_config.single_view_backbones)
-    if named and len(set(names)) < len(names):
-        raise config_lib.ConfigError(f"train.single_view_backbones: the backbones' names "
-                                     f"({', '.join(names)}) are not distinct; give each "
-                                     "network its own folder")
-    unknown = sorted(named - set(names))
-    if unknown:
-        raise config_lib.ConfigError(f"train.single_view_backbones: {', '.join(unknown)} "
-                                     f"{'is' if len(unknown) == 1 else 'are'} not among the "
-                                     f"backbones ({', '.join(names)})")
-    return [VIEW_SETS[1] if name in named else VIEW_SETS[train_config.combine_views]
-            for name in names]
+    single, axes = set(train_config.single_view_backbones), set(train_config.axis_view_backbones)
+    for key, named in (("single_view_backbones", single), ("axis_view_backbones", axes)):
+        if named and len(set(names)) < len(names):
+            raise config_lib.ConfigError(f"train.{key}: the backbones' names "
+                                         f"({', '.join(names)}) are not distinct; give each "
+                                         "network its own folder")
+        unknown = sorted(named - set(names))
+        if unknown:
+            raise config_lib.ConfigError(f"train.{key}: {', '.join(unknown)} "
+                                         f"{'is' if len(unknown) == 1 else 'are'} not among the "
+                                         f"backbones ({', '.join(names)})")
+    both = sorted(single & axes)
+    if both:
+        raise config_lib.ConfigError(f"train.single_view_backbones and train.axis_view_backbones "
+                                     f"both name {', '.join(both)}; a backbone has one set of views")
+    return [VIEW_SETS[1] if name in single else AXIS_VIEWS if name in axes
+            else VIEW_SETS[train_config.combine_views] for name in names]
 
 
 def _fresh_lenses(config):
@@ -153,6 +170,38 @@ def _check_finite(summary, model_dir):
                                      "train.combine_learning_rate and retry with --overwrite")
 
 
+def _loss(train_config):
+    """The loss the combination weights are fitted with (docs/design.md §7.4 [R])."""
+    return (losses.ParityLogCosh(train_config.combine_loss_scale)
+            if train_config.combine_loss == "logcosh" else losses.ParityMSE())
+
+
+def _scores(layer, x, y, loss):
+    """The loss, parity MSE and per-parameter rms of a combination layer on aligned
+    predictions ``x`` of lenses with targets ``y`` (computed eagerly, once)."""
+    pred = keras.ops.convert_to_numpy(layer(x))
+    corrected = metrics.parity_correct_np(y, pred)
+    scores = {"loss": float(keras.ops.convert_to_numpy(loss(y, pred))),
+              "parity_mse": float(np.mean(np.square(corrected - y)))}
+    scores.update({f"{name}_rms": float(v) for name, v in
+                   zip(PARAM_NAMES, np.sqrt(np.mean(np.square(corrected - y), axis=0)))})
+    return scores
+
+
+def _predictions(features, dataset, steps, verbose):
+    """The frozen networks' aligned ``(N, M, 5)`` predictions and the ``(N, 5)`` targets of
+    ``steps`` batches of ``dataset`` (all of it for None), with a progress bar."""
+    bar = keras.utils.Progbar(steps, verbose=1 if verbose == "auto" else int(verbose),
+                              unit_name="batch")
+    xs, ys = [], []
+    for k, (images, targets) in enumerate(dataset if steps is None else dataset.take(steps)):
+        xs.append(np.asarray(features.predict_on_batch(images), np.float32))
+        ys.append(np.asarray(targets, np.float32))
+        if steps is not None:
+            bar.update(k + 1)
+    return np.concatenate(xs), np.concatenate(ys)
+
+
 def _train_combiner_locked(paths, views, model_dir, config, mode, steps, overwrite,
                            verbose):
     t = config.train
@@ -161,26 +210,32 @@ def _train_combiner_locked(paths, views, model_dir, config, mode, steps, overwri
     keras.utils.set_random_seed(t.seed)
     backbones = [combiner.with_views(b, v)
                  for b, v in zip(combiner.load_backbones([str(p) for p in paths]), views)]
-    val_ds = pipeline.make_dataset("validation", config, seed=config.data.seed,
-                                   batch_size=config.evaluate.batch_size,
-                                   cache_dir=data_cache_dir(config))
-    average = combiner.build_combiner(backbones, reference=0, mode="per_parameter")
-    compile_model(average, t.combine_learning_rate)
-    plain = average.evaluate(val_ds, verbose=0, return_dict=True)
-    model = average if mode == "per_parameter" else combiner.build_combiner(
-        backbones, reference=0, mode=mode)
+    model = combiner.build_combiner(backbones, reference=0, mode=mode)
+    # [R] docs/design.md §7.4: the backbones are frozen, so their aligned predictions are
+    # computed once and the combination weights are fitted over them for many epochs
+    features = keras.Model(model.inputs, model.get_layer("parity_align").output,
+                           name="aligned_predictions")
+    x, y = _predictions(features, _fresh_lenses(config), steps, verbose)
+    x_val, y_val = _predictions(features, pipeline.make_dataset(
+        "validation", config, seed=config.data.seed, batch_size=config.evaluate.batch_size,
+        cache_dir=data_cache_dir(config)), None, 0)
+    layer = model.get_layer("params")
+    plain = _scores(combiner.PerParameterWeights(dtype="float32"), x_val, y_val, _loss(t))
+    inputs = keras.Input((len(backbones), NUM_PARAMS), name="aligned")
+    head = keras.Model(inputs, layer(inputs), name="combination")
+    head.compile(optimizer=keras.optimizers.Adam(t.combine_learning_rate), loss=_loss(t))
+    head.fit(x, y, batch_size=HEAD_BATCH, epochs=t.combine_epochs, shuffle=True,
+             validation_data=(x_val, y_val), verbose=0,
+             callbacks=[StopOnNonFinite(model_dir),
+                        keras.callbacks.TensorBoard(log_dir=str(model_dir / TENSORBOARD_DIR)),
+                        keras.callbacks.CSVLogger(str(model_dir / LOG_CSV))])
+    trained = _scores(layer, x_val, y_val, _loss(t))
     compile_model(model, t.combine_learning_rate)
-    model.fit(_fresh_lenses(config), steps_per_epoch=steps, epochs=1, shuffle=False,
-              verbose=verbose,
-              callbacks=[StopOnNonFinite(model_dir),
-                         keras.callbacks.TensorBoard(log_dir=str(model_dir / TENSORBOARD_DIR)),
-                         keras.callbacks.CSVLogger(str(model_dir / LOG_CSV))])
-    trained = model.evaluate(val_ds, verbose=0, return_dict=True)
     # the record (backbone files relative to model_dir, their SHA-256, the
     # combination weights) lets the combiner ship without copying its backbones
     summary = {**stored_combiner.combiner_record(model, paths, model_dir, views), "steps": steps,
-               "plain_average_validation": {k: float(v) for k, v in plain.items()},
-               "trained_validation": {k: float(v) for k, v in trained.items()}}
+               "lenses": int(len(y)), "epochs": t.combine_epochs, "loss": t.combine_loss,
+               "plain_average_validation": plain, "trained_validation": trained}
     _check_finite(summary, model_dir)
     atomic.write_text(model_dir / COMBINER_JSON, json.dumps(summary, indent=1) + "\n")
     export_saved_model_atomic(model, model_dir / SAVED_MODEL_DIR)

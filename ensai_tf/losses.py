@@ -1,4 +1,5 @@
-"""The parity rule and the parity-min MSE loss (docs/design.md §2.3, §7.1, §8.1).
+"""The parity rule, the parity-min MSE loss and the combiner's log-cosh (docs/design.md §2.3,
+§7.1, §7.4, §8.1).
 
 ``(e_x, e_y)`` and ``(-e_x, -e_y)`` describe the same lens. :func:`parity_correct`
 is the single implementation of the choice between the two signs; the loss,
@@ -6,12 +7,15 @@ the metrics, the combiner's sign alignment (docs/design.md §7.4) and the evalua
 call it.
 """
 
+import math
+
 import keras
 from keras import ops
 
 from ensai_tf.conventions import ELLIPTICITY_INDICES, NUM_PARAMS, TARGET_COUNTS
 
-__all__ = ["PARITY_SIGNS", "parity_signs", "parity_flip", "parity_correct", "parity_mse", "ParityMSE"]
+__all__ = ["PARITY_SIGNS", "parity_signs", "parity_flip", "parity_correct", "parity_mse",
+           "parity_log_cosh", "ParityMSE", "ParityLogCosh"]
 
 PARITY_SIGNS = tuple(-1.0 if k in ELLIPTICITY_INDICES else 1.0 for k in range(NUM_PARAMS))
 """Multiplier that maps a parameter vector to its parity twin (e negated).
@@ -125,3 +129,74 @@ class ParityMSE(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         return parity_mse(y_true, y_pred)
+
+
+def parity_log_cosh(y_true, y_pred, scale):
+    """Per-example parity-corrected log-cosh loss (docs/design.md §7.4).
+
+    ``mean_k s^2 log cosh((yhat_k - y_k) / s)`` over the 5 parameters of the
+    parity-corrected prediction (:func:`parity_correct`): ``r^2 / 2`` for a
+    residual ``|r|`` well below ``s``, ``s (|r| - s log 2)`` well above it, so
+    a few large misses weigh like their size, not its square.
+
+    Args:
+        y_true: ``(B, 5)`` true parameters, arcsec / dimensionless.
+        y_pred: ``(B, 5)`` predictions, same units.
+        scale: ``s`` > 0, in the targets' units (arcsec for theta_E, x, y).
+
+    Returns:
+        ``(B,)`` losses in squared parameter units.
+
+    Example:
+        >>> import numpy as np
+        >>> t = np.zeros((1, 5), "float32")
+        >>> p = np.array([[0.001, 0, 0, 0, 0]], "float32")
+        >>> round(float(parity_log_cosh(t, p, 0.01)[0]) * 5 / (0.001 ** 2 / 2), 2)
+        1.0
+    """
+    y_pred = ops.convert_to_tensor(y_pred)
+    y_true = ops.cast(ops.convert_to_tensor(y_true), ops.dtype(y_pred))
+    z = (parity_correct(y_true, y_pred) - y_true) / scale
+    a = ops.abs(z)
+    # log cosh z = log1p(2 sinh^2(z/2)) keeps float32 precision for small z (logaddexp(z, -z) -
+    # log 2 would cancel), and |z| - log 2 + log1p(exp(-2|z|)) cannot overflow for large z; the
+    # small-z branch sees a clipped z so that neither branch's gradient is ever inf or NaN
+    near = ops.log1p(2.0 * ops.square(ops.sinh(ops.clip(z, -10.0, 10.0) / 2.0)))
+    far = a - math.log(2.0) + ops.log1p(ops.exp(-2.0 * a))
+    return ops.mean(ops.where(a < 10.0, near, far), axis=-1) * scale ** 2
+
+
+@keras.saving.register_keras_serializable(package="ensai_tf")
+class ParityLogCosh(keras.losses.Loss):
+    """Mean over the batch of the parity-corrected log-cosh (:func:`parity_log_cosh`).
+
+    The combiner's loss (docs/design.md §7.4 [R]): quadratic for residuals
+    below ``scale``, linear beyond, so that the combination weights are set
+    by the bulk of the lenses that the 68% errors measure rather than by the
+    worst few that dominate a mean square.
+
+    Args:
+        scale: the residual (target units: arcsec for theta_E, x, y) where the
+            loss turns from quadratic to linear; > 0.
+        name: loss name (default ``"parity_log_cosh"``).
+        reduction: Keras reduction (default the batch mean).
+        dtype: computation dtype (default float32).
+
+    Raises:
+        ValueError: ``scale`` is not > 0.
+    """
+
+    def __init__(self, scale=0.01, name="parity_log_cosh", reduction="sum_over_batch_size",
+                 dtype=None):
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        if not float(scale) > 0:
+            raise ValueError(f"the log-cosh scale must be > 0, got {scale!r}")
+        self.scale = float(scale)
+
+    def call(self, y_true, y_pred):
+        return parity_log_cosh(y_true, y_pred, self.scale)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"scale": self.scale})
+        return config

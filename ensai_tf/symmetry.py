@@ -41,6 +41,7 @@ from ensai_tf.errors import InputError
 from ensai_tf.losses import parity_correct
 
 __all__ = [
+    "AXIS_VIEWS",
     "DIHEDRAL_GROUP",
     "VIEW_SETS",
     "DihedralImages",
@@ -70,6 +71,15 @@ VIEW_SETS = {
 averages the e_x and e_y outputs' errors); 4: the four rotations; 8: all of
 D4 (docs/design.md §8.6).
 """
+
+
+AXIS_VIEWS = DIHEDRAL_GROUP[:4]
+"""The four views that keep the x and y axes: the image, its two flips and its half-turn.
+
+They never swap the roles of e_x and e_y (a flip negates one of them, which
+parity undoes; the half-turn negates both), so a network better at one than
+the other keeps that advantage when averaged over them, where a quarter turn
+would mix the two (docs/design.md §8.6)."""
 
 
 def _check_element(element):

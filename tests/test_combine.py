@@ -23,16 +23,21 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys
     args = ["combine", "--models", str(a), str(b),
             "--model-dir", str(tmp_path / "c"), "--steps", "2", "--preset", "smoke",
             f"--set=image.npix={NPIX}", f"--set=data.cache_dir={cache}",
-            "--set=train.combine_views=2", "--set=train.single_view_backbones=[b]"]
+            "--set=train.combine_views=2", "--set=train.single_view_backbones=[b]",
+            "--set=train.combine_epochs=3", "--set=train.combine_loss=logcosh"]
     assert cli.main(args) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
-    assert last.startswith("ensai combine: trained the per_parameter combination of 2 networks "
-                           "for 2 steps in ") and last.endswith(
+    assert last.startswith("ensai combine: fitted the per_parameter combination of 2 networks "
+                           f"to their predictions of {2 * cfg.train.batch_size} fresh lenses "
+                           "(3 epochs of logcosh) in ") and last.endswith(
         f"wrote {tmp_path / 'c'} (combiner.json, model.keras, saved_model/, log.csv, config.yaml)")
     for name in ("model.keras", "saved_model/saved_model.pb", "combiner.json", "config.yaml"):
         assert (tmp_path / "c" / name).is_file(), name
     summary = json.loads((tmp_path / "c" / "combiner.json").read_text())
-    assert summary["steps"] == 2
+    assert summary["steps"] == 2 and summary["lenses"] == 2 * cfg.train.batch_size
+    assert summary["epochs"] == 3 and summary["loss"] == "logcosh"
+    with open(tmp_path / "c" / "log.csv") as f:
+        assert len(f.read().strip().splitlines()) == 1 + 3  # one row per epoch
     assert summary["views"] == [[[False, False, False], [True, False, False]],
                                 [[False, False, False]]]
     assert set(summary) >= {"plain_average_validation", "trained_validation"}
@@ -79,3 +84,30 @@ def test_backbone_names_are_folder_names_and_must_be_distinct_to_be_named(tmp_pa
     with pytest.raises(config_lib.ConfigError, match=r"names \(model, model\) are not distinct"):
         combine.backbone_views(["model", "model"], t)
     assert [len(v) for v in combine.backbone_views(["a", "model"], t)] == [4, 1]
+
+
+def test_axis_view_backbones_average_the_views_that_keep_the_axes():
+    """train.axis_view_backbones: the image, its two flips and its half-turn, none of which swaps
+    e_x and e_y (each maps the ellipticity to +-itself component by component); a name in both
+    lists is refused."""
+    from ensai_tf import config as config_lib, symmetry
+
+    t = config_lib.apply_overrides(config_lib.get_preset("paper"), [
+        "train.combine_views=4", "train.axis_view_backbones=[g]",
+        "train.single_view_backbones=[s]"]).train
+    views = combine.backbone_views(["a", "g", "s"], t)
+    assert [len(v) for v in views] == [4, 4, 1] and views[1] == symmetry.AXIS_VIEWS
+    e = np.array([[1.0, 0.3, 0.7, 0.1, 0.2]])
+    for element in symmetry.AXIS_VIEWS:
+        moved = symmetry.transform_params(e, element)
+        np.testing.assert_allclose(np.abs(moved[0, 1:3]), [0.3, 0.7])
+    quarter = symmetry.transform_params(e, views[0][2])  # a quarter turn swaps them
+    np.testing.assert_allclose(np.abs(quarter[0, 1:3]), [0.7, 0.3])
+    both = config_lib.apply_overrides(config_lib.get_preset("paper"), [
+        "train.axis_view_backbones=[g]", "train.single_view_backbones=[g]"]).train
+    with pytest.raises(config_lib.ConfigError, match="both name g"):
+        combine.backbone_views(["a", "g"], both)
+    unknown = config_lib.apply_overrides(config_lib.get_preset("paper"), [
+        "train.axis_view_backbones=[zz]"]).train
+    with pytest.raises(config_lib.ConfigError, match="axis_view_backbones: zz is not among"):
+        combine.backbone_views(["a", "g"], unknown)

@@ -290,8 +290,16 @@ class TrainConfig:
     time_budget_minutes: float = _value(0.0, lo=0.0, doc="stop at the end of the first epoch "
                                                         "past this wall-clock time, then export "
                                                         "as usual; 0 = no limit")
-    combine_steps: int = _value(2000, lo=1, hi=10**7, doc="combiner training steps (§7.4 [R]: a few thousand)")
+    combine_steps: int = _value(2000, lo=1, hi=10**7, doc="batches of fresh lenses the "
+                                "combiner's frozen networks predict once (§7.4 [R])")
+    combine_epochs: int = _value(100, lo=1, hi=10**5, doc="passes of the combination weights' "
+                                 "fit over those predictions (§7.4 [R])")
     combine_learning_rate: float = _value(1e-3, lo=0.0, lo_open=True, doc="combiner Adam lr (§7.4 [R])")
+    combine_loss: str = _value("mse", choices=("mse", "logcosh"), doc="combiner loss: the "
+                               "paper's parity-min MSE, or a parity-corrected log-cosh (§7.4 [R])")
+    combine_loss_scale: float = _value(0.01, lo=0.0, lo_open=True, doc="residual where the "
+                                       "log-cosh turns from quadratic to linear, target units "
+                                       "(arcsec for theta_E, x, y) (§7.4 [R])")
     combine_seed: int = _value(7, lo=3, doc="data seed of the combiner's validation-distribution "
                                             "data; >= 3 so it never equals the train/val/test "
                                             "split seeds 0/1/2 (§7.4 [R], §8.3)")
@@ -303,6 +311,11 @@ class TrainConfig:
                               "folder names given to --models) that see the image as given "
                               "only, whatever combine_views: the slow ones, to keep the time "
                               "per lens down (§8.6)"})
+    axis_view_backbones: tuple = dataclasses.field(
+        default=(), metadata={"kind": "names", "doc": "backbones of a combined network that "
+                              "average the four views keeping the x and y axes (the image, "
+                              "its flips and half-turn) instead of combine_views: those better "
+                              "at e_x than e_y or the reverse (§8.6)"})
 
 
 @dataclasses.dataclass(frozen=True)
