@@ -29,7 +29,7 @@ from ensai_tf.model_dir import (COMBINER_JSON, CONFIG_YAML, LOG_CSV, MODEL_KERAS
 from ensai_tf.models import combiner, stored_combiner
 from ensai_tf.run_dir import (data_cache_dir, prepare_model_dir, run_config, save_keras_atomic,
                               trained_keras_file)
-from ensai_tf.symmetry import AXIS_VIEWS, VIEW_SETS
+from ensai_tf.symmetry import AXIS_VIEWS, SWAPPED_AXIS_VIEWS, VIEW_SETS
 from ensai_tf.train import compile_model, export_saved_model_atomic
 
 __all__ = ["backbone_name", "backbone_views", "train_combiner"]
@@ -46,7 +46,8 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     The backbones' ``model.keras`` files are loaded and frozen, each averaging
     its predictions over ``train.combine_views`` views of the image
     (:func:`ensai_tf.models.combiner.with_views`; one view for those named in
-    ``train.single_view_backbones``, :func:`backbone_views`); only the
+    ``train.single_view_backbones``, two members for those in
+    ``train.split_view_backbones``, :func:`backbone_views`); only the
     combination weights (one per network and parameter by default) are trained,
     with Adam at ``train.combine_learning_rate`` (docs/design.md §7.4 [R]: 1e-3), on
     freshly simulated validation-distribution lenses drawn with
@@ -81,7 +82,9 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     if config is None:
         config = run_config(model_dirs[0])
     t = config.train
-    views = backbone_views(names, t)  # an unknown name fails here, before any file is written
+    # an unknown name fails here, before any file is written
+    members = backbone_views(names, t)
+    paths, views = [paths[i] for i, _ in members], [v for _, v in members]
     steps = t.combine_steps if steps is None else int(steps)
     if steps < 1:
         raise ModelDirError(f"combiner steps {steps} must be >= 1")
@@ -91,7 +94,9 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
                                                 overwrite, verbose)
     mse = summary["trained_validation"]["parity_mse"]
     plain = summary["plain_average_validation"]["parity_mse"]
-    print(f"ensai combine: fitted the {mode} combination of {len(paths)} networks to their "
+    members = f"{len(model_dirs)} networks" + (
+        f" ({len(paths)} members)" if len(paths) != len(model_dirs) else "")
+    print(f"ensai combine: fitted the {mode} combination of {members} to their "
           f"predictions of {summary['lenses']:,} fresh lenses ({t.combine_epochs} epochs of "
           f"{t.combine_loss}) in {format_duration(time.monotonic() - started)}; validation "
           f"parity MSE {mse:.4g} (plain average {plain:.4g}); wrote {model_dir} "
@@ -108,18 +113,22 @@ def backbone_name(path):
 
 
 def backbone_views(names, train_config):
-    """The views each backbone averages (docs/design.md §8.6).
+    """The members of a combination: which backbone each is and the views it averages
+    (docs/design.md §8.6).
+
+    Every backbone is one member averaging ``combine_views`` views, but those in
+    ``single_view_backbones``, which see the image as given, and those in
+    ``split_view_backbones``, which are two members: one averaging
+    :data:`ensai_tf.symmetry.AXIS_VIEWS` in the backbone's place, and a
+    twin averaging :data:`ensai_tf.symmetry.SWAPPED_AXIS_VIEWS`, appended after
+    all the backbones in the order given.
 
     Args:
         names: the backbones' names (:func:`backbone_name`), in order.
-        train_config: the ``train`` section: ``combine_views`` views for every
-            backbone but those in ``single_view_backbones``, which see the
-            image as given, and those in ``axis_view_backbones``, which average
-            :data:`ensai_tf.symmetry.AXIS_VIEWS`.
+        train_config: the ``train`` section.
 
     Returns:
-        list (one per backbone) of view tuples of :data:`ensai_tf.symmetry.VIEW_SETS`
-        or :data:`ensai_tf.symmetry.AXIS_VIEWS`.
+        list of ``(index into names, views)``, one per member.
 
     Raises:
         ConfigError: a name in either list is not a backbone or is in both, or
@@ -129,12 +138,12 @@ def backbone_views(names, train_config):
         >>> from ensai_tf import config
         >>> t = config.apply_overrides(config.get_preset("paper"), [
         ...     "train.combine_views=2", "train.single_view_backbones=[ensai_net]",
-        ...     "train.axis_view_backbones=[overfeat]"]).train
-        >>> [len(v) for v in backbone_views(["alexnet", "ensai_net", "overfeat"], t)]
-        [2, 1, 4]
+        ...     "train.split_view_backbones=[overfeat]"]).train
+        >>> [(i, len(v)) for i, v in backbone_views(["alexnet", "ensai_net", "overfeat"], t)]
+        [(0, 2), (1, 1), (2, 4), (2, 4)]
     """
-    single, axes = set(train_config.single_view_backbones), set(train_config.axis_view_backbones)
-    for key, named in (("single_view_backbones", single), ("axis_view_backbones", axes)):
+    single, split = set(train_config.single_view_backbones), set(train_config.split_view_backbones)
+    for key, named in (("single_view_backbones", single), ("split_view_backbones", split)):
         if named and len(set(names)) < len(names):
             raise config_lib.ConfigError(f"train.{key}: the backbones' names "
                                          f"({', '.join(names)}) are not distinct; give each "
@@ -144,12 +153,13 @@ def backbone_views(names, train_config):
             raise config_lib.ConfigError(f"train.{key}: {', '.join(unknown)} "
                                          f"{'is' if len(unknown) == 1 else 'are'} not among the "
                                          f"backbones ({', '.join(names)})")
-    both = sorted(single & axes)
+    both = sorted(single & split)
     if both:
-        raise config_lib.ConfigError(f"train.single_view_backbones and train.axis_view_backbones "
+        raise config_lib.ConfigError(f"train.single_view_backbones and train.split_view_backbones "
                                      f"both name {', '.join(both)}; a backbone has one set of views")
-    return [VIEW_SETS[1] if name in single else AXIS_VIEWS if name in axes
-            else VIEW_SETS[train_config.combine_views] for name in names]
+    members = [(i, VIEW_SETS[1] if name in single else AXIS_VIEWS if name in split
+                else VIEW_SETS[train_config.combine_views]) for i, name in enumerate(names)]
+    return members + [(i, SWAPPED_AXIS_VIEWS) for i, name in enumerate(names) if name in split]
 
 
 def _fresh_lenses(config):

@@ -43,6 +43,7 @@ from ensai_tf.losses import parity_correct
 __all__ = [
     "AXIS_VIEWS",
     "DIHEDRAL_GROUP",
+    "SWAPPED_AXIS_VIEWS",
     "VIEW_SETS",
     "DihedralImages",
     "DihedralParams",
@@ -76,10 +77,14 @@ D4 (docs/design.md §8.6).
 AXIS_VIEWS = DIHEDRAL_GROUP[:4]
 """The four views that keep the x and y axes: the image, its two flips and its half-turn.
 
-They never swap the roles of e_x and e_y (a flip negates one of them, which
+None of them swaps the roles of e_x and e_y (a flip negates one of them, which
 parity undoes; the half-turn negates both), so a network better at one than
 the other keeps that advantage when averaged over them, where a quarter turn
 would mix the two (docs/design.md §8.6)."""
+
+SWAPPED_AXIS_VIEWS = DIHEDRAL_GROUP[4:]
+"""The transposes of :data:`AXIS_VIEWS`: the four views that swap x with y and e_x with e_y,
+so that a network's e_y output, mapped back, estimates the image's e_x (docs/design.md §8.6)."""
 
 
 def _check_element(element):

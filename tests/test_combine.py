@@ -83,31 +83,59 @@ def test_backbone_names_are_folder_names_and_must_be_distinct_to_be_named(tmp_pa
         "train.combine_views=4", "train.single_view_backbones=[model]"]).train
     with pytest.raises(config_lib.ConfigError, match=r"names \(model, model\) are not distinct"):
         combine.backbone_views(["model", "model"], t)
-    assert [len(v) for v in combine.backbone_views(["a", "model"], t)] == [4, 1]
+    assert [len(v) for _, v in combine.backbone_views(["a", "model"], t)] == [4, 1]
 
 
-def test_axis_view_backbones_average_the_views_that_keep_the_axes():
-    """train.axis_view_backbones: the image, its two flips and its half-turn, none of which swaps
-    e_x and e_y (each maps the ellipticity to +-itself component by component); a name in both
-    lists is refused."""
+def test_split_view_backbones_join_twice_on_the_views_that_keep_and_swap_the_axes():
+    """train.split_view_backbones: a member on the image, its two flips and its half-turn, none
+    of which swaps e_x and e_y (each maps the ellipticity to +-itself component by component),
+    and a twin, appended, on their transposes, each of which swaps them; a name in both lists
+    is refused."""
     from ensai_tf import config as config_lib, symmetry
 
     t = config_lib.apply_overrides(config_lib.get_preset("paper"), [
-        "train.combine_views=4", "train.axis_view_backbones=[g]",
+        "train.combine_views=4", "train.split_view_backbones=[g]",
         "train.single_view_backbones=[s]"]).train
-    views = combine.backbone_views(["a", "g", "s"], t)
-    assert [len(v) for v in views] == [4, 4, 1] and views[1] == symmetry.AXIS_VIEWS
+    members = combine.backbone_views(["a", "g", "s"], t)
+    assert [(i, len(v)) for i, v in members] == [(0, 4), (1, 4), (2, 1), (1, 4)]
+    assert members[1][1] == symmetry.AXIS_VIEWS and members[3][1] == symmetry.SWAPPED_AXIS_VIEWS
     e = np.array([[1.0, 0.3, 0.7, 0.1, 0.2]])
     for element in symmetry.AXIS_VIEWS:
         moved = symmetry.transform_params(e, element)
         np.testing.assert_allclose(np.abs(moved[0, 1:3]), [0.3, 0.7])
-    quarter = symmetry.transform_params(e, views[0][2])  # a quarter turn swaps them
-    np.testing.assert_allclose(np.abs(quarter[0, 1:3]), [0.7, 0.3])
+    for element in symmetry.SWAPPED_AXIS_VIEWS:
+        moved = symmetry.transform_params(e, element)
+        np.testing.assert_allclose(np.abs(moved[0, 1:3]), [0.7, 0.3])
     both = config_lib.apply_overrides(config_lib.get_preset("paper"), [
-        "train.axis_view_backbones=[g]", "train.single_view_backbones=[g]"]).train
+        "train.split_view_backbones=[g]", "train.single_view_backbones=[g]"]).train
     with pytest.raises(config_lib.ConfigError, match="both name g"):
         combine.backbone_views(["a", "g"], both)
     unknown = config_lib.apply_overrides(config_lib.get_preset("paper"), [
-        "train.axis_view_backbones=[zz]"]).train
-    with pytest.raises(config_lib.ConfigError, match="axis_view_backbones: zz is not among"):
+        "train.split_view_backbones=[zz]"]).train
+    with pytest.raises(config_lib.ConfigError, match="split_view_backbones: zz is not among"):
         combine.backbone_views(["a", "g"], unknown)
+
+
+def test_a_split_view_backbone_joins_twice_and_its_record_rebuilds_the_same_network(
+        tmp_path, cache, trained):
+    """Two networks, the second split: three members, the second file named twice in
+    combiner.json with the axis views and their transposes, 15 weights; the record alone
+    rebuilds the same predictions."""
+    from ensai_tf import config as config_lib, symmetry
+
+    cfg = config_lib.apply_overrides(small_config(cache), [
+        "train.split_view_backbones=[b]", "train.combine_epochs=2"])
+    model, summary = combine.train_combiner([trained / "a", trained / "b"], tmp_path / "c",
+                                            config=cfg, steps=1)
+    record = json.loads((tmp_path / "c" / "combiner.json").read_text())
+    assert [p.rsplit("/", 2)[-2] for p in record["backbones"]] == ["a", "b", "b"]
+    as_lists = [[[bool(v) for v in g] for g in views] for views in
+                (symmetry.DIHEDRAL_GROUP[:1], symmetry.AXIS_VIEWS, symmetry.SWAPPED_AXIS_VIEWS)]
+    assert record["views"] == as_lists
+    assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 3 * 5
+    shipped = tmp_path / "shipped"
+    shipped.mkdir()
+    (shipped / "combiner.json").write_bytes((tmp_path / "c" / "combiner.json").read_bytes())
+    x = np.random.default_rng(3).uniform(0, 1, (2, NPIX, NPIX, 1)).astype(np.float32)
+    predict_fn, _ = inference.load_predictor(shipped, trust_savedmodel=True)
+    np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)

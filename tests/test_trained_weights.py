@@ -249,3 +249,5 @@ def test_the_training_script_runs_every_stage_of_the_stage_table(tmp_path):
     combine = next(line for line in out.splitlines() if line.startswith("+ ensai combine"))
     assert f"train.combine_views={shipped['combine_views']} " in combine
     assert f"train.single_view_backbones=[{','.join(shipped['single_view_backbones'])}]" in combine
+    assert f"train.split_view_backbones=[{','.join(shipped['split_view_backbones'])}]" in combine
+    assert shipped["combine_loss"] == "logcosh"  # the cpu preset's, which the script uses

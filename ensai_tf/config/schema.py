@@ -311,11 +311,12 @@ class TrainConfig:
                               "folder names given to --models) that see the image as given "
                               "only, whatever combine_views: the slow ones, to keep the time "
                               "per lens down (§8.6)"})
-    axis_view_backbones: tuple = dataclasses.field(
+    split_view_backbones: tuple = dataclasses.field(
         default=(), metadata={"kind": "names", "doc": "backbones of a combined network that "
-                              "average the four views keeping the x and y axes (the image, "
-                              "its flips and half-turn) instead of combine_views: those better "
-                              "at e_x than e_y or the reverse (§8.6)"})
+                              "join it twice instead of on combine_views: averaging the four "
+                              "views that keep the x and y axes, and the four that swap them, so "
+                              "that a network better at e_x than e_y or the reverse serves both "
+                              "(§8.6)"})
 
 
 @dataclasses.dataclass(frozen=True)
