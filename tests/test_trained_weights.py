@@ -130,12 +130,18 @@ def test_shipped_training_log_covers_every_stage(name):
 def test_shipped_combined_refers_to_the_shipped_networks():
     """combined/ holds no copy of its backbones: its combiner.json names the shipped model.keras
     of the four paper networks and the two Gaussian-head AlexNets, unchanged since it was
-    trained (SHA-256), and their 6 x 5 combination weights."""
+    trained (SHA-256), alexnet_gaussian a second time as the twin on the views that swap the axes
+    (train.split_view_backbones), and their 7 x 5 combination weights."""
+    from ensai_tf import symmetry
+
     folder = WEIGHTS / "combined"
     assert model_dir.model_source(folder)[0] == "combined"
     record = json.loads((folder / "combiner.json").read_text())
     names = ("overfeat", "ensai_net", "alexnet", "inception_v4", "alexnet_shear",
-             "alexnet_gaussian")
+             "alexnet_gaussian", "alexnet_gaussian")
+    as_lists = [[[bool(v) for v in g] for g in views] for views in
+                (symmetry.AXIS_VIEWS, symmetry.SWAPPED_AXIS_VIEWS)]
+    assert record["views"][-2:] == as_lists
     assert [(folder / p).resolve() for p in record["backbones"]] == [
         (WEIGHTS / n / "model.keras").resolve() for n in names]
     assert [model_dir.file_sha256(folder / p) for p in record["backbones"]] == \
