@@ -262,7 +262,7 @@ def _add_combine(sub):
                         "Gaussian-head or shear network joins through its five means")
     p.add_argument("--model-dir", required=True, help="output folder")
     p.add_argument("--mode", default="per_parameter", choices=("per_parameter", "dense"),
-                   help="5 weights per network, one per parameter (paper), or a full Dense layer")
+                   help="5 weights per member, one per parameter (paper), or a full Dense layer")
     p.add_argument("--steps", type=_number(int, 1, 10**7), default=None,
                    help="batches of fresh lenses the frozen networks predict, over whose "
                         "predictions the weights are then fitted for train.combine_epochs "

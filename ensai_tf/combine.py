@@ -35,8 +35,8 @@ from ensai_tf.train import compile_model, export_saved_model_atomic
 __all__ = ["backbone_name", "backbone_views", "train_combiner"]
 
 HEAD_BATCH = 256
-"""Batch of the combination weights' fit over the cached predictions (and of their
-evaluation): a few hundred lenses per Adam step of a 30-weight layer."""
+"""Batch of the combination weights' fit over the cached predictions: a few hundred lenses
+per Adam step of a layer of M x 5 weights (35 for the shipped combination)."""
 
 
 def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", steps=None,
@@ -47,11 +47,13 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
     its predictions over ``train.combine_views`` views of the image
     (:func:`ensai_tf.models.combiner.with_views`; one view for those named in
     ``train.single_view_backbones``, two members for those in
-    ``train.split_view_backbones``, :func:`backbone_views`); only the
-    combination weights (one per network and parameter by default) are trained,
-    with Adam at ``train.combine_learning_rate`` (docs/design.md §7.4 [R]: 1e-3), on
-    freshly simulated validation-distribution lenses drawn with
-    ``train.combine_seed``, never the fixed validation or test sets.
+    ``train.split_view_backbones``, :func:`backbone_views`). The members'
+    aligned predictions of ``steps`` batches of freshly simulated
+    validation-distribution lenses (drawn with ``train.combine_seed``, never the
+    fixed validation or test sets) are computed once; only the combination
+    weights (one per member and parameter by default) are then fitted over
+    them, with Adam at ``train.combine_learning_rate`` for
+    ``train.combine_epochs`` epochs of ``train.combine_loss`` (docs/design.md §7.4 [R]).
 
     Args:
         model_dirs: trained model folders (or ``.keras`` files); the first is
@@ -59,17 +61,19 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
         model_dir: output folder (new or empty unless ``overwrite``).
         config: the resolved config (default: the first network's).
         mode: ``"per_parameter"`` (paper) or ``"dense"``.
-        steps: training steps (default ``train.combine_steps``).
+        steps: batches of fresh lenses the members predict (default
+            ``train.combine_steps``).
         overwrite: replace a previous combiner's files.
-        verbose: passed to ``model.fit``.
+        verbose: the progress bar of those predictions (``"auto"`` or 1: shown, 0: not).
 
     Returns:
         ``(model, summary)``: the trained combiner and the dict written to
         ``combiner.json``: :func:`ensai_tf.models.stored_combiner.combiner_record`
         (the backbone files and the combination weights, from which
         :func:`~ensai_tf.models.stored_combiner.load_combined` rebuilds the model
-        without ``model.keras``), and the validation loss of the plain
-        average of the sign-aligned networks and of the trained combination.
+        without ``model.keras``), ``steps``, ``lenses``, ``epochs``, ``loss``, and the
+        validation loss, parity MSE and per-parameter rms of the plain average of the
+        sign-aligned members and of the fitted combination.
 
     Raises:
         ModelDirError: a backbone folder lacks ``model.keras``, the output
@@ -94,9 +98,9 @@ def train_combiner(model_dirs, model_dir, config=None, mode="per_parameter", ste
                                                 overwrite, verbose)
     mse = summary["trained_validation"]["parity_mse"]
     plain = summary["plain_average_validation"]["parity_mse"]
-    members = f"{len(model_dirs)} networks" + (
+    label = f"{len(model_dirs)} networks" + (
         f" ({len(paths)} members)" if len(paths) != len(model_dirs) else "")
-    print(f"ensai combine: fitted the {mode} combination of {members} to their "
+    print(f"ensai combine: fitted the {mode} combination of {label} to their "
           f"predictions of {summary['lenses']:,} fresh lenses ({t.combine_epochs} epochs of "
           f"{t.combine_loss}) in {format_duration(time.monotonic() - started)}; validation "
           f"parity MSE {mse:.4g} (plain average {plain:.4g}); wrote {model_dir} "
@@ -229,17 +233,22 @@ def _train_combiner_locked(paths, views, model_dir, config, mode, steps, overwri
     x_val, y_val = _predictions(features, pipeline.make_dataset(
         "validation", config, seed=config.data.seed, batch_size=config.evaluate.batch_size,
         cache_dir=data_cache_dir(config)), None, 0)
-    layer = model.get_layer("params")
     plain = _scores(combiner.PerParameterWeights(dtype="float32"), x_val, y_val, _loss(t))
+    # a fresh layer of the same kind, fitted alone and then copied in, so that the saved model's
+    # own layer belongs to that model only
+    fitted = combiner.PerParameterWeights(mode=mode, dtype="float32", name="params")
     inputs = keras.Input((len(backbones), NUM_PARAMS), name="aligned")
-    head = keras.Model(inputs, layer(inputs), name="combination")
+    head = keras.Model(inputs, fitted(inputs), name="combination")
     head.compile(optimizer=keras.optimizers.Adam(t.combine_learning_rate), loss=_loss(t))
     head.fit(x, y, batch_size=HEAD_BATCH, epochs=t.combine_epochs, shuffle=True,
              validation_data=(x_val, y_val), verbose=0,
              callbacks=[StopOnNonFinite(model_dir),
                         keras.callbacks.TensorBoard(log_dir=str(model_dir / TENSORBOARD_DIR)),
                         keras.callbacks.CSVLogger(str(model_dir / LOG_CSV))])
-    trained = _scores(layer, x_val, y_val, _loss(t))
+    model.get_layer("params").set_weights(fitted.get_weights())
+    trained = _scores(fitted, x_val, y_val, _loss(t))
+    # compiled as every saved ensai model is (parity MSE and per-parameter metrics), whatever
+    # loss fitted the weights
     compile_model(model, t.combine_learning_rate)
     # the record (backbone files relative to model_dir, their SHA-256, the
     # combination weights) lets the combiner ship without copying its backbones

@@ -462,6 +462,8 @@ def _load_init_weights(model, path):
     by_name = {layer.name: layer for layer in trained.layers}
     with_weights = [layer for layer in model.layers if layer.weights]
 
+    width = model.output_shape[-1]
+
     def fits(layer):
         other = by_name.get(layer.name)
         return other is not None and [w.shape for w in other.weights] == [w.shape for w in
@@ -470,7 +472,6 @@ def _load_init_weights(model, path):
     def output_sized(layer):  # a layer of the head: its kernel maps onto the outputs
         return by_name.get(layer.name) is not None and layer.weights[0].shape[-1] == width
 
-    width = model.output_shape[-1]
     head_start = len(with_weights)
     while head_start > 1 and not fits(with_weights[head_start - 1]) \
             and output_sized(with_weights[head_start - 1]):

@@ -6,9 +6,21 @@ import keras
 import numpy as np
 import pytest
 
-from ensai_tf import cli, combine, inference
+from ensai_tf import cli, combine, inference, symmetry
+from ensai_tf import config as config_lib
 from ensai_tf.errors import ModelDirError
 from training_helpers import NPIX, small_config
+
+
+def _assert_record_alone_rebuilds(model, folder, copy):
+    """combiner.json alone (no model.keras), copied to ``copy``, rebuilds the same network from
+    the backbone files; they lie outside the copy's folder, so loading them is the user's
+    explicit choice."""
+    copy.mkdir()
+    (copy / "combiner.json").write_bytes((folder / "combiner.json").read_bytes())
+    x = np.random.default_rng(2).uniform(0, 1, (2, NPIX, NPIX, 1)).astype(np.float32)
+    predict_fn, _ = inference.load_predictor(copy, trust_savedmodel=True)
+    np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)
 
 
 def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys):
@@ -43,14 +55,7 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys
     assert set(summary) >= {"plain_average_validation", "trained_validation"}
     model = keras.saving.load_model(tmp_path / "c" / "model.keras", compile=False)
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 2 * 5
-    # combiner.json alone (no model.keras) rebuilds the same network from the backbone files
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    (shipped / "combiner.json").write_bytes((tmp_path / "c" / "combiner.json").read_bytes())
-    x = np.random.default_rng(2).uniform(0, 1, (2, NPIX, NPIX, 1)).astype(np.float32)
-    # its backbones lie outside the copy's folder: loading them is the user's explicit choice
-    predict_fn, _ = inference.load_predictor(shipped, trust_savedmodel=True)
-    np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)
+    _assert_record_alone_rebuilds(model, tmp_path / "c", tmp_path / "shipped")
     after = [np.array(w) for w in keras.saving.load_model(a / "model.keras",
                                                           compile=False).get_weights()]
     for x, y in zip(before, after):
@@ -65,8 +70,6 @@ def test_train_combiner_trains_only_its_weights(tmp_path, cache, trained, capsys
 
 def test_an_unknown_single_view_backbone_is_refused_before_anything_is_written(tmp_path, cache,
                                                                               trained):
-    from ensai_tf import config as config_lib
-
     cfg = config_lib.apply_overrides(small_config(cache), ["train.single_view_backbones=[b, zz]"])
     with pytest.raises(config_lib.ConfigError,
                        match=r"single_view_backbones: zz is not among the backbones \(a, b\)"):
@@ -75,8 +78,6 @@ def test_an_unknown_single_view_backbone_is_refused_before_anything_is_written(t
 
 
 def test_backbone_names_are_folder_names_and_must_be_distinct_to_be_named(tmp_path):
-    from ensai_tf import config as config_lib
-
     assert combine.backbone_name(tmp_path / "alexnet") == "alexnet"
     assert combine.backbone_name(tmp_path / "alexnet" / "net.keras") == "net"
     t = config_lib.apply_overrides(config_lib.get_preset("paper"), [
@@ -91,8 +92,6 @@ def test_split_view_backbones_join_twice_on_the_views_that_keep_and_swap_the_axe
     of which swaps e_x and e_y (each maps the ellipticity to +-itself component by component),
     and a twin, appended, on their transposes, each of which swaps them; a name in both lists
     is refused."""
-    from ensai_tf import config as config_lib, symmetry
-
     t = config_lib.apply_overrides(config_lib.get_preset("paper"), [
         "train.combine_views=4", "train.split_view_backbones=[g]",
         "train.single_view_backbones=[s]"]).train
@@ -121,8 +120,6 @@ def test_a_split_view_backbone_joins_twice_and_its_record_rebuilds_the_same_netw
     """Two networks, the second split: three members, the second file named twice in
     combiner.json with the axis views and their transposes, 15 weights; the record alone
     rebuilds the same predictions."""
-    from ensai_tf import config as config_lib, symmetry
-
     cfg = config_lib.apply_overrides(small_config(cache), [
         "train.split_view_backbones=[b]", "train.combine_epochs=2"])
     model, summary = combine.train_combiner([trained / "a", trained / "b"], tmp_path / "c",
@@ -133,9 +130,4 @@ def test_a_split_view_backbone_joins_twice_and_its_record_rebuilds_the_same_netw
                 (symmetry.DIHEDRAL_GROUP[:1], symmetry.AXIS_VIEWS, symmetry.SWAPPED_AXIS_VIEWS)]
     assert record["views"] == as_lists
     assert sum(int(np.prod(w.shape)) for w in model.trainable_weights) == 3 * 5
-    shipped = tmp_path / "shipped"
-    shipped.mkdir()
-    (shipped / "combiner.json").write_bytes((tmp_path / "c" / "combiner.json").read_bytes())
-    x = np.random.default_rng(3).uniform(0, 1, (2, NPIX, NPIX, 1)).astype(np.float32)
-    predict_fn, _ = inference.load_predictor(shipped, trust_savedmodel=True)
-    np.testing.assert_allclose(predict_fn(x), model.predict_on_batch(x), rtol=0, atol=1e-6)
+    _assert_record_alone_rebuilds(model, tmp_path / "c", tmp_path / "shipped")

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 from ensai_tf.conventions import ELLIPTICITY_INDICES, Param
 from ensai_tf.losses import (ParityLogCosh, ParityMSE, parity_correct, parity_flip,
@@ -101,8 +102,6 @@ def test_log_cosh_is_quadratic_inside_its_scale_linear_outside_and_parity_blind(
 
 
 def test_log_cosh_gradient_is_finite_for_any_residual():
-    import tensorflow as tf
-
     pred = tf.Variable(np.array([[1e-6, 0, 0, 0, 0], [50.0, 0, 0, 0, 0],
                                  [-1e3, 0, 0, 0, 0]], np.float32))
     with tf.GradientTape() as tape:

@@ -15,7 +15,8 @@ import os
 import numpy as np
 import pytest
 
-from ensai_tf import cli, config, evaluate, inference, metrics, model_dir, reports, uncertainty
+from ensai_tf import (cli, config, evaluate, inference, metrics, model_dir, reports, symmetry,
+                      uncertainty)
 from ensai_tf.conventions import PARAM_NAMES
 
 WEIGHTS = model_dir.shipped_weights_dir()
@@ -132,8 +133,6 @@ def test_shipped_combined_refers_to_the_shipped_networks():
     of the four paper networks and the two Gaussian-head AlexNets, unchanged since it was
     trained (SHA-256), alexnet_gaussian a second time as the twin on the views that swap the axes
     (train.split_view_backbones), and their 7 x 5 combination weights."""
-    from ensai_tf import symmetry
-
     folder = WEIGHTS / "combined"
     assert model_dir.model_source(folder)[0] == "combined"
     record = json.loads((folder / "combiner.json").read_text())

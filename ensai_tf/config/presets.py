@@ -58,8 +58,10 @@ def _cpu():
       units (about 1/16 of the FLOPs and parameters), so each network sees
       several times more lenses per CPU-hour, and the four networks plus the
       combined model fit the 150 MB limit of ``trained_weights/``.
-    - 300 combiner steps: its training data are simulated online at the
-      validation-time settings, which is the slow part on a CPU.
+    - 300 combiner batches (``combine_steps``): the lenses whose predictions the
+      combination weights are fitted over are simulated online at the
+      validation-time settings, which with the members' forward passes is the
+      slow part on a CPU.
     - the combiner fitted with the log-cosh loss (docs/design.md §7.4 [R]),
       for the 68% errors this project reports.
     """
