@@ -264,9 +264,7 @@ def _add_combine(sub):
     p.add_argument("--mode", default="per_parameter", choices=("per_parameter", "dense"),
                    help="5 weights per member, one per parameter (paper), or a full Dense layer")
     p.add_argument("--steps", type=_number(int, 1, 10**7), default=None,
-                   help="batches of fresh lenses the frozen networks predict, over whose "
-                        "predictions the weights are then fitted for train.combine_epochs "
-                        "epochs; 1 to 10^7 (default: train.combine_steps)")
+                   help="batches of fresh lenses to fit over (default: train.combine_steps)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_config_args(p, default_preset="cpu")
     p.set_defaults(func=_cmd_combine)

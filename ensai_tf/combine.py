@@ -194,11 +194,10 @@ def _scores(layer, x, y, loss):
     """The loss, parity MSE and per-parameter rms of a combination layer on aligned
     predictions ``x`` of lenses with targets ``y`` (computed eagerly, once)."""
     pred = keras.ops.convert_to_numpy(layer(x))
-    corrected = metrics.parity_correct_np(y, pred)
+    table = metrics.error_table(y, pred)
     scores = {"loss": float(keras.ops.convert_to_numpy(loss(y, pred))),
-              "parity_mse": float(np.mean(np.square(corrected - y)))}
-    scores.update({f"{name}_rms": float(v) for name, v in
-                   zip(PARAM_NAMES, np.sqrt(np.mean(np.square(corrected - y), axis=0)))})
+              "parity_mse": float(np.mean(keras.ops.convert_to_numpy(losses.parity_mse(y, pred))))}
+    scores.update({f"{name}_rms": table[name]["rms"] for name in PARAM_NAMES})
     return scores
 
 
